@@ -1,0 +1,1 @@
+"""Comparison reports built from Result files (not built yet)."""

@@ -1,0 +1,102 @@
+"""The hardware catalogue: named devices and link types, with the source of every figure.
+
+``devices.yaml`` and ``links.yaml`` beside this file use the same keys a scenario uses to give a
+device or link inline, and a calibration profile writes the same format; one reader serves all.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from simulator.errors import ScenarioError
+from simulator.schema import Fields, choice, integer, load_yaml, number, string
+from simulator.specs import DeviceSpec, LinkSpec
+from simulator.units import TFLOPS
+
+PRECISIONS = ("fp64", "fp32", "fp16", "bf16", "fp8")
+DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",
+               "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
+               "comm_sms", "source")
+LINK_KEYS = ("scope", "bandwidth_GBps", "latency_us", "efficiency", "source")
+
+
+def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceSpec:
+    """A device entry; with ``base`` every key is optional and overrides the base entry."""
+    def get(key: str, check, attr: str):  # noqa: ANN001, ANN202
+        return f.get(key, check, getattr(base, attr) if base else ...)
+
+    peak = dict(base.peak_flops) if base else None
+    if f.has("peak_TFLOPS") or base is None:
+        pf = f.sub("peak_TFLOPS")
+        peak = {p: pf.get(p, number(), None) for p in PRECISIONS}  # TFLOP/s -> FLOP/s below
+        pf.done(PRECISIONS)
+        peak = {p: v * TFLOPS for p, v in peak.items() if v is not None}
+        if not peak:
+            raise ScenarioError("must give at least one precision", path=pf.path)
+    dev = DeviceSpec(
+        name=name,
+        kind=get("kind", choice(("gpu", "cpu")), "kind"),
+        sms=get("sms", integer(1), "sms"),
+        peak_flops=peak or {},
+        memory=get("memory_GiB", number(), "memory"),
+        memory_bandwidth=get("memory_bandwidth_GBps", number(), "memory_bandwidth"),
+        launch_overhead=get("launch_overhead_us", number(positive=False, minimum=0),
+                            "launch_overhead"),
+        compute_efficiency=get("compute_efficiency", number(maximum=1.0), "compute_efficiency"),
+        memory_efficiency=get("memory_efficiency", number(maximum=1.0), "memory_efficiency"),
+        blocks_per_sm=get("blocks_per_sm", integer(1), "blocks_per_sm"),
+        comm_sms=get("comm_sms", integer(0), "comm_sms"),
+        source=get("source", string, "source") if base is None else f.get("source", string,
+                                                                         base.source),
+    )
+    f.done(DEVICE_KEYS + (("base",) if base else ()))
+    if dev.comm_sms >= dev.sms:
+        raise f.error("comm_sms", f"must be fewer than the device's {dev.sms} SMs")
+    return dev
+
+
+def read_link(name: str, f: Fields, base: LinkSpec | None = None) -> LinkSpec:
+    def get(key: str, check, attr: str):  # noqa: ANN001, ANN202
+        return f.get(key, check, getattr(base, attr) if base else ...)
+
+    link = LinkSpec(
+        name=name,
+        scope=get("scope", choice(("intra", "inter")), "scope"),
+        bandwidth=get("bandwidth_GBps", number(), "bandwidth"),
+        latency=get("latency_us", number(positive=False, minimum=0), "latency"),
+        efficiency=get("efficiency", number(maximum=1.0), "efficiency"),
+        source=get("source", string, "source") if base is None else f.get("source", string,
+                                                                         base.source),
+    )
+    f.done(LINK_KEYS + (("base",) if base else ()))
+    return link
+
+
+def _read_file(filename: str) -> dict[str, Any]:
+    text = resources.files(__package__).joinpath(filename).read_text()
+    try:
+        data = load_yaml(text)
+        Fields(data, "")
+    except ScenarioError as e:
+        raise e.with_file(f"catalogue/{filename}") from None
+    return data
+
+
+@cache
+def devices() -> dict[str, DeviceSpec]:
+    data = _read_file("devices.yaml")
+    try:
+        return {name: read_device(name, Fields(entry, name)) for name, entry in data.items()}
+    except ScenarioError as e:
+        raise e.with_file("catalogue/devices.yaml") from None
+
+
+@cache
+def links() -> dict[str, LinkSpec]:
+    data = _read_file("links.yaml")
+    try:
+        return {name: read_link(name, Fields(entry, name)) for name, entry in data.items()}
+    except ScenarioError as e:
+        raise e.with_file("catalogue/links.yaml") from None

@@ -1,0 +1,144 @@
+"""The cluster as data: named devices, host NICs, switches, parameter-server hosts, and the links
+between them as a networkx graph.
+
+Topology (a two-level tree, as in a DGX-style or classic MPI cluster)::
+
+    node{n}.gpu{i} ──intra── node{n}.fabric ──inter── node{n}.nic{k} ──inter── switch ── ps{j}
+
+* ``node{n}.fabric`` stands for the node's interconnect (an NVSwitch, a PCIe root complex, the
+  memory system for CPU cores). Every device has its own full-duplex port on it, so a transfer
+  inside a node crosses the sender's up-port and the receiver's down-port.
+* Devices use the node's NICs round-robin in blocks (GPUs 0-3 on nic0, 4-7 on nic1 for 2 NICs).
+* One non-blocking core ``switch`` joins the NICs and the parameter-server hosts (no
+  oversubscription inside the network is modelled; the NIC ports are the shared resources).
+* Every edge is directed (full duplex): ``(u, v)`` and ``(v, u)`` are separate capacities.
+
+Latency of a route: each maximal run of edges of one link type pays that type's latency once
+(the catalogue gives end-to-end small-message latency per link type, switch included).
+Bandwidth: an edge's effective bandwidth (bandwidth x efficiency x any degradation factor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from simulator.specs import ClusterSpec, DeviceSpec, LinkSpec
+
+SWITCH = "switch"
+
+
+def device_name(spec: ClusterSpec, index: int) -> str:
+    node, local = divmod(index, spec.devices_per_node)
+    return f"node{node}.{spec.device.kind}{local}"
+
+
+def topology_elements(spec: ClusterSpec) -> set[str]:
+    names = {device_name(spec, i) for i in range(spec.device_count)}
+    names |= {f"node{n}.nic{k}" for n in range(spec.nodes) for k in range(spec.nics_per_node)}
+    names |= {f"node{n}.fabric" for n in range(spec.nodes)}
+    if spec.parameter_servers:
+        names |= {f"ps{j}" for j in range(spec.parameter_servers.hosts)}
+    return names
+
+
+Edge = tuple[str, str]
+
+
+@dataclass
+class Cluster:
+    """The built cluster: names, specs and the topology graph. Plain data, no SimPy."""
+
+    spec: ClusterSpec
+    devices: tuple[str, ...]
+    graph: nx.DiGraph
+    slowdown: dict[str, float]
+    _routes: dict[tuple[str, str], tuple[Edge, ...]] = field(default_factory=dict, repr=False)
+
+    @property
+    def device_spec(self) -> DeviceSpec:
+        return self.spec.device
+
+    def node_of(self, device: str) -> int:
+        return int(device.split(".", 1)[0][4:])
+
+    def nic_of(self, device: str) -> str:
+        attrs = self.graph.nodes[device]
+        return f"node{attrs['node']}.nic{attrs['nic']}"
+
+    def index_of(self, device: str) -> int:
+        return self.graph.nodes[device]["index"]
+
+    def ps_hosts(self) -> list[str]:
+        ps = self.spec.parameter_servers
+        return [f"ps{j}" for j in range(ps.hosts)] if ps else []
+
+    def route(self, a: str, b: str) -> tuple[Edge, ...]:
+        """The directed edges a transfer from ``a`` to ``b`` crosses (one path in a tree)."""
+        key = (a, b)
+        hit = self._routes.get(key)
+        if hit is not None:
+            return hit
+        up, down = self._uplinks(a), self._uplinks(b)
+        # strip the common tail (the lowest common ancestor and above)
+        while up and down and up[-1] == down[-1]:
+            up.pop()
+            down.pop()
+        path = up + [(v, u) for (u, v) in reversed(down)]
+        route = tuple(path)
+        self._routes[key] = route
+        return route
+
+    def _uplinks(self, x: str) -> list[Edge]:
+        """Edges from ``x`` up to the core switch."""
+        if x.startswith("ps"):
+            return [(x, SWITCH)]
+        if ".nic" in x:
+            return [(x, SWITCH)]
+        node = x.split(".", 1)[0]
+        nic = self.nic_of(x)
+        return [(x, f"{node}.fabric"), (f"{node}.fabric", nic), (nic, SWITCH)]
+
+    def latency(self, route: tuple[Edge, ...]) -> float:
+        total, last = 0.0, None
+        for e in route:
+            link = self.graph.edges[e]["link"]
+            if link is not last:
+                total += link.latency
+                last = link
+        return total
+
+    def bandwidth(self, edge: Edge) -> float:
+        return self.graph.edges[edge]["bandwidth"]
+
+
+def build_cluster(spec: ClusterSpec) -> Cluster:
+    g = nx.DiGraph()
+    degrade = {d.element: d.factor for d in spec.degraded_links}
+
+    def connect(child: str, parent: str, link: LinkSpec) -> None:
+        bw = link.effective_bandwidth * degrade.get(child, 1.0)
+        for e in ((child, parent), (parent, child)):
+            g.add_edge(*e, link=link, bandwidth=bw)
+
+    g.add_node(SWITCH, kind="switch")
+    devices = tuple(device_name(spec, i) for i in range(spec.device_count))
+    per_nic = -(-spec.devices_per_node // spec.nics_per_node)
+    for n in range(spec.nodes):
+        g.add_node(f"node{n}.fabric", kind="fabric", node=n)
+        for k in range(spec.nics_per_node):
+            nic = f"node{n}.nic{k}"
+            g.add_node(nic, kind="nic", node=n)
+            connect(nic, SWITCH, spec.inter_link)
+            connect(f"node{n}.fabric", nic, spec.inter_link)
+    for i, d in enumerate(devices):
+        node, local = divmod(i, spec.devices_per_node)
+        g.add_node(d, kind="device", node=node, index=i, nic=local // per_nic)
+        connect(d, f"node{node}.fabric", spec.intra_link)
+    if spec.parameter_servers:
+        for j in range(spec.parameter_servers.hosts):
+            g.add_node(f"ps{j}", kind="ps")
+            connect(f"ps{j}", SWITCH, spec.parameter_servers.nic)
+    slowdown = {devices[s.device]: s.slowdown for s in spec.stragglers}
+    return Cluster(spec=spec, devices=devices, graph=g, slowdown=slowdown)

@@ -1,0 +1,128 @@
+"""The hardware actors of the SimPy model: devices, parameter-server shards, the coordinator.
+
+Device (a GPU as an array of SMs, or one CPU core as one 'SM'):
+  kernel time = launch overhead x kernels + max(FLOPs / (peak x compute efficiency x SM share
+  x wave efficiency), bytes / (memory bandwidth x memory efficiency))      (the roofline,
+  Williams, Waterman & Patterson 2009), times the device's straggler slowdown.
+  A kernel of B thread blocks on s SMs holding k blocks each runs in ceil(B / (s k)) waves; the
+  last, partial wave wastes SMs (wave efficiency = B / (waves x s x k)). While a communication
+  kernel runs (NCCL-style, ``comm_sms`` of the device entry), compute kernels that start get the
+  remaining SMs. Ignored: caches, tensor-core shape constraints, clock boost and throttling.
+
+ParameterServer shard: a host with its own NIC (a topology element, so NIC contention is the
+network's). Applying a push is memory-bound on the host and serialised per shard (a SimPy
+resource): accumulate = 3 x bytes (read sum, read gradient, write sum), update = (3 + 2 x
+optimizer copies) x bytes, over the host's memory bandwidth x efficiency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import simpy
+
+from simulator.plan import Compute, Op
+from simulator.specs import DeviceSpec
+
+
+class Device:
+    def __init__(self, env: simpy.Environment, name: str, spec: DeviceSpec, precision: str,
+                 slowdown: float = 1.0):
+        self.env = env
+        self.name = name
+        self.spec = spec
+        pf = spec.peak_flops
+        self.peak = pf.get(precision) or pf.get("fp32") or max(pf.values())
+        self.slowdown = slowdown
+        self.comm_active = 0
+        self.busy = 0.0  # seconds of compute in measured iterations
+
+    def kernel_time(self, op: Op) -> float:
+        """Seconds one compute/update op takes on this device right now."""
+        s = self.spec
+        sms = s.sms - (s.comm_sms if self.comm_active else 0)
+        share = sms / s.sms
+        wave_eff = 1.0
+        if isinstance(op, Compute):
+            capacity = sms * s.blocks_per_sm
+            waves = math.ceil(op.blocks / capacity)
+            wave_eff = op.blocks / (waves * capacity)
+        kernels = getattr(op, "kernels", 1)
+        t_flops = op.flops / (self.peak * s.compute_efficiency * share * wave_eff)
+        t_mem = op.bytes / (s.memory_bandwidth * s.memory_efficiency)
+        return (s.launch_overhead * kernels + max(t_flops, t_mem)) * self.slowdown
+
+
+class ParameterServer:
+    """One shard of the parameter server, on its own host."""
+
+    def __init__(self, env: simpy.Environment, host: str, shard: int, spec: DeviceSpec,
+                 workers: int, optimizer_copies: int, sync: bool):
+        self.env = env
+        self.host = host
+        self.shard = shard
+        self.spec = spec
+        self.workers = workers
+        self.optimizer_copies = optimizer_copies
+        self.sync = sync
+        self.lock = simpy.Resource(env, capacity=1)
+        self.version = 0
+        self.pushes: dict[int, int] = defaultdict(int)
+        self.ready: dict[int, simpy.Event] = defaultdict(env.event)
+        self.staleness: list[int] = []
+        self.busy = 0.0
+
+    def _memory_time(self, nbytes: float) -> float:
+        return nbytes / (self.spec.memory_bandwidth * self.spec.memory_efficiency)
+
+    def apply(self, iteration: int, nbytes: float, seen_version: int):
+        """Process: accept one pushed gradient (after it has crossed the network)."""
+        with self.lock.request() as req:
+            yield req
+            if self.sync:
+                t = self._memory_time(3 * nbytes)
+                self.pushes[iteration] += 1
+                last = self.pushes[iteration] == self.workers
+                if last:
+                    t += self._memory_time((3 + 2 * self.optimizer_copies) * nbytes)
+                yield self.env.timeout(t)
+                self.busy += t
+                if last:
+                    self.version += 1
+                    self.ready[iteration].succeed()
+            else:
+                t = self._memory_time((3 + 2 * self.optimizer_copies) * nbytes)
+                yield self.env.timeout(t)
+                self.busy += t
+                self.staleness.append(self.version - seen_version)
+                self.version += 1
+
+    def step(self, nbytes_moved: float):
+        """Process: a batch optimisation step (Sandblaster's L-BFGS) over this shard."""
+        with self.lock.request() as req:
+            yield req
+            t = self._memory_time(nbytes_moved)
+            yield self.env.timeout(t)
+            self.busy += t
+            self.version += 1
+
+
+class Coordinator:
+    """Sandblaster's coordinator: hands out work portions to whichever worker asks first."""
+
+    def __init__(self, host: str, portions: int):
+        self.host = host
+        self.portions = portions
+        self.left = portions
+        self.handed: dict[int, int] = defaultdict(int)  # rank -> portions taken (load balance)
+
+    def reset(self) -> None:
+        self.left = self.portions
+
+    def take(self, rank: int) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        self.handed[rank] += 1
+        return True

@@ -1,0 +1,139 @@
+"""Links and NICs as shared resources: a fluid (flow-level) network model in SimPy.
+
+What is modelled: every transfer is a *flow* over a route of directed edges (full-duplex ports).
+Concurrent flows share each edge's bandwidth max-min fairly (progressive filling, Bertsekas &
+Gallager, *Data Networks*, 6.5.2): a flow's rate is its fair share at its most contended edge.
+Rates are recomputed whenever a flow starts or ends. Each transfer first pays its latency, then
+moves its bytes at its (changing) rate.
+
+What is ignored: packetisation, congestion control dynamics, switch buffers, the per-message
+protocol overheads beyond the latency term, and head-of-line blocking.
+
+Units: bytes, bytes/s, seconds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import simpy
+
+Edge = tuple[str, str]
+EPS = 1e-9  # relative: flows this close to done finish together (float noise)
+
+
+@dataclass(eq=False)
+class Flow:
+    route: tuple[Edge, ...]
+    remaining: float
+    done: simpy.Event
+    rate: float = 0.0
+    nbytes: float = 0.0
+    weight: int = 1  # identical flows this one stands for (symmetry); all share the edges
+    tag: str = ""
+
+
+@dataclass
+class EdgeStats:
+    bytes: float = 0.0
+    busy: float = 0.0  # seconds with at least one flow active
+
+
+@dataclass
+class Network:
+    env: simpy.Environment
+    capacity: dict[Edge, float]
+    record_rates: bool = False
+    flows: set[Flow] = field(default_factory=set)
+    stats: dict[Edge, EdgeStats] = field(default_factory=lambda: defaultdict(EdgeStats))
+    rate_log: list[tuple[float, Edge, float]] = field(default_factory=list)
+    _last: float = 0.0
+    _generation: int = 0
+
+    def transfer(self, route: tuple[Edge, ...], nbytes: float, latency: float = 0.0,
+                 tag: str = "", weight: int = 1) -> simpy.Event:
+        """An event that fires when ``nbytes`` have crossed ``route`` (after ``latency``)."""
+        done = self.env.event()
+        if latency > 0:
+            start = self.env.timeout(latency)
+            start.callbacks.append(lambda _e: self._start(route, nbytes, done, tag, weight))
+        else:
+            self._start(route, nbytes, done, tag, weight)
+        return done
+
+    def _start(self, route: tuple[Edge, ...], nbytes: float, done: simpy.Event, tag: str,
+               weight: int) -> None:
+        if nbytes <= 0 or not route:
+            done.succeed()
+            return
+        self._advance()
+        self.flows.add(Flow(route=route, remaining=nbytes, done=done, nbytes=nbytes, tag=tag,
+                            weight=weight))
+        self._reschedule()
+
+    def _advance(self) -> None:
+        now = self.env.now
+        dt = now - self._last
+        if dt > 0:
+            active: set[Edge] = set()
+            for f in self.flows:
+                f.remaining -= f.rate * dt
+                active.update(f.route)
+            for e in active:
+                self.stats[e].busy += dt
+        self._last = now
+
+    def _reschedule(self) -> None:
+        self._fair_share()
+        self._generation += 1
+        if not self.flows:
+            return
+        gen = self._generation
+        eta = {f: max(f.remaining, 0.0) / f.rate for f in self.flows}
+        dt = min(eta.values())
+        # flows due within float noise of the first one finish with it (no zero-length timers)
+        due = [f for f, t in eta.items() if t <= dt * (1 + EPS) + 1e-15]
+        ev = self.env.timeout(dt)
+        ev.callbacks.append(lambda _e: self._on_timer(gen, due))
+
+    def _on_timer(self, gen: int, due: list[Flow]) -> None:
+        if gen != self._generation:
+            return  # superseded by a later start/finish
+        self._advance()
+        for f in self.flows:
+            if f.remaining <= EPS * f.nbytes:
+                due.append(f)
+        for f in set(due):
+            self.flows.discard(f)
+            for e in f.route:
+                self.stats[e].bytes += f.nbytes * f.weight
+            f.done.succeed()
+        self._reschedule()
+
+    def _fair_share(self) -> None:
+        """Max-min fair rates by progressive filling."""
+        left = {}
+        users: dict[Edge, list[Flow]] = defaultdict(list)
+        for f in self.flows:
+            for e in f.route:
+                users[e].append(f)
+        for e in users:
+            left[e] = self.capacity[e]
+        count = {e: sum(f.weight for f in fs) for e, fs in users.items()}
+        unfrozen = set(self.flows)
+        while unfrozen:
+            share, edge = min((left[e] / count[e], e) for e in users if count[e] > 0)
+            for f in [f for f in users[edge] if f in unfrozen]:
+                f.rate = max(share, 0.0)
+                unfrozen.discard(f)
+                for e in f.route:
+                    left[e] -= share * f.weight
+                    count[e] -= f.weight
+        if self.record_rates:
+            now = self.env.now
+            for e, fs in users.items():
+                self.rate_log.append((now, e, sum(f.rate * f.weight for f in fs)))
+            for e in getattr(self, "_prev_edges", set()) - set(users):
+                self.rate_log.append((now, e, 0.0))
+            self._prev_edges = set(users)

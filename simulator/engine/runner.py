@@ -1,0 +1,335 @@
+"""Interprets a Plan in SimPy: one process per rank stream, hardware actors wired once.
+
+Each rank runs its program ``warmup + iterations`` times. Within one run of the program, each
+stream (``compute``, ``comm``) is a SimPy process that executes its ops in order, waiting for
+cross-stream dependencies; point-to-point sends and receives run as independent processes (as
+non-blocking MPI calls do). Consecutive compute kernels with no dependant on another stream are
+timed in one SimPy timeout (per-kernel times are still computed and traced): the events a rank
+costs grow with its synchronisation points, not with its layer count.
+
+Recorded per rank (measured iterations only): intervals of compute, communication and
+parameter-server work, and waits; the summary turns them into the breakdown.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import simpy
+
+from simulator.cluster import Cluster
+from simulator.engine import collectives
+from simulator.engine.hardware import Coordinator, Device, ParameterServer
+from simulator.engine.network import Network
+from simulator.plan import (
+    COMM,
+    COMPUTE,
+    Barrier,
+    Collective,
+    Compute,
+    Op,
+    Plan,
+    PSPull,
+    PSPush,
+    Recv,
+    Send,
+    Update,
+    WorkLoop,
+)
+from simulator.strategies.common import OPTIMIZER_COPIES
+
+KERNEL_OPS = (Compute, Update)
+P2P_OPS = (Send, Recv)
+
+
+@dataclass
+class Program:
+    """A rank program analysed once: ops per stream and which ops other streams wait for."""
+
+    streams: dict[str, list[Op]]
+    p2p: list[Op]
+    needed: set[int]
+    cross_deps: dict[int, tuple[int, ...]]
+
+    @staticmethod
+    def of(ops: tuple[Op, ...]) -> Program:
+        stream_of = {op.id: ("p2p" if isinstance(op, P2P_OPS) else op.stream) for op in ops}
+        streams: dict[str, list[Op]] = defaultdict(list)
+        p2p = []
+        needed: set[int] = set()
+        cross: dict[int, tuple[int, ...]] = {}
+        for op in ops:
+            s = stream_of[op.id]
+            (p2p if s == "p2p" else streams[s]).append(op)
+            cd = tuple(d for d in op.deps if stream_of[d] != s or s == "p2p")
+            cross[op.id] = cd
+            needed.update(cd)
+        return Program(dict(streams), p2p, needed, cross)
+
+
+@dataclass
+class Rendezvous:
+    size: int
+    done: simpy.Event
+    arrived: int = 0
+    start: float = 0.0
+
+
+@dataclass
+class RankLog:
+    compute: list[tuple[float, float]] = field(default_factory=list)
+    comm: list[tuple[float, float]] = field(default_factory=list)
+    ps: list[tuple[float, float]] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, plan: Plan, cluster: Cluster, precision: str, optimizer: str,
+                 warmup: int, iterations: int, record_trace: bool = False):
+        self.env = env = simpy.Environment()
+        self.plan, self.cluster = plan, cluster
+        self.warmup, self.iterations = warmup, iterations
+        self.record_trace = record_trace
+        self.network = Network(env, {e: cluster.bandwidth(e) for e in cluster.graph.edges},
+                               record_rates=record_trace)
+        workers = plan.workers()
+        self.devices = {r.device: Device(env, r.device, cluster.spec.device, precision,
+                                         cluster.slowdown.get(r.device, 1.0)) for r in workers}
+        servers = [r for r in plan.ranks if r.role == "server"]
+        ps_spec = cluster.spec.parameter_servers
+        self.servers = [ParameterServer(env, r.device, j, ps_spec.device, len(workers),
+                                        OPTIMIZER_COPIES[optimizer],
+                                        sync=plan.mode != "async")
+                        for j, r in enumerate(servers)] if servers else []
+        self.coordinator = (Coordinator(self.servers[0].host, plan.portions)
+                            if plan.portions else None)
+        self.device_of = {r.rank: r.device for r in plan.ranks}
+        self.logs = {r.rank: RankLog() for r in workers}
+        self.spans: list[tuple[str, str, str, float, float]] = []
+        self.rendezvous: dict[tuple, Rendezvous] = {}
+        self.mail: dict[tuple, list] = {}
+        self.seen_version: dict[tuple[int, int], int] = defaultdict(int)
+        self.programs = {}
+        for r in workers:
+            key = id(r.ops)
+            if key not in self.programs:
+                self.programs[key] = Program.of(r.ops)
+
+    # ---- driving ------------------------------------------------------------------------------
+    def run(self) -> None:
+        for r in self.plan.workers():
+            self.env.process(self._rank(r.rank, self.programs[id(r.ops)]))
+        self.env.run()
+
+    def _measured(self, it: int) -> bool:
+        return it >= self.warmup
+
+    def _rank(self, rank: int, prog: Program):
+        for it in range(self.warmup + self.iterations):
+            if self.coordinator and rank == self.plan.workers()[0].rank:
+                self.coordinator.reset()
+            ev: dict[int, simpy.Event] = {i: self.env.event() for i in prog.needed}
+            procs = [self.env.process(self._stream(rank, it, ops, prog, ev))
+                     for ops in prog.streams.values()]
+            procs += [self.env.process(self._p2p(rank, it, op, prog, ev)) for op in prog.p2p]
+            yield simpy.AllOf(self.env, procs)
+            self.logs[rank].ends.append(self.env.now)
+
+    def _wait(self, op: Op, prog: Program, ev: dict[int, simpy.Event]):
+        pending = [ev[d] for d in prog.cross_deps[op.id] if not ev[d].triggered]
+        if pending:
+            yield simpy.AllOf(self.env, pending)
+
+    def _log(self, rank: int, it: int, kind: str, start: float, name: str = "",
+             tid: str = "") -> None:
+        end = self.env.now
+        if self._measured(it) and end > start:
+            getattr(self.logs[rank], kind).append((start, end))
+        if self.record_trace and end > start:
+            self.spans.append((self.device_of[rank], tid or kind, name, start, end - start))
+
+    # ---- streams ------------------------------------------------------------------------------
+    def _stream(self, rank: int, it: int, ops: list[Op], prog: Program, ev):
+        i, n = 0, len(ops)
+        while i < n:
+            op = ops[i]
+            yield from self._wait(op, prog, ev)
+            if isinstance(op, KERNEL_OPS):
+                j = i + 1
+                while (op.id not in prog.needed and j < n and isinstance(ops[j], KERNEL_OPS)
+                       and not prog.cross_deps[ops[j].id]):
+                    j += 1
+                    if ops[j - 1].id in prog.needed:
+                        break
+                yield from self._kernels(rank, it, ops[i:j])
+                done = ops[i:j]
+                i = j
+            else:
+                yield from self._comm_op(rank, it, op)
+                done = [op]
+                i += 1
+            for o in done:
+                if o.id in ev:
+                    ev[o.id].succeed()
+
+    def _kernels(self, rank: int, it: int, run: list[Op]):
+        dev = self.devices[self.device_of[rank]]
+        times = [dev.kernel_time(o) for o in run]
+        start = self.env.now
+        yield self.env.timeout(sum(times))
+        if self._measured(it):
+            dev.busy += self.env.now - start
+            self.logs[rank].compute.append((start, self.env.now))
+        if self.record_trace:
+            t = start
+            for o, d in zip(run, times):
+                name = f"{o.layer}.{o.phase}" if isinstance(o, Compute) else "update"
+                self.spans.append((dev.name, COMPUTE, name, t, d))
+                t += d
+
+    def _comm_op(self, rank: int, it: int, op: Op):
+        if isinstance(op, Collective):
+            yield from self._collective(rank, it, op)
+        elif isinstance(op, PSPush):
+            yield from self._push(rank, it, op)
+        elif isinstance(op, PSPull):
+            yield from self._pull(rank, it, op)
+        elif isinstance(op, Barrier):
+            yield from self._barrier(rank, it, op)
+        elif isinstance(op, WorkLoop):
+            yield from self._work_loop(rank, it, op)
+        else:
+            raise ValueError(f"op {op.kind!r} cannot run on stream {op.stream!r}")
+
+    # ---- collectives ----------------------------------------------------------------------------
+    def _join(self, group: str, key: str, it: int) -> Rendezvous:
+        k = (group, key, it)
+        rv = self.rendezvous.get(k)
+        if rv is None:
+            rv = self.rendezvous[k] = Rendezvous(len(self.plan.groups[group]), self.env.event())
+        rv.arrived += 1
+        return rv
+
+    def _collective(self, rank: int, it: int, op: Collective):
+        arrive = self.env.now
+        rv = self._join(op.group, op.key, it)
+        if rv.arrived == rv.size:
+            self.env.process(self._run_collective(rv, op))
+        yield rv.done
+        self._log(rank, it, "comm", rv.start, f"{op.collective}:{op.key}", COMM)
+        if self.record_trace and rv.start > arrive:
+            self.spans.append((self.device_of[rank], COMM, "wait", arrive, rv.start - arrive))
+
+    def _run_collective(self, rv: Rendezvous, op: Collective):
+        rv.start = self.env.now
+        devs = [self.device_of[r] for r in self.plan.groups[op.group]]
+        for d in devs:
+            self.devices[d].comm_active += 1
+        c = self.cluster
+        for ph in collectives.phases(op.collective, op.algorithm, devs, op.bytes, c.node_of):
+            routes = [c.route(a, b) for a, b in ph.pairs]
+            latency = ph.latency_steps * max(c.latency(r) for r in routes)
+            if latency:
+                yield self.env.timeout(latency)
+            yield simpy.AllOf(self.env, [self.network.transfer(r, ph.bytes_per_flow, tag=op.key)
+                                         for r in routes])
+        for d in devs:
+            self.devices[d].comm_active -= 1
+        rv.done.succeed()
+
+    def _barrier(self, rank: int, it: int, op: Barrier):
+        arrive = self.env.now
+        rv = self._join(op.group, op.key, it)
+        if rv.arrived == rv.size:
+            self.env.process(self._batch_step(rv))
+        yield rv.done
+        self._log(rank, it, "ps", rv.start, "batch step", COMM)
+        del arrive
+
+    def _batch_step(self, rv: Rendezvous):
+        """All workers are done with the batch: the coordinator has every shard take a step."""
+        rv.start = self.env.now
+        step_bytes = self.plan.options.get("step_bytes_per_shard", 0.0)
+        if self.servers and step_bytes:
+            host = self.coordinator.host if self.coordinator else self.servers[0].host
+            procs = []
+            for s in self.servers:
+                lat = 2 * self.cluster.latency(self.cluster.route(host, s.host)) if (
+                    host != s.host) else 0.0
+                procs.append(self.env.process(self._after(lat, s.step(step_bytes))))
+            yield simpy.AllOf(self.env, procs)
+        rv.done.succeed()
+
+    def _after(self, delay: float, proc):
+        if delay:
+            yield self.env.timeout(delay)
+        yield self.env.process(proc)
+
+    # ---- parameter server -----------------------------------------------------------------------
+    def _push(self, rank: int, it: int, op: PSPush):
+        start = self.env.now
+        server = self.servers[op.shard]
+        dev = self.device_of[rank]
+        route = self.cluster.route(dev, server.host)
+        yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
+        seen = self.seen_version[(rank, op.shard)]
+        self.env.process(server.apply(it, op.bytes, seen))
+        self._log(rank, it, "ps", start, f"push{op.shard}", COMM)
+
+    def _pull(self, rank: int, it: int, op: PSPull):
+        start = self.env.now
+        server = self.servers[op.shard]
+        dev = self.device_of[rank]
+        route = self.cluster.route(server.host, dev)
+        yield self.env.timeout(self.cluster.latency(route))  # the request
+        if server.sync:
+            yield server.ready[it]
+        self.seen_version[(rank, op.shard)] = server.version
+        yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
+        self._log(rank, it, "ps", start, f"pull{op.shard}", COMM)
+
+    # ---- Sandblaster work portions --------------------------------------------------------------
+    def _work_loop(self, rank: int, it: int, op: WorkLoop):
+        coord = self.coordinator
+        dev = self.device_of[rank]
+        rtt = 2 * self.cluster.latency(self.cluster.route(dev, coord.host))
+        pushes = []
+        while True:
+            start = self.env.now
+            yield self.env.timeout(rtt)
+            self._log(rank, it, "ps", start, "ask coordinator", COMM)
+            if not coord.take(rank):
+                break
+            kernels = [o for o in op.body if isinstance(o, KERNEL_OPS)]
+            yield from self._kernels(rank, it, kernels)
+            pushes += [self.env.process(self._push(rank, it, o)) for o in op.body
+                       if isinstance(o, PSPush)]
+        if pushes:
+            start = self.env.now
+            yield simpy.AllOf(self.env, pushes)
+            self._log(rank, it, "ps", start, "drain pushes", COMM)
+
+    # ---- point to point -------------------------------------------------------------------------
+    def _box(self, key: tuple) -> list:
+        box = self.mail.get(key)
+        if box is None:
+            box = self.mail[key] = [self.env.event(), None]
+        return box
+
+    def _p2p(self, rank: int, it: int, op: Op, prog: Program, ev):
+        yield from self._wait(op, prog, ev)
+        if isinstance(op, Send):
+            box = self._box((rank, op.peer, op.tag, it))
+            box[1] = start = self.env.now
+            route = self.cluster.route(self.device_of[rank], self.device_of[op.peer])
+            yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
+            box[0].succeed()
+            self._log(rank, it, "comm", start, f"send {op.tag}", "p2p")
+        else:
+            box = self._box((op.peer, rank, op.tag, it))
+            posted = self.env.now
+            yield box[0]
+            self._log(rank, it, "comm", max(posted, box[1]), f"recv {op.tag}", "p2p")
+        if op.id in ev:
+            ev[op.id].succeed()

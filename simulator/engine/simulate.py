@@ -1,0 +1,138 @@
+"""Predict one Plan: run the SimPy model and summarise it as a Result entry.
+
+Breakdown per worker rank over the measured iterations (then averaged over workers, per
+iteration): ``compute`` = time some kernel ran; ``exposed_communication`` = communication not
+hidden under compute; ``ps_wait`` = parameter-server transfers, service and coordinator round
+trips not hidden under either; ``idle`` = the rest (waiting for peers, pipeline bubble). The four
+add up to the iteration time.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from simulator.cluster import Cluster
+from simulator.engine.runner import Engine
+from simulator.plan import Plan
+from simulator.specs import TrainingSpec
+
+Interval = tuple[float, float]
+
+
+def _union(intervals: list[Interval], lo: float, hi: float) -> list[Interval]:
+    out: list[Interval] = []
+    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in intervals):
+        if b <= a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _length(iv: list[Interval]) -> float:
+    return sum(b - a for a, b in iv)
+
+
+def _minus(a: list[Interval], b: list[Interval]) -> float:
+    """Length of union(a) minus its overlap with union(b) (both already unions)."""
+    overlap, j = 0.0, 0
+    for x0, x1 in a:
+        while j < len(b) and b[j][1] <= x0:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] < x1:
+            overlap += max(0.0, min(x1, b[k][1]) - max(x0, b[k][0]))
+            k += 1
+    return _length(a) - overlap
+
+
+@dataclass
+class Prediction:
+    entry: dict
+    engine: Engine | None
+
+
+def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
+            record_trace: bool = False) -> Prediction:
+    base = {
+        "strategy": plan.strategy,
+        "scheme": plan.scheme,
+        "mode": "predicted",
+        "devices": len(plan.workers()),
+        "samples_per_iteration": plan.samples_per_period,
+        "fits": plan.fits,
+        "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
+        "memory_capacity_bytes": cluster.spec.device.memory,
+    }
+    if not plan.fits:
+        worst = max(plan.memory, key=lambda m: m.total)
+        base.update(iteration_time_s=None, throughput_samples_per_s=None, breakdown_s=None,
+                    note=f"does not fit: {worst.device} needs {worst.total / 2**30:.2f} GiB "
+                         f"of {worst.capacity / 2**30:.2f} GiB")
+        return Prediction(base, None)
+    eng = Engine(plan, cluster, training.precision, training.optimizer,
+                 training.warmup_iterations, training.iterations, record_trace)
+    eng.run()
+    iters = training.iterations
+    logs = eng.logs
+    warm = training.warmup_iterations
+    t0 = max((lg.ends[warm - 1] for lg in logs.values()), default=0.0) if warm else 0.0
+    t1 = max(lg.ends[-1] for lg in logs.values())
+    window = t1 - t0
+    parts = {"compute": [], "exposed_communication": [], "ps_wait": [], "idle": []}
+    for lg in logs.values():
+        c = _union(lg.compute, t0, t1)
+        m = _union(lg.comm, t0, t1)
+        p = _union(lg.ps, t0, t1)
+        cm = _union(c + m, t0, t1)
+        compute = _length(c)
+        exposed = _minus(m, c)
+        ps = _minus(p, cm)
+        parts["compute"].append(compute)
+        parts["exposed_communication"].append(exposed)
+        parts["ps_wait"].append(ps)
+        parts["idle"].append(max(0.0, window - compute - exposed - ps))
+    steps = iters * plan.period_steps
+    breakdown = {k: statistics.fmean(v) / steps for k, v in parts.items()}
+    if plan.mode == "async":
+        # workers run on their own clocks: throughput is the sum of each worker's own rate
+        per_worker = plan.samples_per_period / len(logs)
+        rates = [per_worker * iters / (lg.ends[-1] - (lg.ends[warm - 1] if warm else 0.0))
+                 for lg in logs.values()]
+        throughput = sum(rates)
+        iteration_time = statistics.fmean(per_worker / r for r in rates) / plan.period_steps
+    else:
+        iteration_time = window / steps
+        throughput = plan.samples_per_period * iters / window
+    link_util = {}
+    for (u, v), st in eng.network.stats.items():
+        if st.bytes > 0:
+            link_util[f"{u}->{v}"] = st.bytes / (cluster.bandwidth((u, v)) * t1)
+    base.update(
+        iteration_time_s=iteration_time,
+        throughput_samples_per_s=throughput,
+        breakdown_s=breakdown,
+        utilisation_per_device={d.name: d.busy / window for d in eng.devices.values()},
+        utilisation_per_link=dict(sorted(link_util.items())),
+    )
+    if eng.servers:
+        base["utilisation_per_server"] = {s.host: s.busy / t1 for s in eng.servers}
+    if plan.mode == "async":
+        stale = [x for s in eng.servers for x in s.staleness]
+        base["staleness"] = {"mean": statistics.fmean(stale) if stale else 0.0,
+                             "max": max(stale, default=0),
+                             "histogram": _histogram(stale)}
+    if eng.coordinator:
+        base["portions_per_worker"] = {eng.device_of[r]: n
+                                       for r, n in sorted(eng.coordinator.handed.items())}
+    return Prediction(base, eng)
+
+
+def _histogram(values: list[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in sorted(values):
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out

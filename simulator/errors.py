@@ -1,0 +1,50 @@
+"""The one error a user sees for bad input: it names the file, the field path and the bad value."""
+
+from __future__ import annotations
+
+
+class ScenarioError(Exception):
+    """Bad scenario input.
+
+    ``path`` is the dotted field path inside the file (``cluster.device.memory_GiB``,
+    ``strategies[2].stages``); ``value`` is the offending value as the user wrote it; ``line`` is
+    its line in the YAML file when known.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, path: str = "",
+                 value: object = None, has_value: bool = False, line: int | None = None):
+        self.message = message
+        self.file = file
+        self.path = path
+        self.value = value
+        self.has_value = has_value
+        self.line = line
+        super().__init__(str(self))
+
+    def _copy(self, **kw: object) -> ScenarioError:
+        d = dict(file=self.file, path=self.path, value=self.value, has_value=self.has_value,
+                 line=self.line)
+        d.update(kw)
+        return ScenarioError(self.message, **d)  # type: ignore[arg-type]
+
+    def with_file(self, file: str) -> ScenarioError:
+        return self._copy(file=file)
+
+    def at_line(self, line: int | None) -> ScenarioError:
+        """Attach a line unless a more precise one (deeper in the file) is already known."""
+        return self if self.line is not None or line is None else self._copy(line=line)
+
+    def __str__(self) -> str:
+        where = self.file or "<scenario>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.path:
+            where += f": {self.path}"
+        text = f"{where}: {self.message}"
+        if self.has_value:
+            text += f" (got {self.value!r})"
+        return text
+
+
+class PlanError(Exception):
+    """A strategy cannot build a plan for this model and cluster (a user-facing reason)."""

@@ -1,0 +1,262 @@
+"""The Plan: the contract between the strategies and the two engines.
+
+A Plan is frozen, JSON-serialisable data. For every rank it holds an ordered program of operations
+(compute a layer shard forward/backward on a micro-batch, send/receive bytes to a peer, a
+collective over a group with a named algorithm, push/pull a parameter-server shard, apply an
+update), with the dependencies between them. The simulator (SimPy) predicts it, the executor
+(MPI) runs it; nothing else crosses between them. This module imports only the standard library.
+
+Execution semantics, shared by both engines:
+
+* Each rank has *streams* (``compute`` and ``comm``). Ops on one stream run in program order; an
+  op additionally waits for the ops named in ``deps`` (ids on the same rank). So "communication
+  overlaps backward" is simply a collective on the ``comm`` stream that depends on a backward op.
+* ``Send``/``Recv`` match by (source, destination, tag). A ``Collective`` is matched across the
+  ranks of its group by ``key``; it starts when every member has reached it.
+* ``PSPush``/``PSPull`` address a parameter-server shard (a rank whose role is ``server``).
+* ``WorkLoop`` (Sandblaster) repeats its body for every work portion the coordinator hands out.
+* A program is one *period*: one iteration for synchronous schemes, ``period_steps`` worker steps
+  for Downpour. Engines repeat it.
+
+Units: bytes, FLOPs, samples.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+COMPUTE = "compute"
+COMM = "comm"
+PHASES = ("fwd", "bwd", "cd1")
+
+
+@dataclass(frozen=True)
+class Op:
+    id: int
+    stream: str
+    deps: tuple[int, ...]
+    kind: ClassVar[str] = "op"
+
+
+@dataclass(frozen=True)
+class Compute(Op):
+    """Forward/backward of one layer (or a shard of it) on ``samples`` samples.
+
+    ``flops`` and ``bytes`` are the totals for this op (already scaled by samples and shard);
+    ``blocks`` is the number of thread blocks the kernel launches (for wave quantisation);
+    ``kernels`` the number of kernel launches it costs.
+    """
+
+    layer: str
+    phase: str
+    micro_batch: int
+    samples: int
+    shard: int
+    shards: int
+    flops: float
+    bytes: float
+    blocks: int
+    kernels: int = 1
+    kind: ClassVar[str] = "compute"
+
+
+@dataclass(frozen=True)
+class Update(Op):
+    """Apply the optimizer to ``params`` parameters held by this rank."""
+
+    params: int
+    flops: float
+    bytes: float
+    kind: ClassVar[str] = "update"
+
+
+@dataclass(frozen=True)
+class Send(Op):
+    peer: int
+    bytes: float
+    tag: str
+    kind: ClassVar[str] = "send"
+
+
+@dataclass(frozen=True)
+class Recv(Op):
+    peer: int
+    bytes: float
+    tag: str
+    kind: ClassVar[str] = "recv"
+
+
+@dataclass(frozen=True)
+class Collective(Op):
+    """A collective over ``group`` (a key of ``Plan.groups``).
+
+    ``collective`` is ``allreduce``, ``allgather``, ``reduce_scatter`` or ``broadcast``;
+    ``algorithm`` is ``ring``, ``tree``, ``hierarchical`` or ``mpi`` (the library's own);
+    ``bytes`` is the buffer size S each member contributes.
+    """
+
+    collective: str
+    algorithm: str
+    group: str
+    bytes: float
+    key: str
+    kind: ClassVar[str] = "collective"
+
+
+@dataclass(frozen=True)
+class PSPush(Op):
+    """Push ``bytes`` of gradients to parameter-server shard ``shard``."""
+
+    shard: int
+    bytes: float
+    tag: str
+    kind: ClassVar[str] = "ps_push"
+
+
+@dataclass(frozen=True)
+class PSPull(Op):
+    """Fetch ``bytes`` of parameters from parameter-server shard ``shard``."""
+
+    shard: int
+    bytes: float
+    tag: str
+    kind: ClassVar[str] = "ps_pull"
+
+
+@dataclass(frozen=True)
+class Barrier(Op):
+    """Wait until every rank of ``group`` has reached this barrier (the sync PS step)."""
+
+    group: str
+    key: str
+    kind: ClassVar[str] = "barrier"
+
+
+@dataclass(frozen=True)
+class WorkLoop(Op):
+    """Sandblaster: ask ``coordinator`` for a portion, run ``body``, repeat until none is left."""
+
+    coordinator: int
+    body: tuple[Op, ...]
+    kind: ClassVar[str] = "work_loop"
+
+
+OP_TYPES: dict[str, type[Op]] = {
+    t.kind: t for t in (Compute, Update, Send, Recv, Collective, PSPush, PSPull, Barrier, WorkLoop)
+}
+
+ROLES = ("worker", "server", "coordinator")
+
+
+@dataclass(frozen=True)
+class RankProgram:
+    rank: int
+    device: str  # hardware name, e.g. "node0.gpu3" or "ps1"
+    role: str  # worker | server | coordinator
+    ops: tuple[Op, ...] = ()
+    shard_params: int = 0  # servers: parameters this shard holds
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Bytes a device needs for this plan, by category; ``capacity`` is what it has."""
+
+    device: str
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    capacity: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: str  # the scenario's name for this strategy entry
+    scheme: str  # data_parallel, downpour, sandblaster, pipeline, tensor, branch, hybrid
+    mode: str  # sync | async | batch
+    samples_per_period: int  # samples all workers process in one period
+    period_steps: int  # worker steps per period (1 for sync)
+    ranks: tuple[RankProgram, ...]
+    groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    memory: tuple[MemoryNeed, ...] = ()
+    portions: int = 0  # Sandblaster: work portions per batch
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool:
+        return all(m.fits for m in self.memory)
+
+    def workers(self) -> list[RankProgram]:
+        return [r for r in self.ranks if r.role == "worker"]
+
+    def to_dict(self) -> dict[str, Any]:
+        def op_dict(op: Op) -> dict[str, Any]:
+            d: dict[str, Any] = {"op": op.kind}
+            for f in fields(op):
+                v = getattr(op, f.name)
+                d[f.name] = [op_dict(b) for b in v] if f.name == "body" else v
+            return d
+
+        d = asdict(self)
+        d["ranks"] = [
+            {**{k: v for k, v in asdict(r).items() if k != "ops"},
+             "ops": [op_dict(op) for op in r.ops]}
+            for r in self.ranks
+        ]
+        d["groups"] = {k: list(v) for k, v in self.groups.items()}
+        return d
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Plan:
+        def op_from(o: dict[str, Any]) -> Op:
+            cls = OP_TYPES[o["op"]]
+            kw = {k: v for k, v in o.items() if k != "op"}
+            kw["deps"] = tuple(kw["deps"])
+            if "body" in kw:
+                kw["body"] = tuple(op_from(b) for b in kw["body"])
+            return cls(**kw)
+
+        ranks = tuple(
+            RankProgram(**{k: v for k, v in r.items() if k != "ops"},
+                        ops=tuple(op_from(o) for o in r["ops"]))
+            for r in d["ranks"]
+        )
+        return Plan(
+            strategy=d["strategy"], scheme=d["scheme"], mode=d["mode"],
+            samples_per_period=d["samples_per_period"], period_steps=d["period_steps"],
+            ranks=ranks, groups={k: tuple(v) for k, v in d["groups"].items()},
+            memory=tuple(MemoryNeed(**m) for m in d["memory"]),
+            portions=d.get("portions", 0), options=dict(d.get("options", {})),
+        )
+
+
+class ProgramBuilder:
+    """Appends ops to one rank's program, handing out ids and default stream order."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+
+    def add(self, cls: type[Op], *, stream: str = COMPUTE, deps: tuple[int, ...] = (),
+            **kw: Any) -> int:
+        op_id = len(self.ops)
+        self.ops.append(cls(id=op_id, stream=stream, deps=tuple(deps), **kw))
+        return op_id
+
+    def last(self, stream: str | None = None) -> int | None:
+        for op in reversed(self.ops):
+            if stream is None or op.stream == stream:
+                return op.id
+        return None

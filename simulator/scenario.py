@@ -1,0 +1,244 @@
+"""Scenario YAML -> typed, frozen, validated objects. The only place configuration enters.
+
+Strict: an unknown key, a wrong type, a non-positive size or bandwidth, an unknown model, device
+or link name, a device index that does not exist, a strategy option out of range or a partition
+that does not cover the layers is a :class:`ScenarioError` naming the file, line, field path and
+bad value. Units live in key names and become SI here. ``docs/scenarios.md`` lists every key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from simulator import catalogue
+from simulator.errors import ScenarioError
+from simulator.schema import (
+    Fields,
+    choice,
+    integer,
+    join,
+    list_of,
+    load_yaml,
+    number,
+    string,
+)
+from simulator.specs import (
+    ClusterSpec,
+    DegradedLink,
+    DeviceSpec,
+    LinkSpec,
+    ModelSpec,
+    ParameterServerSpec,
+    Scenario,
+    Straggler,
+    StrategySpec,
+    TrainingSpec,
+)
+from simulator.units import BYTES_PER_ELEMENT
+
+TOP_KEYS = ("name", "description", "seed", "model", "cluster", "training", "strategies")
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; every error names ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ScenarioError(f"cannot read the scenario: {e.strerror}", file=str(path)) from None
+    try:
+        return parse_scenario(load_yaml(text), str(path))
+    except ScenarioError as e:
+        raise e.with_file(str(path)) from None
+
+
+def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
+    top = Fields(data, "")
+    name = top.get("name", string)
+    description = top.get("description", string, "")
+    seed = top.get("seed", integer(0), 0)
+    model = _model(top.sub("model"))
+    cluster = _cluster(top.sub("cluster"))
+    training = _training(top.sub("training"))
+    strategies = _strategies(top, cluster)
+    top.done(TOP_KEYS)
+    scenario = Scenario(name=name, description=description, seed=seed, model=model,
+                        cluster=cluster, training=training, strategies=strategies, file=file)
+    _check_against_graph(scenario, top)
+    return scenario
+
+
+def build_graph(model: ModelSpec) -> nx.DiGraph:
+    """The model graph a ModelSpec names (zoo or custom layer list)."""
+    from simulator.model import build_custom, build_zoo
+
+    if model.layers is not None:
+        return build_custom(list(model.layers), model.input_shape, path="model")
+    assert model.zoo is not None
+    return build_zoo(model.zoo, dict(model.params))
+
+
+# ---- model -------------------------------------------------------------------------------------
+
+def _model(f: Fields) -> ModelSpec:
+    if f.has("zoo") == f.has("layers"):
+        raise ScenarioError("give exactly one of 'zoo' (a named network) or 'layers' (a list)",
+                            path=f.path or "model", line=f.line("zoo") or f.line("layers"))
+    if f.has("zoo"):
+        zoo = f.get("zoo", string)
+        params = f.raw("params") if f.has("params") else {}
+        if not isinstance(params, dict):
+            raise f.error("params", "must be a mapping of the network's parameters")
+        f.done(("zoo", "params"))
+        return ModelSpec(zoo=zoo, params=dict(params))
+    layers = f.raw("layers")
+    if not isinstance(layers, list) or not layers:
+        raise f.error("layers", "must be a non-empty list of layers")
+    shape = f.get("input_shape", list_of(integer(1)))
+    f.done(("layers", "input_shape"))
+    return ModelSpec(zoo=None, layers=tuple(layers), input_shape=tuple(shape))
+
+
+# ---- cluster -----------------------------------------------------------------------------------
+
+def _named_or_inline(f: Fields, key: str, table: dict, reader, kind: str):  # noqa: ANN001, ANN202
+    value = f.raw(key)
+    if isinstance(value, str):
+        if value not in table:
+            raise f.error(key, f"unknown {kind} (catalogue has: {', '.join(sorted(table))})")
+        return table[value]
+    sub = f.sub(key)
+    if sub.has("base"):
+        base_name = sub.get("base", string)
+        if base_name not in table:
+            raise sub.error("base", f"unknown {kind} (catalogue has: {', '.join(sorted(table))})")
+        return reader(f"{base_name}*", sub, table[base_name])
+    return reader("inline", sub)
+
+
+def device_field(f: Fields, key: str) -> DeviceSpec:
+    return _named_or_inline(f, key, catalogue.devices(), catalogue.read_device, "device")
+
+
+def link_field(f: Fields, key: str, scope: str) -> LinkSpec:
+    link = _named_or_inline(f, key, catalogue.links(), catalogue.read_link, "link")
+    if link.scope != scope:
+        raise f.error(key, f"is a link used {link.scope} a node; this field needs an {scope}-node "
+                      "link", value=f.raw(key))
+    return link
+
+
+def _cluster(f: Fields) -> ClusterSpec:
+    nodes = f.get("nodes", integer(1))
+    per_node = f.get("devices_per_node", integer(1))
+    device = device_field(f, "device")
+    intra = link_field(f, "intra_link", "intra")
+    inter = link_field(f, "inter_link", "inter") if f.has("inter_link") or nodes > 1 else None
+    nics = f.get("nics_per_node", integer(1), 1)
+    ps = None
+    if f.has("parameter_servers"):
+        pf = f.sub("parameter_servers")
+        ps = ParameterServerSpec(hosts=pf.get("hosts", integer(1)),
+                                 device=device_field(pf, "device"),
+                                 nic=link_field(pf, "nic", "inter"))
+        pf.done(("hosts", "device", "nic"))
+    count = nodes * per_node
+    stragglers = tuple(_straggler(s, count) for s in _items(f, "stragglers"))
+    degraded = tuple(_degraded(s) for s in _items(f, "degraded_links"))
+    f.done(("nodes", "devices_per_node", "device", "intra_link", "inter_link", "nics_per_node",
+            "parameter_servers", "stragglers", "degraded_links"))
+    if inter is None:  # one node and no inter-node link given: the NIC still exists for PS traffic
+        inter = ps.nic if ps else catalogue.links()["eth_10g"]
+    spec = ClusterSpec(nodes=nodes, devices_per_node=per_node, device=device, intra_link=intra,
+                       inter_link=inter, nics_per_node=nics, parameter_servers=ps,
+                       stragglers=stragglers, degraded_links=degraded)
+    from simulator.cluster import topology_elements
+
+    elements = topology_elements(spec)
+    for i, d in enumerate(degraded):
+        if d.element not in elements:
+            raise ScenarioError("no such element in the cluster (e.g. node0.gpu0, node0.nic0, "
+                                "ps0)", path=f"{f.path}.degraded_links[{i}].element",
+                                value=d.element, has_value=True, line=f.line("degraded_links"))
+    return spec
+
+
+def _items(f: Fields, key: str) -> list[Fields]:
+    raw = f.raw(key)
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise f.error(key, "must be a list")
+    return [Fields(item, join(join(f.path, key), i)) for i, item in enumerate(raw)]
+
+
+def _degraded(s: Fields) -> DegradedLink:
+    out = DegradedLink(element=s.get("element", string),
+                       factor=s.get("factor", number(maximum=1.0)))
+    s.done(("element", "factor"))
+    return out
+
+
+def _straggler(s: Fields, count: int) -> Straggler:
+    dev = s.get("device", integer(0))
+    if dev >= count:
+        raise s.error("device", f"no such device: the cluster has devices 0..{count - 1}")
+    out = Straggler(device=dev, slowdown=s.get("slowdown", number(minimum=1.0)))
+    s.done(("device", "slowdown"))
+    return out
+
+
+# ---- training and strategies ---------------------------------------------------------------------
+
+def _training(f: Fields) -> TrainingSpec:
+    t = TrainingSpec(
+        batch_size=f.get("batch_size", integer(1)),
+        precision=f.get("precision", choice(tuple(BYTES_PER_ELEMENT)), "fp32"),
+        optimizer=f.get("optimizer", choice(("sgd", "momentum", "adam")), "momentum"),
+        iterations=f.get("iterations", integer(1), 3),
+        warmup_iterations=f.get("warmup_iterations", integer(0), 1),
+    )
+    f.done(("batch_size", "precision", "optimizer", "iterations", "warmup_iterations"))
+    return t
+
+
+def _strategies(top: Fields, cluster: ClusterSpec) -> tuple[StrategySpec, ...]:
+    from simulator.strategies import SCHEMES, scheme_module
+
+    raw = top.raw("strategies")
+    if not isinstance(raw, list) or not raw:
+        raise top.error("strategies", "must be a non-empty list of strategies",
+                        value=raw, has_value=True)
+    out, names = [], set()
+    for i, item in enumerate(raw):
+        f = Fields(item, f"strategies[{i}]")
+        name = f.get("name", string)
+        if name in names:
+            raise f.error("name", "two strategies have this name")
+        names.add(name)
+        scheme = f.get("scheme", choice(SCHEMES))
+        options = {}
+        for key, (check, default) in scheme_module(scheme).OPTIONS.items():
+            options[key] = f.get(key, check, default)
+        f.done(("name", "scheme", *scheme_module(scheme).OPTIONS))
+        out.append(StrategySpec(name=name, scheme=scheme, options=options))
+    return tuple(out)
+
+
+def _check_against_graph(scenario: Scenario, top: Fields) -> None:
+    """Options that can only be checked with the model graph and the cluster at hand."""
+    from simulator.strategies import scheme_module
+
+    graph = build_graph(scenario.model)
+    for i, s in enumerate(scenario.strategies):
+        path = f"strategies[{i}]"
+        try:
+            scheme_module(s.scheme).check(s.options, graph, scenario.cluster,
+                                          scenario.training, path)
+        except ScenarioError as e:
+            lines = getattr(top.data.get("strategies")[i], "lines", {})
+            key = e.path.rsplit(".", 1)[-1].split("[")[0]
+            raise e.at_line(lines.get(key)) from None

@@ -1,0 +1,112 @@
+"""Typed, frozen, validated scenario objects. All values SI (seconds, bytes, bytes/s, FLOP/s)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A compute device: a GPU (an array of SMs) or one CPU core (one 'SM')."""
+
+    name: str
+    kind: str  # gpu | cpu
+    sms: int
+    peak_flops: dict[str, float]  # precision -> FLOP/s
+    memory: float  # bytes
+    memory_bandwidth: float  # bytes/s
+    launch_overhead: float  # s per kernel
+    compute_efficiency: float
+    memory_efficiency: float
+    blocks_per_sm: int
+    comm_sms: int
+    source: str
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A link type: per-direction bandwidth of one port, one-way small-message latency."""
+
+    name: str
+    scope: str  # intra | inter
+    bandwidth: float  # bytes/s per direction
+    latency: float  # s
+    efficiency: float
+    source: str
+
+    @property
+    def effective_bandwidth(self) -> float:
+        return self.bandwidth * self.efficiency
+
+
+@dataclass(frozen=True)
+class ParameterServerSpec:
+    hosts: int
+    device: DeviceSpec  # what applies the updates (its memory bandwidth bounds a shard's service)
+    nic: LinkSpec
+
+
+@dataclass(frozen=True)
+class Straggler:
+    device: int  # global device index
+    slowdown: float  # compute takes this many times longer
+
+
+@dataclass(frozen=True)
+class DegradedLink:
+    element: str  # topology element whose uplink is degraded, e.g. "node1.nic0", "node0.gpu3"
+    factor: float  # bandwidth is multiplied by this (0 < factor <= 1)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    nodes: int
+    devices_per_node: int
+    device: DeviceSpec
+    intra_link: LinkSpec
+    inter_link: LinkSpec
+    nics_per_node: int = 1
+    parameter_servers: ParameterServerSpec | None = None
+    stragglers: tuple[Straggler, ...] = ()
+    degraded_links: tuple[DegradedLink, ...] = ()
+
+    @property
+    def device_count(self) -> int:
+        return self.nodes * self.devices_per_node
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    zoo: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    layers: tuple[Any, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    batch_size: int  # global mini-batch: samples per iteration over all replicas
+    precision: str
+    optimizer: str  # sgd | momentum | adam
+    iterations: int  # measured iterations (periods) the engine runs
+    warmup_iterations: int
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    scheme: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    seed: int
+    model: ModelSpec
+    cluster: ClusterSpec
+    training: TrainingSpec
+    strategies: tuple[StrategySpec, ...]
+    file: str = "<scenario>"

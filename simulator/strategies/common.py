@@ -1,0 +1,145 @@
+"""What every strategy needs: per-layer op costs, memory needs, gradient buckets.
+
+Kernel model (an assumption of the cost model, not of any device): GEMM-like layers (dense, conv,
+attention, rbm) launch one thread block per 128x128 output tile; element-wise layers one block per
+1,024 output elements. The engine turns blocks into waves over the device's SMs.
+
+Bytes moved through device memory (the roofline's memory side): forward reads the input and the
+weights and writes the output; backward reads the output gradient, the input and the weights and
+writes the input and weight gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import networkx as nx
+
+from simulator.cluster import Cluster
+from simulator.errors import ScenarioError
+from simulator.plan import Compute, MemoryNeed, ProgramBuilder
+from simulator.specs import TrainingSpec
+from simulator.units import BYTES_PER_ELEMENT
+
+GEMM_KINDS = frozenset({"dense", "conv", "attention", "rbm", "embedding"})
+GEMM_TILE = 128 * 128
+ELEMENTWISE_BLOCK = 1024
+
+# optimizer state per parameter, in parameter-sized copies (momentum: one velocity; Adam: m and v)
+OPTIMIZER_COPIES = {"sgd": 0, "momentum": 1, "adam": 2}
+
+
+@dataclass
+class Context:
+    """Everything a strategy reads: the model graph, the built cluster, training settings."""
+
+    graph: nx.DiGraph
+    cluster: Cluster
+    training: TrainingSpec
+
+    @cached_property
+    def layers(self) -> list[str]:
+        return sorted(self.graph.nodes, key=lambda n: self.graph.nodes[n]["order"])
+
+    @property
+    def bpe(self) -> int:
+        return BYTES_PER_ELEMENT[self.training.precision]
+
+    def node(self, layer: str) -> dict:
+        return self.graph.nodes[layer]
+
+    def param_bytes(self, layers: list[str], shards: dict[str, int] | None = None) -> float:
+        shards = shards or {}
+        return sum(self.node(n)["params"] / shards.get(n, 1) for n in layers) * self.bpe
+
+    def peak(self) -> float:
+        """Peak FLOP/s of one device at the training precision (fp32 if the device lacks it)."""
+        pf = self.cluster.device_spec.peak_flops
+        return pf.get(self.training.precision) or pf.get("fp32") or max(pf.values())
+
+
+def compute_op(b: ProgramBuilder, ctx: Context, layer: str, phase: str, samples: int, *,
+               micro_batch: int = 0, shard: int = 0, shards: int = 1,
+               deps: tuple[int, ...] = ()) -> int:
+    n = ctx.node(layer)
+    flops = (n["fwd_flops"] if phase == "fwd" else n["bwd_flops"]) * samples / shards
+    act = (n["in_elems"] + n["out_elems"] / shards) * samples
+    if phase == "bwd":
+        act += n["in_elems"] * samples  # input gradient written
+        weights = 2 * n["params"] / shards  # read weights, write weight gradients
+    else:
+        weights = n["params"] / shards
+    nbytes = (act + weights) * ctx.bpe
+    per_block = GEMM_TILE if n["kind"] in GEMM_KINDS else ELEMENTWISE_BLOCK
+    blocks = max(1, math.ceil(n["out_elems"] * samples / shards / per_block))
+    return b.add(Compute, deps=deps, layer=layer, phase=phase, micro_batch=micro_batch,
+                 samples=samples, shard=shard, shards=shards, flops=float(flops),
+                 bytes=float(nbytes), blocks=blocks)
+
+
+def memory_need(ctx: Context, device: str, layers: list[str], *, act_samples: float,
+                shards: dict[str, int] | None = None, keeps_weights: bool = True) -> MemoryNeed:
+    """Weights, gradients, optimizer state and activations kept for backward on one device.
+
+    Mixed precision (fp16/bf16) also keeps an fp32 master copy and fp32 optimizer state
+    (Rajbhandari et al. 2020, ZeRO: 16 bytes per parameter with Adam).
+    """
+    shards = shards or {}
+    params = sum(ctx.node(n)["params"] / shards.get(n, 1) for n in layers)
+    acts = sum(ctx.node(n)["out_elems"] / shards.get(n, 1) for n in layers) * act_samples
+    bpe = ctx.bpe
+    opt_copies = OPTIMIZER_COPIES[ctx.training.optimizer]
+    mixed = bpe < 4
+    weights = params * bpe if keeps_weights else 0.0
+    optimizer = params * (opt_copies * 4 + (4 if mixed else 0)) if keeps_weights else 0.0
+    if not mixed:
+        optimizer = params * opt_copies * bpe if keeps_weights else 0.0
+    return MemoryNeed(device=device, weights=weights, gradients=params * bpe,
+                      optimizer=optimizer, activations=acts * bpe,
+                      capacity=ctx.cluster.device_spec.memory)
+
+
+def buckets(ctx: Context, layers_bwd_order: list[str], bucket_bytes: float,
+            shards: dict[str, int] | None = None) -> list[list[str]]:
+    """Group layers (in backward order) into gradient buckets of at least ``bucket_bytes``.
+
+    ``bucket_bytes`` 0 means one bucket for the whole model (exchange after backward).
+    Layers without parameters join the bucket that is open.
+    """
+    out: list[list[str]] = [[]]
+    size = 0.0
+    for n in layers_bwd_order:
+        out[-1].append(n)
+        size += ctx.param_bytes([n], shards)
+        if bucket_bytes and size >= bucket_bytes:
+            out.append([])
+            size = 0.0
+    return [b for b in out if b and ctx.param_bytes(b, shards) > 0] or [layers_bwd_order]
+
+
+def split_batch(batch: int, parts: int, path: str, what: str = "devices") -> int:
+    if batch < parts:
+        raise ScenarioError(f"the batch of {batch} samples cannot be split over {parts} {what}",
+                            path=path, value=parts, has_value=True)
+    return batch // parts
+
+
+def check_devices(options: dict, key: str, cluster, path: str) -> int:  # noqa: ANN001
+    """The number of devices an option asks for, checked against the cluster."""
+    count = cluster.device_count
+    want = options.get(key) or count
+    if want > count:
+        raise ScenarioError(f"asks for {want} devices but the cluster has {count}",
+                            path=f"{path}.{key}", value=want, has_value=True)
+    return want
+
+
+def update_op(b: ProgramBuilder, ctx: Context, params: float, deps: tuple[int, ...]) -> int:
+    """Apply the optimizer: memory-bound, reads weights, gradients, state; writes weights, state."""
+    from simulator.plan import Update
+
+    copies = 3 + 2 * OPTIMIZER_COPIES[ctx.training.optimizer]
+    return b.add(Update, deps=deps, params=int(params), flops=float(4 * params),
+                 bytes=float(copies * params * ctx.bpe))

@@ -1,0 +1,104 @@
+"""Synchronous data parallel (Zinkevich et al. 2010; FireCaffe; Horovod).
+
+Every worker holds the whole model and runs forward and backward on its share of the global
+batch; gradients are averaged by a ring, tree or hierarchical all-reduce, or pushed to and pulled
+from a parameter server sharded over the PS hosts; then every worker applies the same update.
+
+Options: gradient bucketing (``bucket_MiB``) with communication overlapping backward
+(``overlap``), and ``local_steps`` > 1 for model averaging (exchange every k steps, as in the
+parallel DBN pre-training scheme, where each node trains locally before the master averages).
+"""
+
+from __future__ import annotations
+
+from simulator.errors import ScenarioError
+from simulator.plan import (
+    COMM,
+    Collective,
+    Plan,
+    ProgramBuilder,
+    PSPull,
+    PSPush,
+    RankProgram,
+)
+from simulator.schema import boolean, choice, integer, number
+from simulator.strategies.common import (
+    Context,
+    buckets,
+    check_devices,
+    compute_op,
+    memory_need,
+    split_batch,
+    update_op,
+)
+
+EXCHANGES = ("ring", "tree", "hierarchical", "mpi", "ps")
+
+OPTIONS = {
+    "devices": (integer(1), None),
+    "exchange": (choice(EXCHANGES), "ring"),
+    "bucket_MiB": (number(positive=False, minimum=0), 0.0),
+    "overlap": (boolean, False),
+    "local_steps": (integer(1), 1),
+}
+
+
+def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
+    devices = check_devices(options, "devices", cluster, path)
+    split_batch(training.batch_size, devices, f"{path}.devices")
+    if options["exchange"] == "ps" and cluster.parameter_servers is None:
+        raise ScenarioError("exchange 'ps' needs cluster.parameter_servers", path=f"{path}.exchange",
+                            value="ps", has_value=True)
+    if options["overlap"] and options["exchange"] == "ps":
+        raise ScenarioError("overlap is modelled for all-reduce exchanges only",
+                            path=f"{path}.overlap", value=True, has_value=True)
+
+
+def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
+    o = spec.options
+    workers = o["devices"] or ctx.cluster.spec.device_count
+    per_worker = ctx.training.batch_size // workers
+    ps_hosts = ctx.cluster.ps_hosts() if o["exchange"] == "ps" else []
+    total_params = sum(ctx.node(n)["params"] for n in ctx.layers)
+    grad_bytes_total = total_params * ctx.bpe
+    group = tuple(range(workers))
+    ranks = []
+    for r in range(workers):
+        b = ProgramBuilder()
+        last_bwd: dict[str, int] = {}
+        for step in range(o["local_steps"]):
+            for n in ctx.layers:
+                compute_op(b, ctx, n, "fwd", per_worker, micro_batch=step)
+            for n in reversed(ctx.layers):
+                last_bwd[n] = compute_op(b, ctx, n, "bwd", per_worker, micro_batch=step)
+            if step < o["local_steps"] - 1:
+                update_op(b, ctx, total_params, deps=())
+        end_of_backward = b.last()
+        if ps_hosts:
+            shard_bytes = grad_bytes_total / len(ps_hosts)
+            pushes = [b.add(PSPush, stream=COMM, deps=(end_of_backward,), shard=j,
+                            bytes=shard_bytes, tag=f"grad{j}") for j in range(len(ps_hosts))]
+            for j in range(len(ps_hosts)):
+                b.add(PSPull, stream=COMM, deps=(pushes[j],), shard=j, bytes=shard_bytes,
+                      tag=f"param{j}")
+            b.last(COMM)
+        else:
+            colls = []
+            bucket_bytes = o["bucket_MiB"]  # already bytes: units become SI at load
+            for i, bucket in enumerate(buckets(ctx, list(reversed(ctx.layers)), bucket_bytes)):
+                dep = last_bwd[bucket[-1]] if o["overlap"] else end_of_backward
+                colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
+                                   algorithm=o["exchange"], group="world",
+                                   bytes=ctx.param_bytes(bucket), key=f"grad{i}"))
+            update_op(b, ctx, total_params, deps=tuple(colls))
+        ranks.append(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker",
+                                 ops=tuple(b.ops)))
+    for j, host in enumerate(ps_hosts):
+        ranks.append(RankProgram(rank=workers + j, device=host, role="server",
+                                 shard_params=total_params // len(ps_hosts)))
+    memory = tuple(memory_need(ctx, ctx.cluster.devices[r], ctx.layers, act_samples=per_worker)
+                   for r in range(workers))
+    return Plan(strategy=spec.name, scheme="data_parallel", mode="sync",
+                samples_per_period=per_worker * workers * o["local_steps"],
+                period_steps=o["local_steps"], ranks=tuple(ranks), groups={"world": group},
+                memory=memory, options={**o, "ps_sync": True, "workers": workers})
