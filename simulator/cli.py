@@ -1,0 +1,211 @@
+"""``parasim``: the command line. Bad input exits 2 with one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from simulator.errors import PlanError, ScenarioError
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ScenarioError, PlanError, UsageError) as e:
+        print(f"parasim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parasim", description="Predict (and later measure) the "
+                                "throughput of parallel training plans.")
+    sub = p.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="print the plan of one strategy")
+    plan.add_argument("scenario")
+    plan.add_argument("--strategy", required=True, help="a strategy name from the scenario")
+    plan.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
+    plan.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    plan.set_defaults(func=cmd_plan)
+    sim = sub.add_parser("simulate", help="predict every strategy of a scenario")
+    sim.add_argument("scenario")
+    sim.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
+    sim.add_argument("--json", metavar="FILE", help="write the Result JSON")
+    sim.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto)")
+    sim.add_argument("--force", action="store_true", help="overwrite output files")
+    sim.set_defaults(func=cmd_simulate)
+    return p
+
+
+def _load(path: str, strategies: list[str] | None):  # noqa: ANN202
+    from simulator.scenario import load_scenario
+
+    scenario = load_scenario(path)
+    known = [s.name for s in scenario.strategies]
+    for name in strategies or []:
+        if name not in known:
+            raise UsageError(f"{path}: no strategy named {name!r} (the scenario has: "
+                             f"{', '.join(known)})")
+    return scenario
+
+
+def _check_outputs(paths: list[str | None], force: bool) -> None:
+    for p in paths:
+        if p is None:
+            continue
+        path = Path(p)
+        if path.exists() and not force:
+            raise UsageError(f"{p} exists; pass --force to overwrite it")
+        if not path.parent.exists():
+            raise UsageError(f"{p}: the folder {path.parent} does not exist")
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    tmp.replace(path)
+
+
+# ---- plan --------------------------------------------------------------------------------------
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from simulator.predict import context
+    from simulator.strategies import build_plan
+
+    scenario = _load(args.scenario, [args.strategy])
+    _check_outputs([args.json], args.force)
+    ctx = context(scenario)
+    spec = next(s for s in scenario.strategies if s.name == args.strategy)
+    plan = build_plan(ctx, spec)
+    print(describe_plan(plan, ctx.cluster))
+    if args.json:
+        _write_json(args.json, plan.to_dict())
+        print(f"plan written to {args.json}")
+    return 0
+
+
+def link_bytes(plan, cluster) -> dict[str, float]:  # noqa: ANN001
+    """Bytes each link type carries in one period of the plan (no simulation needed)."""
+    from simulator.engine.collectives import phases
+    from simulator.plan import Collective, PSPull, PSPush, Send
+
+    out: dict[str, float] = defaultdict(float)
+    servers = [r.device for r in plan.ranks if r.role == "server"]
+
+    def carry(a: str, b: str, nbytes: float) -> None:
+        for e in cluster.route(a, b):
+            out[cluster.graph.edges[e]["link"].name] += nbytes
+
+    seen: set[tuple[str, str]] = set()
+    for r in plan.ranks:
+        for op in r.ops:
+            ops = getattr(op, "body", None) or (op,)
+            for o in ops:
+                if isinstance(o, Send):
+                    carry(r.device, plan.ranks[o.peer].device, o.bytes)
+                elif isinstance(o, PSPush):
+                    carry(r.device, servers[o.shard], o.bytes)
+                elif isinstance(o, PSPull):
+                    carry(servers[o.shard], r.device, o.bytes)
+                elif isinstance(o, Collective) and (o.group, o.key) not in seen:
+                    seen.add((o.group, o.key))
+                    devs = [plan.ranks[i].device for i in plan.groups[o.group]]
+                    for ph in phases(o.collective, o.algorithm, devs, o.bytes, cluster.node_of):
+                        for a, b in ph.pairs:
+                            carry(a, b, ph.bytes_per_flow)
+    return dict(out)
+
+
+def describe_plan(plan, cluster) -> str:  # noqa: ANN001
+    gib = 2**30
+    lines = [f"plan {plan.strategy!r}: scheme {plan.scheme}, mode {plan.mode}, "
+             f"{len(plan.workers())} worker rank(s), {len(plan.ranks)} rank(s) in all, "
+             f"{plan.samples_per_period} samples per period of {plan.period_steps} step(s)"]
+    lines.append("")
+    lines.append(f"{'rank':>5} {'device':<16} {'role':<12} ops")
+    for r in plan.ranks:
+        counts = Counter(op.kind for op in r.ops)
+        text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "(serves requests)"
+        lines.append(f"{r.rank:>5} {r.device:<16} {r.role:<12} {text}")
+    lines.append("")
+    lines.append("bytes moved per period, by link type:")
+    moved = link_bytes(plan, cluster)
+    for name, b in sorted(moved.items()):
+        lines.append(f"  {name:<10} {b / 1e6:12.3f} MB (summed over every edge crossed)")
+    if not moved:
+        lines.append("  (none)")
+    lines.append("")
+    lines.append("memory per device (GiB): weights + gradients + optimizer + activations "
+                 "= total / capacity")
+    for m in plan.memory:
+        flag = "" if m.fits else "   DOES NOT FIT"
+        lines.append(f"  {m.device:<16} {m.weights / gib:7.2f} + {m.gradients / gib:7.2f} + "
+                     f"{m.optimizer / gib:7.2f} + {m.activations / gib:7.2f} = "
+                     f"{m.total / gib:7.2f} / {m.capacity / gib:.2f}{flag}")
+    return "\n".join(lines)
+
+
+# ---- simulate ----------------------------------------------------------------------------------
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulator.predict import simulate_scenario
+
+    scenario = _load(args.scenario, args.strategy)
+    _check_outputs([args.json, args.trace], args.force)
+    result, engines = simulate_scenario(scenario, args.strategy, trace=bool(args.trace))
+    print(format_table(result))
+    if args.json:
+        _write_json(args.json, result)
+        print(f"result written to {args.json}")
+    if args.trace:
+        from simulator.engine.trace import chrome_trace
+
+        _write_json(args.trace, chrome_trace(engines))
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
+    return 0
+
+
+def format_table(result: dict[str, Any]) -> str:
+    sc = result["scenario"]
+    head = (f"{sc['name']}: {sc['devices']} x {sc['device']}, global batch {sc['batch_size']}; "
+            f"one device: {sc['one_device_throughput_samples_per_s']:.1f} samples/s")
+    cols = ("strategy", "devs", "samples/s", "iter ms", "speedup", "compute", "comm", "ps wait",
+            "idle", "fits")
+    rows = [cols]
+    for e in result["results"]:
+        if e["throughput_samples_per_s"] is None:
+            rows.append((e["strategy"], str(e["devices"]), "-", "-", "-", "-", "-", "-", "-",
+                         f"no: {e['note']}"))
+            continue
+        bd = e["breakdown_s"]
+        rows.append((e["strategy"], str(e["devices"]), f"{e['throughput_samples_per_s']:.1f}",
+                     f"{e['iteration_time_s'] * 1e3:.3f}",
+                     f"{e['speedup_over_one_device']:.2f}x",
+                     *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
+                                                       "ps_wait", "idle")),
+                     "yes"))
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(cols) - 1)]
+    out = [head, "(breakdown columns: ms per iteration, averaged over worker devices)"]
+    for r in rows:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths))) + "  " + r[-1])
+    extra = [e for e in result["results"] if "staleness" in e]
+    for e in extra:
+        st = e["staleness"]
+        out.append(f"{e['strategy']}: gradient staleness mean {st['mean']:.2f}, max {st['max']}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

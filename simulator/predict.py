@@ -1,0 +1,91 @@
+"""Predict a scenario: build each strategy's Plan, simulate it, assemble the Result.
+
+The Result is the schema both engines write: ``{"scenario", "code_version", "results": [...]}``
+with one entry per strategy (see ``simulator.engine.simulate``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from simulator import __version__
+from simulator.cluster import build_cluster
+from simulator.engine.simulate import predict
+from simulator.plan import Plan
+from simulator.scenario import build_graph
+from simulator.specs import Scenario, StrategySpec
+from simulator.strategies import build_plan
+from simulator.strategies.common import Context
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def context(scenario: Scenario) -> Context:
+    return Context(build_graph(scenario.model), build_cluster(scenario.cluster),
+                   scenario.training)
+
+
+def plans(scenario: Scenario, names: list[str] | None = None) -> list[Plan]:
+    ctx = context(scenario)
+    return [build_plan(ctx, s) for s in select(scenario, names)]
+
+
+def select(scenario: Scenario, names: list[str] | None) -> list[StrategySpec]:
+    if not names:
+        return list(scenario.strategies)
+    by_name = {s.name: s for s in scenario.strategies}
+    return [by_name[n] for n in names]
+
+
+def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
+                      trace: bool = False) -> tuple[dict[str, Any], list]:
+    """The Result for the chosen strategies, and the engines (for a trace)."""
+    ctx = context(scenario)
+    baseline = _one_device_throughput(ctx)
+    entries, engines = [], []
+    for spec in select(scenario, names):
+        plan = build_plan(ctx, spec)
+        pred = predict(plan, ctx.cluster, scenario.training, record_trace=trace)
+        entry = pred.entry
+        tp = entry.get("throughput_samples_per_s")
+        entry["speedup_over_one_device"] = tp / baseline if tp else None
+        entry["efficiency"] = (tp / baseline / entry["devices"]) if tp else None
+        entries.append(entry)
+        if pred.engine is not None:
+            engines.append((spec.name, pred.engine))
+    result = {
+        "scenario": {"name": scenario.name, "description": scenario.description,
+                     "file": scenario.file, "seed": scenario.seed,
+                     "devices": scenario.cluster.device_count,
+                     "device": scenario.cluster.device.name,
+                     "batch_size": scenario.training.batch_size,
+                     "one_device_throughput_samples_per_s": baseline},
+        "code_version": code_version(),
+        "results": entries,
+    }
+    return result, engines
+
+
+def _one_device_throughput(ctx: Context) -> float:
+    """Samples/s of the same global batch on one healthy device of the cluster (memory not
+    checked: this is the yardstick for speedup, not a plan the user runs)."""
+    clean = build_cluster(replace(ctx.cluster.spec, stragglers=(), degraded_links=()))
+    ctx = Context(ctx.graph, clean, ctx.training)
+    spec = StrategySpec(name="one device", scheme="data_parallel",
+                        options={"devices": 1, "exchange": "ring", "bucket_MiB": 0.0,
+                                 "overlap": False, "local_steps": 1})
+    plan = build_plan(ctx, spec)
+    plan = replace(plan, memory=())
+    one = replace(ctx.training, warmup_iterations=0, iterations=1)
+    return predict(plan, ctx.cluster, one).entry["throughput_samples_per_s"]
