@@ -11,6 +11,9 @@ Execution semantics, shared by both engines:
 * Each rank has *streams* (``compute`` and ``comm``). Ops on one stream run in program order; an
   op additionally waits for the ops named in ``deps`` (ids on the same rank). So "communication
   overlaps backward" is simply a collective on the ``comm`` stream that depends on a backward op.
+* ``Send``, ``Recv``, ``PSPush`` and ``PSPull`` are non-blocking (like ``MPI_Isend``): each
+  starts as soon as its ``deps`` are done, whatever its stream, and a program period ends when
+  all of them have completed.
 * ``Send``/``Recv`` match by (source, destination, tag). A ``Collective`` is matched across the
   ranks of its group by ``key``; it starts when every member has reached it.
 * ``PSPush``/``PSPull`` address a parameter-server shard (a rank whose role is ``server``).

@@ -12,7 +12,10 @@ Device (a GPU as an array of SMs, or one CPU core as one 'SM'):
 ParameterServer shard: a host with its own NIC (a topology element, so NIC contention is the
 network's). Applying a push is memory-bound on the host and serialised per shard (a SimPy
 resource): accumulate = 3 x bytes (read sum, read gradient, write sum), update = (3 + 2 x
-optimizer copies) x bytes, over the host's memory bandwidth x efficiency.
+optimizer copies) x bytes, over the host's memory bandwidth x efficiency. Synchronous shards
+accumulate every worker's push, then update once and release the pulls of that iteration;
+asynchronous (Downpour) shards update on every push; batch (Sandblaster) shards accumulate and
+update when the coordinator says so.
 """
 
 from __future__ import annotations
@@ -58,14 +61,15 @@ class ParameterServer:
     """One shard of the parameter server, on its own host."""
 
     def __init__(self, env: simpy.Environment, host: str, shard: int, spec: DeviceSpec,
-                 workers: int, optimizer_copies: int, sync: bool):
+                 workers: int, optimizer_copies: int, mode: str):
         self.env = env
         self.host = host
         self.shard = shard
         self.spec = spec
         self.workers = workers
         self.optimizer_copies = optimizer_copies
-        self.sync = sync
+        self.mode = mode  # sync: aggregate every worker, then update | async | batch
+        self.sync = mode == "sync"
         self.lock = simpy.Resource(env, capacity=1)
         self.version = 0
         self.pushes: dict[int, int] = defaultdict(int)
@@ -91,6 +95,10 @@ class ParameterServer:
                 if last:
                     self.version += 1
                     self.ready[iteration].succeed()
+            elif self.mode == "batch":  # accumulate; the coordinator's step updates
+                t = self._memory_time(3 * nbytes)
+                yield self.env.timeout(t)
+                self.busy += t
             else:
                 t = self._memory_time((3 + 2 * self.optimizer_copies) * nbytes)
                 yield self.env.timeout(t)

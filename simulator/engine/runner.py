@@ -40,7 +40,9 @@ from simulator.plan import (
 from simulator.strategies.common import OPTIMIZER_COPIES
 
 KERNEL_OPS = (Compute, Update)
-P2P_OPS = (Send, Recv)
+# non-blocking transfers: each runs as soon as its dependencies are done (MPI_Isend-like), so a
+# worker pushes to / pulls from every parameter-server shard at once
+P2P_OPS = (Send, Recv, PSPush, PSPull)
 
 
 @dataclass
@@ -98,10 +100,10 @@ class Engine:
                                          cluster.slowdown.get(r.device, 1.0)) for r in workers}
         servers = [r for r in plan.ranks if r.role == "server"]
         ps_spec = cluster.spec.parameter_servers
-        self.servers = [ParameterServer(env, r.device, j, ps_spec.device, len(workers),
-                                        OPTIMIZER_COPIES[optimizer],
-                                        sync=plan.mode != "async")
-                        for j, r in enumerate(servers)] if servers else []
+        updater = plan.options.get("updater", optimizer)
+        copies = {"adagrad": 1}.get(updater, OPTIMIZER_COPIES.get(updater, 0))
+        self.servers = [ParameterServer(env, r.device, j, ps_spec.device, len(workers), copies,
+                                        plan.mode) for j, r in enumerate(servers)]
         self.coordinator = (Coordinator(self.servers[0].host, plan.portions)
                             if plan.portions else None)
         self.device_of = {r.rank: r.device for r in plan.ranks}
@@ -191,10 +193,6 @@ class Engine:
     def _comm_op(self, rank: int, it: int, op: Op):
         if isinstance(op, Collective):
             yield from self._collective(rank, it, op)
-        elif isinstance(op, PSPush):
-            yield from self._push(rank, it, op)
-        elif isinstance(op, PSPull):
-            yield from self._pull(rank, it, op)
         elif isinstance(op, Barrier):
             yield from self._barrier(rank, it, op)
         elif isinstance(op, WorkLoop):
@@ -319,7 +317,11 @@ class Engine:
 
     def _p2p(self, rank: int, it: int, op: Op, prog: Program, ev):
         yield from self._wait(op, prog, ev)
-        if isinstance(op, Send):
+        if isinstance(op, PSPush):
+            yield from self._push(rank, it, op)
+        elif isinstance(op, PSPull):
+            yield from self._pull(rank, it, op)
+        elif isinstance(op, Send):
             box = self._box((rank, op.peer, op.tag, it))
             box[1] = start = self.env.now
             route = self.cluster.route(self.device_of[rank], self.device_of[op.peer])

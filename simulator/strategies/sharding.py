@@ -1,0 +1,102 @@
+"""Splitting layers within themselves over K devices (Krizhevsky et al. 2012; Megatron-LM,
+Shoeybi et al. 2019), as a state per layer and the collectives its edges need.
+
+States: ``rep`` (every device computes the whole layer), ``col`` (the layer's neurons / filters /
+heads are split; its input must be whole), ``local`` (split, and it needs only the matching shard
+of a split input: element-wise layers, attention heads after a split QKV, a grouped convolution
+whose groups are the towers), ``row`` (a dense layer reading a split input: each device produces a
+partial sum of the whole output).
+
+Collectives (S = the whole tensor's bytes for the samples at hand):
+  forward  split -> col/rep: all-gather the input;  row: all-reduce the output
+  backward split -> col: reduce-scatter the input gradient;  rep -> col: all-reduce it
+Weight gradients of split layers stay local; replicated layers see the same data on every device
+of the group, so theirs are equal without communication.
+"""
+
+from __future__ import annotations
+
+from simulator.plan import COMM, Collective, ProgramBuilder
+from simulator.strategies.common import Context, compute_op
+
+SPLITTABLE = frozenset({"dense", "conv", "attention", "rbm"})
+FOLLOWS_INPUT = frozenset({"act", "pool", "dropout", "flatten", "lrn"})
+
+
+def states(ctx: Context, layers: list[str], split: set[str], k: int) -> dict[str, str]:
+    inside = set(layers)
+    out: dict[str, str] = {}
+    for n in layers:
+        node = ctx.node(n)
+        preds = [p for p in ctx.graph.predecessors(n) if p in inside]
+        pred_split = bool(preds) and all(out[p] != "rep" for p in preds)
+        kind = node["kind"]
+        batch_norm = kind == "norm" and node.get("norm_type", "batch") == "batch"
+        if n in split and kind in SPLITTABLE and node["split_dim"] >= k:
+            if not pred_split:
+                out[n] = "col"
+            elif kind == "attention" or (kind == "conv" and node["groups"] == k
+                                         and not node["cross_tower"]):
+                out[n] = "local"
+            elif kind == "dense" and not node["cross_tower"]:
+                out[n] = "row"
+            else:
+                out[n] = "col"
+        elif pred_split and (kind in FOLLOWS_INPUT or batch_norm):
+            out[n] = "local"
+        else:
+            out[n] = "rep"
+    return out
+
+
+def shards(st: dict[str, str], k: int) -> dict[str, int]:
+    return {n: (1 if s == "rep" else k) for n, s in st.items()}
+
+
+def _split(st: dict[str, str], n: str) -> bool:
+    return st.get(n, "rep") in ("col", "local")
+
+
+def emit(b: ProgramBuilder, ctx: Context, layers: list[str], st: dict[str, str], k: int,
+         phase: str, samples: int, group: str, *, micro_batch: int = 0, shard: int = 0,
+         deps: tuple[int, ...] = (), boundary_grad: str = "allreduce") -> int | None:
+    """Append one phase (fwd or bwd) of ``layers`` under the states ``st``; the last op id.
+
+    ``boundary_grad``: the collective for the input gradient of a ``col`` layer whose input comes
+    from outside ``layers`` (``reduce_scatter`` when that input was gathered over the batch).
+    """
+    inside = set(layers)
+    last = None
+
+    def coll(kind: str, layer_elems: float, key: str, dep: int | None) -> int:
+        return b.add(Collective, stream=COMM, deps=(dep,) if dep is not None else deps,
+                     collective=kind, algorithm="ring", group=group,
+                     bytes=float(layer_elems * samples * ctx.bpe),
+                     key=f"{phase}{micro_batch}:{key}")
+
+    order = layers if phase == "fwd" else list(reversed(layers))
+    for n in order:
+        node = ctx.node(n)
+        s = st[n]
+        preds = list(ctx.graph.predecessors(n))
+        pending: tuple[int, ...] = deps if last is None else ()
+        if phase == "fwd" and s in ("col", "rep"):
+            gathers = [coll("allgather", ctx.node(p)["out_elems"], f"{n}<{p}", last)
+                       for p in preds if _split(st, p)]
+            if gathers:
+                pending = tuple(gathers)
+        sh = 1 if s == "rep" else k
+        last = compute_op(b, ctx, n, phase, samples, micro_batch=micro_batch, shard=shard,
+                          shards=sh, deps=pending)
+        if k == 1:
+            continue
+        if phase == "fwd" and s == "row":
+            last = coll("allreduce", node["out_elems"], n, last)
+        if phase == "bwd" and s == "col":
+            if any(_split(st, p) for p in preds):
+                last = coll("reduce_scatter", node["in_elems"], n, last)
+            elif any(p in inside for p in preds):
+                last = coll("allreduce", node["in_elems"], n, last)
+            elif preds:  # input from outside these layers (the model's input needs no gradient)
+                last = coll(boundary_grad, node["in_elems"], n, last)
+    return last

@@ -1,0 +1,361 @@
+"""The SimPy engine against closed forms a person can check by hand.
+
+Every test builds a tiny cluster with round numbers (a 10 TFLOP/s device at 50 % compute
+efficiency, 10 GB/s links with 5 us latency), runs a Plan built by hand with ``ProgramBuilder``
+(or by a strategy on a small MLP) and compares what the engine predicts with a formula written in
+the test: never with another run of the simulator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from simulator.cluster import Cluster, build_cluster
+from simulator.engine.simulate import Prediction, predict
+from simulator.plan import (
+    COMM,
+    Collective,
+    Compute,
+    Plan,
+    ProgramBuilder,
+    PSPull,
+    PSPush,
+    RankProgram,
+    Recv,
+    Send,
+)
+from simulator.scenario import build_graph, parse_scenario
+from simulator.schema import load_yaml
+from simulator.specs import Scenario
+from simulator.strategies import build_plan
+from simulator.strategies.common import Context
+
+PEAK = 10e12  # FLOP/s
+EFF = 0.5  # compute efficiency
+FLOPS = PEAK * EFF  # 5e12 FLOP/s achieved
+MEM_BW = 1000e9  # B/s
+MEM_EFF = 0.8
+SMS, BLOCKS_PER_SM = 4, 2  # 8 blocks per wave
+B = 10e9  # link bandwidth, B/s
+ALPHA = 5e-6  # link latency, s
+
+
+def device(*, sms: int = SMS, blocks_per_sm: int = BLOCKS_PER_SM, mem_GBps: float = 1000,
+           launch_us: float = 0) -> str:
+    return (f"{{kind: gpu, sms: {sms}, peak_TFLOPS: {{fp32: 10}}, memory_GiB: 16, "
+            f"memory_bandwidth_GBps: {mem_GBps}, launch_overhead_us: {launch_us}, "
+            f"compute_efficiency: {EFF}, memory_efficiency: {MEM_EFF}, "
+            f"blocks_per_sm: {blocks_per_sm}, comm_sms: 0, source: test}}")
+
+
+def link(scope: str, GBps: float = 10, us: float = 5) -> str:
+    return (f"{{scope: {scope}, bandwidth_GBps: {GBps}, latency_us: {us}, efficiency: 1.0, "
+            "source: test}")
+
+
+def scenario(*, nodes: int = 1, per_node: int = 2, dev: str | None = None,
+             intra: str | None = None, inter: str | None = None, cluster_extra: str = "",
+             layers: str = "[{kind: dense, units: 4}]", input_shape: str = "[4]",
+             batch: int = 8, iterations: int = 1, warmup: int = 0,
+             strategies: str = "[{name: dp, scheme: data_parallel}]") -> Scenario:
+    text = f"""
+name: closed-form
+model: {{layers: {layers}, input_shape: {input_shape}}}
+cluster:
+  nodes: {nodes}
+  devices_per_node: {per_node}
+  device: {dev or device()}
+  intra_link: {intra or link("intra")}
+  inter_link: {inter or link("inter")}
+{cluster_extra}
+training: {{batch_size: {batch}, precision: fp32, optimizer: sgd,
+           iterations: {iterations}, warmup_iterations: {warmup}}}
+strategies: {strategies}
+"""
+    return parse_scenario(load_yaml(text))
+
+
+def hand_plan(cluster: Cluster, programs: list[ProgramBuilder], servers: int = 0) -> Plan:
+    """Worker ``r`` runs ``programs[r]`` on device ``r``; group ``world`` holds every worker."""
+    ranks = [RankProgram(rank=r, device=cluster.devices[r], role="worker", ops=tuple(b.ops))
+             for r, b in enumerate(programs)]
+    ranks += [RankProgram(rank=len(programs) + j, device=f"ps{j}", role="server")
+              for j in range(servers)]
+    return Plan(strategy="hand", scheme="hand", mode="sync", samples_per_period=1,
+                period_steps=1, ranks=tuple(ranks),
+                groups={"world": tuple(range(len(programs)))})
+
+
+def run(sc: Scenario, build, *, trace: bool = False) -> Prediction:  # noqa: ANN001
+    """``build(cluster) -> Plan``, then predict it on the scenario's cluster and training."""
+    cluster = build_cluster(sc.cluster)
+    return predict(build(cluster), cluster, sc.training, record_trace=trace)
+
+
+def collective_only(p: int, algorithm: str, nbytes: float):  # noqa: ANN201
+    """Every rank runs one all-reduce and nothing else."""
+    def build(cluster: Cluster) -> Plan:
+        progs = []
+        for _ in range(p):
+            b = ProgramBuilder()
+            b.add(Collective, stream=COMM, collective="allreduce", algorithm=algorithm,
+                  group="world", bytes=nbytes, key="g")
+            progs.append(b)
+        return hand_plan(cluster, progs)
+    return build
+
+
+def one_kernel(**compute):  # noqa: ANN003, ANN201
+    def build(cluster: Cluster) -> Plan:
+        b = ProgramBuilder()
+        b.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0, shards=1,
+              **compute)
+        return hand_plan(cluster, [b])
+    return build
+
+
+# ---- 1, 2: all-reduce ---------------------------------------------------------------------------
+
+S = 100e6  # bytes all-reduced
+
+
+@pytest.mark.parametrize("nodes, per_node", [(1, 2), (1, 4), (1, 8), (2, 4)])
+def test_ring_allreduce(nodes, per_node):
+    p = nodes * per_node
+    # Inside a node a route is gpu -> fabric -> gpu: one run of the intra link, one latency.
+    # Across nodes it is intra, inter (fabric -> nic -> switch -> nic -> fabric), intra: three
+    # runs, three latencies (cluster.py), even though the two link types have equal numbers.
+    alpha = ALPHA if nodes == 1 else 3 * ALPHA
+    # every ring edge carries one flow: the ring's node-crossing pairs (3->4, 7->0) each have a
+    # NIC port to themselves, so every flow gets the full B
+    expected = 2 * (p - 1) / p * S / B + 2 * (p - 1) * alpha
+    pred = run(scenario(nodes=nodes, per_node=per_node), collective_only(p, "ring", S))
+    assert pred.entry["iteration_time_s"] == pytest.approx(expected, rel=1e-9)
+    for log in pred.engine.logs.values():
+        assert log.comm == [(0.0, pytest.approx(expected, rel=1e-9))]
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 6, 8])
+def test_tree_allreduce(p):
+    # binomial reduce then broadcast: ceil(log2 p) rounds each way, each round's pairs disjoint
+    expected = 2 * math.ceil(math.log2(p)) * (ALPHA + S / B)
+    pred = run(scenario(per_node=p), collective_only(p, "tree", S))
+    assert pred.entry["iteration_time_s"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+def test_mpi_allreduce(p):
+    # Rabenseifner: ring bandwidth term, 2 log2 p latency terms
+    expected = 2 * (p - 1) / p * S / B + 2 * math.ceil(math.log2(p)) * ALPHA
+    pred = run(scenario(per_node=p), collective_only(p, "mpi", S))
+    assert pred.entry["iteration_time_s"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_hierarchical_allreduce_two_nodes_of_four():
+    n, local = 2, 4
+    b_intra, a_intra = 100e9, 2e-6
+    b_inter, a_inter = 10e9, 1e-6
+    sc = scenario(nodes=n, per_node=local, intra=link("intra", 100, 2), inter=link("inter", 10, 1))
+    # 1. intra-node ring reduce-scatter: (l-1) steps of S/l over each device's own port
+    reduce_scatter = (local - 1) / local * S / b_intra + (local - 1) * a_intra
+    # 2. inter-node ring all-reduce of S/l among same-index devices; the l rings of a node share
+    #    its one NIC, so the NIC carries l * 2(n-1)/n * S/l = 2(n-1)/n * S. A node-crossing route
+    #    pays intra + inter + intra latency.
+    inter = 2 * (n - 1) / n * S / b_inter + 2 * (n - 1) * (a_intra + a_inter + a_intra)
+    # 3. intra-node ring all-gather, as 1.
+    expected = reduce_scatter + inter + reduce_scatter
+    pred = run(sc, collective_only(n * local, "hierarchical", S))
+    assert pred.entry["iteration_time_s"] == pytest.approx(expected, rel=1e-9)
+
+
+# ---- 3: parameter server ------------------------------------------------------------------------
+
+PS_NIC = 1e9  # B/s, much slower than the 100 GB/s intra and node NIC links
+PS_MEM = 1000e9  # B/s, PS host memory bandwidth (efficiency 1)
+A_INTRA, A_INTER, A_PS = 1e-6, 1e-6, 10e-6
+
+
+def ps_scenario(workers: int) -> Scenario:
+    ps_dev = ("{kind: cpu, sms: 1, peak_TFLOPS: {fp32: 1}, memory_GiB: 64, "
+              "memory_bandwidth_GBps: 1000, launch_overhead_us: 0, compute_efficiency: 1.0, "
+              "memory_efficiency: 1.0, blocks_per_sm: 1, comm_sms: 0, source: test}")
+    return scenario(per_node=workers, intra=link("intra", 100, 1), inter=link("inter", 100, 1),
+                    cluster_extra=f"  parameter_servers: {{hosts: 1, device: {ps_dev}, "
+                                  f"nic: {link('inter', 1, 10)}}}")
+
+
+def push_pull(workers: int, nbytes: float):  # noqa: ANN201
+    def build(cluster: Cluster) -> Plan:
+        progs = []
+        for _ in range(workers):
+            b = ProgramBuilder()
+            push = b.add(PSPush, stream=COMM, shard=0, bytes=nbytes, tag="grad")
+            b.add(PSPull, stream=COMM, deps=(push,), shard=0, bytes=nbytes, tag="param")
+            progs.append(b)
+        return hand_plan(cluster, progs, servers=1)
+    return build
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_parameter_server_nic_is_the_bottleneck(workers):
+    s = 10e6
+    # route gpu -> fabric (intra) -> nic -> switch (inter) -> ps0 (the PS NIC): three latencies
+    lat = A_INTRA + A_INTER + A_PS
+    transfer = workers * s / PS_NIC  # N equal flows share the PS NIC: N times one flow's time
+    # sync apply (hardware.py), serialised on the shard: 3S per push, the last adds (3 + 2*0)S
+    # for the sgd update
+    service = (3 * workers + 3) * s / PS_MEM
+    push = lat + transfer
+    # the pull sends its request (one latency), waits for the update, then the bytes come back
+    expected = push + max(lat, service) + lat + transfer
+    pred = run(ps_scenario(workers), push_pull(workers, s))
+    assert pred.entry["iteration_time_s"] == pytest.approx(expected, rel=1e-9)
+    for log in pred.engine.logs.values():
+        assert log.ps == [(0.0, pytest.approx(push, rel=1e-9)),
+                          (pytest.approx(push, rel=1e-9), pytest.approx(expected, rel=1e-9))]
+    assert pred.entry["breakdown_s"]["ps_wait"] == pytest.approx(expected, rel=1e-9)
+
+
+# ---- 4: one kernel --------------------------------------------------------------------------------
+
+CAPACITY = SMS * BLOCKS_PER_SM
+
+
+@pytest.mark.parametrize("blocks", [CAPACITY, 2 * CAPACITY, 16 * CAPACITY])
+def test_compute_bound_kernel_is_flops_over_achieved_peak(blocks):
+    f = 5e9
+    pred = run(scenario(per_node=1), one_kernel(flops=f, bytes=1e3, blocks=blocks))
+    assert pred.entry["iteration_time_s"] == pytest.approx(f / (PEAK * EFF), rel=1e-12)  # 1 ms
+
+
+def test_launch_overhead_is_paid_per_kernel():
+    f, kernels, launch = 5e9, 3, 10e-6
+    sc = scenario(per_node=1, dev=device(launch_us=10))
+    pred = run(sc, one_kernel(flops=f, bytes=0.0, blocks=CAPACITY, kernels=kernels))
+    assert pred.entry["iteration_time_s"] == pytest.approx(kernels * launch + f / FLOPS, rel=1e-12)
+
+
+def test_memory_bound_kernel_is_bytes_over_achieved_bandwidth():
+    nbytes = 1e9
+    pred = run(scenario(per_node=1), one_kernel(flops=1e6, bytes=nbytes, blocks=1))
+    assert pred.entry["iteration_time_s"] == pytest.approx(nbytes / (MEM_BW * MEM_EFF), rel=1e-12)
+
+
+def test_one_block_over_a_wave_costs_a_second_wave():
+    blocks = CAPACITY + 1  # 9 blocks on 8 slots: two waves, the second with one block
+    per_block = 1e9  # FLOPs
+    one_wave = CAPACITY * per_block / FLOPS  # 1.6 ms
+    pred = run(scenario(per_node=1), one_kernel(flops=blocks * per_block, bytes=0.0,
+                                                blocks=blocks))
+    assert pred.entry["iteration_time_s"] == pytest.approx(2 * one_wave, rel=1e-12)
+
+
+# ---- 5: an exact two-device timeline -------------------------------------------------------------
+
+def test_two_devices_one_link_exact_timeline():
+    """gpu0 computes 1 ms, sends 10 MB (10 GB/s, 5 us) to gpu1, which then computes 2 ms."""
+    def build(cluster: Cluster) -> Plan:
+        b0, b1 = ProgramBuilder(), ProgramBuilder()
+        kw = dict(phase="fwd", micro_batch=0, samples=1, shard=0, shards=1, bytes=0.0,
+                  blocks=CAPACITY)
+        c = b0.add(Compute, layer="a", flops=5e9, **kw)
+        b0.add(Send, deps=(c,), peer=1, bytes=10e6, tag="x")
+        r = b1.add(Recv, peer=0, bytes=10e6, tag="x")
+        b1.add(Compute, deps=(r,), layer="b", flops=10e9, **kw)
+        return hand_plan(cluster, [b0, b1])
+
+    pred = run(scenario(), build, trace=True)
+    spans = sorted((d, tid, name, round(t, 9), round(dur, 9))
+                   for d, tid, name, t, dur in pred.engine.spans)
+    assert spans == [
+        ("node0.gpu0", "compute", "a.fwd", 0.0, 0.001),
+        ("node0.gpu0", "p2p", "send x", 0.001, 0.001005),  # 5 us latency + 10 MB / 10 GB/s
+        ("node0.gpu1", "compute", "b.fwd", 0.002005, 0.002),
+        ("node0.gpu1", "p2p", "recv x", 0.001, 0.001005),
+    ]
+    assert pred.entry["iteration_time_s"] == pytest.approx(0.004005, rel=1e-12)
+    # gpu0: 1 ms compute, 1.005 ms send, idle 2 ms; gpu1: 2 ms compute, 1.005 ms recv, idle 1 ms
+    assert pred.entry["breakdown_s"] == pytest.approx(
+        {"compute": 0.0015, "exposed_communication": 0.001005, "ps_wait": 0.0, "idle": 0.0015},
+        rel=1e-9)
+
+
+# ---- 7: stragglers --------------------------------------------------------------------------------
+
+def test_straggler_doubles_a_kernel():
+    f = 5e9
+    sc = scenario(cluster_extra="  stragglers: [{device: 1, slowdown: 2}]")
+
+    def build(cluster: Cluster) -> Plan:
+        progs = []
+        for _ in range(2):
+            b = ProgramBuilder()
+            b.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0, shards=1,
+                  flops=f, bytes=0.0, blocks=CAPACITY)
+            progs.append(b)
+        return hand_plan(cluster, progs)
+
+    pred = run(sc, build)
+    assert [log.compute for log in pred.engine.logs.values()] == [
+        [(0.0, pytest.approx(f / FLOPS, rel=1e-12))],
+        [(0.0, pytest.approx(2 * f / FLOPS, rel=1e-12))],
+    ]
+
+
+MLP = "[" + ", ".join(["{kind: dense, units: 1024}"] * 4) + "]"
+MLP_PARAMS = 4 * (1024 * 1024 + 1024)
+
+
+def dp_scenario(strategies: str, *, batch: int = 64, extra: str = "") -> Scenario:
+    # one block per wave and a huge memory bandwidth: every kernel is FLOPs / (peak x eff)
+    return scenario(dev=device(sms=1, blocks_per_sm=1, mem_GBps=1e6), layers=MLP,
+                    input_shape="[1024]", batch=batch, iterations=3, warmup=1,
+                    strategies=strategies, cluster_extra=extra)
+
+
+def predict_strategy(sc: Scenario, index: int = 0) -> Prediction:
+    cluster = build_cluster(sc.cluster)
+    ctx = Context(build_graph(sc.model), cluster, sc.training)
+    return predict(build_plan(ctx, sc.strategies[index]), cluster, sc.training)
+
+
+@pytest.mark.parametrize("slowdown", [1, 2, 3])
+def test_sync_data_parallel_waits_for_the_straggler(slowdown):
+    sc = dp_scenario("[{name: dp, scheme: data_parallel}]",
+                     extra=f"  stragglers: [{{device: 1, slowdown: {slowdown}}}]")
+    samples = 64 // 2
+    compute = 4 * (2 + 4) * 1024 * 1024 * samples / FLOPS  # fwd 2 + bwd 4 FLOPs per weight
+    update = 4 * MLP_PARAMS / FLOPS  # the update op counts 4 FLOPs per parameter
+    ring = 2 * 1 / 2 * MLP_PARAMS * 4 / B + 2 * 1 * ALPHA  # fp32 gradients, p = 2
+    pred = predict_strategy(sc)
+    assert pred.entry["iteration_time_s"] == pytest.approx(
+        slowdown * (compute + update) + ring, rel=1e-9)
+    # the fast worker waits (slowdown - 1) x its compute at the all-reduce: idle, averaged
+    assert pred.entry["breakdown_s"] == pytest.approx({
+        "compute": (1 + slowdown) / 2 * (compute + update),
+        "exposed_communication": ring,
+        "ps_wait": 0.0,
+        "idle": (slowdown - 1) / 2 * (compute + update),
+    }, rel=1e-9, abs=1e-15)
+
+
+# ---- 8: the breakdown adds up ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [
+    "exchange: ring",
+    "exchange: ring, overlap: true, bucket_MiB: 4",
+    "exchange: tree, overlap: true, bucket_MiB: 1",
+    "exchange: hierarchical, overlap: true, bucket_MiB: 2",
+    "exchange: ps",
+])
+def test_breakdown_adds_up_to_the_iteration(options):
+    ps = ("  parameter_servers: {hosts: 2, device: " + device() + ", nic: "
+          + link("inter", 1, 10) + "}")
+    sc = scenario(nodes=2, per_node=2, layers=MLP, input_shape="[1024]", batch=64, iterations=3,
+                  warmup=1, cluster_extra=ps + "\n  stragglers: [{device: 3, slowdown: 1.5}]",
+                  strategies=f"[{{name: dp, scheme: data_parallel, {options}}}]")
+    e = predict_strategy(sc).entry
+    assert sum(e["breakdown_s"].values()) == pytest.approx(e["iteration_time_s"], rel=1e-9)
+    assert all(v >= 0 for v in e["breakdown_s"].values())
