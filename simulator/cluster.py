@@ -75,30 +75,24 @@ class Cluster:
         return [f"ps{j}" for j in range(ps.hosts)] if ps else []
 
     def route(self, a: str, b: str) -> tuple[Edge, ...]:
-        """The directed edges a transfer from ``a`` to ``b`` crosses (one path in a tree)."""
+        """The directed edges a transfer from ``a`` to ``b`` crosses (the one path in a tree)."""
         key = (a, b)
         hit = self._routes.get(key)
         if hit is not None:
             return hit
-        up, down = self._uplinks(a), self._uplinks(b)
-        # strip the common tail (the lowest common ancestor and above)
-        while up and down and up[-1] == down[-1]:
-            up.pop()
-            down.pop()
-        path = up + [(v, u) for (u, v) in reversed(down)]
-        route = tuple(path)
+        up, down = self._chain(a), self._chain(b)
+        lca = next(x for x in up if x in down)
+        up, down = up[:up.index(lca) + 1], down[:down.index(lca) + 1]
+        route = tuple(zip(up, up[1:])) + tuple(zip(down[::-1], down[-2::-1]))
         self._routes[key] = route
         return route
 
-    def _uplinks(self, x: str) -> list[Edge]:
-        """Edges from ``x`` up to the core switch."""
-        if x.startswith("ps"):
-            return [(x, SWITCH)]
-        if ".nic" in x:
-            return [(x, SWITCH)]
+    def _chain(self, x: str) -> list[str]:
+        """``x`` and the elements above it, up to the core switch."""
+        if x.startswith("ps") or ".nic" in x:
+            return [x, SWITCH]
         node = x.split(".", 1)[0]
-        nic = self.nic_of(x)
-        return [(x, f"{node}.fabric"), (f"{node}.fabric", nic), (nic, SWITCH)]
+        return [x, f"{node}.fabric", self.nic_of(x), SWITCH]
 
     def latency(self, route: tuple[Edge, ...]) -> float:
         total, last = 0.0, None

@@ -14,6 +14,7 @@ Units: bytes, bytes/s, seconds.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -112,24 +113,38 @@ class Network:
         self._reschedule()
 
     def _fair_share(self) -> None:
-        """Max-min fair rates by progressive filling."""
-        left = {}
+        """Max-min fair rates by progressive filling, the tightest edge first (a heap)."""
         users: dict[Edge, list[Flow]] = defaultdict(list)
         for f in self.flows:
             for e in f.route:
                 users[e].append(f)
-        for e in users:
-            left[e] = self.capacity[e]
+        left = {e: self.capacity[e] for e in users}
         count = {e: sum(f.weight for f in fs) for e, fs in users.items()}
-        unfrozen = set(self.flows)
-        while unfrozen:
-            share, edge = min((left[e] / count[e], e) for e in users if count[e] > 0)
-            for f in [f for f in users[edge] if f in unfrozen]:
-                f.rate = max(share, 0.0)
-                unfrozen.discard(f)
+        heap = [(left[e] / count[e], e) for e in users]
+        heapq.heapify(heap)
+        frozen: set[int] = set()
+        while heap:
+            share, edge = heapq.heappop(heap)
+            if count[edge] <= 0:
+                continue
+            current = left[edge] / count[edge]
+            if current > share * (1 + 1e-12):  # stale entry: the edge got looser
+                heapq.heappush(heap, (current, edge))
+                continue
+            share = max(current, 0.0)
+            touched = set()
+            for f in users[edge]:
+                if id(f) in frozen:
+                    continue
+                frozen.add(id(f))
+                f.rate = share
                 for e in f.route:
                     left[e] -= share * f.weight
                     count[e] -= f.weight
+                    touched.add(e)
+            for e in touched:
+                if count[e] > 0 and e != edge:
+                    heapq.heappush(heap, (left[e] / count[e], e))
         if self.record_rates:
             now = self.env.now
             for e, fs in users.items():

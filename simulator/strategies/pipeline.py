@@ -39,6 +39,9 @@ OPTIONS = {
 
 
 def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
+    if options["replicas"] > cluster.device_count:
+        raise ScenarioError(f"more replicas than the cluster's {cluster.device_count} devices",
+                            path=f"{path}.replicas", value=options["replicas"], has_value=True)
     stages = options["stages"] or cluster.device_count // options["replicas"]
     check_devices({"stages": stages * options["replicas"]}, "stages", cluster, path)
     layers = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])

@@ -20,7 +20,9 @@ from simulator.plan import COMM, Collective, ProgramBuilder
 from simulator.strategies.common import Context, compute_op
 
 SPLITTABLE = frozenset({"dense", "conv", "attention", "rbm"})
-FOLLOWS_INPUT = frozenset({"act", "pool", "dropout", "flatten", "lrn"})
+# layers that work on a split input shard by shard. Softmax too: a vocabulary-parallel softmax /
+# cross-entropy needs only per-sample max and sum across the group (Megatron-LM), negligible bytes
+FOLLOWS_INPUT = frozenset({"act", "pool", "dropout", "flatten", "lrn", "softmax"})
 
 
 def states(ctx: Context, layers: list[str], split: set[str], k: int) -> dict[str, str]:

@@ -1,0 +1,101 @@
+"""Hybrid data-model parallelism, "one weird trick" (Krizhevsky 2014).
+
+Convolutional layers (about 90% of the compute, 5% of the weights) run data parallel: each of K
+devices takes 1/K of the batch. Fully connected layers (about 95% of the weights) run model
+parallel: the last convolutional activations of the whole batch are all-gathered, each device
+computes its 1/K of every fully connected layer's neurons for the whole batch, and the gradient
+of the gathered activations is reduce-scattered back to the owning devices. The convolutional
+weight gradients are all-reduced (``bucket_MiB``/``overlap`` as in data parallel).
+
+The split point is the first dense layer (everything before it is "convolutional").
+"""
+
+from __future__ import annotations
+
+from simulator.errors import ScenarioError
+from simulator.plan import COMM, Collective, Plan, ProgramBuilder, RankProgram
+from simulator.schema import boolean, integer, number
+from simulator.strategies import sharding
+from simulator.strategies.common import (
+    Context,
+    buckets,
+    check_devices,
+    compute_op,
+    memory_need,
+    split_batch,
+    update_op,
+)
+
+OPTIONS = {
+    "devices": (integer(1), None),
+    "bucket_MiB": (number(positive=False, minimum=0), 0.0),
+    "overlap": (boolean, False),
+}
+
+
+def split_point(layers: list[str], graph) -> int:  # noqa: ANN001
+    for i, n in enumerate(layers):
+        if graph.nodes[n]["kind"] == "dense":
+            return i
+    return -1
+
+
+def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
+    k = check_devices(options, "devices", cluster, path)
+    split_batch(training.batch_size, k, f"{path}.devices")
+    layers = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
+    if split_point(layers, graph) <= 0:
+        raise ScenarioError("the hybrid scheme needs layers before a first dense layer "
+                            "(convolutions) and dense layers after it", path=f"{path}.scheme",
+                            value="hybrid", has_value=True)
+
+
+def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
+    o = spec.options
+    k = o["devices"] or ctx.cluster.spec.device_count
+    batch = ctx.training.batch_size
+    per = batch // k
+    cut = split_point(ctx.layers, ctx.graph)
+    conv, fc = ctx.layers[:cut], ctx.layers[cut:]
+    st = sharding.states(ctx, fc, {n for n in fc if ctx.node(n)["kind"] == "dense"}, k)
+    sh = sharding.shards(st, k)
+    boundary = ctx.node(conv[-1])["out_elems"]
+    b = ProgramBuilder()
+    for n in conv:
+        compute_op(b, ctx, n, "fwd", per)
+    gather = b.add(Collective, stream=COMM, deps=(b.last(),), collective="allgather",
+                   algorithm="ring", group="world", bytes=float(boundary * batch * ctx.bpe),
+                   key="conv-out")
+    last = sharding.emit(b, ctx, fc, st, k, "fwd", batch, "world", deps=(gather,))
+    last = sharding.emit(b, ctx, fc, st, k, "bwd", batch, "world", deps=(last,),
+                         boundary_grad="reduce_scatter")
+    last_bwd = {}
+    for n in reversed(conv):
+        last_bwd[n] = compute_op(b, ctx, n, "bwd", per, deps=(last,) if last is not None else ())
+        last = None
+    end = b.last()
+    colls = []
+    if k > 1:
+        for i, bucket in enumerate(buckets(ctx, list(reversed(conv)), o["bucket_MiB"])):
+            dep = last_bwd[bucket[-1]] if o["overlap"] else end
+            colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
+                               algorithm="ring", group="world", bytes=ctx.param_bytes(bucket),
+                               key=f"conv-grad{i}"))
+    params = sum(ctx.node(n)["params"] for n in conv) + sum(ctx.node(n)["params"] / sh[n]
+                                                           for n in fc)
+    update_op(b, ctx, params, deps=tuple(colls))
+    ops = tuple(b.ops)
+    ranks = tuple(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
+                  for r in range(k))
+    memory = []
+    for r in ranks:
+        mc = memory_need(ctx, r.device, conv, act_samples=per)
+        mf = memory_need(ctx, r.device, fc, act_samples=batch, shards=sh)
+        memory.append(type(mc)(device=r.device, weights=mc.weights + mf.weights,
+                               gradients=mc.gradients + mf.gradients,
+                               optimizer=mc.optimizer + mf.optimizer,
+                               activations=mc.activations + mf.activations,
+                               capacity=mc.capacity))
+    return Plan(strategy=spec.name, scheme="hybrid", mode="sync", samples_per_period=per * k,
+                period_steps=1, ranks=ranks, groups={"world": tuple(range(k))},
+                memory=tuple(memory), options={**o, "devices": k, "states": st})

@@ -1,0 +1,137 @@
+"""The fluid network model: max-min fair sharing, latency, finish times worked out by hand.
+
+Capacities are in bytes/s and sizes in bytes, chosen so that every expected time is a short sum
+a person can check on paper.
+"""
+
+from __future__ import annotations
+
+import pytest
+import simpy
+
+from simulator.engine.network import Network
+
+E1, E2 = ("a", "b"), ("b", "c")
+
+
+def run_flows(capacity: dict, flows: dict[str, tuple]) -> dict[str, float]:
+    """``flows``: name -> (start time, route, bytes, latency); returns name -> finish time."""
+    env = simpy.Environment()
+    network = Network(env, capacity)
+    done: dict[str, float] = {}
+
+    def flow(name: str, at: float, route: tuple, nbytes: float, latency: float):
+        yield env.timeout(at)
+        yield network.transfer(route, nbytes, latency, tag=name)
+        done[name] = env.now
+
+    for name, spec in flows.items():
+        env.process(flow(name, *spec))
+    env.run()
+    return done
+
+
+def test_one_flow_alone_takes_bytes_over_bandwidth():
+    assert run_flows({E1: 10.0}, {"a": (0, (E1,), 30.0, 0.0)}) == {"a": 3.0}
+
+
+def test_two_flows_on_one_edge_each_get_half():
+    env = simpy.Environment()
+    network = Network(env, {E1: 10.0})
+    a = network.transfer((E1,), 10.0, tag="a")
+    b = network.transfer((E1,), 10.0, tag="b")
+    assert sorted(f.rate for f in network.flows) == [5.0, 5.0]
+    env.run()
+    assert a.triggered and b.triggered
+    assert env.now == 2.0  # 20 bytes through 10 B/s
+    assert network.stats[E1].bytes == 20.0
+    assert network.stats[E1].busy == 2.0
+
+
+def test_a_later_flow_slows_the_first():
+    # a alone at 1 B/s for 4 s (6 bytes left), then both at 1/2: a ends at 4 + 6 / 0.5 = 16,
+    # by then b has moved 6 of its 10 bytes; alone again at 1 B/s it ends at 16 + 4 = 20
+    done = run_flows({E1: 1.0}, {"a": (0, (E1,), 10.0, 0.0), "b": (4, (E1,), 10.0, 0.0)})
+    assert done == {"a": 16.0, "b": 20.0}
+
+
+def test_max_min_fairness_over_two_edges():
+    """The classic example: flow a crosses both edges, b only e1 (1 B/s), c only e2 (2 B/s)."""
+    capacity = {E1: 1.0, E2: 2.0}
+    env = simpy.Environment()
+    network = Network(env, capacity)
+    network.transfer((E1, E2), 1.0, tag="a")
+    network.transfer((E1,), 1.0, tag="b")
+    network.transfer((E2,), 6.0, tag="c")
+    # e1 is the bottleneck: a and b get 1/2 each; c gets what a leaves on e2, 2 - 1/2
+    assert {f.tag: f.rate for f in network.flows} == {"a": 0.5, "b": 0.5, "c": 1.5}
+    flows = {"a": (0, (E1, E2), 1.0, 0.0), "b": (0, (E1,), 1.0, 0.0), "c": (0, (E2,), 6.0, 0.0)}
+    # a and b end at 1 / 0.5 = 2 s; c has moved 3 bytes by then and takes the whole 2 B/s for
+    # the other 3: 2 + 3 / 2 = 3.5 s
+    assert run_flows(capacity, flows) == {"a": 2.0, "b": 2.0, "c": 3.5}
+
+
+def test_latency_is_paid_before_the_bytes_move():
+    # b's first byte enters the edge after its 0.5 s latency: a has the edge alone until then
+    # (0.5 bytes moved), then both at 1/2: a ends at 0.5 + 0.5 / 0.5 = 1.5; b has 0.5 left at
+    # 1.5 and ends at 2.0
+    done = run_flows({E1: 1.0}, {"a": (0, (E1,), 1.0, 0.0), "b": (0, (E1,), 1.0, 0.5)})
+    assert done == {"a": 1.5, "b": 2.0}
+    assert run_flows({E1: 4.0}, {"a": (0, (E1,), 2.0, 0.25)}) == {"a": 0.75}
+
+
+def test_a_weighted_flow_stands_for_that_many_identical_flows():
+    env = simpy.Environment()
+    network = Network(env, {E1: 3.0})
+    network.transfer((E1,), 1.0, weight=2)
+    network.transfer((E1,), 1.0)
+    assert [f.rate for f in network.flows] == [1.0, 1.0]  # 3 B/s over 3 flows
+    env.run()
+    assert env.now == 1.0
+    assert network.stats[E1].bytes == 3.0
+
+
+def test_flows_due_within_float_noise_finish_in_one_event():
+    # a: 0.3 bytes from t=0; b: 0.2 bytes from t=0.1 on a 1 B/s edge. At 0.1 a has
+    # 0.3 - 0.1 = 0.2 left (0.19999999999999998 in floats); both at 1/2 finish at 0.5
+    done = run_flows({E1: 1.0}, {"a": (0, (E1,), 0.3, 0.0), "b": (0.1, (E1,), 0.2, 0.0)})
+    assert done["a"] == done["b"] == pytest.approx(0.5, rel=1e-12)
+
+
+def start_together(n: int, shared: bool) -> tuple[simpy.Environment, Network, list]:
+    """``n`` flows of 1 MB at t=0, each on its own 1 GB/s edge or all on one."""
+    routes = [(E1,)] * n if shared else [((f"s{i}", f"d{i}"),) for i in range(n)]
+    env = simpy.Environment()
+    network = Network(env, {r[0]: 1e9 for r in routes})
+    return env, network, [network.transfer(r, 1e6) for r in routes]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_thousand_identical_flows_finish_in_one_event(shared):
+    n = 1000
+    env, network, done = start_together(n, shared)
+    while not any(d.triggered for d in done):
+        env.step()
+    # the first flow to finish takes every other one with it: no train of zero-length timers
+    assert all(d.triggered for d in done)
+    assert not network.flows
+    assert env.now == (n * 1e6 / 1e9 if shared else 1e6 / 1e9)  # one edge: each gets 1 GB/s / n
+    env.run()
+    assert env.now == (n * 1e6 / 1e9 if shared else 1e6 / 1e9)
+
+
+STALE = ("network.py: transfer() -> _start() -> _reschedule() runs the whole max-min fair share "
+         "and schedules a new timer for EVERY flow started at the same instant, so n flows "
+         "started together cost n fair-share passes (quadratic) and leave n - 1 superseded "
+         "timers in SimPy's queue; starts at one instant should be batched into one reschedule")
+
+
+@pytest.mark.xfail(strict=True, reason=STALE)
+@pytest.mark.parametrize("shared", [False, True])
+def test_flows_started_together_cost_one_timer(shared):
+    env, _network, done = start_together(100, shared)
+    steps = 0
+    while not any(d.triggered for d in done):
+        env.step()
+        steps += 1
+    assert steps <= 2  # at most one zero-delay batching event and the one timer
