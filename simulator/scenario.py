@@ -17,9 +17,11 @@ from simulator import catalogue
 from simulator.errors import ScenarioError
 from simulator.schema import (
     Fields,
+    any_string,
     choice,
     integer,
     join,
+    line_of,
     list_of,
     load_yaml,
     number,
@@ -56,9 +58,20 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
+    """Validate parsed YAML (from :func:`load_yaml`); an error without a line gets the line of
+    the deepest part of its field path found in ``data``."""
+    try:
+        return _scenario(data, file)
+    except ScenarioError as e:
+        if e.file is not None:  # from another file (the catalogue): its lines are not ours
+            raise
+        raise e.at_line(line_of(data, e.path)) from None
+
+
+def _scenario(data: Any, file: str) -> Scenario:
     top = Fields(data, "")
     name = top.get("name", string)
-    description = top.get("description", string, "")
+    description = top.get("description", any_string, "")
     seed = top.get("seed", integer(0), 0)
     model = _model(top.sub("model"))
     cluster = _cluster(top.sub("cluster"))
@@ -67,7 +80,7 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     top.done(TOP_KEYS)
     scenario = Scenario(name=name, description=description, seed=seed, model=model,
                         cluster=cluster, training=training, strategies=strategies, file=file)
-    _check_against_graph(scenario, top)
+    _check_against_graph(scenario)
     return scenario
 
 
@@ -86,7 +99,7 @@ def build_graph(model: ModelSpec) -> nx.DiGraph:
 def _model(f: Fields) -> ModelSpec:
     if f.has("zoo") == f.has("layers"):
         raise ScenarioError("give exactly one of 'zoo' (a named network) or 'layers' (a list)",
-                            path=f.path or "model", line=f.line("zoo") or f.line("layers"))
+                            path=f.path or "model", line=f.line("zoo"))
     if f.has("zoo"):
         zoo = f.get("zoo", string)
         params = f.raw("params") if f.has("params") else {}
@@ -126,8 +139,10 @@ def device_field(f: Fields, key: str) -> DeviceSpec:
 def link_field(f: Fields, key: str, scope: str) -> LinkSpec:
     link = _named_or_inline(f, key, catalogue.links(), catalogue.read_link, "link")
     if link.scope != scope:
-        raise f.error(key, f"is a link used {link.scope} a node; this field needs an {scope}-node "
-                      "link", value=f.raw(key))
+        given = f.raw(key)
+        which = repr(given) if isinstance(given, str) else "this link"
+        raise f.error(key, f"{which} is an {link.scope}-node link; this field needs an "
+                      f"{scope}-node link", value=given)
     return link
 
 
@@ -146,8 +161,12 @@ def _cluster(f: Fields) -> ClusterSpec:
                                  nic=link_field(pf, "nic", "inter"))
         pf.done(("hosts", "device", "nic"))
     count = nodes * per_node
-    stragglers = tuple(_straggler(s, count) for s in _items(f, "stragglers"))
-    degraded = tuple(_degraded(s) for s in _items(f, "degraded_links"))
+    straggler_fields = _items(f, "stragglers")
+    stragglers = tuple(_straggler(s, count) for s in straggler_fields)
+    _unique(straggler_fields, "device", "straggler")
+    degraded_fields = _items(f, "degraded_links")
+    degraded = tuple(_degraded(s) for s in degraded_fields)
+    _unique(degraded_fields, "element", "degraded_links entry")
     f.done(("nodes", "devices_per_node", "device", "intra_link", "inter_link", "nics_per_node",
             "parameter_servers", "stragglers", "degraded_links"))
     if inter is None:  # one node and no inter-node link given: the NIC still exists for PS traffic
@@ -158,11 +177,10 @@ def _cluster(f: Fields) -> ClusterSpec:
     from simulator.cluster import topology_elements
 
     elements = topology_elements(spec)
-    for i, d in enumerate(degraded):
+    for d, df in zip(degraded, degraded_fields, strict=True):
         if d.element not in elements:
-            raise ScenarioError("no such element in the cluster (e.g. node0.gpu0, node0.nic0, "
-                                "ps0)", path=f"{f.path}.degraded_links[{i}].element",
-                                value=d.element, has_value=True, line=f.line("degraded_links"))
+            raise df.error("element", "no such element in the cluster (e.g. node0.gpu0, "
+                           "node0.nic0, ps0)", value=d.element)
     return spec
 
 
@@ -172,7 +190,19 @@ def _items(f: Fields, key: str) -> list[Fields]:
         return []
     if not isinstance(raw, list):
         raise f.error(key, "must be a list")
-    return [Fields(item, join(join(f.path, key), i)) for i, item in enumerate(raw)]
+    path = join(f.path, key)
+    return [Fields(item, join(path, i), getattr(item, "start_line", f.line(key)))
+            for i, item in enumerate(raw)]
+
+
+def _unique(items: list[Fields], key: str, what: str) -> None:
+    """Reject a second entry with the same ``key`` value (the list names each thing once)."""
+    first: dict[Any, str] = {}
+    for item in items:
+        value = item.data[key]
+        if value in first:
+            raise item.error(key, f"a second {what} for {value!r} (the first is {first[value]})")
+        first[value] = item.path
 
 
 def _degraded(s: Fields) -> DegradedLink:
@@ -228,17 +258,15 @@ def _strategies(top: Fields, cluster: ClusterSpec) -> tuple[StrategySpec, ...]:
     return tuple(out)
 
 
-def _check_against_graph(scenario: Scenario, top: Fields) -> None:
-    """Options that can only be checked with the model graph and the cluster at hand."""
+def _check_against_graph(scenario: Scenario) -> None:
+    """Options that can only be checked with the model graph and the cluster at hand.
+
+    Errors name a field path (``model.params.sizes``, ``strategies[0].partition[1]``);
+    :func:`parse_scenario` gives them the line of that field.
+    """
     from simulator.strategies import scheme_module
 
     graph = build_graph(scenario.model)
     for i, s in enumerate(scenario.strategies):
-        path = f"strategies[{i}]"
-        try:
-            scheme_module(s.scheme).check(s.options, graph, scenario.cluster,
-                                          scenario.training, path)
-        except ScenarioError as e:
-            lines = getattr(top.data.get("strategies")[i], "lines", {})
-            key = e.path.rsplit(".", 1)[-1].split("[")[0]
-            raise e.at_line(lines.get(key)) from None
+        scheme_module(s.scheme).check(s.options, graph, scenario.cluster, scenario.training,
+                                      f"strategies[{i}]")

@@ -8,6 +8,7 @@ the line of every key, so errors can point at it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,25 +19,46 @@ from simulator.units import SUFFIXES
 
 
 class LineDict(dict):
-    """A mapping that remembers the line (1-based) of each key in its YAML file."""
+    """A mapping that remembers where it stands in its YAML file (lines are 1-based).
+
+    ``lines`` maps each key to its line, ``start_line`` is the line the mapping starts on, and
+    ``duplicates`` lists ``(key, value, line)`` for every key given a second time in the same
+    mapping (the first value is kept; :func:`load_yaml` rejects the file).
+    """
 
     lines: dict[Any, int]
+    start_line: int | None
+    duplicates: list[tuple[Any, Any, int]]
 
 
 class _LineLoader(yaml.SafeLoader):
     pass
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
+    # keys brought in by a merge (``<<: *anchor``) may be overridden: only two keys written in
+    # this mapping itself are a duplicate
+    own = {id(k) for k, _ in node.value if k.tag != _MERGE_TAG}
     loader.flatten_mapping(node)
     d = LineDict()
     d.lines = {}
+    d.start_line = node.start_mark.line + 1
+    d.duplicates = []
+    explicit: set[Any] = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
-        if key in d:
-            raise ScenarioError("duplicate key", path=str(key), line=key_node.start_mark.line + 1)
-        d[key] = loader.construct_object(value_node, deep=True)
-        d.lines[key] = key_node.start_mark.line + 1
+        value = loader.construct_object(value_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if id(key_node) in own:
+            if key in explicit:
+                d.duplicates.append((key, value, line))
+                continue
+            explicit.add(key)
+        d[key] = value
+        d.lines[key] = line
     return d
 
 
@@ -44,15 +66,68 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 
 
 def load_yaml(text: str) -> Any:
-    """Parse YAML safely; syntax errors become ScenarioError with the line."""
+    """Parse YAML safely; syntax errors and duplicate keys become ScenarioError with the line."""
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         line = mark.line + 1 if mark is not None else None
         raise ScenarioError(f"not valid YAML: {e.problem}", line=line) from None
     except yaml.YAMLError as e:
         raise ScenarioError(f"not valid YAML: {e}") from None
+    _reject_duplicates(data, "")
+    return data
+
+
+def _reject_duplicates(data: Any, path: str, seen: set[int] | None = None) -> None:
+    """Raise for the first key given twice in one mapping, anywhere in ``data``, by field path."""
+    seen = set() if seen is None else seen
+    if id(data) in seen:  # an alias to a node already checked (or a recursive one)
+        return
+    seen.add(id(data))
+    if isinstance(data, dict):
+        for key, value, line in getattr(data, "duplicates", ()):
+            first = getattr(data, "lines", {}).get(key)
+            also = f" (first given on line {first})" if first is not None else ""
+            raise ScenarioError(f"duplicate key{also}", path=_key_path(path, key), value=value,
+                                has_value=True, line=line)
+        for key, value in data.items():
+            _reject_duplicates(value, _key_path(path, key), seen)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            _reject_duplicates(item, join(path, i), seen)
+
+
+def _key_path(path: str, key: Any) -> str:
+    """The path of a mapping key (an integer key is still a key, not a list index)."""
+    return f"{path}.{key}" if path else str(key)
+
+
+_PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def line_of(data: Any, path: str) -> int | None:
+    """The line of the deepest part of the field ``path`` that ``data`` knows a line for.
+
+    ``model.layers[3].units`` is the line of ``units`` in that layer if it is there, else the
+    layer item's own line, else the line of ``layers``; a path naming a key that is absent gets
+    the line of the mapping that lacks it.
+    """
+    line = getattr(data, "start_line", None)
+    node = data
+    for index, key in _PATH_PART.findall(path):
+        if index:
+            i = int(index)
+            if not isinstance(node, list) or i >= len(node):
+                break
+            node = node[i]
+            line = getattr(node, "start_line", None) or line
+        else:
+            if not isinstance(node, dict) or key not in node:
+                break
+            line = getattr(node, "lines", {}).get(key) or line
+            node = node[key]
+    return line
 
 
 def join(path: str, key: Any) -> str:
@@ -104,8 +179,17 @@ def number(positive: bool = True, maximum: float | None = None, minimum: float |
 
 
 def string(v: Any, path: str) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise _bad(f"must be a non-empty string, not {type_name(v)}", path, v)
+    """A non-empty string (not only blanks)."""
+    v = any_string(v, path)
+    if not v.strip():
+        raise _bad("must not be empty", path, v)
+    return v
+
+
+def any_string(v: Any, path: str) -> str:
+    """A string, possibly empty."""
+    if not isinstance(v, str):
+        raise _bad(f"must be a string, not {type_name(v)}", path, v)
     return v
 
 
@@ -136,17 +220,25 @@ def list_of(item: Check, min_len: int = 1) -> Check:
 
 
 class Fields:
-    """One YAML mapping being read strictly. Ask for each key; ``done()`` rejects the rest."""
+    """One YAML mapping being read strictly. Ask for each key; ``done()`` rejects the rest.
 
-    def __init__(self, data: Any, path: str):
+    ``line`` is where the mapping is given (the line of its key in the parent mapping); it
+    defaults to the line the mapping starts on, and is the line of errors about absent keys.
+    """
+
+    def __init__(self, data: Any, path: str, line: int | None = None):
         if not isinstance(data, dict):
-            raise _bad(f"must be a mapping, not {type_name(data)}", path or "<top level>", data)
+            raise ScenarioError(f"must be a mapping, not {type_name(data)}",
+                                path=path or "<top level>", value=data, has_value=True,
+                                line=line)
         self.data = data
         self.path = path
+        self.start_line = line if line is not None else getattr(data, "start_line", None)
         self.seen: set[str] = set()
 
     def line(self, key: str) -> int | None:
-        return getattr(self.data, "lines", {}).get(key)
+        """The line of ``key``; for an absent key, the line of this mapping."""
+        return getattr(self.data, "lines", {}).get(key, self.start_line)
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -161,7 +253,7 @@ class Fields:
         if key not in self.data:
             if default is ...:
                 raise ScenarioError("is required", path=join(self.path, key),
-                                    line=getattr(self.data, "lines", {}).get("__start__"))
+                                    line=self.start_line)
             return default
         try:
             value = check(self.data[key], join(self.path, key))
@@ -172,11 +264,8 @@ class Fields:
     def sub(self, key: str) -> Fields:
         self.seen.add(key)
         if key not in self.data:
-            raise ScenarioError("is required", path=join(self.path, key))
-        try:
-            return Fields(self.data[key], join(self.path, key))
-        except ScenarioError as e:
-            raise e.at_line(self.line(key)) from None
+            raise ScenarioError("is required", path=join(self.path, key), line=self.start_line)
+        return Fields(self.data[key], join(self.path, key), self.line(key))
 
     def error(self, key: str, message: str, value: Any = ..., has_value: bool = True
               ) -> ScenarioError:

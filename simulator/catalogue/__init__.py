@@ -6,6 +6,7 @@ device or link inline, and a calibration profile writes the same format; one rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -34,7 +35,8 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
         pf.done(PRECISIONS)
         peak = {p: v * TFLOPS for p, v in peak.items() if v is not None}
         if not peak:
-            raise ScenarioError("must give at least one precision", path=pf.path)
+            raise ScenarioError("must give at least one precision", path=pf.path,
+                                line=pf.start_line)
     dev = DeviceSpec(
         name=name,
         kind=get("kind", choice(("gpu", "cpu")), "kind"),
@@ -74,29 +76,21 @@ def read_link(name: str, f: Fields, base: LinkSpec | None = None) -> LinkSpec:
     return link
 
 
-def _read_file(filename: str) -> dict[str, Any]:
+def _read_file(filename: str, reader: Callable[[str, Fields], Any]) -> dict[str, Any]:
+    """Every entry of a catalogue file, read by ``reader``; errors name the file."""
     text = resources.files(__package__).joinpath(filename).read_text()
     try:
-        data = load_yaml(text)
-        Fields(data, "")
+        top = Fields(load_yaml(text), "")
+        return {name: reader(name, top.sub(name)) for name in top.data}
     except ScenarioError as e:
         raise e.with_file(f"catalogue/{filename}") from None
-    return data
 
 
 @cache
 def devices() -> dict[str, DeviceSpec]:
-    data = _read_file("devices.yaml")
-    try:
-        return {name: read_device(name, Fields(entry, name)) for name, entry in data.items()}
-    except ScenarioError as e:
-        raise e.with_file("catalogue/devices.yaml") from None
+    return _read_file("devices.yaml", read_device)
 
 
 @cache
 def links() -> dict[str, LinkSpec]:
-    data = _read_file("links.yaml")
-    try:
-        return {name: read_link(name, Fields(entry, name)) for name, entry in data.items()}
-    except ScenarioError as e:
-        raise e.with_file("catalogue/links.yaml") from None
+    return _read_file("links.yaml", read_link)

@@ -51,6 +51,7 @@ class Network:
     rate_log: list[tuple[float, Edge, float]] = field(default_factory=list)
     _last: float = 0.0
     _generation: int = 0
+    _pending: bool = False
 
     def transfer(self, route: tuple[Edge, ...], nbytes: float, latency: float = 0.0,
                  tag: str = "", weight: int = 1) -> simpy.Event:
@@ -71,6 +72,13 @@ class Network:
         self._advance()
         self.flows.add(Flow(route=route, remaining=nbytes, done=done, nbytes=nbytes, tag=tag,
                             weight=weight))
+        if not self._pending:  # flows starting at one instant share one fair-share pass
+            self._pending = True
+            self.env.timeout(0).callbacks.append(self._flush)
+
+    def _flush(self, _event: simpy.Event) -> None:
+        self._pending = False
+        self._advance()
         self._reschedule()
 
     def _advance(self) -> None:

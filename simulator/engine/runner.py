@@ -5,7 +5,9 @@ stream (``compute``, ``comm``) is a SimPy process that executes its ops in order
 cross-stream dependencies; point-to-point sends and receives run as independent processes (as
 non-blocking MPI calls do). Consecutive compute kernels with no dependant on another stream are
 timed in one SimPy timeout (per-kernel times are still computed and traced): the events a rank
-costs grow with its synchronisation points, not with its layer count.
+costs grow with its synchronisation points, not with its layer count. The SMs a kernel gets are
+those free when its run of kernels starts: a collective that begins mid-run takes its SMs from
+the next run on (an approximation; exact for runs that end at the collective's trigger).
 
 Recorded per rank (measured iterations only): intervals of compute, communication and
 parameter-server work, and waits; the summary turns them into the breakdown.

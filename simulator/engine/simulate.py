@@ -84,10 +84,12 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
     window = t1 - t0
     parts = {"compute": [], "exposed_communication": [], "ps_wait": [], "idle": []}
     for lg in logs.values():
-        c = _union(lg.compute, t0, t1)
-        m = _union(lg.comm, t0, t1)
-        p = _union(lg.ps, t0, t1)
-        cm = _union(c + m, t0, t1)
+        # a rank's measured work starts when its own warm-up ends (logs hold measured work only)
+        lo = lg.ends[warm - 1] if warm else 0.0
+        c = _union(lg.compute, lo, t1)
+        m = _union(lg.comm, lo, t1)
+        p = _union(lg.ps, lo, t1)
+        cm = _union(c + m, lo, t1)
         compute = _length(c)
         exposed = _minus(m, c)
         ps = _minus(p, cm)
