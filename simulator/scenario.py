@@ -201,7 +201,8 @@ def _unique(items: list[Fields], key: str, what: str) -> None:
     for item in items:
         value = item.data[key]
         if value in first:
-            raise item.error(key, f"a second {what} for {value!r} (the first is {first[value]})")
+            raise item.error(key, f"a second {what} for {key} {value!r} (the first is "
+                             f"{first[value]})")
         first[value] = item.path
 
 

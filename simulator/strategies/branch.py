@@ -10,7 +10,6 @@ master sums. Every device sees the whole batch. Branches placed on the master ru
 
 from __future__ import annotations
 
-
 from simulator.errors import ScenarioError
 from simulator.plan import Plan, ProgramBuilder, RankProgram, Recv, Send
 from simulator.schema import integer

@@ -11,6 +11,8 @@ parallel DBN pre-training scheme, where each node trains locally before the mast
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from simulator.errors import ScenarioError
 from simulator.plan import (
     COMM,
@@ -47,11 +49,43 @@ def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
     devices = check_devices(options, "devices", cluster, path)
     split_batch(training.batch_size, devices, f"{path}.devices")
     if options["exchange"] == "ps" and cluster.parameter_servers is None:
-        raise ScenarioError("exchange 'ps' needs cluster.parameter_servers", path=f"{path}.exchange",
-                            value="ps", has_value=True)
+        raise ScenarioError("exchange 'ps' needs cluster.parameter_servers",
+                            path=f"{path}.exchange", value="ps", has_value=True)
     if options["overlap"] and options["exchange"] == "ps":
         raise ScenarioError("overlap is modelled for all-reduce exchanges only",
                             path=f"{path}.overlap", value=True, has_value=True)
+
+
+def worker_program(ctx: Context, o: dict, per_worker: int, shards: int) -> tuple:
+    """The one program every worker runs (shared by all ranks: ops are immutable)."""
+    b = ProgramBuilder()
+    total_params = sum(ctx.node(n)["params"] for n in ctx.layers)
+    last_bwd: dict[str, int] = {}
+    for step in range(o["local_steps"]):
+        for n in ctx.layers:
+            compute_op(b, ctx, n, "fwd", per_worker, micro_batch=step)
+        for n in reversed(ctx.layers):
+            last_bwd[n] = compute_op(b, ctx, n, "bwd", per_worker, micro_batch=step)
+        if step < o["local_steps"] - 1:
+            update_op(b, ctx, total_params, deps=())
+    end_of_backward = b.last()
+    if shards:  # the parameter server updates; workers push gradients and pull parameters
+        shard_bytes = total_params * ctx.bpe / shards
+        for j in range(shards):
+            push = b.add(PSPush, stream=COMM, deps=(end_of_backward,), shard=j,
+                         bytes=shard_bytes, tag=f"grad{j}")
+            b.add(PSPull, stream=COMM, deps=(push,), shard=j, bytes=shard_bytes,
+                  tag=f"param{j}")
+        return tuple(b.ops)
+    colls = []
+    bucket_bytes = o["bucket_MiB"]  # already bytes: units become SI at load
+    for i, bucket in enumerate(buckets(ctx, list(reversed(ctx.layers)), bucket_bytes)):
+        dep = last_bwd[bucket[-1]] if o["overlap"] else end_of_backward
+        colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
+                           algorithm=o["exchange"], group="world",
+                           bytes=ctx.param_bytes(bucket), key=f"grad{i}"))
+    update_op(b, ctx, total_params, deps=tuple(colls))
+    return tuple(b.ops)
 
 
 def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
@@ -59,46 +93,17 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     workers = o["devices"] or ctx.cluster.spec.device_count
     per_worker = ctx.training.batch_size // workers
     ps_hosts = ctx.cluster.ps_hosts() if o["exchange"] == "ps" else []
+    ops = worker_program(ctx, o, per_worker, len(ps_hosts))
+    ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
+             for r in range(workers)]
     total_params = sum(ctx.node(n)["params"] for n in ctx.layers)
-    grad_bytes_total = total_params * ctx.bpe
-    group = tuple(range(workers))
-    ranks = []
-    for r in range(workers):
-        b = ProgramBuilder()
-        last_bwd: dict[str, int] = {}
-        for step in range(o["local_steps"]):
-            for n in ctx.layers:
-                compute_op(b, ctx, n, "fwd", per_worker, micro_batch=step)
-            for n in reversed(ctx.layers):
-                last_bwd[n] = compute_op(b, ctx, n, "bwd", per_worker, micro_batch=step)
-            if step < o["local_steps"] - 1:
-                update_op(b, ctx, total_params, deps=())
-        end_of_backward = b.last()
-        if ps_hosts:
-            shard_bytes = grad_bytes_total / len(ps_hosts)
-            pushes = [b.add(PSPush, stream=COMM, deps=(end_of_backward,), shard=j,
-                            bytes=shard_bytes, tag=f"grad{j}") for j in range(len(ps_hosts))]
-            for j in range(len(ps_hosts)):
-                b.add(PSPull, stream=COMM, deps=(pushes[j],), shard=j, bytes=shard_bytes,
-                      tag=f"param{j}")
-            b.last(COMM)
-        else:
-            colls = []
-            bucket_bytes = o["bucket_MiB"]  # already bytes: units become SI at load
-            for i, bucket in enumerate(buckets(ctx, list(reversed(ctx.layers)), bucket_bytes)):
-                dep = last_bwd[bucket[-1]] if o["overlap"] else end_of_backward
-                colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
-                                   algorithm=o["exchange"], group="world",
-                                   bytes=ctx.param_bytes(bucket), key=f"grad{i}"))
-            update_op(b, ctx, total_params, deps=tuple(colls))
-        ranks.append(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker",
-                                 ops=tuple(b.ops)))
-    for j, host in enumerate(ps_hosts):
-        ranks.append(RankProgram(rank=workers + j, device=host, role="server",
-                                 shard_params=total_params // len(ps_hosts)))
-    memory = tuple(memory_need(ctx, ctx.cluster.devices[r], ctx.layers, act_samples=per_worker)
-                   for r in range(workers))
+    ranks += [RankProgram(rank=workers + j, device=host, role="server",
+                          shard_params=total_params // len(ps_hosts))
+              for j, host in enumerate(ps_hosts)]
+    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=per_worker)
+    memory = tuple(replace(need, device=ctx.cluster.devices[r]) for r in range(workers))
     return Plan(strategy=spec.name, scheme="data_parallel", mode="sync",
                 samples_per_period=per_worker * workers * o["local_steps"],
-                period_steps=o["local_steps"], ranks=tuple(ranks), groups={"world": group},
-                memory=memory, options={**o, "ps_sync": True, "workers": workers})
+                period_steps=o["local_steps"], ranks=tuple(ranks),
+                groups={"world": tuple(range(workers))}, memory=memory,
+                options={**o, "workers": workers})

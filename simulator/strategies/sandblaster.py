@@ -14,7 +14,16 @@ recursion reads the 2m stored vectors twice and touches the gradient, direction 
 from __future__ import annotations
 
 from simulator.errors import ScenarioError
-from simulator.plan import COMM, Barrier, Plan, ProgramBuilder, PSPull, PSPush, RankProgram, WorkLoop
+from simulator.plan import (
+    COMM,
+    Barrier,
+    Plan,
+    ProgramBuilder,
+    PSPull,
+    PSPush,
+    RankProgram,
+    WorkLoop,
+)
 from simulator.schema import integer
 from simulator.strategies.common import Context, check_devices, compute_op, memory_need
 

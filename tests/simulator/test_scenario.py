@@ -172,8 +172,8 @@ BAD = [
                  ["cluster.inter_link.base: unknown link", "(got 'ib_xdr')"],
                  id="unknown-base-link"),
     pytest.param(edit("  inter_link: ib_hdr", "  inter_link: nvlink2"),
-                 ["cluster.inter_link:", "inter-node link", "(got 'nvlink2')"],
-                 id="intra-link-as-inter-link"),
+                 ["cluster.inter_link: 'nvlink2' is an intra-node link; this field needs an "
+                  "inter-node link", "(got 'nvlink2')"], id="intra-link-as-inter-link"),
     pytest.param(edit("  intra_link: nvlink2", "  intra_link: ib_hdr"),
                  ["cluster.intra_link:", "intra-node link", "(got 'ib_hdr')"],
                  id="inter-link-as-intra-link"),
@@ -237,7 +237,8 @@ BAD = [
                  ["strategies[1].name: two strategies have this name", "(got 'dp')"],
                  id="duplicate-strategy-name"),
     pytest.param(after("  nodes: 2", "  nodes: 3\n"),
-                 [":10: nodes: duplicate key"], id="duplicate-yaml-key"),
+                 [":10: cluster.nodes: duplicate key (first given on line 9)", "(got 3)"],
+                 id="duplicate-yaml-key"),
     pytest.param(edit("  device: V100", "\tdevice: V100"),
                  [":11: not valid YAML", "'\\t'"], id="invalid-yaml-tab"),
     # PyYAML reports where it noticed the problem: the line after the unclosed bracket
@@ -322,51 +323,118 @@ def test_line_numbers(tmp_path, text, line):
     assert str(err).startswith(f"{path}:{line}: ")
 
 
-# -- loader bugs, pinned so that a fix shows up (strict xfail turns into a failure when fixed) --
+# -- lines and paths of errors found away from the offending key ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="schema.py _construct_mapping reports a duplicate key by "
-                   "its bare name ('nodes'), not its field path ('cluster.nodes')")
 def test_duplicate_key_names_its_field_path(tmp_path):
     _, err = load_error(tmp_path, after("  nodes: 2", "  nodes: 3\n"))
-    assert err.path == "cluster.nodes"
+    assert (err.path, err.value, err.line) == ("cluster.nodes", 3, 10)
+    assert "first given on line 9" in err.message
 
 
-@pytest.mark.xfail(strict=True, reason="schema.py Fields.get looks up lines['__start__'] for a "
-                   "missing required key, but no mapping records '__start__': never a line")
-def test_missing_key_points_at_its_mapping(tmp_path):
-    _, err = load_error(tmp_path, edit("  batch_size: 8", "  precision: fp16"))
-    assert err.line == 14  # the 'training:' mapping that lacks batch_size
+@pytest.mark.parametrize("text, path, line", [
+    pytest.param(BASE + "name: again\n", "name", 19, id="top-level"),
+    pytest.param(after("    sizes: [8, 4, 2]", "    sizes: [8, 2]\n"), "model.params.sizes", 8,
+                 id="zoo-params"),
+    pytest.param(edit(MLP, "  input_shape: [8]\n  layers:\n    - {kind: dense, units: 4, "
+                      "units: 5}\n"), "model.layers[0].units", 7, id="custom-layer"),
+    pytest.param(after("    scheme: data_parallel", "  - name: b\n    scheme: data_parallel\n"
+                       "    scheme: pipeline\n"), "strategies[1].scheme", 21, id="list-item"),
+])
+def test_duplicate_key_anywhere(tmp_path, text, path, line):
+    _, err = load_error(tmp_path, text)
+    assert (err.path, err.line) == (path, line)
+    assert err.message.startswith("duplicate key")
 
 
-@pytest.mark.xfail(strict=True, reason="scenario.py _check_against_graph builds the model graph "
-                   "outside the try that attaches lines: model errors carry no line")
-def test_unknown_model_has_a_line(tmp_path):
-    _, err = load_error(tmp_path, edit(MLP, "  zoo: resnet51\n"))
-    assert err.line == 5
+def test_merge_key_may_be_overridden(tmp_path):
+    text = edit("cluster:\n  nodes: 2\n", "cluster:\n  <<: {nodes: 1, devices_per_node: 2}\n"
+                "  nodes: 2\n", edit("  devices_per_node: 2\n", ""))
+    s = load_scenario(write(tmp_path, text))  # a key overriding a merged one is no duplicate
+    assert (s.cluster.nodes, s.cluster.devices_per_node) == (2, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="scenario.py _cluster reports a bad degraded_links "
-                   "element at the line of 'degraded_links:', not at the offending item")
+@pytest.mark.parametrize("text, path, line", [
+    pytest.param(edit("  batch_size: 8", "  precision: fp16"), "training.batch_size", 14,
+                 id="key-of-a-block-mapping"),
+    pytest.param(edit("  inter_link: ib_hdr\n", ""), "cluster.inter_link", 8, id="link"),
+    pytest.param(edit("    scheme: data_parallel\n", ""), "strategies[0].scheme", 17,
+                 id="key-of-a-list-item"),
+    pytest.param(edit("training:\n  batch_size: 8\n", ""), "training", 1, id="mapping"),
+    pytest.param(edit("  device: V100", "  device: {base: V100, peak_TFLOPS: {}}"),
+                 "cluster.device.peak_TFLOPS", 11, id="empty-peak-flops"),
+    pytest.param(edit(MLP, "  input_shape: [8]\n"), "model", 4, id="neither-zoo-nor-layers"),
+])
+def test_missing_key_points_at_its_mapping(tmp_path, text, path, line):
+    _, err = load_error(tmp_path, text)
+    assert (err.path, err.line) == (path, line)
+
+
+@pytest.mark.parametrize("text, path, line", [
+    pytest.param(edit(MLP, "  zoo: resnet51\n"), "model.zoo", 5, id="unknown-model"),
+    pytest.param(after("    sizes: [8, 4, 2]", "    depth: 3\n"), "model.params.depth", 8,
+                 id="unknown-zoo-param"),
+    pytest.param(edit(MLP, "  zoo: lenet5\n  params: {input_shape: [1, 4, 4]}\n"),
+                 "model.params.input_shape", 6, id="zoo-input-too-small"),
+    pytest.param(edit(MLP, "  input_shape: [8]\n  layers:\n    - {kind: dense, units: 4}\n"
+                      "    - {kind: dense, units: -3}\n"), "model.layers[1].units", 8,
+                 id="bad-custom-layer"),
+    pytest.param(edit(MLP, "  input_shape: [8]\n  layers:\n    - kind: dense\n      units: 4\n"
+                      "    - kind: dense\n      units: -3\n"), "model.layers[1].units", 10,
+                 id="bad-custom-layer-block"),
+    pytest.param(edit(MLP, "  input_shape: [8]\n  layers:\n    - {kind: dense, units: 4}\n"
+                      "    - {kind: dense}\n"), "model.layers[1].units", 8,
+                 id="custom-layer-missing-key"),
+    pytest.param(edit("    scheme: data_parallel\n", "    scheme: pipeline\n    stages: 2\n"
+                      "    partition: [fc1, nope]\n"), "strategies[0].partition[1]", 20,
+                 id="strategy-list-option"),
+])
+def test_model_and_graph_errors_have_a_line(tmp_path, text, path, line):
+    _, err = load_error(tmp_path, text)
+    assert (err.path, err.line) == (path, line)
+
+
 def test_degraded_element_line_is_the_items(tmp_path):
     text = after("  inter_link: ib_hdr", "  degraded_links:\n"
                  "    - {element: node0.nic0, factor: 0.5}\n"
                  "    - {element: node2.gpu0, factor: 0.5}\n")
     _, err = load_error(tmp_path, text)
-    assert err.line == 16
+    assert (err.path, err.value, err.line) == ("cluster.degraded_links[1].element", "node2.gpu0",
+                                               16)
 
 
-@pytest.mark.xfail(strict=True, reason="schema.py string() says 'not a string' for an empty "
-                   "string: it reports the type even when the type is right")
-def test_empty_name_message(tmp_path):
-    _, err = load_error(tmp_path, edit("name: tiny", "name: ''"))
-    assert "not a string" not in str(err)
+@pytest.mark.parametrize("key, value", [("name", "''"), ("name", "'  '"),
+                                        ("description", "3")])
+def test_string_messages(tmp_path, key, value):
+    old = "name: tiny" if key == "name" else "description: two nodes of two GPUs"
+    _, err = load_error(tmp_path, edit(old, f"{key}: {value}"))
+    assert err.path == key
+    if value == "3":
+        assert err.message == "must be a string, not an integer"
+    else:
+        assert err.message == "must not be empty"
 
 
-@pytest.mark.xfail(strict=True, reason="scenario.py _cluster accepts two stragglers for one "
-                   "device; cluster.build_cluster's dict then keeps the last one silently")
+def test_description_may_be_empty(tmp_path):
+    text = edit("description: two nodes of two GPUs", "description: ''")
+    assert load_scenario(write(tmp_path, text)).description == ""
+
+
 def test_straggler_listed_twice(tmp_path):
-    load_error(tmp_path, after("  inter_link: ib_hdr", "  stragglers:\n"
-                               "    - {device: 1, slowdown: 2}\n    - {device: 1, slowdown: 3}\n"))
+    _, err = load_error(tmp_path, after("  inter_link: ib_hdr", "  stragglers:\n"
+                                        "    - {device: 1, slowdown: 2}\n"
+                                        "    - {device: 1, slowdown: 3}\n"))
+    assert (err.path, err.value, err.line) == ("cluster.stragglers[1].device", 1, 16)
+    assert "a second straggler" in err.message and "cluster.stragglers[0]" in err.message
+
+
+def test_degraded_element_listed_twice(tmp_path):
+    _, err = load_error(tmp_path, after("  inter_link: ib_hdr", "  degraded_links:\n"
+                                        "    - {element: node0.nic0, factor: 0.5}\n"
+                                        "    - {element: node1.gpu0, factor: 0.5}\n"
+                                        "    - {element: node0.nic0, factor: 0.25}\n"))
+    assert (err.path, err.value, err.line) == ("cluster.degraded_links[2].element", "node0.nic0",
+                                               17)
+    assert "cluster.degraded_links[0]" in err.message
 
 
 # -- the other schemes ---------------------------------------------------------------------------
@@ -441,12 +509,11 @@ def test_malformed_other_schemes(tmp_path, text, expected):
         assert part in message, message
 
 
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError, reason="pipeline.check: with "
-                   "replicas > devices, stages = device_count // replicas is 0, which "
-                   "check_devices reads as 'all devices'; then split_batch(.., 0) divides by 0")
 def test_pipeline_more_replicas_than_devices(tmp_path):
-    _, err = load_error(tmp_path, scheme("    scheme: pipeline\n    replicas: 8\n"))
-    assert "strategies[0].replicas" in str(err)
+    path, err = load_error(tmp_path, scheme("    scheme: pipeline\n    replicas: 8\n"))
+    assert (err.path, err.value, err.line) == ("strategies[0].replicas", 8, 19)
+    assert str(err) == (f"{path}:19: strategies[0].replicas: more replicas than the cluster's "
+                        "4 devices (got 8)")
 
 
 @pytest.mark.parametrize("name, text", [
