@@ -56,7 +56,8 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
     entries, engines = [], []
     for spec in select(scenario, names):
         plan = build_plan(ctx, spec)
-        pred = predict(plan, ctx.cluster, scenario.training, record_trace=trace)
+        pred = predict(plan, ctx.cluster, scenario.training, record_trace=trace,
+                       seed=scenario.seed)
         entry = pred.entry
         tp = entry.get("throughput_samples_per_s")
         entry["speedup_over_one_device"] = tp / baseline if tp else None
@@ -80,7 +81,8 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
 def _one_device_throughput(ctx: Context) -> float:
     """Samples/s of the same global batch on one healthy device of the cluster (memory not
     checked: this is the yardstick for speedup, not a plan the user runs)."""
-    clean = build_cluster(replace(ctx.cluster.spec, stragglers=(), degraded_links=()))
+    clean = build_cluster(replace(ctx.cluster.spec, stragglers=(), degraded_links=(),
+                                  compute_jitter=0.0))
     ctx = Context(ctx.graph, clean, ctx.training)
     spec = StrategySpec(name="one device", scheme="data_parallel",
                         options={"devices": 1, "exchange": "ring", "bucket_MiB": 0.0,

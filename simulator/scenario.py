@@ -153,6 +153,7 @@ def _cluster(f: Fields) -> ClusterSpec:
     intra = link_field(f, "intra_link", "intra")
     inter = link_field(f, "inter_link", "inter") if f.has("inter_link") or nodes > 1 else None
     nics = f.get("nics_per_node", integer(1), 1)
+    jitter = f.get("compute_jitter", number(positive=False, minimum=0.0, maximum=1.0), 0.0)
     ps = None
     if f.has("parameter_servers"):
         pf = f.sub("parameter_servers")
@@ -168,12 +169,13 @@ def _cluster(f: Fields) -> ClusterSpec:
     degraded = tuple(_degraded(s) for s in degraded_fields)
     _unique(degraded_fields, "element", "degraded_links entry")
     f.done(("nodes", "devices_per_node", "device", "intra_link", "inter_link", "nics_per_node",
-            "parameter_servers", "stragglers", "degraded_links"))
+            "parameter_servers", "stragglers", "degraded_links", "compute_jitter"))
     if inter is None:  # one node and no inter-node link given: the NIC still exists for PS traffic
         inter = ps.nic if ps else catalogue.links()["eth_10g"]
     spec = ClusterSpec(nodes=nodes, devices_per_node=per_node, device=device, intra_link=intra,
                        inter_link=inter, nics_per_node=nics, parameter_servers=ps,
-                       stragglers=stragglers, degraded_links=degraded)
+                       stragglers=stragglers, degraded_links=degraded,
+                       compute_jitter=jitter)
     from simulator.cluster import topology_elements
 
     elements = topology_elements(spec)

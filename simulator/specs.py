@@ -70,6 +70,7 @@ class ClusterSpec:
     parameter_servers: ParameterServerSpec | None = None
     stragglers: tuple[Straggler, ...] = ()
     degraded_links: tuple[DegradedLink, ...] = ()
+    compute_jitter: float = 0.0  # relative standard deviation of a run of kernels' time
 
     @property
     def device_count(self) -> int:

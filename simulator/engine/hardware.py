@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import numpy as np
 import simpy
 
 from simulator.plan import Compute, Op
@@ -31,13 +32,16 @@ from simulator.specs import DeviceSpec
 
 class Device:
     def __init__(self, env: simpy.Environment, name: str, spec: DeviceSpec, precision: str,
-                 slowdown: float = 1.0):
+                 slowdown: float = 1.0, jitter: float = 0.0,
+                 rng: np.random.Generator | None = None):
         self.env = env
         self.name = name
         self.spec = spec
         pf = spec.peak_flops
         self.peak = pf.get(precision) or pf.get("fp32") or max(pf.values())
         self.slowdown = slowdown
+        self.jitter = jitter
+        self.rng = rng
         self.comm_active = 0
         self.busy = 0.0  # seconds of compute in measured iterations
 
@@ -55,6 +59,14 @@ class Device:
         t_flops = op.flops / (self.peak * s.compute_efficiency * share * wave_eff)
         t_mem = op.bytes / (s.memory_bandwidth * s.memory_efficiency)
         return (s.launch_overhead * kernels + max(t_flops, t_mem)) * self.slowdown
+
+    def noise(self) -> float:
+        """A run of kernels' time factor: log-normal with mean 1 and relative std ``jitter``
+        (clock and contention noise), drawn from the scenario-seeded generator; 1 without it."""
+        if not self.jitter or self.rng is None:
+            return 1.0
+        sigma = math.sqrt(math.log1p(self.jitter**2))
+        return float(self.rng.lognormal(-sigma**2 / 2, sigma))
 
 
 class ParameterServer:

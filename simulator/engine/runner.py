@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
 import simpy
 
 from simulator.cluster import Cluster
@@ -90,7 +91,7 @@ class RankLog:
 
 class Engine:
     def __init__(self, plan: Plan, cluster: Cluster, precision: str, optimizer: str,
-                 warmup: int, iterations: int, record_trace: bool = False):
+                 warmup: int, iterations: int, record_trace: bool = False, seed: int = 0):
         self.env = env = simpy.Environment()
         self.plan, self.cluster = plan, cluster
         self.warmup, self.iterations = warmup, iterations
@@ -98,8 +99,12 @@ class Engine:
         self.network = Network(env, {e: cluster.bandwidth(e) for e in cluster.graph.edges},
                                record_rates=record_trace)
         workers = plan.workers()
+        # one generator per device, seeded by (scenario seed, device index): deterministic
         self.devices = {r.device: Device(env, r.device, cluster.spec.device, precision,
-                                         cluster.slowdown.get(r.device, 1.0)) for r in workers}
+                                         cluster.slowdown.get(r.device, 1.0),
+                                         cluster.spec.compute_jitter,
+                                         np.random.default_rng([seed, cluster.index_of(r.device)]))
+                        for r in workers}
         servers = [r for r in plan.ranks if r.role == "server"]
         ps_spec = cluster.spec.parameter_servers
         updater = plan.options.get("updater", optimizer)
@@ -179,7 +184,8 @@ class Engine:
 
     def _kernels(self, rank: int, it: int, run: list[Op]):
         dev = self.devices[self.device_of[rank]]
-        times = [dev.kernel_time(o) for o in run]
+        noise = dev.noise()
+        times = [dev.kernel_time(o) * noise for o in run]
         start = self.env.now
         yield self.env.timeout(sum(times))
         if self._measured(it):

@@ -56,7 +56,7 @@ class Prediction:
 
 
 def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
-            record_trace: bool = False) -> Prediction:
+            record_trace: bool = False, seed: int = 0) -> Prediction:
     base = {
         "strategy": plan.strategy,
         "scheme": plan.scheme,
@@ -74,7 +74,7 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
                          f"of {worst.capacity / 2**30:.2f} GiB")
         return Prediction(base, None)
     eng = Engine(plan, cluster, training.precision, training.optimizer,
-                 training.warmup_iterations, training.iterations, record_trace)
+                 training.warmup_iterations, training.iterations, record_trace, seed)
     eng.run()
     iters = training.iterations
     logs = eng.logs
