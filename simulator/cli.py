@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +79,7 @@ def _write_json(path: str, data: Any) -> None:
 # ---- plan --------------------------------------------------------------------------------------
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from simulator.plan_report import describe_plan
     from simulator.predict import context
     from simulator.strategies import build_plan
 
@@ -93,67 +93,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _write_json(args.json, plan.to_dict())
         print(f"plan written to {args.json}")
     return 0
-
-
-def link_bytes(plan, cluster) -> dict[str, float]:  # noqa: ANN001
-    """Bytes each link type carries in one period of the plan (no simulation needed)."""
-    from simulator.engine.collectives import phases
-    from simulator.plan import Collective, PSPull, PSPush, Send
-
-    out: dict[str, float] = defaultdict(float)
-    servers = [r.device for r in plan.ranks if r.role == "server"]
-
-    def carry(a: str, b: str, nbytes: float) -> None:
-        for e in cluster.route(a, b):
-            out[cluster.graph.edges[e]["link"].name] += nbytes
-
-    seen: set[tuple[str, str]] = set()
-    for r in plan.ranks:
-        for op in r.ops:
-            ops = getattr(op, "body", None) or (op,)
-            for o in ops:
-                if isinstance(o, Send):
-                    carry(r.device, plan.ranks[o.peer].device, o.bytes)
-                elif isinstance(o, PSPush):
-                    carry(r.device, servers[o.shard], o.bytes)
-                elif isinstance(o, PSPull):
-                    carry(servers[o.shard], r.device, o.bytes)
-                elif isinstance(o, Collective) and (o.group, o.key) not in seen:
-                    seen.add((o.group, o.key))
-                    devs = [plan.ranks[i].device for i in plan.groups[o.group]]
-                    for ph in phases(o.collective, o.algorithm, devs, o.bytes, cluster.node_of):
-                        for a, b in ph.pairs:
-                            carry(a, b, ph.bytes_per_flow)
-    return dict(out)
-
-
-def describe_plan(plan, cluster) -> str:  # noqa: ANN001
-    gib = 2**30
-    lines = [f"plan {plan.strategy!r}: scheme {plan.scheme}, mode {plan.mode}, "
-             f"{len(plan.workers())} worker rank(s), {len(plan.ranks)} rank(s) in all, "
-             f"{plan.samples_per_period} samples per period of {plan.period_steps} step(s)"]
-    lines.append("")
-    lines.append(f"{'rank':>5} {'device':<16} {'role':<12} ops")
-    for r in plan.ranks:
-        counts = Counter(op.kind for op in r.ops)
-        text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "(serves requests)"
-        lines.append(f"{r.rank:>5} {r.device:<16} {r.role:<12} {text}")
-    lines.append("")
-    lines.append("bytes moved per period, by link type:")
-    moved = link_bytes(plan, cluster)
-    for name, b in sorted(moved.items()):
-        lines.append(f"  {name:<10} {b / 1e6:12.3f} MB (summed over every edge crossed)")
-    if not moved:
-        lines.append("  (none)")
-    lines.append("")
-    lines.append("memory per device (GiB): weights + gradients + optimizer + activations "
-                 "= total / capacity")
-    for m in plan.memory:
-        flag = "" if m.fits else "   DOES NOT FIT"
-        lines.append(f"  {m.device:<16} {m.weights / gib:7.2f} + {m.gradients / gib:7.2f} + "
-                     f"{m.optimizer / gib:7.2f} + {m.activations / gib:7.2f} = "
-                     f"{m.total / gib:7.2f} / {m.capacity / gib:.2f}{flag}")
-    return "\n".join(lines)
 
 
 # ---- simulate ----------------------------------------------------------------------------------

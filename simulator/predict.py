@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from simulator import __version__
+from simulator import __version__, plan_report
 from simulator.cluster import build_cluster
 from simulator.engine.simulate import predict
 from simulator.plan import Plan
@@ -59,6 +59,7 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
         pred = predict(plan, ctx.cluster, scenario.training, record_trace=trace,
                        seed=scenario.seed)
         entry = pred.entry
+        entry["plan"] = plan_report.summary(plan, ctx.cluster)
         tp = entry.get("throughput_samples_per_s")
         entry["speedup_over_one_device"] = tp / baseline if tp else None
         entry["efficiency"] = (tp / baseline / entry["devices"]) if tp else None
@@ -71,7 +72,8 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
                      "devices": scenario.cluster.device_count,
                      "device": scenario.cluster.device.name,
                      "batch_size": scenario.training.batch_size,
-                     "one_device_throughput_samples_per_s": baseline},
+                     "one_device_throughput_samples_per_s": baseline,
+                     "yaml": _text(scenario.file)},
         "code_version": code_version(),
         "results": entries,
     }
@@ -91,3 +93,10 @@ def _one_device_throughput(ctx: Context) -> float:
     plan = replace(plan, memory=())
     one = replace(ctx.training, warmup_iterations=0, iterations=1)
     return predict(plan, ctx.cluster, one).entry["throughput_samples_per_s"]
+
+
+def _text(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None

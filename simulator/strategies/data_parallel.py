@@ -56,7 +56,7 @@ def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
                             path=f"{path}.overlap", value=True, has_value=True)
 
 
-def worker_program(ctx: Context, o: dict, per_worker: int, shards: int) -> tuple:
+def worker_program(ctx: Context, o: dict, per_worker: int, shards: int, workers: int) -> tuple:
     """The one program every worker runs (shared by all ranks: ops are immutable)."""
     b = ProgramBuilder()
     total_params = sum(ctx.node(n)["params"] for n in ctx.layers)
@@ -79,7 +79,8 @@ def worker_program(ctx: Context, o: dict, per_worker: int, shards: int) -> tuple
         return tuple(b.ops)
     colls = []
     bucket_bytes = o["bucket_MiB"]  # already bytes: units become SI at load
-    for i, bucket in enumerate(buckets(ctx, list(reversed(ctx.layers)), bucket_bytes)):
+    for i, bucket in enumerate(buckets(ctx, list(reversed(ctx.layers)), bucket_bytes)
+                               if workers > 1 else ()):
         dep = last_bwd[bucket[-1]] if o["overlap"] else end_of_backward
         colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
                            algorithm=o["exchange"], group="world",
@@ -93,7 +94,7 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     workers = o["devices"] or ctx.cluster.spec.device_count
     per_worker = ctx.training.batch_size // workers
     ps_hosts = ctx.cluster.ps_hosts() if o["exchange"] == "ps" else []
-    ops = worker_program(ctx, o, per_worker, len(ps_hosts))
+    ops = worker_program(ctx, o, per_worker, len(ps_hosts), workers)
     ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
              for r in range(workers)]
     total_params = sum(ctx.node(n)["params"] for n in ctx.layers)
