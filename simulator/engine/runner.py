@@ -119,6 +119,7 @@ class Engine:
         self.rendezvous: dict[tuple, Rendezvous] = {}
         self.mail: dict[tuple, list] = {}
         self.seen_version: dict[tuple[int, int], int] = defaultdict(int)
+        self.applying: dict[tuple[int, int], simpy.Process] = {}
         self.programs = {}
         for r in workers:
             key = id(r.ops)
@@ -280,7 +281,9 @@ class Engine:
         route = self.cluster.route(dev, server.host)
         yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
         seen = self.seen_version[(rank, op.shard)]
-        self.env.process(server.apply(it, op.bytes, seen))
+        # one connection per (worker, shard): the shard serves it in order, so a later pull from
+        # this worker sees this push applied
+        self.applying[(rank, op.shard)] = self.env.process(server.apply(it, op.bytes, seen))
         self._log(rank, it, "ps", start, f"push{op.shard}", COMM)
 
     def _pull(self, rank: int, it: int, op: PSPull):
@@ -289,6 +292,9 @@ class Engine:
         dev = self.device_of[rank]
         route = self.cluster.route(server.host, dev)
         yield self.env.timeout(self.cluster.latency(route))  # the request
+        earlier = self.applying.get((rank, op.shard))
+        if earlier is not None and not earlier.triggered:
+            yield earlier
         if server.sync:
             yield server.ready[it]
         self.seen_version[(rank, op.shard)] = server.version

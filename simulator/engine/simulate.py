@@ -82,30 +82,35 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
     t0 = max((lg.ends[warm - 1] for lg in logs.values()), default=0.0) if warm else 0.0
     t1 = max(lg.ends[-1] for lg in logs.values())
     window = t1 - t0
+    asynchronous = plan.mode == "async"
     parts = {"compute": [], "exposed_communication": [], "ps_wait": [], "idle": []}
+    spans = []
     for lg in logs.values():
-        # a rank's measured work starts when its own warm-up ends (logs hold measured work only)
+        # a rank's measured work starts when its own warm-up ends (logs hold measured work
+        # only); asynchronous workers also end on their own clocks
         lo = lg.ends[warm - 1] if warm else 0.0
-        c = _union(lg.compute, lo, t1)
-        m = _union(lg.comm, lo, t1)
-        p = _union(lg.ps, lo, t1)
-        cm = _union(c + m, lo, t1)
+        hi = lg.ends[-1] if asynchronous else t1
+        span = hi - lo if asynchronous else window
+        spans.append(span)
+        c = _union(lg.compute, lo, hi)
+        m = _union(lg.comm, lo, hi)
+        p = _union(lg.ps, lo, hi)
+        cm = _union(c + m, lo, hi)
         compute = _length(c)
         exposed = _minus(m, c)
         ps = _minus(p, cm)
         parts["compute"].append(compute)
         parts["exposed_communication"].append(exposed)
         parts["ps_wait"].append(ps)
-        parts["idle"].append(max(0.0, window - compute - exposed - ps))
+        parts["idle"].append(max(0.0, span - compute - exposed - ps))
     steps = iters * plan.period_steps
     breakdown = {k: statistics.fmean(v) / steps for k, v in parts.items()}
-    if plan.mode == "async":
-        # workers run on their own clocks: throughput is the sum of each worker's own rate
-        per_worker = plan.samples_per_period / len(logs)
-        rates = [per_worker * iters / (lg.ends[-1] - (lg.ends[warm - 1] if warm else 0.0))
-                 for lg in logs.values()]
-        throughput = sum(rates)
-        iteration_time = statistics.fmean(per_worker / r for r in rates) / plan.period_steps
+    if asynchronous:
+        # workers run on their own clocks: throughput is the sum of each worker's own rate,
+        # the iteration time the mean time of one worker step
+        per_worker = plan.samples_per_period / len(logs) * iters
+        throughput = sum(per_worker / span for span in spans)
+        iteration_time = statistics.fmean(spans) / steps
     else:
         iteration_time = window / steps
         throughput = plan.samples_per_period * iters / window
