@@ -7,7 +7,7 @@ from typing import Any
 
 from simulator.cluster import Cluster
 from simulator.engine.collectives import phases
-from simulator.plan import Collective, Plan, PSPull, PSPush, Send
+from simulator.plan import Collective, Plan, PSPull, PSPush, Send, WorkLoop
 
 
 def link_bytes(plan: Plan, cluster: Cluster) -> dict[str, float]:
@@ -20,16 +20,19 @@ def link_bytes(plan: Plan, cluster: Cluster) -> dict[str, float]:
             out[cluster.graph.edges[e]["link"].name] += nbytes
 
     seen: set[tuple[str, str]] = set()
+    workers = max(1, len(plan.workers()))
     for r in plan.ranks:
         for op in r.ops:
             ops = getattr(op, "body", None) or (op,)
+            # a work loop's body runs once per portion: portions / workers times per worker
+            times = plan.portions / workers if isinstance(op, WorkLoop) else 1.0
             for o in ops:
                 if isinstance(o, Send):
-                    carry(r.device, plan.ranks[o.peer].device, o.bytes)
+                    carry(r.device, plan.ranks[o.peer].device, o.bytes * times)
                 elif isinstance(o, PSPush):
-                    carry(r.device, servers[o.shard], o.bytes)
+                    carry(r.device, servers[o.shard], o.bytes * times)
                 elif isinstance(o, PSPull):
-                    carry(servers[o.shard], r.device, o.bytes)
+                    carry(servers[o.shard], r.device, o.bytes * times)
                 elif isinstance(o, Collective) and (o.group, o.key) not in seen:
                     seen.add((o.group, o.key))
                     devs = [plan.ranks[i].device for i in plan.groups[o.group]]

@@ -140,9 +140,10 @@ class Coordinator:
     def reset(self) -> None:
         self.left = self.portions
 
-    def take(self, rank: int) -> bool:
+    def take(self, rank: int, measured: bool = True) -> bool:
         if self.left <= 0:
             return False
         self.left -= 1
-        self.handed[rank] += 1
+        if measured:
+            self.handed[rank] += 1
         return True

@@ -311,7 +311,7 @@ class Engine:
             start = self.env.now
             yield self.env.timeout(rtt)
             self._log(rank, it, "ps", start, "ask coordinator", COMM)
-            if not coord.take(rank):
+            if not coord.take(rank, self._measured(it)):
                 break
             kernels = [o for o in op.body if isinstance(o, KERNEL_OPS)]
             yield from self._kernels(rank, it, kernels)

@@ -7,6 +7,7 @@ A scheme module exports ``OPTIONS`` (key -> (checker, default): the scenario key
 
 from __future__ import annotations
 
+import json
 from importlib import import_module
 from types import ModuleType
 
@@ -21,5 +22,9 @@ def scheme_module(scheme: str) -> ModuleType:
 
 
 def build_plan(ctx, spec):  # noqa: ANN001, ANN201 - (Context, StrategySpec) -> Plan
-    """The Plan for one strategy entry of a scenario."""
-    return scheme_module(spec.scheme).build(ctx, spec)
+    """The Plan for one strategy entry of a scenario (its options in JSON's own types, so the
+    plan survives a JSON round trip unchanged)."""
+    from dataclasses import replace
+
+    plan = scheme_module(spec.scheme).build(ctx, spec)
+    return replace(plan, options=json.loads(json.dumps(plan.options)))

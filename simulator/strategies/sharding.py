@@ -31,7 +31,8 @@ def states(ctx: Context, layers: list[str], split: set[str], k: int) -> dict[str
     for n in layers:
         node = ctx.node(n)
         preds = [p for p in ctx.graph.predecessors(n) if p in inside]
-        pred_split = bool(preds) and all(out[p] != "rep" for p in preds)
+        # a row layer's output is whole (all-reduced): only col/local outputs are split
+        pred_split = bool(preds) and all(out[p] in ("col", "local") for p in preds)
         kind = node["kind"]
         batch_norm = kind == "norm" and node.get("norm_type", "batch") == "batch"
         if n in split and kind in SPLITTABLE and node["split_dim"] >= k:

@@ -117,10 +117,6 @@ def test_hand_built_plan_round_trips_every_field():
     assert round_trip(plan) == plan
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tensor.py build() stores the scenario's options as parsed: 'layers' is a tuple (schema "
-    "list_of returns tuples), JSON turns it into a list, so Plan.from_dict(to_json) != plan. "
-    "Store list(o['layers']) in Plan.options, or normalise options in Plan.from_dict/to_dict."))
 def test_tensor_plan_with_chosen_layers_round_trips():
     (plan,) = build_all(["{name: tensor, scheme: tensor, devices: 2, layers: [dense3]}"])
     assert round_trip(plan) == plan
