@@ -12,14 +12,14 @@ writes the input and weight gradients.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import networkx as nx
 
 from simulator.cluster import Cluster
 from simulator.errors import ScenarioError
-from simulator.plan import Compute, MemoryNeed, ProgramBuilder
+from simulator.plan import Compute, MemoryNeed, Op, ProgramBuilder, RankProgram
 from simulator.specs import TrainingSpec
 from simulator.units import BYTES_PER_ELEMENT
 
@@ -143,3 +143,17 @@ def update_op(b: ProgramBuilder, ctx: Context, params: float, deps: tuple[int, .
     copies = 3 + 2 * OPTIMIZER_COPIES[ctx.training.optimizer]
     return b.add(Update, deps=deps, params=int(params), flops=float(4 * params),
                  bytes=float(copies * params * ctx.bpe))
+
+
+def replicas(ctx: Context, ops: tuple[Op, ...], workers: int, servers: list[str],
+             act_samples: float) -> tuple[tuple[RankProgram, ...], tuple[MemoryNeed, ...]]:
+    """Worker ranks 0..workers-1 all running ``ops`` (one shared tuple), then one server rank
+    per parameter-server host holding an equal shard; every worker holds the whole model."""
+    total = sum(ctx.node(n)["params"] for n in ctx.layers)
+    ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
+             for r in range(workers)]
+    ranks += [RankProgram(rank=workers + j, device=h, role="server",
+                          shard_params=total // len(servers)) for j, h in enumerate(servers)]
+    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=act_samples)
+    return tuple(ranks), tuple(replace(need, device=ctx.cluster.devices[r])
+                               for r in range(workers))

@@ -11,8 +11,6 @@ parallel DBN pre-training scheme, where each node trains locally before the mast
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from simulator.errors import ScenarioError
 from simulator.plan import (
     COMM,
@@ -21,7 +19,6 @@ from simulator.plan import (
     ProgramBuilder,
     PSPull,
     PSPush,
-    RankProgram,
 )
 from simulator.schema import boolean, choice, integer, number
 from simulator.strategies.common import (
@@ -29,7 +26,7 @@ from simulator.strategies.common import (
     buckets,
     check_devices,
     compute_op,
-    memory_need,
+    replicas,
     split_batch,
     update_op,
 )
@@ -95,16 +92,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     per_worker = ctx.training.batch_size // workers
     ps_hosts = ctx.cluster.ps_hosts() if o["exchange"] == "ps" else []
     ops = worker_program(ctx, o, per_worker, len(ps_hosts), workers)
-    ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
-             for r in range(workers)]
-    total_params = sum(ctx.node(n)["params"] for n in ctx.layers)
-    ranks += [RankProgram(rank=workers + j, device=host, role="server",
-                          shard_params=total_params // len(ps_hosts))
-              for j, host in enumerate(ps_hosts)]
-    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=per_worker)
-    memory = tuple(replace(need, device=ctx.cluster.devices[r]) for r in range(workers))
+    ranks, memory = replicas(ctx, ops, workers, ps_hosts, per_worker)
     return Plan(strategy=spec.name, scheme="data_parallel", mode="sync",
                 samples_per_period=per_worker * workers * o["local_steps"],
-                period_steps=o["local_steps"], ranks=tuple(ranks),
+                period_steps=o["local_steps"], ranks=ranks,
                 groups={"world": tuple(range(workers))}, memory=memory,
                 options={**o, "workers": workers})

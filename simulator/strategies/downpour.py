@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 
 from simulator.errors import ScenarioError
-from simulator.plan import COMM, Plan, ProgramBuilder, PSPull, PSPush, RankProgram
+from simulator.plan import COMM, Plan, ProgramBuilder, PSPull, PSPush
 from simulator.schema import choice, integer
-from simulator.strategies.common import Context, check_devices, compute_op, memory_need
+from simulator.strategies.common import Context, check_devices, compute_op, replicas
 
 OPTIONS = {
     "workers": (integer(1), None),
@@ -66,14 +66,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
             for j in range(len(hosts)):
                 b.add(PSPush, stream=COMM, deps=(end,), shard=j, bytes=shard_bytes,
                       tag=f"grad{j}")
-    ops = tuple(b.ops)
-    ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
-             for r in range(workers)]
-    ranks += [RankProgram(rank=workers + j, device=h, role="server",
-                          shard_params=total // len(hosts)) for j, h in enumerate(hosts)]
-    memory = tuple(memory_need(ctx, ctx.cluster.devices[r], ctx.layers, act_samples=per_worker)
-                   for r in range(workers))
+    ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, per_worker)
     return Plan(strategy=spec.name, scheme="downpour", mode="async",
                 samples_per_period=per_worker * workers * period, period_steps=period,
-                ranks=tuple(ranks), groups={"world": tuple(range(workers))}, memory=memory,
+                ranks=ranks, groups={"world": tuple(range(workers))}, memory=memory,
                 options={**o, "workers": workers, "batch_per_worker": per_worker})

@@ -21,11 +21,10 @@ from simulator.plan import (
     ProgramBuilder,
     PSPull,
     PSPush,
-    RankProgram,
     WorkLoop,
 )
 from simulator.schema import integer
-from simulator.strategies.common import Context, check_devices, compute_op, memory_need
+from simulator.strategies.common import Context, check_devices, compute_op, replicas
 
 OPTIONS = {
     "workers": (integer(1), None),
@@ -68,15 +67,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     loop = b.add(WorkLoop, stream=COMM, deps=pulls, coordinator=coordinator,
                  body=tuple(body.ops))
     b.add(Barrier, stream=COMM, deps=(loop,), group="world", key="batch")
-    ops = tuple(b.ops)
-    ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
-             for r in range(workers)]
-    ranks += [RankProgram(rank=workers + j, device=h, role="server",
-                          shard_params=total // len(hosts)) for j, h in enumerate(hosts)]
-    memory = tuple(memory_need(ctx, ctx.cluster.devices[r], ctx.layers, act_samples=per_portion)
-                   for r in range(workers))
+    ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, per_portion)
     return Plan(strategy=spec.name, scheme="sandblaster", mode="batch",
-                samples_per_period=per_portion * portions, period_steps=1, ranks=tuple(ranks),
+                samples_per_period=per_portion * portions, period_steps=1, ranks=ranks,
                 groups={"world": tuple(range(workers))}, memory=memory, portions=portions,
                 options={**o, "workers": workers, "portions": portions,
                          "step_bytes_per_shard": (4 * o["history"] + 4) * shard_bytes})
