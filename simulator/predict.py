@@ -14,6 +14,7 @@ from typing import Any
 from simulator import __version__, plan_report
 from simulator.cluster import build_cluster
 from simulator.engine.simulate import predict
+from simulator.model import summary as model_summary
 from simulator.plan import Plan
 from simulator.scenario import build_graph
 from simulator.specs import Scenario, StrategySpec
@@ -73,6 +74,8 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
                      "device": scenario.cluster.device.name,
                      "batch_size": scenario.training.batch_size,
                      "one_device_throughput_samples_per_s": baseline,
+                     "model": {"name": ctx.graph.graph["name"], **model_summary(ctx.graph)},
+                     "cluster": _cluster_record(scenario),
                      "yaml": _text(scenario.file)},
         "code_version": code_version(),
         "results": entries,
@@ -93,6 +96,19 @@ def _one_device_throughput(ctx: Context) -> float:
     plan = replace(plan, memory=())
     one = replace(ctx.training, warmup_iterations=0, iterations=1)
     return predict(plan, ctx.cluster, one).entry["throughput_samples_per_s"]
+
+
+def _cluster_record(scenario: Scenario) -> dict[str, Any]:
+    c = scenario.cluster
+    ps = c.parameter_servers
+    return {"nodes": c.nodes, "devices_per_node": c.devices_per_node, "device": c.device.name,
+            "device_memory_bytes": c.device.memory, "intra_link": c.intra_link.name,
+            "inter_link": c.inter_link.name, "nics_per_node": c.nics_per_node,
+            "parameter_server_hosts": ps.hosts if ps else 0,
+            "stragglers": [{"device": s.device, "slowdown": s.slowdown} for s in c.stragglers],
+            "degraded_links": [{"element": d.element, "factor": d.factor}
+                               for d in c.degraded_links],
+            "compute_jitter": c.compute_jitter}
 
 
 def _text(path: str) -> str | None:

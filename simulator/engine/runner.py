@@ -43,6 +43,7 @@ from simulator.plan import (
 from simulator.strategies.common import OPTIMIZER_COPIES
 
 KERNEL_OPS = (Compute, Update)
+TIMELINE_DEVICES = 64
 # non-blocking transfers: each runs as soon as its dependencies are done (MPI_Isend-like), so a
 # worker pushes to / pulls from every parameter-server shard at once
 P2P_OPS = (Send, Recv, PSPush, PSPull)
@@ -115,7 +116,11 @@ class Engine:
                             if plan.portions else None)
         self.device_of = {r.rank: r.device for r in plan.ranks}
         self.logs = {r.rank: RankLog() for r in workers}
+        # trace spans (every iteration, when asked) and the timeline of the first measured
+        # iteration on the first TIMELINE_DEVICES workers (always: the report's Gantt chart)
         self.spans: list[tuple[str, str, str, float, float]] = []
+        self.timeline: list[tuple[str, str, str, float, float]] = []
+        self.timeline_ranks = {r.rank for r in workers[:TIMELINE_DEVICES]}
         self.rendezvous: dict[tuple, Rendezvous] = {}
         self.mail: dict[tuple, list] = {}
         self.seen_version: dict[tuple[int, int], int] = defaultdict(int)
@@ -156,8 +161,14 @@ class Engine:
         end = self.env.now
         if self._measured(it) and end > start:
             getattr(self.logs[rank], kind).append((start, end))
-        if self.record_trace and end > start:
-            self.spans.append((self.device_of[rank], tid or kind, name, start, end - start))
+        if end > start:
+            self._span(rank, it, (self.device_of[rank], tid or kind, name, start, end - start))
+
+    def _span(self, rank: int, it: int, span: tuple[str, str, str, float, float]) -> None:
+        if self.record_trace:
+            self.spans.append(span)
+        if it == self.warmup and rank in self.timeline_ranks:
+            self.timeline.append(span)
 
     # ---- streams ------------------------------------------------------------------------------
     def _stream(self, rank: int, it: int, ops: list[Op], prog: Program, ev):
@@ -192,11 +203,11 @@ class Engine:
         if self._measured(it):
             dev.busy += self.env.now - start
             self.logs[rank].compute.append((start, self.env.now))
-        if self.record_trace:
+        if self.record_trace or (it == self.warmup and rank in self.timeline_ranks):
             t = start
             for o, d in zip(run, times):
                 name = f"{o.layer}.{o.phase}" if isinstance(o, Compute) else "update"
-                self.spans.append((dev.name, COMPUTE, name, t, d))
+                self._span(rank, it, (dev.name, COMPUTE, name, t, d))
                 t += d
 
     def _comm_op(self, rank: int, it: int, op: Op):
@@ -225,8 +236,8 @@ class Engine:
             self.env.process(self._run_collective(rv, op))
         yield rv.done
         self._log(rank, it, "comm", rv.start, f"{op.collective}:{op.key}", COMM)
-        if self.record_trace and rv.start > arrive:
-            self.spans.append((self.device_of[rank], COMM, "wait", arrive, rv.start - arrive))
+        if rv.start > arrive:
+            self._span(rank, it, (self.device_of[rank], COMM, "wait", arrive, rv.start - arrive))
 
     def _run_collective(self, rv: Rendezvous, op: Collective):
         rv.start = self.env.now

@@ -125,6 +125,14 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         utilisation_per_device={d.name: d.busy / window for d in eng.devices.values()},
         utilisation_per_link=dict(sorted(link_util.items())),
     )
+    if eng.timeline:
+        t_start = min(s[3] for s in eng.timeline)
+        base["timeline"] = {
+            "iteration": warm,
+            "devices_shown": len({s[0] for s in eng.timeline}),
+            "spans": [[d, stream, name, start - t_start, dur]
+                      for d, stream, name, start, dur in eng.timeline],
+        }
     if eng.servers:
         base["utilisation_per_server"] = {s.host: s.busy / t1 for s in eng.servers}
     if plan.mode == "async":
