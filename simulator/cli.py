@@ -20,11 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ScenarioError, PlanError, UsageError) as e:
+    except _user_errors() as e:
         print(f"parasim: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's input, not a bug: one line and exit 2 (evaluated only when
+    an exception is being handled, so the report code is imported only then)."""
+    from reports import ReportError
+
+    return (ScenarioError, PlanError, UsageError, ReportError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,9 +50,37 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
     sim.add_argument("--json", metavar="FILE", help="write the Result JSON")
     sim.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto)")
+    sim.add_argument("--report", metavar="FILE", help="write an HTML comparison report")
     sim.add_argument("--force", action="store_true", help="overwrite output files")
     sim.set_defaults(func=cmd_simulate)
+    sw = sub.add_parser("sweep", help="simulate a grid of cluster sizes or field values",
+                        description="Simulate every point of a grid: --devices and/or the "
+                        "scenario's 'sweep' block. Runs on local processes, or over MPI when "
+                        "launched as: mpiexec -n N python -m mpi4py.futures -m simulator.cli "
+                        "sweep ...")
+    sw.add_argument("scenario")
+    sw.add_argument("--devices", type=_int_list, metavar="N,N,...",
+                    help="total device counts (whole nodes), e.g. 8,16,32")
+    sw.add_argument("--strong", action="store_true",
+                    help="keep the global batch (default: keep the batch per device)")
+    sw.add_argument("--json", metavar="FILE", help="write the Result JSON")
+    sw.add_argument("--report", metavar="FILE", help="write an HTML report with scaling curves")
+    sw.add_argument("--force", action="store_true", help="overwrite output files")
+    sw.set_defaults(func=cmd_sweep)
+    from reports.cli import add_parser
+
+    add_parser(sub)
     return p
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"device counts must be positive: {text!r}")
+    return values
 
 
 def _load(path: str, strategies: list[str] | None):  # noqa: ANN202
@@ -101,18 +137,67 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.predict import simulate_scenario
 
     scenario = _load(args.scenario, args.strategy)
-    _check_outputs([args.json, args.trace], args.force)
+    _check_outputs([args.json, args.trace, args.report], args.force)
     result, engines = simulate_scenario(scenario, args.strategy, trace=bool(args.trace))
     print(format_table(result))
-    if args.json:
-        _write_json(args.json, result)
-        print(f"result written to {args.json}")
+    _write_outputs(result, args)
     if args.trace:
         from simulator.engine.trace import chrome_trace
 
         _write_json(args.trace, chrome_trace(engines))
         print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
     return 0
+
+
+def _write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json:
+        _write_json(args.json, result)
+        print(f"result written to {args.json}")
+    if args.report:
+        from reports import build_report
+
+        source = args.json or "(in memory)"
+        _write_text(args.report, build_report([result], [source]))
+        print(f"report written to {args.report}")
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from simulator.sweep import run_sweep
+
+    scenario = _load(args.scenario, None)
+    _check_outputs([args.json, args.report], args.force)
+    result = run_sweep(scenario, args.devices, args.strong)
+    print(format_sweep(result))
+    _write_outputs(result, args)
+    return 0
+
+
+def format_sweep(result: dict[str, Any]) -> str:
+    """One row per point and strategy: throughput and scaling efficiency."""
+    rows = [("point", "strategy", "devs", "samples/s", "iter ms", "speedup", "efficiency")]
+    for e in result["results"]:
+        point = ", ".join(f"{k}={v}" for k, v in e["sweep_point"].items())
+        if e["throughput_samples_per_s"] is None:
+            rows.append((point, e["strategy"], str(e["devices"]), "-", "-", "-", "does not fit"))
+            continue
+        rows.append((point, e["strategy"], str(e["devices"]),
+                     f"{e['throughput_samples_per_s']:.1f}",
+                     f"{e['iteration_time_s'] * 1e3:.3f}",
+                     f"{e['speedup_over_one_device']:.2f}x", f"{e['efficiency']:.1%}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"{result['scenario']['name']}: sweep of {result['sweep']['points']} point(s), "
+             f"{result['sweep']['scaling']} scaling"]
+    lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    for point, names in result["sweep"]["skipped"].items():
+        lines.append(f"skipped at {point}: {', '.join(names)} (cannot run at that size)")
+    return "\n".join(lines)
 
 
 def format_table(result: dict[str, Any]) -> str:

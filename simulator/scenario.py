@@ -41,7 +41,8 @@ from simulator.specs import (
 )
 from simulator.units import BYTES_PER_ELEMENT
 
-TOP_KEYS = ("name", "description", "seed", "model", "cluster", "training", "strategies")
+TOP_KEYS = ("name", "description", "seed", "model", "cluster", "training", "strategies",
+            "sweep")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -77,9 +78,11 @@ def _scenario(data: Any, file: str) -> Scenario:
     cluster = _cluster(top.sub("cluster"))
     training = _training(top.sub("training"))
     strategies = _strategies(top, cluster)
+    sweep = _sweep(top.sub("sweep")) if top.has("sweep") else ()
     top.done(TOP_KEYS)
     scenario = Scenario(name=name, description=description, seed=seed, model=model,
-                        cluster=cluster, training=training, strategies=strategies, file=file)
+                        cluster=cluster, training=training, strategies=strategies, file=file,
+                        sweep=sweep)
     _check_against_graph(scenario)
     return scenario
 
@@ -273,3 +276,25 @@ def _check_against_graph(scenario: Scenario) -> None:
     for i, s in enumerate(scenario.strategies):
         scheme_module(s.scheme).check(s.options, graph, scenario.cluster, scenario.training,
                                       f"strategies[{i}]")
+
+
+def _sweep(f: Fields) -> tuple[tuple[str, tuple], ...]:
+    """``sweep``: ``devices`` (total device counts) and dotted field paths, each with a list of
+    values, kept as written (units are converted when each point is loaded). Whether a path
+    names a field that takes the value is checked when the sweep runs, by loading every point
+    like a scenario file."""
+    axes = []
+    for key in list(f.data):
+        if not isinstance(key, str) or not key:
+            raise f.error(key, "must be 'devices' or a dotted field path", value=key)
+        item = integer(1) if key == "devices" else number(positive=False)
+        raw = f.raw(key)
+        try:
+            list_of(item)(raw, join(f.path, key))
+        except ScenarioError as e:
+            raise e.at_line(f.line(key)) from None
+        axes.append((key, tuple(raw)))
+    if not axes:
+        raise ScenarioError("must name at least one field to sweep", path="sweep")
+    f.done()
+    return tuple(axes)

@@ -111,3 +111,4 @@ class Scenario:
     training: TrainingSpec
     strategies: tuple[StrategySpec, ...]
     file: str = "<scenario>"
+    sweep: tuple[tuple[str, tuple], ...] = ()  # (field path or "devices", values) per axis

@@ -1,8 +1,10 @@
 """Partitioning schemes. Each module is a function from (graph, cluster, options) to a Plan.
 
 A scheme module exports ``OPTIONS`` (key -> (checker, default): the scenario keys it accepts),
-``check(options, graph, cluster_spec, training, path)`` for checks that need the model graph, and
-``build(ctx, spec) -> Plan``. Adding a scheme is adding a module and a line here.
+``check(options, graph, cluster_spec, training, path)`` for checks that need the model graph,
+``build(ctx, spec) -> Plan``, and ``at_scale(raw_entry, devices)``: its scenario entry resized for
+a sweep over device counts (None where it cannot run at that size). Adding a scheme is adding a
+module and a line here.
 """
 
 from __future__ import annotations

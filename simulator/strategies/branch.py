@@ -73,3 +73,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     return Plan(strategy=spec.name, scheme="branch", mode="sync", samples_per_period=batch,
                 period_steps=1, ranks=tuple(ranks), groups={"world": tuple(range(k))},
                 memory=tuple(memory), options={**spec.options, "devices": k})
+
+
+def at_scale(raw: dict, devices: int) -> dict | None:
+    """This strategy's scenario entry on ``devices`` devices (for sweeps): all of them."""
+    return {**raw, "devices": devices}

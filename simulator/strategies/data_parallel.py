@@ -98,3 +98,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 period_steps=o["local_steps"], ranks=ranks,
                 groups={"world": tuple(range(workers))}, memory=memory,
                 options={**o, "workers": workers})
+
+
+def at_scale(raw: dict, devices: int) -> dict | None:
+    """This strategy's scenario entry on ``devices`` devices (for sweeps): all of them."""
+    return {**raw, "devices": devices}

@@ -71,3 +71,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 samples_per_period=per_worker * workers * period, period_steps=period,
                 ranks=ranks, groups={"world": tuple(range(workers))}, memory=memory,
                 options={**o, "workers": workers, "batch_per_worker": per_worker})
+
+
+def at_scale(raw: dict, devices: int) -> dict | None:
+    """This strategy's scenario entry on ``devices`` devices (for sweeps): all are workers."""
+    return {**raw, "workers": devices}

@@ -99,3 +99,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     return Plan(strategy=spec.name, scheme="hybrid", mode="sync", samples_per_period=per * k,
                 period_steps=1, ranks=ranks, groups={"world": tuple(range(k))},
                 memory=tuple(memory), options={**o, "devices": k, "states": st})
+
+
+def at_scale(raw: dict, devices: int) -> dict | None:
+    """This strategy's scenario entry on ``devices`` devices (for sweeps): all of them."""
+    return {**raw, "devices": devices}

@@ -91,3 +91,12 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 ranks=tuple(sorted(ranks, key=lambda r: r.rank)), groups=groups,
                 memory=tuple(memory), options={**o, "micro_batches": m,
                                                "partition": [q[0] for q in parts]})
+
+
+def at_scale(raw: dict, devices: int) -> dict | None:
+    """This strategy's scenario entry on ``devices`` devices (for sweeps): pipeline and tensor
+    degrees kept, the data degree grown; None when they do not divide the devices."""
+    model = raw.get("pipeline", 1) * raw.get("tensor", 1)
+    if devices % model:
+        return None
+    return {**raw, "data": devices // model}

@@ -198,3 +198,14 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 groups=groups, memory=tuple(memory),
                 options={**o, "stages": stages, "micro_batches": m,
                          "partition": [p[0] for p in parts]})
+
+
+def at_scale(raw: dict, devices: int) -> dict | None:
+    """This strategy's scenario entry on ``devices`` devices (for sweeps): the replicas kept,
+    the stages grown; None when the devices do not divide by the replicas."""
+    replicas = raw.get("replicas", 1)
+    if devices % replicas:
+        return None
+    out = {**raw, "stages": devices // replicas}
+    out.pop("partition", None)
+    return out

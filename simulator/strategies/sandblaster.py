@@ -73,3 +73,14 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 groups={"world": tuple(range(workers))}, memory=memory, portions=portions,
                 options={**o, "workers": workers, "portions": portions,
                          "step_bytes_per_shard": (4 * o["history"] + 4) * shard_bytes})
+
+
+def at_scale(raw: dict, devices: int) -> dict | None:
+    """This strategy's scenario entry on ``devices`` devices (for sweeps): all are workers,
+    with the portions per worker kept."""
+    out = {**raw, "workers": devices}
+    if "portions" in raw and "workers" in raw:
+        out["portions"] = max(devices, raw["portions"] * devices // raw["workers"])
+    elif "portions" in raw:
+        out.pop("portions")
+    return out

@@ -59,3 +59,10 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     return Plan(strategy=spec.name, scheme="tensor", mode="sync", samples_per_period=batch,
                 period_steps=1, ranks=ranks, groups={"tp": tuple(range(k))}, memory=memory,
                 options={**spec.options, "states": st})
+
+
+def at_scale(raw: dict, devices: int) -> dict | None:
+    """This strategy's scenario entry on ``devices`` devices (for sweeps): all of them."""
+    out = {**raw, "devices": devices}
+    out.pop("layers", None)
+    return out

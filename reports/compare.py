@@ -1,0 +1,77 @@
+"""Predicted against measured: pair each measured entry with the prediction of the same plan and
+compute the relative errors the report shows.
+
+Relative error is ``(measured - predicted) / measured``: positive when the simulator predicted
+less than was measured (for a time: it was optimistic; for a throughput: pessimistic). It is
+undefined (None) where either side is missing or the measured value is zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reports.load import Entry
+
+PHASES = ("compute", "exposed_communication", "ps_wait", "idle")
+
+
+def relative_error(predicted: float | None, measured: float | None) -> float | None:
+    if predicted is None or measured is None or measured == 0:
+        return None
+    return (measured - predicted) / measured
+
+
+def phases(entries: list[Entry]) -> list[str]:
+    """The simulator's four phases, then any extra phase a measured entry reports (such as
+    ``host_device_copy``), in the order first seen."""
+    extra: list[str] = []
+    for e in entries:
+        extra += [k for k in e.breakdown if k not in PHASES and k not in extra]
+    return list(PHASES) + extra
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One plan, predicted and measured."""
+
+    predicted: Entry
+    measured: Entry
+
+    @property
+    def label(self) -> str:
+        return self.predicted.label
+
+    @property
+    def iteration_error(self) -> float | None:
+        return relative_error(self.predicted.iteration_time, self.measured.iteration_time)
+
+    @property
+    def throughput_error(self) -> float | None:
+        return relative_error(self.predicted.throughput, self.measured.throughput)
+
+    def phase_rows(self, names: list[str]) -> list[tuple[str, float, float | None, float | None]]:
+        """(phase, predicted s, measured s, relative error) for each phase in ``names``; a phase
+        the simulator does not model (absent from the prediction) was predicted as 0 s."""
+        rows = []
+        for name in names:
+            p = self.predicted.breakdown.get(name, 0.0)
+            m = self.measured.breakdown.get(name)
+            rows.append((name, p, m, relative_error(p, m)))
+        return rows
+
+
+def pairs(entries: list[Entry]) -> list[Pair]:
+    """Measured entries that have a prediction of the same strategy, possibly from another file.
+    The prediction with the same sweep point wins, then the same device count; a measured entry
+    whose strategy was never predicted at that size has no pair. Both must have numbers."""
+    predicted = [e for e in entries if not e.measured and e.charted]
+    out = []
+    for m in entries:
+        if not m.measured or not m.charted:
+            continue
+        same = [p for p in predicted if p.strategy == m.strategy and p.devices == m.devices]
+        exact = [p for p in same if m.sweep_point and p.sweep_point == m.sweep_point]
+        best = (exact or same)[:1]
+        if best:
+            out.append(Pair(best[0], m))
+    return out

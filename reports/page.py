@@ -1,0 +1,172 @@
+"""Assemble the report page: sections of tables and charts, plotly.js inlined, one HTML string.
+
+A pure function of the Result dicts: the same files give the same page byte for byte (no
+timestamps). Sections with nothing to show are left out, except the predicted-against-measured
+one, which says that there are no measured results yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from reports import figures, gantt
+from reports.compare import Pair, pairs, phases
+from reports.html import CSP, SCRIPT, STYLE, chart, esc, script_json, table
+from reports.load import Entry, entries
+from reports.scenario_section import scenario_section, sources_section
+
+PER_ENTRY = (("timeline", "Timeline of one iteration",
+              "no timeline in this entry (a sweep's Result leaves timelines out)"),
+             ("devices", "Device utilisation", "no device utilisation in this entry"),
+             ("links", "Link utilisation", "no link utilisation in this entry"),
+             ("memory", "Memory per device against capacity", "no memory figures in this entry"))
+
+
+def build_report(results: list[dict[str, Any]], sources: list[str]) -> str:
+    """The report for these Results (``sources``: the file each came from, for labels)."""
+    rows = entries(results, sources)
+    blocks: list[str] = []  # JSON data blocks
+    sections: list[tuple[str, str, str]] = []  # (id, heading, body)
+
+    def add(section_id: str, heading: str, body: str) -> None:
+        sections.append((section_id, heading, body))
+
+    def figure(fig: dict[str, Any], css: str = "chart") -> str:
+        fid = f"fig-{len(blocks)}"
+        blocks.append(script_json(fid, fig))
+        return chart(fid, css)
+
+    add("summary", "Summary", summary_table(rows, len(results) > 1))
+    scaling = figures.scaling(rows)
+    if scaling:
+        add("scaling", "Scaling",
+            "<p class=lead>Entries of one strategy at several device counts (across files or "
+            "from a sweep).</p><div class=row>" + "".join(map(figure, scaling)) + "</div>")
+    bd = figures.breakdown(rows)
+    if bd:
+        add("breakdown", "Time breakdown",
+            "<p class=lead>Per iteration, averaged over worker devices: compute, communication "
+            "not hidden under compute, parameter-server wait, and idle (waiting for peers, "
+            "pipeline bubble).</p>" + figure(bd))
+    add("measured", "Predicted against measured", measured_section(pairs(rows), figure))
+    charted = [e for e in rows if e.charted]
+    if charted:
+        add("per-strategy", "Per strategy", per_entry_section(charted, blocks))
+    train = figures.training(rows)
+    if train:
+        add("training", "Training curves", "<div class=row>" + "".join(map(figure, train))
+            + "</div>")
+    stale = figures.staleness(rows)
+    if stale:
+        add("staleness", "Gradient staleness (asynchronous)", figure(stale))
+    add("scenario", "Scenario", scenario_section(results, sources))
+    add("sources", "Result files", sources_section(results, sources))
+    return page(title(results), sections, blocks, len(results))
+
+
+def title(results: list[dict[str, Any]]) -> str:
+    names = list(dict.fromkeys((r.get("scenario") or {}).get("name") or "unnamed scenario"
+                               for r in results))
+    return names[0] if len(names) == 1 else f"{len(names)} scenarios compared"
+
+
+def summary_table(rows: list[Entry], show_source: bool) -> str:
+    sweep = any(e.sweep_point for e in rows)
+    head = ["strategy", "mode", "devices", "throughput<br>(samples/s)", "iteration<br>time (ms)",
+            "speedup over<br>one device", "efficiency", "peak memory<br>(GiB)",
+            "fits in memory"]
+    head += ["sweep point"] * sweep + ["file"] * show_source
+    body = []
+    for e in rows:
+        mem = e.data.get("memory_bytes_per_device") or {}
+        peak = f"{max(mem.values()) / figures.GIB:,.2f}" if mem else "–"
+        if mem and e.memory_capacity:
+            peak += f" / {e.memory_capacity / figures.GIB:,.1f}"
+        fits = e.data.get("fits") is not False
+        note = e.data.get("note")
+        fit_cell = ("yes" if fits else "no") + (f": {esc(note)}" if note else "")
+        row = [esc(e.label), f'<span class="tag {esc(e.mode)}">{esc(e.mode)}</span>',
+               str(e.devices), _num(e.throughput if e.charted else None, "{:,.1f}"),
+               _num(e.iteration_time * 1e3 if e.charted else None, "{:,.3f}"),
+               _num(e.speedup if e.charted else None, "{:.2f}×"),
+               _num(e.efficiency if e.charted else None, "{:.1%}"), peak,
+               fit_cell if fits else f'<span class="bad">{fit_cell}</span>']
+        if sweep:
+            row.append(esc(", ".join(f"{k}={v}" for k, v in e.sweep_point.items())))
+        if show_source:
+            row.append(esc(e.source))
+        body.append(row)
+    lead = ("<p class=lead>Speedup is throughput over one healthy device of the cluster "
+            "running the same global batch; efficiency is speedup / devices. Peak memory is "
+            "the busiest device's need / its capacity.</p>")
+    return lead + table(head, body, numeric={2, 3, 4, 5, 6, 7})
+
+
+def measured_section(found: list[Pair], figure: Callable[[dict[str, Any]], str]) -> str:
+    if not found:
+        return ("<p class=none>No measured results yet: give a Result file with entries of "
+                "<code>mode: \"measured\"</code> (and the same strategy names as the "
+                "predictions) to compare.</p>")
+    head = ["strategy", "devices", "iteration time<br>predicted (ms)", "measured<br>(ms)",
+            "error", "throughput<br>predicted (samples/s)", "measured<br>(samples/s)", "error"]
+    body = [[esc(p.label), str(p.measured.devices),
+             _num(p.predicted.iteration_time * 1e3, "{:,.3f}"),
+             _num(p.measured.iteration_time * 1e3, "{:,.3f}"), _num(p.iteration_error, "{:+.1%}"),
+             _num(p.predicted.throughput, "{:,.1f}"), _num(p.measured.throughput, "{:,.1f}"),
+             _num(p.throughput_error, "{:+.1%}")] for p in found]
+    names = phases([e for p in found for e in (p.predicted, p.measured)])
+    phase_rows = [[esc(p.label), esc(name.replace("_", " ")), _num(pred * 1e3, "{:,.3f}"),
+                   _num(meas * 1e3 if meas is not None else None, "{:,.3f}"),
+                   _num(err, "{:+.1%}")]
+                  for p in found for name, pred, meas, err in p.phase_rows(names)]
+    figs = figures.comparison(found) or []
+    return ("<p class=lead>Relative error = (measured − predicted) / measured. A phase the "
+            "simulator does not model counts as predicted 0 ms.</p>"
+            + table(head, body, numeric={1, 2, 3, 4, 5, 6, 7})
+            + "<div class=row>" + "".join(map(figure, figs)) + "</div>"
+            + "<h3>Per phase (time per iteration)</h3>"
+            + table(["strategy", "phase", "predicted (ms)", "measured (ms)", "error"],
+                    phase_rows, numeric={2, 3, 4}))
+
+
+def per_entry_section(charted: list[Entry], blocks: list[str]) -> str:
+    """One strategy at a time, chosen in a drop-down: its timeline, utilisation and memory.
+    All figures are in the page; the script draws the chosen one's."""
+    items = [{"label": e.label,
+              "figures": {"timeline": gantt.timeline(e),
+                          "devices": figures.device_utilisation(e),
+                          "links": figures.link_utilisation(e), "memory": figures.memory(e)}}
+             for e in charted]
+    blocks.append(script_json("per-entry", items))
+    body = ['<p><label for="entry-select">Strategy</label><select id="entry-select"></select>'
+            "</p>"]
+    for kind, heading, none in PER_ENTRY:
+        body.append(f"<h3>{esc(heading)}</h3><div class=chart id=\"entry-{kind}\"></div>"
+                    f"<p class=none id=\"entry-{kind}-none\" hidden>{esc(none)}</p>")
+    return "".join(body)
+
+
+def page(heading: str, sections: list[tuple[str, str, str]], blocks: list[str],
+         files: int) -> str:
+    from plotly.offline import get_plotlyjs
+
+    nav = "".join(f'<a href="#{sid}">{esc(h)}</a>' for sid, h, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{esc(h)}</h2>{b}</section>'
+                   for sid, h, b in sections)
+    plotly_js = get_plotlyjs().replace("</script", "<\\/script")
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{esc(heading)} · parasim report</title><style>{STYLE}</style></head><body>"
+        f"<header><h1>{esc(heading)}</h1><p>parasim comparison report from {files} Result "
+        f"file{'s' * (files != 1)}</p><nav>{nav}</nav></header><main>{body}"
+        "<footer>Built by <code>parasim report</code>; works offline (plotly.js is embedded)."
+        "</footer></main>"
+        f"<script>{plotly_js}</script>{''.join(blocks)}<script>{SCRIPT}</script>"
+        "</body></html>\n")
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "–" if v is None else esc(fmt.format(v))

@@ -1,0 +1,79 @@
+"""The page: sections present only with data, user strings escaped, figures embedded safely,
+nothing external, and the same input gives the same bytes."""
+
+import json
+import re
+import subprocess
+import sys
+
+from reports import build_report
+from tests.reports.helpers import entry, result
+
+EVIL = "<script>alert(1)</script>"
+
+
+def data_blocks(page: str) -> dict[str, object]:
+    found = re.findall(r'<script type="application/json" id="([^"]+)">(.*?)</script>', page,
+                       flags=re.S)
+    return {i: json.loads(text) for i, text in found}
+
+
+def test_a_scenario_name_with_markup_is_text_everywhere():
+    r = result(entry(EVIL, note=EVIL, timeline={"spans": [[EVIL, "compute", EVIL, 0, 1]]}),
+               name=EVIL, yaml=f"name: '{EVIL}'\n", description="</pre>" + EVIL)
+    page = build_report([r], [f"{EVIL}.json"])
+    plotly_end = page.index("</script>")  # plotly.js itself, then our data and code
+    ours = page[plotly_end:]
+    assert EVIL not in page[:page.index("<script>")] and EVIL not in ours
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    blocks = data_blocks(page)
+    assert "<" not in "".join(re.findall(r'application/json" id="[^"]+">(.*?)</script>', page,
+                                         flags=re.S))
+    labels = [item["label"] for item in blocks["per-entry"]]
+    assert labels == [EVIL]  # raw in JSON (the script sets it with textContent)
+    assert "innerHTML" not in ours
+
+
+def test_no_external_resource_and_a_strict_policy():
+    page = build_report([result(entry())], ["r.json"])
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    for pattern in (r"<script[^>]+src=", r"<link\b", r"<img\b", r"@import", r"url\(http"):
+        assert not re.search(pattern, page), pattern
+
+
+def test_sections_appear_only_with_data():
+    page = build_report([result(entry("ring"), entry("tree"))], ["r.json"])
+    for present in ("summary", "breakdown", "measured", "per-strategy", "scenario", "sources"):
+        assert f'<section id="{present}">' in page
+    for absent in ("scaling", "training", "staleness"):
+        assert f'<section id="{absent}">' not in page
+    assert "No measured results yet" in page
+
+
+def test_every_section_with_full_data():
+    training = {"wall_time_s": [0, 1], "samples": [0, 64], "loss": [2.0, 1.0]}
+    r = result(entry("ring", devices=2), entry("ring", devices=4),
+               entry("ring", mode="measured", devices=4, training=training),
+               entry("down", staleness={"mean": 1, "max": 2, "histogram": {"0": 1, "2": 1}}),
+               entry("huge", iteration_time_s=None, throughput=None, note="does not fit: 99 GiB"))
+    page = build_report([r], ["r.json"])
+    for present in ("scaling", "training", "staleness", "measured"):
+        assert f'<section id="{present}">' in page
+    assert "No measured results yet" not in page
+    assert "does not fit: 99 GiB" in page
+    per_entry = data_blocks(page)["per-entry"]
+    assert "huge" not in [item["label"] for item in per_entry]  # table only
+
+
+def test_same_input_same_page():
+    r = result(entry())
+    assert build_report([r], ["r.json"]) == build_report([r], ["r.json"])
+
+
+def test_the_report_code_imports_nothing_from_the_simulator():
+    code = ("import sys, reports; reports.build_report([{'results': []}], ['x']); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('simulator', 'simpy')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,150 @@
+"""The report in a real browser (Debian's headless Chromium through Playwright): every chart
+draws, nothing is fetched from the network, the console stays clean, and a scenario named
+``<script>alert(1)</script>`` is shown as text and runs nothing.
+
+CI installs Chromium (``apt-get install chromium``); without it this test fails, on purpose.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from reports import build_report, load_results
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Route
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EVIL = "<script>alert(1)</script>"
+BOLD = "<b>ring</b>"
+SCENARIO = """\
+name: "{name}"
+description: a tiny cluster for the report's browser test
+seed: 1
+model: {{zoo: mlp}}
+cluster:
+  nodes: {nodes}
+  devices_per_node: 2
+  device: V100
+  intra_link: nvlink2
+  inter_link: ib_edr
+  parameter_servers: {{hosts: 1, device: cpu_core_modern, nic: eth_25g}}
+training: {{batch_size: 64, precision: fp32, optimizer: momentum, iterations: 2}}
+strategies:
+  - {{name: "{bold}", scheme: data_parallel, exchange: ring}}
+  - {{name: downpour, scheme: downpour}}
+"""
+
+
+def predicted(tmp_path: Path, nodes: int) -> Path:
+    from simulator.predict import simulate_scenario
+    from simulator.scenario import load_scenario
+
+    yaml = tmp_path / f"scenario{nodes}.yaml"
+    yaml.write_text(SCENARIO.format(name=EVIL, bold=BOLD, nodes=nodes))
+    result, _ = simulate_scenario(load_scenario(str(yaml)))
+    out = tmp_path / f"predicted{nodes}.json"
+    out.write_text(json.dumps(result))
+    return out
+
+
+def measured(tmp_path: Path, prediction: Path) -> Path:
+    """A synthetic measured run of the ring plan: 10 % slower, a phase the simulator does not
+    model, and a training curve."""
+    result = json.loads(prediction.read_text())
+    ring = copy.deepcopy(next(e for e in result["results"] if e["strategy"] == BOLD))
+    ring.update(mode="measured", iteration_time_s=ring["iteration_time_s"] * 1.1,
+                throughput_samples_per_s=ring["throughput_samples_per_s"] / 1.1)
+    del ring["speedup_over_one_device"], ring["efficiency"]  # the report derives them
+    ring["breakdown_s"] = {**{k: v * 1.1 for k, v in ring["breakdown_s"].items()},
+                           "host_device_copy": 1e-4}
+    ring["training"] = {"wall_time_s": [0, 5, 10, 15], "samples": [0, 640, 1280, 1920],
+                        "loss": [2.3, 1.2, 0.8, 0.6], "accuracy": [0.1, 0.6, 0.8, 0.86]}
+    result["results"] = [ring]
+    out = tmp_path / "measured.json"
+    out.write_text(json.dumps(result))
+    return out
+
+
+@pytest.fixture
+def report(tmp_path: Path) -> Path:
+    big = predicted(tmp_path, nodes=2)
+    paths = [str(big), str(predicted(tmp_path, nodes=1)), str(measured(tmp_path, big))]
+    out = tmp_path / "report.html"
+    out.write_text(build_report(load_results(paths), paths))
+    return out
+
+
+def test_report_renders_offline_and_safely(report: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium "
+                    "(apt-get install chromium) to run the report's browser test")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: pip install -e '.[dev]'")
+    started = time.monotonic()
+    blocked, errors, dialogs = [], [], []
+
+    def route(r: Route) -> None:
+        url = r.request.url
+        if url.startswith(("file://", "data:")):
+            r.continue_()
+        else:
+            blocked.append(url)
+            r.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=20_000)
+        try:
+            context = browser.new_context(viewport={"width": 1300, "height": 900})
+            context.set_default_timeout(15_000)
+            context.route("**/*", route)
+            page = context.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(report.as_uri(), wait_until="load")
+            page.wait_for_function(CHARTS_DRAWN, timeout=15_000)
+            charts = page.evaluate(CHARTS)
+            sections = page.evaluate("Array.from(document.querySelectorAll('section'))"
+                                     ".map(s => s.id)")
+            body = page.inner_text("body")
+            ticks = page.evaluate("Array.from(document.querySelectorAll('#breakdown .xtick'))"
+                                  ".map(t => t.textContent)")
+            options = page.evaluate("Array.from(document.querySelectorAll('#entry-select "
+                                    "option')).map(o => o.textContent)")
+            switched = []
+            for i in range(len(options)):
+                page.select_option("#entry-select", str(i))
+                page.wait_for_function(CHARTS_DRAWN, timeout=10_000)
+                switched.append(page.evaluate(CHARTS))
+        finally:
+            browser.close()
+    assert blocked == [], f"the page tried to fetch {blocked}"
+    assert errors == [], errors
+    assert dialogs == [], f"a dialog opened: {dialogs}"
+    assert sections == ["summary", "scaling", "breakdown", "measured", "per-strategy",
+                        "training", "staleness", "scenario", "sources"]
+    assert len(charts) >= 12, charts
+    for chart in charts + [c for s in switched for c in s]:
+        assert chart["traces"] > 0 and chart["svg"], chart
+    assert EVIL in body
+    assert f"{BOLD} (measured)" in ticks, ticks  # plotly shows it literally, not in bold
+    assert options[:2] == [f"{BOLD} · 4 devices", "downpour · 4 devices"]
+    assert time.monotonic() - started < 45
+
+
+# every visible chart container, its number of traces and whether plotly drew its svg
+CHARTS = """Array.from(document.querySelectorAll('div.chart')).filter(d => !d.hidden)
+  .map(d => ({id: d.id || d.dataset.figure, traces: d.data ? d.data.length : 0,
+              svg: !!d.querySelector('svg.main-svg')}))"""
+CHARTS_DRAWN = f"({CHARTS}).every(c => c.traces > 0 && c.svg)"
