@@ -74,10 +74,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _int_list(text: str) -> list[int]:
+    """``8,16,32``; ``8,16,...,1024`` continues the progression the two numbers before ``...``
+    start (doubling here; ``8,16,...,64`` is 8,16,32,64 and ``4,8,12,...,24`` adds 4)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+        if "..." in parts:
+            i = parts.index("...")
+            head, last = [int(p) for p in parts[:i]], int(parts[i + 1])
+            if len(head) < 2 or i != len(parts) - 2:
+                raise ValueError
+            a, b = head[-2], head[-1]
+            values = head[:]
+            if b % a == 0 and b // a > 1 and (len(head) < 3 or head[-3] * (b // a) == a):
+                while values[-1] * (b // a) <= last:
+                    values.append(values[-1] * (b // a))
+            elif b > a:
+                while values[-1] + (b - a) <= last:
+                    values.append(values[-1] + (b - a))
+            else:
+                raise ValueError
+            if values[-1] != last:
+                raise ValueError
+        else:
+            values = [int(p) for p in parts]
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"not a list of device counts: {text!r} (e.g. 8,16,32 or 8,16,...,1024)") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"device counts must be positive: {text!r}")
     return values

@@ -149,3 +149,46 @@ def test_sweep_over_mpi_ranks_matches_the_local_sweep(scenario_file: Path, tmp_p
     key = ("strategy", "devices", "throughput_samples_per_s", "iteration_time_s")
     assert [[e[k] for k in key] for e in mpi["results"]] == \
         [[e[k] for k in key] for e in local["results"]]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("8,16,32", [8, 16, 32]),
+    ("8,16,...,1024", [8, 16, 32, 64, 128, 256, 512, 1024]),
+    ("4,8,12,...,24", [4, 8, 12, 16, 20, 24]),
+])
+def test_device_lists_accept_a_progression(text, expected):
+    from simulator.cli import _int_list
+
+    assert _int_list(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8,16,...,100", "8,...,64", "a,b", "0,1", ""])
+def test_bad_device_lists_are_refused(text):
+    import argparse
+
+    from simulator.cli import _int_list
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        _int_list(text)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
+    import io
+
+    from simulator.sweep import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term, pipe = Terminal(), io.StringIO()
+    for out in (term, pipe):
+        bar = Progress(2, out, "this process")
+        bar.step({"devices": 8})
+        bar.step({"devices": 16})
+        bar.close()
+    assert "\r[###############...............] 1/2 devices=8" in term.getvalue()
+    assert "\r[##############################] 2/2 devices=16" in term.getvalue()
+    assert pipe.getvalue().splitlines() == ["sweep: 2 point(s) on this process",
+                                            "point 1/2 done: devices=8",
+                                            "point 2/2 done: devices=16"]
