@@ -1,0 +1,28 @@
+"""Kernels of the executor: one interface (:class:`executor.kernels.base.Backend`), backends
+``reference`` (NumPy, the yardstick of the tests), ``cpu`` (Numba ``njit``, numpy's BLAS for GEMM)
+and ``cuda`` (numba-cuda; runs on the CPU under ``NUMBA_ENABLE_CUDASIM=1``).
+
+Layouts: float32; images NCHW; dense weights (in, out); convolution weights
+(out_channels, in_channels / groups, kh, kw).
+"""
+
+from __future__ import annotations
+
+from executor.kernels.base import Backend
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (reference, cpu or cuda); imports it only when asked."""
+    if name == "reference":
+        from executor.kernels.reference import ReferenceBackend
+
+        return ReferenceBackend()
+    if name == "cpu":
+        from executor.kernels.cpu import CpuBackend
+
+        return CpuBackend()
+    if name == "cuda":
+        from executor.kernels.cuda import CudaBackend
+
+        return CudaBackend()
+    raise ValueError(f"unknown kernel backend {name!r} (known: reference, cpu, cuda)")
