@@ -21,6 +21,16 @@ Execution semantics, shared by both engines:
 * A program is one *period*: one iteration for synchronous schemes, ``period_steps`` worker steps
   for Downpour. Engines repeat it.
 
+What the bytes are (the executor moves them; the simulator only needs their size): ``tensor``
+names them, for the op's ``micro_batch``:
+
+* ``act:L``: the output of layer L; ``dout:L``: the gradient with respect to L's output;
+  ``din:L``: the gradient with respect to L's input (what L's backward produced);
+* ``wgrad:L1,L2,...``: the weight and bias gradients of those layers, concatenated in that order;
+* a collective's ``axis`` says how members' parts fit together: ``batch`` (each member holds some
+  samples), ``feature`` (each holds a slice of the features / channels), or ``""`` (each holds the
+  whole buffer, for reductions).
+
 Units: bytes, FLOPs, samples.
 """
 
@@ -80,6 +90,8 @@ class Send(Op):
     peer: int
     bytes: float
     tag: str
+    tensor: str = ""
+    micro_batch: int = 0
     kind: ClassVar[str] = "send"
 
 
@@ -88,6 +100,8 @@ class Recv(Op):
     peer: int
     bytes: float
     tag: str
+    tensor: str = ""
+    micro_batch: int = 0
     kind: ClassVar[str] = "recv"
 
 
@@ -105,6 +119,9 @@ class Collective(Op):
     group: str
     bytes: float
     key: str
+    tensor: str = ""
+    axis: str = ""
+    micro_batch: int = 0
     kind: ClassVar[str] = "collective"
 
 

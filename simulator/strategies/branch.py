@@ -54,11 +54,15 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                     continue
                 elems = ctx.node(p)["out_elems"] if phase == "fwd" else ctx.node(n)["out_elems"]
                 tag = f"{phase}:{p}>{n}"
+                # forward: p's output goes to n's device; backward (p is n's successor here):
+                # the gradient p's backward produced for its input, i.e. n's output
+                tensor = f"act:{p}" if phase == "fwd" else f"din:{p}"
                 last_src = progs[src].last("compute")
                 progs[src].add(Send, stream="p2p", deps=(last_src,) if last_src is not None
-                               else (), peer=d, bytes=float(elems * batch * bpe), tag=tag)
+                               else (), peer=d, bytes=float(elems * batch * bpe), tag=tag,
+                               tensor=tensor)
                 deps.append(b.add(Recv, stream="p2p", peer=src,
-                                  bytes=float(elems * batch * bpe), tag=tag))
+                                  bytes=float(elems * batch * bpe), tag=tag, tensor=tensor))
             compute_op(b, ctx, n, phase, batch, deps=tuple(deps))
     ranks = []
     memory = []

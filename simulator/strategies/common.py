@@ -157,3 +157,8 @@ def replicas(ctx: Context, ops: tuple[Op, ...], workers: int, servers: list[str]
     need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=act_samples)
     return tuple(ranks), tuple(replace(need, device=ctx.cluster.devices[r])
                                for r in range(workers))
+
+
+def wgrad_tensor(ctx: Context, layers: list[str]) -> str:
+    """The plan's name for the weight gradients of the layers (those with parameters)."""
+    return "wgrad:" + ",".join(n for n in layers if ctx.node(n)["params"])

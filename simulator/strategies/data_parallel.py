@@ -29,6 +29,7 @@ from simulator.strategies.common import (
     replicas,
     split_batch,
     update_op,
+    wgrad_tensor,
 )
 
 EXCHANGES = ("ring", "tree", "hierarchical", "mpi", "ps")
@@ -81,7 +82,8 @@ def worker_program(ctx: Context, o: dict, per_worker: int, shards: int, workers:
         dep = last_bwd[bucket[-1]] if o["overlap"] else end_of_backward
         colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
                            algorithm=o["exchange"], group="world",
-                           bytes=ctx.param_bytes(bucket), key=f"grad{i}"))
+                           bytes=ctx.param_bytes(bucket), key=f"grad{i}",
+                           tensor=wgrad_tensor(ctx, bucket)))
     update_op(b, ctx, total_params, deps=tuple(colls))
     return tuple(b.ops)
 

@@ -24,6 +24,7 @@ from simulator.strategies.common import (
     memory_need,
     split_batch,
     update_op,
+    wgrad_tensor,
 )
 
 OPTIONS = {
@@ -65,7 +66,7 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
         compute_op(b, ctx, n, "fwd", per)
     gather = b.add(Collective, stream=COMM, deps=(b.last(),), collective="allgather",
                    algorithm="ring", group="world", bytes=float(boundary * batch * ctx.bpe),
-                   key="conv-out")
+                   key="conv-out", tensor=f"act:{conv[-1]}", axis="batch")
     last = sharding.emit(b, ctx, fc, st, k, "fwd", batch, "world", deps=(gather,))
     last = sharding.emit(b, ctx, fc, st, k, "bwd", batch, "world", deps=(last,),
                          boundary_grad="reduce_scatter")
@@ -80,7 +81,7 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
             dep = last_bwd[bucket[-1]] if o["overlap"] else end
             colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
                                algorithm="ring", group="world", bytes=ctx.param_bytes(bucket),
-                               key=f"conv-grad{i}"))
+                               key=f"conv-grad{i}", tensor=wgrad_tensor(ctx, bucket)))
     params = sum(ctx.node(n)["params"] for n in conv) + sum(ctx.node(n)["params"] / sh[n]
                                                            for n in fc)
     update_op(b, ctx, params, deps=tuple(colls))

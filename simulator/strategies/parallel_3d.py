@@ -13,7 +13,13 @@ from simulator.errors import ScenarioError
 from simulator.plan import COMM, Collective, Plan, ProgramBuilder, RankProgram, Recv, Send
 from simulator.schema import choice, integer
 from simulator.strategies import pipeline, sharding
-from simulator.strategies.common import Context, memory_need, split_batch, update_op
+from simulator.strategies.common import (
+    Context,
+    memory_need,
+    split_batch,
+    update_op,
+    wgrad_tensor,
+)
 
 OPTIONS = {
     "data": (integer(1), 1),
@@ -44,6 +50,7 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     mb = ctx.training.batch_size // dd // m
     parts = pipeline.stage_layers(ctx, pp, None)
     cross = pipeline.boundary_elems(ctx, parts)
+    crossing = pipeline.boundary_layers(ctx, parts)
     split = {n for n in ctx.layers if ctx.node(n)["kind"] in sharding.SPLITTABLE}
     st_all = {s: sharding.states(ctx, parts[s], split, tt) for s in range(pp)}
 
@@ -67,19 +74,24 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                     if 0 <= src < pp:
                         deps = (b.add(Recv, stream="p2p", peer=rank(d, src, t),
                                       bytes=cross[min(p, src)] * mb * ctx.bpe,
-                                      tag=f"{phase}{i}"),)
+                                      tag=f"{phase}{i}", micro_batch=i,
+                                      tensor=pipeline.boundary_tensor(
+                                          phase, crossing[min(p, src)])),)
                     last = sharding.emit(b, ctx, parts[p], st, tt, phase, mb, f"tp{d}_{p}",
                                          micro_batch=i, shard=t, deps=deps)
                     dst = p + 1 if phase == "fwd" else p - 1
                     if 0 <= dst < pp:
                         b.add(Send, stream="p2p", deps=(last,), peer=rank(d, dst, t),
-                              bytes=cross[min(p, dst)] * mb * ctx.bpe, tag=f"{phase}{i}")
+                              bytes=cross[min(p, dst)] * mb * ctx.bpe, tag=f"{phase}{i}",
+                              micro_batch=i,
+                              tensor=pipeline.boundary_tensor(phase, crossing[min(p, dst)]))
                 params = sum(ctx.node(n)["params"] / sh[n] for n in parts[p])
                 deps = (b.last("compute"),)
                 if dd > 1:
                     deps = (b.add(Collective, stream=COMM, deps=deps, collective="allreduce",
                                   algorithm="ring", group=f"dp{p}_{t}",
-                                  bytes=params * ctx.bpe, key="grad"),)
+                                  bytes=params * ctx.bpe, key="grad",
+                                  tensor=wgrad_tensor(ctx, parts[p])),)
                 update_op(b, ctx, params, deps=deps)
                 r = rank(d, p, t)
                 dev = ctx.cluster.devices[r]

@@ -27,6 +27,7 @@ from simulator.strategies.common import (
     memory_need,
     split_batch,
     update_op,
+    wgrad_tensor,
 )
 
 OPTIONS = {
@@ -133,6 +134,23 @@ def boundary_elems(ctx: Context, parts: list[list[str]]) -> list[int]:
     return out
 
 
+def boundary_layers(ctx: Context, parts: list[list[str]]) -> list[list[str]]:
+    """The layers whose outputs cross each stage boundary s -> s+1, in model order."""
+    stage_of = {n: s for s, part in enumerate(parts) for n in part}
+    out: list[list[str]] = [[] for _ in range(len(parts) - 1)]
+    for n in ctx.layers:
+        s = stage_of[n]
+        last = max((stage_of[v] for v in ctx.graph.successors(n)), default=s)
+        for b in range(s, last):
+            out[b].append(n)
+    return out
+
+
+def boundary_tensor(phase: str, layers: list[str]) -> str:
+    """What crosses a boundary: activations forward, their gradients backward."""
+    return ("act:" if phase == "fwd" else "dout:") + ",".join(layers)
+
+
 def schedule(kind: str, stage: int, stages: int, m: int) -> list[tuple[str, int]]:
     """The order of (phase, micro-batch) on one stage."""
     if kind == "gpipe":
@@ -158,6 +176,7 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     mb = per_replica // m
     parts = stage_layers(ctx, stages, o["partition"])
     cross = boundary_elems(ctx, parts)
+    crossing = boundary_layers(ctx, parts)
     groups = {f"stage{s}": tuple(r * stages + s for r in range(replicas)) for s in range(stages)}
     ranks, memory = [], []
     for rep in range(replicas):
@@ -172,7 +191,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 if 0 <= src < stages:
                     nbytes = cross[min(s, src)] * mb * ctx.bpe
                     deps = (b.add(Recv, stream="p2p", peer=rep * stages + src, bytes=nbytes,
-                                  tag=f"{phase}{i}"),)
+                                  tag=f"{phase}{i}", micro_batch=i,
+                                  tensor=boundary_tensor(phase, crossing[min(s, src)])),)
                 for n in layers:
                     last_compute[phase, i] = compute_op(b, ctx, n, phase, mb, micro_batch=i,
                                                         deps=deps)
@@ -181,13 +201,14 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 if 0 <= dst < stages:
                     nbytes = cross[min(s, dst)] * mb * ctx.bpe
                     b.add(Send, stream="p2p", deps=(last_compute[phase, i],),
-                          peer=rep * stages + dst, bytes=nbytes, tag=f"{phase}{i}")
+                          peer=rep * stages + dst, bytes=nbytes, tag=f"{phase}{i}",
+                          micro_batch=i, tensor=boundary_tensor(phase, crossing[min(s, dst)]))
             params = sum(ctx.node(n)["params"] for n in parts[s])
             deps = (b.last("compute"),)
             if replicas > 1:
                 deps = (b.add(Collective, stream=COMM, deps=deps, collective="allreduce",
                               algorithm="ring", group=f"stage{s}", bytes=params * ctx.bpe,
-                              key=f"grad{s}"),)
+                              key=f"grad{s}", tensor=wgrad_tensor(ctx, parts[s])),)
             update_op(b, ctx, params, deps=deps)
             device = ctx.cluster.devices[rank]
             ranks.append(RankProgram(rank=rank, device=device, role="worker", ops=tuple(b.ops)))

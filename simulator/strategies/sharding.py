@@ -71,11 +71,13 @@ def emit(b: ProgramBuilder, ctx: Context, layers: list[str], st: dict[str, str],
     inside = set(layers)
     last = None
 
-    def coll(kind: str, layer_elems: float, key: str, dep: int | None) -> int:
+    def coll(kind: str, layer_elems: float, key: str, dep: int | None, tensor: str,
+             axis: str) -> int:
         return b.add(Collective, stream=COMM, deps=(dep,) if dep is not None else deps,
                      collective=kind, algorithm="ring", group=group,
                      bytes=float(layer_elems * samples * ctx.bpe),
-                     key=f"{phase}{micro_batch}:{key}")
+                     key=f"{phase}{micro_batch}:{key}", tensor=tensor, axis=axis,
+                     micro_batch=micro_batch)
 
     order = layers if phase == "fwd" else list(reversed(layers))
     for n in order:
@@ -84,8 +86,8 @@ def emit(b: ProgramBuilder, ctx: Context, layers: list[str], st: dict[str, str],
         preds = list(ctx.graph.predecessors(n))
         pending: tuple[int, ...] = deps if last is None else ()
         if phase == "fwd" and s in ("col", "rep"):
-            gathers = [coll("allgather", ctx.node(p)["out_elems"], f"{n}<{p}", last)
-                       for p in preds if _split(st, p)]
+            gathers = [coll("allgather", ctx.node(p)["out_elems"], f"{n}<{p}", last,
+                            f"act:{p}", "feature") for p in preds if _split(st, p)]
             if gathers:
                 pending = tuple(gathers)
         sh = 1 if s == "rep" else k
@@ -94,12 +96,15 @@ def emit(b: ProgramBuilder, ctx: Context, layers: list[str], st: dict[str, str],
         if k == 1:
             continue
         if phase == "fwd" and s == "row":
-            last = coll("allreduce", node["out_elems"], n, last)
+            last = coll("allreduce", node["out_elems"], n, last, f"act:{n}", "")
         if phase == "bwd" and s == "col":
+            din = f"din:{n}"
             if any(_split(st, p) for p in preds):
-                last = coll("reduce_scatter", node["in_elems"], n, last)
+                last = coll("reduce_scatter", node["in_elems"], n, last, din, "feature")
             elif any(p in inside for p in preds):
-                last = coll("allreduce", node["in_elems"], n, last)
+                last = coll("allreduce", node["in_elems"], n, last, din, "")
             elif preds:  # input from outside these layers (the model's input needs no gradient)
-                last = coll(boundary_grad, node["in_elems"], n, last)
+                # gathered over the batch (hybrid): scattered back over the batch
+                axis = "batch" if boundary_grad == "reduce_scatter" else ""
+                last = coll(boundary_grad, node["in_elems"], n, last, din, axis)
     return last
