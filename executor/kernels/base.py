@@ -29,7 +29,7 @@ class Backend(ABC):
     @abstractmethod
     def zeros(self, shape: tuple[int, ...]) -> Array: ...
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - a no-op unless the backend queues work
         """Wait for queued work (a no-op on the CPU)."""
 
     # ---- linear algebra -------------------------------------------------------------------
