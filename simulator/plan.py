@@ -177,6 +177,10 @@ class RankProgram:
     role: str  # worker | server | coordinator
     ops: tuple[Op, ...] = ()
     shard_params: int = 0  # servers: parameters this shard holds
+    # the samples of each period's global batch this rank reads: (offset, count) of the inputs
+    # (its first layer's data) and of the labels (where its loss is computed); (0, 0) for none
+    inputs: tuple[int, int] = (0, 0)
+    labels: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,8 @@ class Plan:
             return cls(**kw)
 
         ranks = tuple(
-            RankProgram(**{k: v for k, v in r.items() if k != "ops"},
+            RankProgram(**{k: (tuple(v) if k in ("inputs", "labels") else v)
+                           for k, v in r.items() if k != "ops"},
                         ops=tuple(op_from(o) for o in r["ops"]))
             for r in d["ranks"]
         )

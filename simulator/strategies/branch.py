@@ -72,6 +72,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
         last = b.last("compute")
         update_op(b, ctx, params, deps=(last,) if last is not None else ())
         ranks.append(RankProgram(rank=d, device=ctx.cluster.devices[d], role="worker",
+                                 inputs=(0, batch) if d == 0 else (0, 0),
+                                 labels=(0, batch) if d == 0 else (0, 0),
                                  ops=tuple(b.ops)))
         memory.append(memory_need(ctx, ctx.cluster.devices[d], mine, act_samples=batch))
     return Plan(strategy=spec.name, scheme="branch", mode="sync", samples_per_period=batch,

@@ -146,11 +146,14 @@ def update_op(b: ProgramBuilder, ctx: Context, params: float, deps: tuple[int, .
 
 
 def replicas(ctx: Context, ops: tuple[Op, ...], workers: int, servers: list[str],
-             act_samples: float) -> tuple[tuple[RankProgram, ...], tuple[MemoryNeed, ...]]:
-    """Worker ranks 0..workers-1 all running ``ops`` (one shared tuple), then one server rank
-    per parameter-server host holding an equal shard; every worker holds the whole model."""
+             act_samples: float, per_worker: int = 0
+             ) -> tuple[tuple[RankProgram, ...], tuple[MemoryNeed, ...]]:
+    """Worker ranks 0..workers-1 all running ``ops`` (one shared tuple), each reading its own
+    ``per_worker`` samples, then one server rank per parameter-server host holding an equal
+    shard; every worker holds the whole model."""
     total = sum(ctx.node(n)["params"] for n in ctx.layers)
-    ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
+    ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops,
+                         inputs=(r * per_worker, per_worker), labels=(r * per_worker, per_worker))
              for r in range(workers)]
     ranks += [RankProgram(rank=workers + j, device=h, role="server",
                           shard_params=total // len(servers)) for j, h in enumerate(servers)]

@@ -86,8 +86,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                                                            for n in fc)
     update_op(b, ctx, params, deps=tuple(colls))
     ops = tuple(b.ops)
-    ranks = tuple(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops)
-                  for r in range(k))
+    # convolutions read the rank's samples; the loss sees the whole (gathered) batch
+    ranks = tuple(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops,
+                              inputs=(r * per, per), labels=(0, per * k)) for r in range(k))
     memory = []
     for r in ranks:
         mc = memory_need(ctx, r.device, conv, act_samples=per)

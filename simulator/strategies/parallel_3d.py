@@ -95,7 +95,10 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 update_op(b, ctx, params, deps=deps)
                 r = rank(d, p, t)
                 dev = ctx.cluster.devices[r]
-                ranks.append(RankProgram(rank=r, device=dev, role="worker", ops=tuple(b.ops)))
+                replica_batch = (d * mb * m, mb * m)
+                ranks.append(RankProgram(rank=r, device=dev, role="worker", ops=tuple(b.ops),
+                                         inputs=replica_batch if p == 0 else (0, 0),
+                                         labels=replica_batch if p == pp - 1 else (0, 0)))
                 kept = m if o["schedule"] == "gpipe" else min(pp - p, m)
                 memory.append(memory_need(ctx, dev, parts[p], act_samples=kept * mb, shards=sh))
     return Plan(strategy=spec.name, scheme="parallel_3d", mode="sync",

@@ -211,7 +211,10 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                               key=f"grad{s}", tensor=wgrad_tensor(ctx, parts[s])),)
             update_op(b, ctx, params, deps=deps)
             device = ctx.cluster.devices[rank]
-            ranks.append(RankProgram(rank=rank, device=device, role="worker", ops=tuple(b.ops)))
+            replica_batch = (rep * mb * m, mb * m)
+            ranks.append(RankProgram(rank=rank, device=device, role="worker", ops=tuple(b.ops),
+                                     inputs=replica_batch if s == 0 else (0, 0),
+                                     labels=replica_batch if s == stages - 1 else (0, 0)))
             kept = m if o["schedule"] == "gpipe" else min(stages - s, m)
             memory.append(memory_need(ctx, device, parts[s], act_samples=kept * mb))
     return Plan(strategy=spec.name, scheme="pipeline", mode="sync",

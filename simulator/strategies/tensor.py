@@ -52,8 +52,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     last = sharding.emit(b, ctx, ctx.layers, st, k, "bwd", batch, "tp")
     update_op(b, ctx, params, deps=(last,) if last is not None else ())
     ops = tuple(b.ops)
-    ranks = tuple(RankProgram(rank=t, device=ctx.cluster.devices[t], role="worker", ops=ops)
-                  for t in range(k))
+    ranks = tuple(RankProgram(rank=t, device=ctx.cluster.devices[t], role="worker", ops=ops,
+                              inputs=(0, batch), labels=(0, batch)) for t in range(k))
     memory = tuple(memory_need(ctx, r.device, ctx.layers, act_samples=batch, shards=sh)
                    for r in ranks)
     return Plan(strategy=spec.name, scheme="tensor", mode="sync", samples_per_period=batch,
