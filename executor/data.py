@@ -1,0 +1,354 @@
+"""Training data for the executor: real datasets read from files the user names, plus small
+bundled and generated sets for tests and demos. Nothing is ever downloaded.
+
+Formats read:
+
+- IDX (MNIST, Fashion-MNIST): a big-endian ``uint32`` magic number ``0x000008NN`` (``08`` = unsigned
+  bytes, ``NN`` = number of dimensions), one big-endian ``uint32`` per dimension, then the bytes
+  row-major. Images are ``0x00000803`` (count, rows, cols), labels ``0x00000801`` (count). A file
+  that starts with the gzip signature is decompressed first, whatever its name.
+- CIFAR-10 binary batches (``data_batch_1.bin``...): 3073-byte records, one label byte then
+  1024 red, 1024 green and 1024 blue pixel bytes (CHW, rows top to bottom).
+- ``.npz`` archives holding an image array and a label array (no pickled objects).
+
+Every dataset is ``float32`` images NCHW (or ``(N, features)`` after ``flatten``) and ``int64``
+labels. Byte pixels become ``[0, 1]`` by dividing by 255. Bad input raises ``DataError`` naming
+the file and what is wrong with it. Whole files are read into memory (MNIST is 47 MB, a CIFAR-10
+batch 31 MB); memory mapping and streaming are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+IDX_IMAGES = 0x00000803
+IDX_LABELS = 0x00000801
+CIFAR_SHAPE = (3, 32, 32)
+CIFAR_RECORD = 1 + 3 * 32 * 32
+CIFAR_CLASSES = 10
+GZIP_SIGNATURE = b"\x1f\x8b"
+SEPARATION = 6.0  # synthetic(): mean distance between class centres, in noise std devs
+
+PathLike = str | Path
+
+
+class DataError(Exception):
+    """A dataset file or dataset spec is missing or malformed; the message names which and why."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Samples ``x`` (float32, first axis = sample) and their labels ``y`` (int64, 1-D).
+
+    The arrays are stored as read-only views so that a frozen Dataset stays what it was.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str
+
+    def __post_init__(self) -> None:
+        x = np.asarray(self.x, dtype=np.float32).view()
+        y = np.asarray(self.y, dtype=np.int64).view()
+        if x.ndim < 2:
+            raise ValueError(
+                f"{self.name}: x has shape {x.shape}; expected (N, ...) with ndim >= 2"
+            )
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"{self.name}: y has shape {y.shape}; expected ({x.shape[0]},)")
+        x.flags.writeable = False
+        y.flags.writeable = False
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "y", y)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def shard(self, rank: int, size: int) -> Dataset:
+        """Rank ``rank``'s contiguous slice of ``size`` near-equal parts (the first ``N % size``
+        ranks get one sample more, as ``np.array_split`` does); the shards partition the data."""
+        if size < 1 or not 0 <= rank < size:
+            raise ValueError(f"shard: rank {rank} is not in [0, {size})")
+        n = len(self)
+        lo = rank * (n // size) + min(rank, n % size)
+        hi = lo + n // size + (1 if rank < n % size else 0)
+        return Dataset(self.x[lo:hi], self.y[lo:hi], f"{self.name}[{rank}/{size}]")
+
+    def batches(
+        self, batch: int, start_step: int = 0, steps: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(x, y)`` batches in file order, wrapping around at the end: step ``s`` holds samples
+        ``(s * batch + i) % N`` for ``i < batch``. Starts at step ``start_step`` (to resume a run);
+        endless unless ``steps`` is given. No shuffling, so every run sees the same batches."""
+        n = len(self)
+        if batch < 1:
+            raise ValueError(f"{self.name}: batch {batch} must be at least 1")
+        if start_step < 0:
+            raise ValueError(f"{self.name}: start_step {start_step} must not be negative")
+        if n == 0:
+            raise ValueError(f"{self.name}: no samples to batch")
+        step = start_step
+        while steps is None or step < start_step + steps:
+            index = (np.arange(batch) + (step * batch) % n) % n
+            yield self.x.take(index, axis=0), self.y.take(index)
+            step += 1
+
+    def flatten(self) -> Dataset:
+        """The same samples as ``(N, features)`` rows, for MLPs."""
+        return Dataset(self.x.reshape(len(self), -1), self.y, self.name)
+
+
+# ---- file readers ------------------------------------------------------------------------------
+
+
+def _read(path: PathLike) -> bytes:
+    """A file's bytes, gunzipped when it starts with the gzip signature."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if raw[:2] != GZIP_SIGNATURE:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: is not a valid gzip file ({e})") from None
+
+
+def _idx(path: PathLike, magic: int, what: str) -> tuple[tuple[int, ...], bytes]:
+    """The dimensions and body of an IDX file whose magic number must be ``magic``."""
+    data = _read(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: truncated: {len(data)} bytes, shorter than an IDX magic number")
+    (found,) = struct.unpack(">I", data[:4])
+    if found != magic:
+        raise DataError(
+            f"{path}: magic number 0x{found:08x} is not an IDX {what} file (0x{magic:08x})"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(
+            f"{path}: truncated: {len(data)} bytes, shorter than its {header}-byte header"
+        )
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    body = data[header:]
+    expected = int(np.prod(dims, dtype=np.int64))
+    shape = "x".join(str(d) for d in dims)
+    if len(body) < expected:
+        raise DataError(
+            f"{path}: truncated: header promises {shape} = {expected} bytes of data "
+            f"but the file holds {len(body)}"
+        )
+    if len(body) > expected:
+        raise DataError(
+            f"{path}: {len(body) - expected} unexpected bytes after the {shape} = {expected} "
+            "bytes of data its header promises"
+        )
+    if dims[0] == 0:
+        raise DataError(f"{path}: holds no {what}s (count 0 in its header)")
+    return dims, body
+
+
+def _pixels(raw: np.ndarray) -> np.ndarray:
+    return raw.astype(np.float32) / np.float32(255.0)
+
+
+def load_idx(images_path: PathLike, labels_path: PathLike, name: str = "mnist") -> Dataset:
+    """MNIST-style IDX images ``(N, 1, rows, cols)`` in ``[0, 1]`` and their labels."""
+    dims, body = _idx(images_path, IDX_IMAGES, "image")
+    n, rows, cols = dims
+    if rows == 0 or cols == 0:
+        raise DataError(f"{images_path}: images of {rows}x{cols} pixels hold nothing")
+    (n_labels,), labels = _idx(labels_path, IDX_LABELS, "label")
+    if n_labels != n:
+        raise DataError(f"{labels_path}: {n_labels} labels for the {n} images in {images_path}")
+    x = _pixels(np.frombuffer(body, dtype=np.uint8).reshape(n, 1, rows, cols))
+    return Dataset(x, np.frombuffer(labels, dtype=np.uint8), name)
+
+
+def load_cifar10(paths: PathLike | Sequence[PathLike], name: str = "cifar10") -> Dataset:
+    """CIFAR-10 binary batches, concatenated in the order given: ``(N, 3, 32, 32)``, ``[0, 1]``."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    if not paths:
+        raise DataError("cifar10: no batch files given")
+    xs, ys = [], []
+    for path in paths:
+        data = _read(path)
+        if len(data) == 0 or len(data) % CIFAR_RECORD:
+            raise DataError(
+                f"{path}: {len(data)} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 "
+                f"records (truncated, or not a CIFAR-10 binary batch)"
+            )
+        records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
+        labels = records[:, 0]
+        bad = np.flatnonzero(labels >= CIFAR_CLASSES)
+        if bad.size:
+            raise DataError(
+                f"{path}: record {bad[0]} has label {labels[bad[0]]}, not a CIFAR-10 class "
+                f"(0-{CIFAR_CLASSES - 1}); is this a CIFAR-100 file?"
+            )
+        xs.append(_pixels(records[:, 1:].reshape(-1, *CIFAR_SHAPE)))
+        ys.append(labels)
+    return Dataset(np.concatenate(xs), np.concatenate(ys), name)
+
+
+def load_npz(path: PathLike, x_key: str = "x", y_key: str = "y", name: str = "npz") -> Dataset:
+    """Images ``x_key`` (``uint8`` pixels, scaled to ``[0, 1]``, or floats, kept as they are;
+    ``(N, ...)``) and integer labels ``y_key`` ``(N,)`` from an ``.npz`` archive."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: is not a readable .npz archive ({e})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: is a single .npy array, not an .npz archive")
+    with archive:
+        for key in (x_key, y_key):
+            if key not in archive.files:
+                raise DataError(f"{path}: no array {key!r} (it holds {sorted(archive.files)})")
+        try:
+            x, y = archive[x_key], archive[y_key]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise DataError(f"{path}: cannot read its arrays ({e})") from None
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataError(f"{path}: {x_key!r} has shape {x.shape}; expected (N, ...) with N >= 1")
+    if x.dtype == np.uint8:
+        x = _pixels(x)
+    elif np.issubdtype(x.dtype, np.floating):
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"{path}: {x_key!r} holds NaN or infinite values")
+    else:
+        raise DataError(f"{path}: {x_key!r} has dtype {x.dtype}; expected uint8 pixels or floats")
+    if y.shape != (x.shape[0],):
+        raise DataError(
+            f"{path}: {y_key!r} has shape {y.shape}; expected ({x.shape[0]},), one label per sample"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {y_key!r} has dtype {y.dtype}; expected integer labels")
+    if y.min() < 0:
+        raise DataError(f"{path}: {y_key!r} holds a negative label ({y.min()})")
+    return Dataset(x, y, name)
+
+
+# ---- bundled and generated data ----------------------------------------------------------------
+
+
+def digits() -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 samples, 10 classes, shipped inside
+    the package: no download), ``(1797, 1, 8, 8)`` scaled from 0-16 to ``[0, 1]``."""
+    from sklearn.datasets import load_digits  # a dev/test dependency: imported only when asked
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.float32)[:, None] / np.float32(16.0)
+    return Dataset(x, bunch.target, "digits")
+
+
+def synthetic(
+    n: int, shape: Sequence[int] = (1, 8, 8), classes: int = 10, seed: int = 0
+) -> Dataset:
+    """A learnable generated dataset: each class is a unit Gaussian blob in a 16-dimensional
+    latent space, projected linearly to ``shape`` and squashed into ``(0, 1)`` with a sigmoid.
+    Classes are balanced and shuffled; the same arguments give the same data."""
+    shape = tuple(int(d) for d in shape)
+    if n < 1 or classes < 2 or not shape or min(shape) < 1:
+        raise ValueError(
+            f"synthetic: need samples >= 1, classes >= 2 and a shape of positive sizes; "
+            f"got samples={n}, classes={classes}, shape={shape}"
+        )
+    latent = 16
+    # random centres lie SEPARATION noise standard deviations apart on average: with 10 classes
+    # a nearest-centroid classifier reaches about 93%, so there is something left to learn
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=SEPARATION / np.sqrt(2 * latent), size=(classes, latent))
+    projection = rng.normal(size=(latent, int(np.prod(shape)))) / np.sqrt(latent)
+    y = rng.permutation(np.arange(n) % classes)
+    z = centres[y] + rng.normal(size=(n, latent))
+    x = 1.0 / (1.0 + np.exp(-(z @ projection)))
+    return Dataset(x.reshape(n, *shape), y, f"synthetic-{classes}c-s{seed}")
+
+
+# ---- scenario specs ----------------------------------------------------------------------------
+
+# kind -> (required keys, optional keys), besides "kind"
+_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "mnist": (frozenset({"images", "labels"}), frozenset()),
+    "fashion_mnist": (frozenset({"images", "labels"}), frozenset()),
+    "cifar10": (frozenset({"batches"}), frozenset()),
+    "npz": (frozenset({"path"}), frozenset({"x_key", "y_key"})),
+    "digits": (frozenset(), frozenset()),
+    "synthetic": (frozenset({"samples", "classes", "seed"}), frozenset({"shape"})),
+}
+
+
+def open_dataset(spec: Mapping, base_dir: PathLike = ".", where: str = "dataset") -> Dataset:
+    """The dataset a scenario-style mapping describes, e.g. ``{kind: mnist, images: PATH,
+    labels: PATH}``, ``{kind: cifar10, batches: [PATH, ...]}``, ``{kind: npz, path: PATH}``,
+    ``{kind: digits}`` or ``{kind: synthetic, samples: N, classes: K, seed: S, shape: [C, H, W]}``
+    (shape optional, default ``[1, 8, 8]``). Relative paths are resolved against ``base_dir``;
+    ``where`` names the spec in error messages (e.g. ``"run.yaml: data"``)."""
+    if not isinstance(spec, Mapping):
+        raise DataError(f"{where}: expected a mapping with a 'kind', got {type(spec).__name__}")
+    kind = spec.get("kind")
+    if kind not in _KEYS:
+        raise DataError(f"{where}.kind: unknown dataset kind {kind!r} (known: {', '.join(_KEYS)})")
+    required, optional = _KEYS[kind]
+    missing = sorted(required - spec.keys())
+    if missing:
+        raise DataError(f"{where}: a {kind} dataset needs {', '.join(missing)}")
+    unknown = sorted(str(k) for k in spec.keys() - required - optional - {"kind"})
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {', '.join(unknown)} for a {kind} dataset")
+
+    def path(key: str, value: object) -> Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise DataError(f"{where}.{key}: expected a file path, got {value!r}")
+        return Path(base_dir) / Path(value).expanduser()
+
+    def integer(key: str, low: int) -> int:
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DataError(f"{where}.{key}: expected an integer >= {low}, got {value!r}")
+        return value
+
+    def text(key: str, default: str) -> str:
+        value = spec.get(key, default)
+        if not isinstance(value, str):
+            raise DataError(f"{where}.{key}: expected a string, got {value!r}")
+        return value
+
+    if kind in ("mnist", "fashion_mnist"):
+        return load_idx(path("images", spec["images"]), path("labels", spec["labels"]), kind)
+    if kind == "cifar10":
+        batches = spec["batches"]
+        if not isinstance(batches, list | tuple) or not batches:
+            raise DataError(f"{where}.batches: expected a non-empty list of paths, got {batches!r}")
+        return load_cifar10([path(f"batches[{i}]", p) for i, p in enumerate(batches)])
+    if kind == "npz":
+        return load_npz(path("path", spec["path"]), text("x_key", "x"), text("y_key", "y"))
+    if kind == "digits":
+        return digits()
+    shape = spec.get("shape", [1, 8, 8])
+    if (
+        not isinstance(shape, list | tuple)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+    ):
+        raise DataError(f"{where}.shape: expected a list of positive integers, got {shape!r}")
+    return synthetic(integer("samples", 1), tuple(shape), integer("classes", 2), integer("seed", 0))
