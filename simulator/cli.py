@@ -29,10 +29,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's input, not a bug: one line and exit 2 (evaluated only when
-    an exception is being handled, so the report code is imported only then)."""
+    an exception is being handled, so the report and executor code load only then)."""
     from reports import ReportError
 
-    return (ScenarioError, PlanError, UsageError, ReportError)
+    errors: tuple[type[Exception], ...] = (ScenarioError, PlanError, UsageError, ReportError)
+    if "executor.model" in sys.modules:
+        from executor.data import DataError
+        from executor.model import ExecutorError
+
+        errors += (ExecutorError, DataError)
+    return errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--report", metavar="FILE", help="write an HTML report with scaling curves")
     sw.add_argument("--force", action="store_true", help="overwrite output files")
     sw.set_defaults(func=cmd_sweep)
+    ex = sub.add_parser("execute", help="run strategies for real under MPI and measure them",
+                        description="Run under mpiexec: mpiexec -n N parasim execute SCENARIO. "
+                        "Without --strategy, every strategy whose plan needs exactly N ranks "
+                        "runs in turn.")
+    ex.add_argument("scenario")
+    ex.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
+    ex.add_argument("--backend", choices=("cpu", "cuda", "reference"), default="cpu")
+    ex.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                    help="abort a run that makes no progress for S seconds (default 600)")
+    ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)")
+    ex.add_argument("--trace", metavar="FILE", help="write a Chrome trace of every rank")
+    ex.add_argument("--report", metavar="FILE", help="write an HTML report")
+    ex.add_argument("--force", action="store_true", help="overwrite output files")
+    ex.set_defaults(func=cmd_execute)
     from reports.cli import add_parser
 
     add_parser(sub)
@@ -198,6 +218,72 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(format_sweep(result))
     _write_outputs(result, args)
     return 0
+
+
+def cmd_execute(args: argparse.Namespace) -> int:
+    from mpi4py import MPI
+
+    from executor.execute import execute
+    from executor.kernels import get_backend
+    from executor.model import ExecutorError
+
+    comm = MPI.COMM_WORLD
+    rank0 = comm.Get_rank() == 0
+    scenario = _load(args.scenario, args.strategy)
+    if rank0:
+        _check_outputs([args.json, args.trace, args.report], args.force)
+    try:
+        backend = get_backend(args.backend)
+    except RuntimeError as e:  # e.g. the CUDA backend on a machine without a GPU
+        raise ExecutorError(f"--backend {args.backend}: {e}") from None
+    result = execute(comm, scenario, args.strategy, backend, args.timeout)
+    if not rank0:
+        return 0
+    print(format_measured(result))
+    _write_outputs(result, args)
+    if args.trace:
+        _write_json(args.trace, measured_trace(result))
+        print(f"trace written to {args.trace}")
+    return 0
+
+
+def format_measured(result: dict[str, Any]) -> str:
+    sc = result["scenario"]
+    lines = [f"{sc['name']}: measured on {sc['devices']} rank(s) ({', '.join(sc['hosts'])})",
+             "(breakdown columns: ms per iteration, averaged over ranks)"]
+    rows = [("strategy", "ranks", "samples/s", "iter ms", "compute", "comm", "idle", "loss",
+             "accuracy")]
+    for e in result["results"]:
+        bd, tr = e["breakdown_s"], e["training"]
+        rows.append((e["strategy"], str(e["devices"]), f"{e['throughput_samples_per_s']:.1f}",
+                     f"{e['iteration_time_s'] * 1e3:.3f}",
+                     *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
+                                                       "idle")),
+                     f"{tr['loss'][-1]:.4f}", f"{tr['accuracy'][-1]:.1%}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines += [f"skipped {s}" for s in result.get("skipped", [])]
+    return "\n".join(lines)
+
+
+def measured_trace(result: dict[str, Any]) -> dict[str, Any]:
+    """Chrome trace of the first measured iteration of every rank, per strategy."""
+    events: list[dict[str, Any]] = []
+    pid = 0
+    for e in result["results"]:
+        devices = sorted({s[0] for s in e["timeline"]["spans"]})
+        pids = {}
+        for d in devices:
+            pid += 1
+            pids[d] = pid
+            events.append({"ph": "M", "name": "process_name", "pid": pid,
+                           "args": {"name": f"{e['strategy']}: {d}"}})
+        for d, stream, name, start, dur in e["timeline"]["spans"]:
+            events.append({"ph": "X", "name": name, "pid": pids[d],
+                           "tid": 0 if stream == "compute" else 1, "ts": start * 1e6,
+                           "dur": dur * 1e6})
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
 def format_sweep(result: dict[str, Any]) -> str:

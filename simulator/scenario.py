@@ -42,7 +42,7 @@ from simulator.specs import (
 from simulator.units import BYTES_PER_ELEMENT
 
 TOP_KEYS = ("name", "description", "seed", "model", "cluster", "training", "strategies",
-            "sweep")
+            "sweep", "data")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -79,10 +79,11 @@ def _scenario(data: Any, file: str) -> Scenario:
     training = _training(top.sub("training"))
     strategies = _strategies(top, cluster)
     sweep = _sweep(top.sub("sweep")) if top.has("sweep") else ()
+    data = _data(top)
     top.done(TOP_KEYS)
     scenario = Scenario(name=name, description=description, seed=seed, model=model,
                         cluster=cluster, training=training, strategies=strategies, file=file,
-                        sweep=sweep)
+                        sweep=sweep, data=data)
     _check_against_graph(scenario)
     return scenario
 
@@ -236,8 +237,11 @@ def _training(f: Fields) -> TrainingSpec:
         optimizer=f.get("optimizer", choice(("sgd", "momentum", "adam")), "momentum"),
         iterations=f.get("iterations", integer(1), 3),
         warmup_iterations=f.get("warmup_iterations", integer(0), 1),
+        learning_rate=f.get("learning_rate", number(), 0.05),
+        momentum=f.get("momentum", number(positive=False, minimum=0.0, maximum=0.999), 0.9),
     )
-    f.done(("batch_size", "precision", "optimizer", "iterations", "warmup_iterations"))
+    f.done(("batch_size", "precision", "optimizer", "iterations", "warmup_iterations",
+            "learning_rate", "momentum"))
     return t
 
 
@@ -298,3 +302,15 @@ def _sweep(f: Fields) -> tuple[tuple[str, tuple], ...]:
         raise ScenarioError("must name at least one field to sweep", path="sweep")
     f.done()
     return tuple(axes)
+
+
+def _data(top: Fields) -> dict[str, Any]:
+    """``data``: what the executor trains on (the simulator does not read it). Its keys are
+    checked by the executor's loader (``executor/data.py``), which names the file and field."""
+    raw = top.raw("data")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or "kind" not in raw:
+        raise top.error("data", "must be a mapping with a 'kind' (mnist, fashion_mnist, cifar10, "
+                        "npz, digits, synthetic)")
+    return dict(raw)

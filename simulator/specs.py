@@ -92,6 +92,8 @@ class TrainingSpec:
     optimizer: str  # sgd | momentum | adam
     iterations: int  # measured iterations (periods) the engine runs
     warmup_iterations: int
+    learning_rate: float = 0.05  # the executor's SGD step
+    momentum: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,4 @@ class Scenario:
     strategies: tuple[StrategySpec, ...]
     file: str = "<scenario>"
     sweep: tuple[tuple[str, tuple], ...] = ()  # (field path or "devices", values) per axis
+    data: dict[str, Any] = field(default_factory=dict)  # the executor's dataset, as written

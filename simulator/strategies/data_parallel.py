@@ -94,7 +94,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     per_worker = ctx.training.batch_size // workers
     ps_hosts = ctx.cluster.ps_hosts() if o["exchange"] == "ps" else []
     ops = worker_program(ctx, o, per_worker, len(ps_hosts), workers)
-    ranks, memory = replicas(ctx, ops, workers, ps_hosts, per_worker, per_worker)
+    # a rank reads its per-worker batch for every local step of the period
+    ranks, memory = replicas(ctx, ops, workers, ps_hosts, per_worker,
+                             per_worker * o["local_steps"])
     return Plan(strategy=spec.name, scheme="data_parallel", mode="sync",
                 samples_per_period=per_worker * workers * o["local_steps"],
                 period_steps=o["local_steps"], ranks=ranks,

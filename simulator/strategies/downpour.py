@@ -66,7 +66,7 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
             for j in range(len(hosts)):
                 b.add(PSPush, stream=COMM, deps=(end,), shard=j, bytes=shard_bytes,
                       tag=f"grad{j}")
-    ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, per_worker, per_worker)
+    ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, per_worker, per_worker * period)
     return Plan(strategy=spec.name, scheme="downpour", mode="async",
                 samples_per_period=per_worker * workers * period, period_steps=period,
                 ranks=ranks, groups={"world": tuple(range(workers))}, memory=memory,

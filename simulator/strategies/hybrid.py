@@ -61,34 +61,42 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     st = sharding.states(ctx, fc, {n for n in fc if ctx.node(n)["kind"] == "dense"}, k)
     sh = sharding.shards(st, k)
     boundary = ctx.node(conv[-1])["out_elems"]
-    b = ProgramBuilder()
-    for n in conv:
-        compute_op(b, ctx, n, "fwd", per)
-    gather = b.add(Collective, stream=COMM, deps=(b.last(),), collective="allgather",
-                   algorithm="ring", group="world", bytes=float(boundary * batch * ctx.bpe),
-                   key="conv-out", tensor=f"act:{conv[-1]}", axis="batch")
-    last = sharding.emit(b, ctx, fc, st, k, "fwd", batch, "world", deps=(gather,))
-    last = sharding.emit(b, ctx, fc, st, k, "bwd", batch, "world", deps=(last,),
-                         boundary_grad="reduce_scatter")
-    last_bwd = {}
-    for n in reversed(conv):
-        last_bwd[n] = compute_op(b, ctx, n, "bwd", per, deps=(last,) if last is not None else ())
-        last = None
-    end = b.last()
-    colls = []
-    if k > 1:
-        for i, bucket in enumerate(buckets(ctx, list(reversed(conv)), o["bucket_MiB"])):
-            dep = last_bwd[bucket[-1]] if o["overlap"] else end
-            colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
-                               algorithm="ring", group="world", bytes=ctx.param_bytes(bucket),
-                               key=f"conv-grad{i}", tensor=wgrad_tensor(ctx, bucket)))
     params = sum(ctx.node(n)["params"] for n in conv) + sum(ctx.node(n)["params"] / sh[n]
                                                            for n in fc)
-    update_op(b, ctx, params, deps=tuple(colls))
-    ops = tuple(b.ops)
+
+    def program(t: int) -> tuple:
+        """Device t: its samples through the convolutions, shard t of the dense layers."""
+        b = ProgramBuilder()
+        for n in conv:
+            compute_op(b, ctx, n, "fwd", per)
+        gather = b.add(Collective, stream=COMM, deps=(b.last(),), collective="allgather",
+                       algorithm="ring", group="world", bytes=float(boundary * batch * ctx.bpe),
+                       key="conv-out", tensor=f"act:{conv[-1]}", axis="batch")
+        last = sharding.emit(b, ctx, fc, st, k, "fwd", batch, "world", deps=(gather,),
+                             shard=t)
+        last = sharding.emit(b, ctx, fc, st, k, "bwd", batch, "world", deps=(last,),
+                             boundary_grad="reduce_scatter", shard=t)
+        last_bwd = {}
+        for n in reversed(conv):
+            last_bwd[n] = compute_op(b, ctx, n, "bwd", per,
+                                     deps=(last,) if last is not None else ())
+            last = None
+        end = b.last()
+        colls = []
+        if k > 1:
+            for i, bucket in enumerate(buckets(ctx, list(reversed(conv)), o["bucket_MiB"])):
+                dep = last_bwd[bucket[-1]] if o["overlap"] else end
+                colls.append(b.add(Collective, stream=COMM, deps=(dep,),
+                                   collective="allreduce", algorithm="ring", group="world",
+                                   bytes=ctx.param_bytes(bucket), key=f"conv-grad{i}",
+                                   tensor=wgrad_tensor(ctx, bucket)))
+        update_op(b, ctx, params, deps=tuple(colls))
+        return tuple(b.ops)
+
     # convolutions read the rank's samples; the loss sees the whole (gathered) batch
-    ranks = tuple(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops,
-                              inputs=(r * per, per), labels=(0, per * k)) for r in range(k))
+    ranks = tuple(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker",
+                              ops=program(r), inputs=(r * per, per), labels=(0, per * k))
+                  for r in range(k))
     memory = []
     for r in ranks:
         mc = memory_need(ctx, r.device, conv, act_samples=per)

@@ -20,9 +20,12 @@ from simulator.plan import COMM, Collective, ProgramBuilder
 from simulator.strategies.common import Context, compute_op
 
 SPLITTABLE = frozenset({"dense", "conv", "attention", "rbm"})
-# layers that work on a split input shard by shard. Softmax too: a vocabulary-parallel softmax /
-# cross-entropy needs only per-sample max and sum across the group (Megatron-LM), negligible bytes
-FOLLOWS_INPUT = frozenset({"act", "pool", "dropout", "flatten", "lrn", "softmax"})
+# layers that work on a split input shard by shard
+FOLLOWS_INPUT = frozenset({"act", "pool", "dropout", "flatten", "lrn"})
+# a softmax over this many classes or more is computed vocabulary-parallel (Megatron-LM: only a
+# per-sample max and sum cross the group, negligible bytes); a classifier's few logits are
+# gathered instead (Krizhevsky 2012), so the loss is computed whole
+VOCAB_PARALLEL = 4096
 
 
 def states(ctx: Context, layers: list[str], split: set[str], k: int) -> dict[str, str]:
@@ -45,7 +48,8 @@ def states(ctx: Context, layers: list[str], split: set[str], k: int) -> dict[str
                 out[n] = "row"
             else:
                 out[n] = "col"
-        elif pred_split and (kind in FOLLOWS_INPUT or batch_norm):
+        elif pred_split and (kind in FOLLOWS_INPUT or batch_norm or (
+                kind == "softmax" and node["out_shape"][-1] >= VOCAB_PARALLEL)):
             out[n] = "local"
         else:
             out[n] = "rep"

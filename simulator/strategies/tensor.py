@@ -47,13 +47,18 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     st = sharding.states(ctx, ctx.layers, split_set(ctx, spec.options["layers"], k), k)
     sh = sharding.shards(st, k)
     params = sum(ctx.node(n)["params"] / sh[n] for n in ctx.layers)
-    b = ProgramBuilder()
-    sharding.emit(b, ctx, ctx.layers, st, k, "fwd", batch, "tp")
-    last = sharding.emit(b, ctx, ctx.layers, st, k, "bwd", batch, "tp")
-    update_op(b, ctx, params, deps=(last,) if last is not None else ())
-    ops = tuple(b.ops)
-    ranks = tuple(RankProgram(rank=t, device=ctx.cluster.devices[t], role="worker", ops=ops,
-                              inputs=(0, batch), labels=(0, batch)) for t in range(k))
+
+    def program(t: int) -> tuple:
+        """Device t computes shard t of every split layer."""
+        b = ProgramBuilder()
+        sharding.emit(b, ctx, ctx.layers, st, k, "fwd", batch, "tp", shard=t)
+        last = sharding.emit(b, ctx, ctx.layers, st, k, "bwd", batch, "tp", shard=t)
+        update_op(b, ctx, params, deps=(last,) if last is not None else ())
+        return tuple(b.ops)
+
+    ranks = tuple(RankProgram(rank=t, device=ctx.cluster.devices[t], role="worker",
+                              ops=program(t), inputs=(0, batch), labels=(0, batch))
+                  for t in range(k))
     memory = tuple(memory_need(ctx, r.device, ctx.layers, act_samples=batch, shards=sh)
                    for r in ranks)
     return Plan(strategy=spec.name, scheme="tensor", mode="sync", samples_per_period=batch,

@@ -330,6 +330,8 @@ def test_tensor_alexnet_two_gpus_follows_the_paper():
                 ("fwd0:fc6<flatten", "allgather", 9216 * b),
                 ("fwd0:fc7<fc6.dropout", "allgather", 4096 * b),
                 ("fwd0:fc8<fc7.dropout", "allgather", 4096 * b),
+                # the 1,000 logits are gathered so that the loss is computed whole
+                ("fwd0:softmax<fc8", "allgather", 1000 * b),
                 ("bwd0:fc8", "reduce_scatter", 4096 * b),
                 ("bwd0:fc7", "reduce_scatter", 4096 * b),
                 ("bwd0:fc6", "reduce_scatter", 9216 * b),
@@ -357,6 +359,8 @@ def test_tensor_gpt_is_megatron():
     nbytes = 16 * 64 * batch * 4  # (seq x hidden) per sample, fp32
     expected = [(f"fwd0:block{i}.{n}", "allreduce", nbytes)
                 for i in range(2) for n in ("attn_proj", "mlp_proj")]
+    # a vocabulary of 128 is below the vocabulary-parallel threshold: the logits are gathered
+    expected += [("fwd0:softmax<lm_head", "allgather", 16 * 128 * batch * 4)]
     # backward: the vocabulary-split lm_head's input gradient, then per block the input
     # gradients of the column-split mlp_fc and attn_qkv (Megatron's f operator)
     expected += [("bwd0:lm_head", "allreduce", nbytes)]
@@ -645,3 +649,11 @@ def test_one_device_data_parallel_has_speedup_one():
     assert entry["devices"] == 1
     assert entry["speedup_over_one_device"] == pytest.approx(1.0, rel=1e-12)
     assert entry["efficiency"] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_a_large_vocabulary_softmax_stays_split():
+    _, plan = plan_of(zoo_scenario("gpt", "{layers: 1, hidden: 64, heads: 4, seq_len: 8, "
+                                          "vocab: 5000}", per_node=2, batch=2,
+                                   strategies="[{name: tp, scheme: tensor, devices: 2}]"))
+    assert plan.options["states"]["softmax"] == "local"  # vocabulary-parallel, nothing gathered
+    assert not [c for c in collectives(plan.ranks[0].ops) if "softmax" in c[0]]

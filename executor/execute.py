@@ -1,0 +1,191 @@
+"""Run a scenario's strategies for real under MPI and measure them into a Result ("measured").
+
+Every rank loads the scenario and builds the same Plan (plans are deterministic); rank r runs
+rank r's program. Per strategy: warm-up periods (not measured), then measured periods, each
+between a barrier and ``MPI.Wtime``. Per-op timestamps give the trace and the breakdown under the
+simulator's phase names (compute, exposed_communication, idle; ps_wait is 0 without parameter
+servers). Loss and accuracy per period go into the Result. Rank 0 alone prints and writes.
+
+A watchdog ends a run that makes no progress for ``timeout`` seconds with a message naming the
+rank and the op it was in, and aborts the job (no hang).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from executor.data import Dataset, open_dataset, synthetic
+from executor.model import ExecutorError, check_executable
+from executor.runner import RankRunner
+from simulator.plan import Plan
+from simulator.predict import code_version, context
+from simulator.specs import Scenario
+from simulator.strategies import build_plan
+
+
+def dataset_for(scenario: Scenario, graph) -> Dataset:  # noqa: ANN001
+    """The scenario's ``data`` (a real loader), or learnable synthetic data of the model's
+    input shape and classes."""
+    if scenario.data:
+        return open_dataset(scenario.data, Path(scenario.file).parent,
+                            where=f"{scenario.file}: data")
+    order = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
+    shape = tuple(graph.graph["input_shape"])
+    classes = int(np.prod(graph.nodes[order[-1]]["out_shape"]))
+    return synthetic(max(4096, 8 * scenario.training.batch_size), shape, classes,
+                     scenario.seed)
+
+
+def runnable(plans: list[Plan], size: int) -> tuple[list[Plan], list[str]]:
+    ok, skipped = [], []
+    for p in plans:
+        if len(p.ranks) != size:
+            skipped.append(f"{p.strategy}: needs {len(p.ranks)} ranks, {size} launched")
+        elif any(r.role != "worker" for r in p.ranks):
+            skipped.append(f"{p.strategy}: parameter-server and coordinator ranks are not "
+                           "executed yet")
+        else:
+            ok.append(p)
+    return ok, skipped
+
+
+class Watchdog:
+    """Aborts the job when a rank makes no progress for ``timeout`` seconds."""
+
+    def __init__(self, comm: MPI.Comm, timeout: float):
+        self.comm, self.timeout = comm, timeout
+        self.where = "start-up"
+        self.beat = time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def tick(self, where: str) -> None:
+        self.where, self.beat = where, time.monotonic()
+
+    def _watch(self) -> None:
+        while not self.done.wait(min(1.0, self.timeout / 4)):
+            if time.monotonic() - self.beat > self.timeout:
+                print(f"parasim execute: rank {self.comm.Get_rank()}: no progress for "
+                      f"{self.timeout:g} s (in {self.where}); aborting the job",
+                      file=sys.stderr, flush=True)
+                self.comm.Abort(3)
+
+    def stop(self) -> None:
+        self.done.set()
+
+
+def execute(comm: MPI.Comm, scenario: Scenario, names: list[str] | None, backend: Any,
+            timeout: float = 600.0) -> dict[str, Any]:
+    ctx = context(scenario)
+    check_executable(ctx.graph)
+    if scenario.training.precision != "fp32":
+        raise ExecutorError(f"{scenario.file}: training.precision is "
+                            f"{scenario.training.precision!r}; the executor computes in fp32")
+    specs = [s for s in scenario.strategies if not names or s.name in names]
+    plans, skipped = runnable([build_plan(ctx, s) for s in specs], comm.Get_size())
+    if names and skipped:
+        raise ExecutorError(skipped[0])
+    data = dataset_for(scenario, ctx.graph)
+    dog = Watchdog(comm, timeout)
+    try:
+        entries = [run_plan(comm, plan, ctx.graph, scenario, data, backend, dog)
+                   for plan in plans]
+    finally:
+        dog.stop()
+    return {
+        "scenario": {"name": scenario.name, "description": scenario.description,
+                     "file": scenario.file, "seed": scenario.seed,
+                     "devices": comm.Get_size(), "device": f"{backend.name} rank",
+                     "batch_size": scenario.training.batch_size,
+                     "hosts": sorted(set(comm.allgather(MPI.Get_processor_name())))},
+        "code_version": code_version(),
+        "skipped": skipped,
+        "results": entries,
+    }
+
+
+def _period_batch(data: Dataset, period: int, total: int, part: tuple[int, int]
+                  ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """This rank's samples of period ``period``'s global batch (deterministic, wrapping)."""
+    offset, count = part
+    if count == 0:
+        return None, None
+    idx = (period * total + offset + np.arange(count)) % len(data.y)
+    return np.ascontiguousarray(data.x[idx], dtype=np.float32), data.y[idx].astype(np.int64)
+
+
+def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Dataset,  # noqa: ANN001
+             backend: Any, dog: Watchdog) -> dict[str, Any]:
+    t = scenario.training
+    runner = RankRunner(comm, plan, graph, backend, scenario.seed, t.learning_rate, t.momentum)
+    prog = plan.ranks[comm.Get_rank()]
+    total = plan.samples_per_period
+    iterations, warm = t.iterations, t.warmup_iterations
+    times, phases, curve, timeline = [], [], [], None
+    wall0 = None
+    for period in range(warm + iterations):
+        x, _ = _period_batch(data, period, total, prog.inputs)
+        _, y = _period_batch(data, period, total, prog.labels)
+        dog.tick(f"{plan.strategy}, period {period}")
+        comm.Barrier()
+        start = MPI.Wtime()
+        timings, stats = runner.run_period(x, y)
+        comm.Barrier()
+        end = MPI.Wtime()
+        wall0 = start if wall0 is None and period >= warm else wall0
+        summed = comm.allreduce(np.array([stats["loss_sum"], stats["correct"],
+                                          stats["counted"]], dtype=np.float64))
+        if period < warm:
+            continue
+        times.append(end - start)
+        phases.append(timings.phase)
+        curve.append((end - wall0, (period - warm + 1) * total,
+                      summed[0] / max(summed[2], 1), summed[1] / max(summed[2], 1)))
+        if timeline is None:
+            timeline = [(prog.device, stream, name, s - start, e - s)
+                        for stream, name, s, e in timings.spans]
+    return _entry(comm, plan, times, phases, curve, timeline, backend)
+
+
+def _entry(comm: MPI.Comm, plan: Plan, times: list[float], phases: list[dict],
+           curve: list[tuple], timeline: list, backend: Any) -> dict[str, Any]:
+    """Gather every rank's figures on rank 0 and shape them like the simulator's entry."""
+    iteration = statistics.fmean(times)
+    mine = {k: sum(p.get(k, 0.0) for p in phases) / len(phases)
+            for k in ("compute", "communication")}
+    per_rank = comm.gather((plan.ranks[comm.Get_rank()].device, mine, timeline), root=0)
+    if comm.Get_rank() != 0:
+        return {}
+    compute = statistics.fmean(m["compute"] for _, m, _ in per_rank)
+    communication = statistics.fmean(m["communication"] for _, m, _ in per_rank)
+    breakdown = {"compute": compute, "exposed_communication": communication, "ps_wait": 0.0,
+                 "idle": max(0.0, iteration - compute - communication)}
+    return {
+        "strategy": plan.strategy,
+        "scheme": plan.scheme,
+        "mode": "measured",
+        "backend": backend.name,
+        "devices": len(plan.workers()),
+        "samples_per_iteration": plan.samples_per_period,
+        "iteration_time_s": iteration / plan.period_steps,
+        "iteration_times_s": times,
+        "throughput_samples_per_s": plan.samples_per_period / iteration,
+        "breakdown_s": {k: v / plan.period_steps for k, v in breakdown.items()},
+        "utilisation_per_device": {d: m["compute"] / iteration for d, m, _ in per_rank},
+        "fits": plan.fits,
+        "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
+        "training": {"wall_time_s": [c[0] for c in curve], "samples": [c[1] for c in curve],
+                     "loss": [c[2] for c in curve], "accuracy": [c[3] for c in curve]},
+        "timeline": {"iteration": 0, "devices_shown": len(per_rank),
+                     "spans": [list(s) for _, _, spans in per_rank for s in spans]},
+        "note": "communication runs where the program puts it, without overlap threads",
+    }

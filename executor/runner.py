@@ -1,0 +1,300 @@
+"""Rank r runs rank r's program of the Plan, for real: kernels on a backend, tensors over MPI.
+
+The interpreter walks the program in order (a valid order: dependencies point backwards).
+Compute ops run kernels; ``Send``/``Recv`` are non-blocking (posted where the program has them,
+waited for when a later op needs the tensor); collectives run the algorithm the plan names on the
+group's communicator. What each op moves comes from the plan's tensor names (``act:L``, ``dout:L``,
+``din:L``, ``wgrad:...``, see ``simulator/plan.py``). Communication runs where the program puts it:
+this executor does not yet overlap it with compute in a second thread, so a plan that overlaps
+buckets with backward is measured without that overlap (the Result says so).
+
+Every op is timed with ``MPI.Wtime`` into one of the simulator's breakdown phases.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+from mpi4py import MPI
+
+from executor import comm as xcomm
+from executor.model import ExecutorError, Forward, Layer, chunk, init_weights, shard_params
+from simulator.plan import Collective, Compute, Op, Plan, RankProgram, Recv, Send, Update
+
+Span = tuple[str, str, float, float]  # (stream, name, start, end) in MPI.Wtime seconds
+
+
+@dataclass
+class Timings:
+    spans: list[Span] = field(default_factory=list)
+    phase: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class RankRunner:
+    def __init__(self, comm: MPI.Comm, plan: Plan, graph: nx.DiGraph, backend: Any,
+                 seed: int, learning_rate: float, momentum: float):
+        self.comm, self.plan, self.graph, self.k = comm, plan, graph, backend
+        self.rank = comm.Get_rank()
+        self.prog: RankProgram = plan.ranks[self.rank]
+        self.fwd = Forward(backend)
+        self.lr, self.momentum = learning_rate, momentum
+        self.order = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
+        self.states: dict[str, str] = plan.options.get("states", {}) or {}
+        self.layers = self._my_layers(seed)
+        self.groups = self._communicators()
+        self.step_samples = plan.samples_per_period // plan.period_steps
+        self.store: dict[tuple[str, str, int], Any] = {}
+        self.pending: dict[tuple[str, str, int], Any] = {}
+        self.sends: list[Any] = []
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _my_layers(self, seed: int) -> dict[str, Layer]:
+        whole = init_weights(self.graph, self.order, seed)
+        layers: dict[str, Layer] = {}
+        for op in self._ops():
+            if isinstance(op, Compute) and op.layer not in layers:
+                state = self.states.get(op.layer, "rep")
+                if op.shards > 1 and state == "rep":
+                    raise ExecutorError(f"layer {op.layer!r} is split over {op.shards} devices "
+                                        "but the plan gives no split state")
+                layer = Layer(op.layer, self.graph.nodes[op.layer], state, op.shard, op.shards)
+                layer.params = {k: self.k.to_device(v) for k, v in
+                                shard_params(layer, whole.get(op.layer, {})).items()}
+                layer.velocity = {k: self.k.zeros(v.shape) for k, v in layer.params.items()}
+                layers[op.layer] = layer
+        return layers
+
+    def _ops(self) -> list[Op]:
+        return [o for op in self.prog.ops for o in (getattr(op, "body", None) or (op,))]
+
+    def _communicators(self) -> dict[str, MPI.Comm]:
+        """One communicator per plan group, created collectively in sorted group order."""
+        out = {}
+        for name in sorted(self.plan.groups):
+            members = self.plan.groups[name]
+            color = 0 if self.rank in members else MPI.UNDEFINED
+            key = members.index(self.rank) if self.rank in members else 0
+            sub = self.comm.Split(color, key)
+            if sub != MPI.COMM_NULL:
+                out[name] = sub
+        return out
+
+    # ---- one period ------------------------------------------------------------------------
+    def run_period(self, x: np.ndarray | None, y: np.ndarray | None) -> tuple[Timings, dict]:
+        """Run the program once on this period's inputs and labels (the rank's own samples)."""
+        self.store.clear()
+        self.inputs = None if x is None else self.k.to_device(x)
+        self.labels = None if y is None else self.k.to_device(y)
+        self.loss_sum, self.correct, self.counted = 0.0, 0, 0
+        t = Timings()
+        for op in self.prog.ops:
+            start = MPI.Wtime()
+            phase = self._run(op)
+            self.k.synchronize()
+            end = MPI.Wtime()
+            t.phase[phase] += end - start
+            t.spans.append((op.stream if phase == "compute" else "comm", _name(op), start, end))
+        for req in self.sends:
+            req.Wait()
+        self.sends.clear()
+        stats = {"loss_sum": self.loss_sum, "correct": self.correct, "counted": self.counted}
+        return t, stats
+
+    def _run(self, op: Op) -> str:
+        if isinstance(op, Compute):
+            (self._forward if op.phase == "fwd" else self._backward)(op)
+            return "compute"
+        if isinstance(op, Update):
+            self._update()
+            return "compute"
+        if isinstance(op, Send):
+            self._send(op)
+            return "communication"
+        if isinstance(op, Recv):
+            self._post_recv(op)
+            return "communication"
+        if isinstance(op, Collective):
+            self._collective(op)
+            return "communication"
+        raise ExecutorError(f"the executor cannot run {op.kind!r} ops yet")
+
+    # ---- compute ---------------------------------------------------------------------------
+    def _pred(self, name: str) -> str | None:
+        preds = list(self.graph.predecessors(name))
+        return preds[0] if preds else None
+
+    def _succ(self, name: str) -> str | None:
+        succ = list(self.graph.successors(name))
+        return succ[0] if succ else None
+
+    def _input(self, layer: Layer, op: Compute) -> Any:
+        pred = self._pred(layer.name)
+        if pred is None:
+            lo = op.micro_batch * op.samples
+            return self.inputs[lo:lo + op.samples]
+        # a whole consumer reads the gathered tensor (over features, or over the batch in the
+        # hybrid scheme); a shard-by-shard consumer reads this rank's slice
+        full = ("act_full", pred, op.micro_batch)
+        if layer.state in ("col", "rep") and full in self.store:
+            return self.store[full]
+        return self._get(("act", pred, op.micro_batch), layer.name)
+
+    def _get(self, key: tuple[str, str, int], who: str) -> Any:
+        if key in self.pending:
+            buf, req = self.pending.pop(key)
+            req.Wait()
+            self.store[key] = self.k.to_device(buf)
+        if key not in self.store:
+            raise ExecutorError(f"rank {self.rank}: {who} needs {key[0]}:{key[1]} of micro-batch "
+                                f"{key[2]}, which the plan never produced here")
+        return self.store[key]
+
+    def _forward(self, op: Compute) -> None:
+        layer = self.layers[op.layer]
+        x = self._input(layer, op)
+        mask = self._dropout_mask(layer, op, x) if layer.kind == "dropout" else None
+        y, saved = self.fwd.forward(layer, x, mask=mask)
+        self.store[("act", op.layer, op.micro_batch)] = y
+        self.store[("saved", op.layer, op.micro_batch)] = saved
+        if layer.kind == "softmax":
+            lo = op.micro_batch * op.samples  # labels hold this rank's samples only
+            labels = self.labels[lo:lo + op.samples]
+            loss, correct, grad = self.fwd.loss(y, labels, self.step_samples)
+            self.loss_sum += loss
+            self.correct += correct
+            self.counted += op.samples
+            self.store[("dout", op.layer, op.micro_batch)] = grad
+
+    def _dropout_mask(self, layer: Layer, op: Compute, x: Any) -> Any:
+        """None: the executor trains with dropout as the identity (its inference-time form), so
+        that any partition of the batch computes the same function (docs/executor.md)."""
+        return None
+
+    def _backward(self, op: Compute) -> None:
+        layer = self.layers[op.layer]
+        mb = op.micro_batch
+        if ("dout", op.layer, mb) in self.store or ("dout", op.layer, mb) in self.pending:
+            dy = self._get(("dout", op.layer, mb), op.layer)
+        else:
+            succ = self._succ(op.layer)
+            dy = self._get(("din", succ, mb), op.layer)
+            if layer.split:
+                dy = self._feature_slice(layer, dy)
+        saved = self.store[("saved", op.layer, mb)]
+        y = self.store[("act", op.layer, mb)]
+        dx = self.fwd.backward(layer, dy, saved, y)
+        self.store[("din", op.layer, mb)] = dx
+
+    def _feature_slice(self, layer: Layer, full: Any) -> Any:
+        """This rank's feature slice of a whole gradient (when the consumer was whole)."""
+        lo, hi = layer.out_slice()
+        if full.shape[1] == hi - lo:
+            return full
+        return full[:, lo:hi]
+
+    def _update(self) -> None:
+        for layer in self.layers.values():
+            for key, w in layer.params.items():
+                g = layer.grads.get(key)
+                if g is not None:
+                    self.k.sgd_momentum(w, g, layer.velocity[key], self.lr, self.momentum)
+            layer.grads.clear()
+
+    # ---- communication ----------------------------------------------------------------------
+    def _tensor(self, name: str, mb: int) -> tuple[tuple[str, str, int], Any]:
+        kind, _, layers = name.partition(":")
+        first = layers.split(",")[0]
+        if kind == "dout":  # the gradient of L's output is what L's consumer produced
+            key = ("dout", first, mb)
+            if key not in self.store:
+                return key, self._get(("din", self._succ(first), mb), first)
+            return key, self.store[key]
+        key = (kind, first, mb)
+        return key, self._get(key, name)
+
+    def _send(self, op: Send) -> None:
+        _, value = self._tensor(op.tensor, op.micro_batch)
+        host = np.ascontiguousarray(self.k.to_host(value), dtype=np.float32)
+        self.sends.append(xcomm.send_tensor(self.comm, host, op.peer, xcomm.tag_of(op.tag)))
+
+    def _post_recv(self, op: Recv) -> None:
+        kind, _, layers = op.tensor.partition(":")
+        names = layers.split(",")
+        if len(names) != 1:
+            raise ExecutorError(f"a pipeline boundary carrying several layers' outputs "
+                                f"({layers}) is not supported by the executor")
+        layer = names[0]
+        node = self.graph.nodes[layer]
+        per_sample = node["in_shape"] if kind == "din" else node["out_shape"]
+        samples = int(op.bytes) // 4 // max(1, int(np.prod(per_sample)))  # fp32 on the wire
+        buf, req = xcomm.recv_tensor(self.comm, (samples, *per_sample), op.peer,
+                                     xcomm.tag_of(op.tag))
+        self.pending[(kind, layer, op.micro_batch)] = (buf, req)
+
+    def _collective(self, op: Collective) -> None:
+        group = self.groups[op.group]
+        if op.tensor.startswith("wgrad:"):
+            self._allreduce_grads(group, op)
+            return
+        key, value = self._tensor(op.tensor, op.micro_batch)
+        host = np.ascontiguousarray(self.k.to_host(value), dtype=np.float32)
+        p = group.Get_size()
+        if op.collective == "allreduce":
+            xcomm.allreduce(group, host, op.algorithm)
+            self.store[key] = self.k.to_device(host)
+        elif op.collective == "allgather":
+            self.store[("act_full", key[1], key[2])] = self.k.to_device(
+                _gather(group, host, p, op.axis))
+        elif op.collective == "reduce_scatter":
+            self.store[key] = self.k.to_device(_scatter(group, host, p, op.axis))
+        else:
+            raise ExecutorError(f"collective {op.collective!r} is not supported")
+
+    def _allreduce_grads(self, group: MPI.Comm, op: Collective) -> None:
+        names = [n for n in op.tensor[len("wgrad:"):].split(",") if n]
+        parts = [(layer, key) for n in names if (layer := self.layers.get(n)) is not None
+                 for key in sorted(layer.params)]
+        hosts = [np.asarray(self.k.to_host(layer.grads[key]), dtype=np.float32).ravel()
+                 for layer, key in parts]
+        flat = np.concatenate(hosts) if hosts else np.zeros(0, np.float32)
+        xcomm.allreduce(group, flat, op.algorithm)
+        at = 0
+        for (layer, key), h in zip(parts, hosts):
+            shape = layer.params[key].shape
+            layer.grads[key] = self.k.to_device(flat[at:at + h.size].reshape(shape))
+            at += h.size
+
+
+def _gather(group: MPI.Comm, local: np.ndarray, p: int, axis: str) -> np.ndarray:
+    """Members' parts put back together: along the samples (``batch``) or the features."""
+    if axis == "batch":
+        out = xcomm.allgather(group, local.ravel(), local.size * p)
+        return out.reshape(local.shape[0] * p, *local.shape[1:])
+    moved = np.ascontiguousarray(np.moveaxis(local, 1, 0))
+    out = xcomm.allgather(group, moved.ravel(), moved.size * p)
+    full = out.reshape(moved.shape[0] * p, *moved.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(full, 0, 1))
+
+
+def _scatter(group: MPI.Comm, whole: np.ndarray, p: int, axis: str) -> np.ndarray:
+    """The sum over members of a whole tensor, cut to this member's samples or features."""
+    if axis == "batch":
+        part = xcomm.reduce_scatter(group, whole.ravel().copy())
+        return part.reshape(whole.shape[0] // p, *whole.shape[1:]).copy()
+    moved = np.ascontiguousarray(np.moveaxis(whole, 1, 0))
+    part = xcomm.reduce_scatter(group, moved.ravel().copy())
+    local = part.reshape(moved.shape[0] // p, *moved.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(local, 0, 1))
+
+
+def _name(op: Op) -> str:
+    if isinstance(op, Compute):
+        return f"{op.layer}.{op.phase}"
+    return getattr(op, "tensor", "") or op.kind
+
+
+__all__ = ["RankRunner", "ExecutorError", "chunk"]
