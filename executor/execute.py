@@ -16,6 +16,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 from mpi4py import MPI
 
 from executor.data import Dataset, open_dataset, synthetic
+from executor.faults import maybe_fail
 from executor.model import ExecutorError, check_executable
 from executor.runner import RankRunner
 from simulator.plan import Plan
@@ -83,8 +85,18 @@ class Watchdog:
         self.done.set()
 
 
-def execute(comm: MPI.Comm, scenario: Scenario, names: list[str] | None, backend: Any,
-            timeout: float = 600.0) -> dict[str, Any]:
+@dataclass
+class Prepared:
+    """What every rank checks before any rank starts: bad input fails here, alike everywhere."""
+
+    scenario: Scenario
+    ctx: Any
+    plans: list[Plan]
+    skipped: list[str]
+    data: Dataset
+
+
+def prepare(comm: MPI.Comm, scenario: Scenario, names: list[str] | None) -> Prepared:
     ctx = context(scenario)
     check_executable(ctx.graph)
     if scenario.training.precision != "fp32":
@@ -93,11 +105,22 @@ def execute(comm: MPI.Comm, scenario: Scenario, names: list[str] | None, backend
     specs = [s for s in scenario.strategies if not names or s.name in names]
     plans, skipped = runnable([build_plan(ctx, s) for s in specs], comm.Get_size())
     if names and skipped:
-        raise ExecutorError(skipped[0])
-    data = dataset_for(scenario, ctx.graph)
+        raise ExecutorError(f"{scenario.file}: strategy {skipped[0]}")
+    if not plans:
+        raise ExecutorError(f"{scenario.file}: no strategy runs on {comm.Get_size()} rank(s): "
+                            + "; ".join(skipped))
+    return Prepared(scenario, ctx, plans, skipped, dataset_for(scenario, ctx.graph))
+
+
+def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0,
+            weights: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run and measure the prepared strategies; when ``weights`` is a dict, rank 0 fills it with
+    each strategy's final whole weights (``{strategy: {layer: {w, b}}}``)."""
+    scenario, ctx, plans, skipped, data = (prep.scenario, prep.ctx, prep.plans, prep.skipped,
+                                           prep.data)
     dog = Watchdog(comm, timeout)
     try:
-        entries = [run_plan(comm, plan, ctx.graph, scenario, data, backend, dog)
+        entries = [run_plan(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
                    for plan in plans]
     finally:
         dog.stop()
@@ -124,7 +147,8 @@ def _period_batch(data: Dataset, period: int, total: int, part: tuple[int, int]
 
 
 def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Dataset,  # noqa: ANN001
-             backend: Any, dog: Watchdog) -> dict[str, Any]:
+             backend: Any, dog: Watchdog, weights: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
     t = scenario.training
     runner = RankRunner(comm, plan, graph, backend, scenario.seed, t.learning_rate, t.momentum)
     prog = plan.ranks[comm.Get_rank()]
@@ -136,6 +160,8 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
         x, _ = _period_batch(data, period, total, prog.inputs)
         _, y = _period_batch(data, period, total, prog.labels)
         dog.tick(f"{plan.strategy}, period {period}")
+        if period == warm:
+            maybe_fail(comm.Get_rank())
         comm.Barrier()
         start = MPI.Wtime()
         timings, stats = runner.run_period(x, y)
@@ -153,6 +179,9 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
         if timeline is None:
             timeline = [(prog.device, stream, name, s - start, e - s)
                         for stream, name, s, e in timings.spans]
+    whole = runner.whole_weights() if weights is not None else None
+    if whole is not None:
+        weights[plan.strategy] = whole
     return _entry(comm, plan, times, phases, curve, timeline, backend)
 
 

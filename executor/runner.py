@@ -83,6 +83,35 @@ class RankRunner:
                 out[name] = sub
         return out
 
+    def whole_weights(self) -> dict[str, dict[str, np.ndarray]] | None:
+        """Every layer's whole parameters, put together from all ranks' shards, on rank 0
+        (None elsewhere): to compare partitioned and unpartitioned training, or to keep."""
+        mine = [(n, layer.state, layer.shard, layer.shards,
+                 {k: np.asarray(self.k.to_host(v)) for k, v in layer.params.items()})
+                for n, layer in self.layers.items() if layer.params]
+        parts = self.comm.gather(mine, root=0)
+        if parts is None:
+            return None
+        by_layer: dict[str, dict[int, tuple[str, dict]]] = defaultdict(dict)
+        for rank_parts in parts:
+            for name, state, shard, _, params in rank_parts:
+                by_layer[name].setdefault(shard, (state, params))
+        out = {}
+        for name, shards in by_layer.items():
+            state, first = shards[0]
+            if state in ("rep",) or len(shards) == 1:
+                out[name] = first
+                continue
+            ordered = [shards[s][1] for s in sorted(shards)]
+            kind = self.graph.nodes[name]["kind"]
+            axis = 0 if kind == "conv" or state == "row" else 1
+            out[name] = {"w": np.concatenate([p["w"] for p in ordered], axis=axis)}
+            if state == "row":
+                out[name]["b"] = first["b"]
+            else:
+                out[name]["b"] = np.concatenate([p["b"] for p in ordered])
+        return out
+
     # ---- one period ------------------------------------------------------------------------
     def run_period(self, x: np.ndarray | None, y: np.ndarray | None) -> tuple[Timings, dict]:
         """Run the program once on this period's inputs and labels (the rank's own samples)."""

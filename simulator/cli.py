@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)")
     ex.add_argument("--trace", metavar="FILE", help="write a Chrome trace of every rank")
     ex.add_argument("--report", metavar="FILE", help="write an HTML report")
+    ex.add_argument("--weights", metavar="FILE", help="write every strategy's final weights "
+                    "(whole, put together from the shards) to an .npz file")
     ex.add_argument("--force", action="store_true", help="overwrite output files")
     ex.set_defaults(func=cmd_execute)
     from reports.cli import add_parser
@@ -223,22 +225,46 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_execute(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
-    from executor.execute import execute
+    from executor.comm import abort_on_error
+    from executor.execute import execute, prepare
     from executor.kernels import get_backend
     from executor.model import ExecutorError
 
     comm = MPI.COMM_WORLD
     rank0 = comm.Get_rank() == 0
-    scenario = _load(args.scenario, args.strategy)
-    if rank0:
-        _check_outputs([args.json, args.trace, args.report], args.force)
+    # bad input every rank sees alike: rank 0 says it once, every rank exits 2
+    failure = None
     try:
-        backend = get_backend(args.backend)
-    except RuntimeError as e:  # e.g. the CUDA backend on a machine without a GPU
-        raise ExecutorError(f"--backend {args.backend}: {e}") from None
-    result = execute(comm, scenario, args.strategy, backend, args.timeout)
+        scenario = _load(args.scenario, args.strategy)
+        if rank0:
+            _check_outputs([args.json, args.trace, args.report, args.weights], args.force)
+        try:
+            backend = get_backend(args.backend)
+        except RuntimeError as e:  # e.g. the CUDA backend on a machine without a GPU
+            raise ExecutorError(f"--backend {args.backend}: {e}") from None
+        prepared = prepare(comm, scenario, args.strategy)
+    except _user_errors() as e:
+        failure = str(e)
+    failures = comm.allgather(failure)
+    if any(failures):
+        if rank0:
+            first = next(f for f in failures if f)
+            print(f"parasim: error: {first}", file=sys.stderr)
+        return 2
+    weights: dict[str, Any] | None = {} if args.weights else None
+    # from here an error on one rank ends the whole job with the rank and the message
+    with abort_on_error(comm):
+        result = execute(comm, prepared, backend, args.timeout, weights)
     if not rank0:
         return 0
+    if args.weights:
+        import numpy as np
+
+        flat = {f"{s}/{layer}/{k}": v for s, layers in (weights or {}).items()
+                for layer, params in layers.items() for k, v in params.items()}
+        with open(args.weights, "wb") as fh:
+            np.savez(fh, **flat)
+        print(f"weights written to {args.weights}")
     print(format_measured(result))
     _write_outputs(result, args)
     if args.trace:

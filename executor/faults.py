@@ -1,0 +1,34 @@
+"""Fault injection for the failure tests and for trying failure handling by hand.
+
+``PARASIM_INJECT_FAULT=KIND@RANK`` makes rank RANK fail at the start of its first measured
+period: ``raise`` raises an exception, ``stall`` stops making progress (the watchdog must end the
+run), ``exit`` ends the process abruptly (a dead rank). Unset, nothing happens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+VARIABLE = "PARASIM_INJECT_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def maybe_fail(rank: int) -> None:
+    spec = os.environ.get(VARIABLE, "")
+    if not spec:
+        return
+    kind, _, where = spec.partition("@")
+    if not where.isdigit() or int(where) != rank:
+        return
+    if kind == "raise":
+        raise InjectedFault(f"fault injected by {VARIABLE}={spec}")
+    if kind == "stall":
+        while True:
+            time.sleep(3600)
+    if kind == "exit":
+        os._exit(17)
+    raise ValueError(f"{VARIABLE}={spec!r}: the kind must be raise, stall or exit")
