@@ -120,28 +120,37 @@ def _flat(buf: np.ndarray) -> np.ndarray:
     return buf.reshape(-1)
 
 
-def _ring_reduce_scatter(comm: MPI.Comm, flat: np.ndarray) -> None:
+Bounds = list[tuple[int, int]]
+
+
+def _bounds(n: int, p: int, bounds: Bounds | None) -> Bounds:
+    """Every rank's chunk: the default contiguous split, or the caller's (uneven) one."""
+    return bounds if bounds is not None else [chunk_bounds(n, p, r) for r in range(p)]
+
+
+def _ring_reduce_scatter(comm: MPI.Comm, flat: np.ndarray, bounds: Bounds | None = None
+                         ) -> None:
     # Step s: send the partial sum of chunk (r-s-1) right, add chunk (r-s-2) from the left;
     # after p-1 steps rank r holds chunk r summed over every rank.
     p, r = comm.size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
-    n = flat.size
-    tmp = np.empty(chunk_bounds(n, p, 0)[1], dtype=flat.dtype)
+    chunks = _bounds(flat.size, p, bounds)
+    tmp = np.empty(max(b - a for a, b in chunks), dtype=flat.dtype)
     for s in range(p - 1):
-        a, b = chunk_bounds(n, p, (r - s - 1) % p)
-        c, d = chunk_bounds(n, p, (r - s - 2) % p)
+        a, b = chunks[(r - s - 1) % p]
+        c, d = chunks[(r - s - 2) % p]
         comm.Sendrecv(flat[a:b], right, _TAG, tmp[: d - c], left, _TAG)
         flat[c:d] += tmp[: d - c]
 
 
-def _ring_allgather(comm: MPI.Comm, flat: np.ndarray) -> None:
+def _ring_allgather(comm: MPI.Comm, flat: np.ndarray, bounds: Bounds | None = None) -> None:
     # Step s: pass chunk (r-s) right, receive chunk (r-s-1) from the left.
     p, r = comm.size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
-    n = flat.size
+    chunks = _bounds(flat.size, p, bounds)
     for s in range(p - 1):
-        a, b = chunk_bounds(n, p, (r - s) % p)
-        c, d = chunk_bounds(n, p, (r - s - 1) % p)
+        a, b = chunks[(r - s) % p]
+        c, d = chunks[(r - s - 1) % p]
         comm.Sendrecv(flat[a:b], right, _TAG, flat[c:d], left, _TAG)
 
 
@@ -216,20 +225,25 @@ def allreduce(comm: MPI.Comm, buf: np.ndarray, algorithm: str) -> np.ndarray:
     return buf
 
 
-def reduce_scatter(comm: MPI.Comm, buf: np.ndarray) -> np.ndarray:
+def reduce_scatter(comm: MPI.Comm, buf: np.ndarray, bounds: Bounds | None = None
+                   ) -> np.ndarray:
     """Ring reduce-scatter: returns a view of ``buf``'s chunk ``comm.rank`` (see
-    :func:`chunk_bounds`), summed over every rank. The rest of ``buf`` is left as scratch."""
+    :func:`chunk_bounds`, or ``bounds`` for an uneven split: every rank's (start, stop)),
+    summed over every rank. The rest of ``buf`` is left as scratch."""
     flat = _flat(buf)
+    chunks = _bounds(flat.size, comm.size, bounds)
     if comm.size > 1:
-        _ring_reduce_scatter(_cache(comm).private, flat)
-    a, b = chunk_bounds(flat.size, comm.size, comm.rank)
+        _ring_reduce_scatter(_cache(comm).private, flat, chunks)
+    a, b = chunks[comm.rank]
     return flat[a:b]
 
 
-def allgather(comm: MPI.Comm, local: np.ndarray, total_len: int) -> np.ndarray:
+def allgather(comm: MPI.Comm, local: np.ndarray, total_len: int,
+              bounds: Bounds | None = None) -> np.ndarray:
     """Ring all-gather: a new flat array of ``total_len`` elements whose chunk ``r`` (see
-    :func:`chunk_bounds`) is rank ``r``'s ``local``."""
-    a, b = chunk_bounds(total_len, comm.size, comm.rank)
+    :func:`chunk_bounds`, or ``bounds`` for an uneven split) is rank ``r``'s ``local``."""
+    chunks = _bounds(total_len, comm.size, bounds)
+    a, b = chunks[comm.rank]
     local = _flat(local)
     if local.size != b - a:
         raise ValueError(f"rank {comm.rank} owns {b - a} of {total_len} elements, "
@@ -237,7 +251,7 @@ def allgather(comm: MPI.Comm, local: np.ndarray, total_len: int) -> np.ndarray:
     out = np.empty(total_len, dtype=np.float32)
     out[a:b] = local
     if comm.size > 1:
-        _ring_allgather(_cache(comm).private, out)
+        _ring_allgather(_cache(comm).private, out, chunks)
     return out
 
 

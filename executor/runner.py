@@ -276,8 +276,10 @@ class RankRunner:
             xcomm.allreduce(group, host, op.algorithm)
             self.store[key] = self.k.to_device(host)
         elif op.collective == "allgather":
+            node = self.graph.nodes[key[1]]
+            total = (host.shape[0] * p if op.axis == "batch" else node["out_shape"][0])
             self.store[("act_full", key[1], key[2])] = self.k.to_device(
-                _gather(group, host, p, op.axis))
+                _gather(group, host, p, op.axis, total))
         elif op.collective == "reduce_scatter":
             self.store[key] = self.k.to_device(_scatter(group, host, p, op.axis))
         else:
@@ -298,26 +300,30 @@ class RankRunner:
             at += h.size
 
 
-def _gather(group: MPI.Comm, local: np.ndarray, p: int, axis: str) -> np.ndarray:
-    """Members' parts put back together: along the samples (``batch``) or the features."""
-    if axis == "batch":
-        out = xcomm.allgather(group, local.ravel(), local.size * p)
-        return out.reshape(local.shape[0] * p, *local.shape[1:])
-    moved = np.ascontiguousarray(np.moveaxis(local, 1, 0))
-    out = xcomm.allgather(group, moved.ravel(), moved.size * p)
-    full = out.reshape(moved.shape[0] * p, *moved.shape[1:])
-    return np.ascontiguousarray(np.moveaxis(full, 0, 1))
+def _rows(group: MPI.Comm, total: int, per_row: int) -> list[tuple[int, int]]:
+    """Element bounds of every member's rows when ``total`` rows are split as the plan splits
+    features and samples (contiguous, the first ``total % p`` one longer)."""
+    p = group.Get_size()
+    return [(a * per_row, b * per_row) for a, b in (chunk(total, p, r) for r in range(p))]
+
+
+def _gather(group: MPI.Comm, local: np.ndarray, p: int, axis: str, total: int) -> np.ndarray:
+    """Members' parts put back together along the samples (``batch``) or the features (axis
+    1); ``total`` is the whole length of that axis."""
+    moved = local if axis == "batch" else np.ascontiguousarray(np.moveaxis(local, 1, 0))
+    per_row = int(np.prod(moved.shape[1:]))
+    out = xcomm.allgather(group, moved.ravel(), total * per_row, _rows(group, total, per_row))
+    full = out.reshape(total, *moved.shape[1:])
+    return full if axis == "batch" else np.ascontiguousarray(np.moveaxis(full, 0, 1))
 
 
 def _scatter(group: MPI.Comm, whole: np.ndarray, p: int, axis: str) -> np.ndarray:
     """The sum over members of a whole tensor, cut to this member's samples or features."""
-    if axis == "batch":
-        part = xcomm.reduce_scatter(group, whole.ravel().copy())
-        return part.reshape(whole.shape[0] // p, *whole.shape[1:]).copy()
-    moved = np.ascontiguousarray(np.moveaxis(whole, 1, 0))
-    part = xcomm.reduce_scatter(group, moved.ravel().copy())
-    local = part.reshape(moved.shape[0] // p, *moved.shape[1:])
-    return np.ascontiguousarray(np.moveaxis(local, 0, 1))
+    moved = whole if axis == "batch" else np.ascontiguousarray(np.moveaxis(whole, 1, 0))
+    total, per_row = moved.shape[0], int(np.prod(moved.shape[1:]))
+    part = xcomm.reduce_scatter(group, moved.ravel().copy(), _rows(group, total, per_row))
+    local = part.reshape(-1, *moved.shape[1:]).copy()
+    return local if axis == "batch" else np.ascontiguousarray(np.moveaxis(local, 0, 1))
 
 
 def _name(op: Op) -> str:
