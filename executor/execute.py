@@ -26,8 +26,9 @@ from mpi4py import MPI
 from executor.data import Dataset, open_dataset, synthetic
 from executor.faults import maybe_fail
 from executor.model import ExecutorError, check_executable
-from executor.runner import RankRunner
-from simulator.plan import Plan
+from executor.runner import RankRunner, Timings
+from simulator.intervals import length, minus, union
+from simulator.plan import COMM, COMPUTE, Plan
 from simulator.predict import code_version, context
 from simulator.specs import Scenario
 from simulator.strategies import build_plan
@@ -173,7 +174,7 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
         if period < warm:
             continue
         times.append(end - start)
-        phases.append(timings.phase)
+        phases.append(_phases(timings, start, end))
         curve.append((end - wall0, (period - warm + 1) * total,
                       summed[0] / max(summed[2], 1), summed[1] / max(summed[2], 1)))
         if timeline is None:
@@ -185,19 +186,31 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
     return _entry(comm, plan, times, phases, curve, timeline, backend)
 
 
+def _phases(t: Timings, start: float, end: float) -> dict[str, float]:
+    """One period's breakdown on this rank, as the simulator defines it: compute = time some
+    kernel ran; exposed communication = communication not under compute; copies between host
+    and device (GPU backends) on their own; idle = the rest (waiting for peers, bubbles)."""
+    def busy(kind: str) -> list[tuple[float, float]]:
+        return union([(s, e) for stream, _, s, e in t.spans if stream == kind], start, end)
+
+    compute, comm, copy = busy(COMPUTE), busy(COMM), busy("copy")
+    out = {"compute": length(compute),
+           "exposed_communication": minus(comm, union(compute + copy, start, end)),
+           "host_device_copy": minus(copy, compute)}
+    out["idle"] = max(0.0, (end - start) - sum(out.values()))
+    return out
+
+
 def _entry(comm: MPI.Comm, plan: Plan, times: list[float], phases: list[dict],
            curve: list[tuple], timeline: list, backend: Any) -> dict[str, Any]:
     """Gather every rank's figures on rank 0 and shape them like the simulator's entry."""
     iteration = statistics.fmean(times)
-    mine = {k: sum(p.get(k, 0.0) for p in phases) / len(phases)
-            for k in ("compute", "communication")}
+    mine = {k: statistics.fmean(p[k] for p in phases) for k in phases[0]}
     per_rank = comm.gather((plan.ranks[comm.Get_rank()].device, mine, timeline), root=0)
     if comm.Get_rank() != 0:
         return {}
-    compute = statistics.fmean(m["compute"] for _, m, _ in per_rank)
-    communication = statistics.fmean(m["communication"] for _, m, _ in per_rank)
-    breakdown = {"compute": compute, "exposed_communication": communication, "ps_wait": 0.0,
-                 "idle": max(0.0, iteration - compute - communication)}
+    breakdown = {k: statistics.fmean(m[k] for _, m, _ in per_rank) for k in mine}
+    breakdown["ps_wait"] = 0.0
     return {
         "strategy": plan.strategy,
         "scheme": plan.scheme,
@@ -216,5 +229,4 @@ def _entry(comm: MPI.Comm, plan: Plan, times: list[float], phases: list[dict],
                      "loss": [c[2] for c in curve], "accuracy": [c[3] for c in curve]},
         "timeline": {"iteration": 0, "devices_shown": len(per_rank),
                      "spans": [list(s) for _, _, spans in per_rank for s in spans]},
-        "note": "communication runs where the program puts it, without overlap threads",
     }

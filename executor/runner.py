@@ -1,18 +1,20 @@
 """Rank r runs rank r's program of the Plan, for real: kernels on a backend, tensors over MPI.
 
-The interpreter walks the program in order (a valid order: dependencies point backwards).
-Compute ops run kernels; ``Send``/``Recv`` are non-blocking (posted where the program has them,
-waited for when a later op needs the tensor); collectives run the algorithm the plan names on the
-group's communicator. What each op moves comes from the plan's tensor names (``act:L``, ``dout:L``,
-``din:L``, ``wgrad:...``, see ``simulator/plan.py``). Communication runs where the program puts it:
-this executor does not yet overlap it with compute in a second thread, so a plan that overlaps
-buckets with backward is measured without that overlap (the Result says so).
+The plan's streams become threads: the ``comm`` stream (collectives) runs in its own thread
+beside the main thread (compute, and the non-blocking point-to-point ops), each op after its
+dependencies, so gradient buckets really are all-reduced while backward goes on (kernels release
+the GIL: NumPy's BLAS, Numba ``nogil``, mpi4py's MPI calls; MPI runs with THREAD_MULTIPLE).
+``Send``/``Recv`` are posted where the program has them and waited for when a later op needs the
+tensor; collectives run the algorithm the plan names on the group's communicator. What each op
+moves comes from the plan's tensor names (``act:L``, ``dout:L``, ``din:L``, ``wgrad:...``, see
+``simulator/plan.py``).
 
 Every op is timed with ``MPI.Wtime`` into one of the simulator's breakdown phases.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,18 @@ from mpi4py import MPI
 
 from executor import comm as xcomm
 from executor.model import ExecutorError, Forward, Layer, chunk, init_weights, shard_params
-from simulator.plan import Collective, Compute, Op, Plan, RankProgram, Recv, Send, Update
+from simulator.plan import (
+    COMM,
+    COMPUTE,
+    Collective,
+    Compute,
+    Op,
+    Plan,
+    RankProgram,
+    Recv,
+    Send,
+    Update,
+)
 
 Span = tuple[str, str, float, float]  # (stream, name, start, end) in MPI.Wtime seconds
 
@@ -50,6 +63,9 @@ class RankRunner:
         self.store: dict[tuple[str, str, int], Any] = {}
         self.pending: dict[tuple[str, str, int], Any] = {}
         self.sends: list[Any] = []
+        self.timings = Timings()
+        # only a GPU backend has copies worth timing (the CPU's "device" is host memory)
+        self.copies_cost = getattr(backend, "name", "") == "cuda"
 
     # ---- set-up ---------------------------------------------------------------------------
     def _my_layers(self, seed: int) -> dict[str, Layer]:
@@ -119,19 +135,48 @@ class RankRunner:
         self.inputs = None if x is None else self.k.to_device(x)
         self.labels = None if y is None else self.k.to_device(y)
         self.loss_sum, self.correct, self.counted = 0.0, 0, 0
-        t = Timings()
-        for op in self.prog.ops:
-            start = MPI.Wtime()
-            phase = self._run(op)
-            self.k.synchronize()
-            end = MPI.Wtime()
-            t.phase[phase] += end - start
-            t.spans.append((op.stream if phase == "compute" else "comm", _name(op), start, end))
+        t = self.timings = Timings()
+        comm_ops = [op for op in self.prog.ops if op.stream == COMM]
+        main_ops = [op for op in self.prog.ops if op.stream != COMM]
+        done = {op.id: threading.Event() for op in self.prog.ops}
+        failure: list[BaseException] = []
+        worker = None
+        if comm_ops:  # the comm stream runs beside compute, as the plan's streams say
+            worker = threading.Thread(target=self._stream, args=(comm_ops, done, t, failure),
+                                      name=f"rank{self.rank}-comm", daemon=True)
+            worker.start()
+        self._stream(main_ops, done, t, failure)
+        if worker is not None:
+            worker.join()
+        if failure:
+            raise failure[0]
         for req in self.sends:
             req.Wait()
         self.sends.clear()
         stats = {"loss_sum": self.loss_sum, "correct": self.correct, "counted": self.counted}
         return t, stats
+
+    def _stream(self, ops: list[Op], done: dict[int, threading.Event], t: Timings,
+                failure: list[BaseException]) -> None:
+        """Run one stream's ops in order, each after its dependencies (on any stream)."""
+        try:
+            for op in ops:
+                for dep in op.deps:
+                    while not done[dep].wait(0.5):
+                        if failure:
+                            return
+                start = MPI.Wtime()
+                phase = self._run(op)
+                self.k.synchronize()
+                end = MPI.Wtime()
+                t.phase[phase] += end - start
+                stream = COMPUTE if phase == "compute" else COMM
+                t.spans.append((stream, _name(op), start, end))
+                done[op.id].set()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, re-raised there
+            failure.append(e)
+            for ev in done.values():
+                ev.set()
 
     def _run(self, op: Op) -> str:
         if isinstance(op, Compute):
@@ -176,7 +221,7 @@ class RankRunner:
         if key in self.pending:
             buf, req = self.pending.pop(key)
             req.Wait()
-            self.store[key] = self.k.to_device(buf)
+            self.store[key] = self._to_device(buf)
         if key not in self.store:
             raise ExecutorError(f"rank {self.rank}: {who} needs {key[0]}:{key[1]} of micro-batch "
                                 f"{key[2]}, which the plan never produced here")
@@ -233,6 +278,22 @@ class RankRunner:
                     self.k.sgd_momentum(w, g, layer.velocity[key], self.lr, self.momentum)
             layer.grads.clear()
 
+    # ---- host <-> device copies (GPU buffers go through host memory: MPI is not CUDA-aware) ----
+    def _to_host(self, value: Any) -> np.ndarray:
+        return self._timed_copy(self.k.to_host, value)
+
+    def _to_device(self, value: Any) -> Any:
+        return self._timed_copy(self.k.to_device, value)
+
+    def _timed_copy(self, fn: Any, value: Any) -> Any:
+        if not self.copies_cost:
+            return fn(value)
+        start = MPI.Wtime()
+        out = fn(value)
+        self.k.synchronize()
+        self.timings.spans.append(("copy", "host-device copy", start, MPI.Wtime()))
+        return out
+
     # ---- communication ----------------------------------------------------------------------
     def _tensor(self, name: str, mb: int) -> tuple[tuple[str, str, int], Any]:
         kind, _, layers = name.partition(":")
@@ -247,7 +308,7 @@ class RankRunner:
 
     def _send(self, op: Send) -> None:
         _, value = self._tensor(op.tensor, op.micro_batch)
-        host = np.ascontiguousarray(self.k.to_host(value), dtype=np.float32)
+        host = np.ascontiguousarray(self._to_host(value), dtype=np.float32)
         self.sends.append(xcomm.send_tensor(self.comm, host, op.peer, xcomm.tag_of(op.tag)))
 
     def _post_recv(self, op: Recv) -> None:
@@ -270,18 +331,18 @@ class RankRunner:
             self._allreduce_grads(group, op)
             return
         key, value = self._tensor(op.tensor, op.micro_batch)
-        host = np.ascontiguousarray(self.k.to_host(value), dtype=np.float32)
+        host = np.ascontiguousarray(self._to_host(value), dtype=np.float32)
         p = group.Get_size()
         if op.collective == "allreduce":
             xcomm.allreduce(group, host, op.algorithm)
-            self.store[key] = self.k.to_device(host)
+            self.store[key] = self._to_device(host)
         elif op.collective == "allgather":
             node = self.graph.nodes[key[1]]
             total = (host.shape[0] * p if op.axis == "batch" else node["out_shape"][0])
-            self.store[("act_full", key[1], key[2])] = self.k.to_device(
+            self.store[("act_full", key[1], key[2])] = self._to_device(
                 _gather(group, host, p, op.axis, total))
         elif op.collective == "reduce_scatter":
-            self.store[key] = self.k.to_device(_scatter(group, host, p, op.axis))
+            self.store[key] = self._to_device(_scatter(group, host, p, op.axis))
         else:
             raise ExecutorError(f"collective {op.collective!r} is not supported")
 
@@ -289,14 +350,14 @@ class RankRunner:
         names = [n for n in op.tensor[len("wgrad:"):].split(",") if n]
         parts = [(layer, key) for n in names if (layer := self.layers.get(n)) is not None
                  for key in sorted(layer.params)]
-        hosts = [np.asarray(self.k.to_host(layer.grads[key]), dtype=np.float32).ravel()
+        hosts = [np.asarray(self._to_host(layer.grads[key]), dtype=np.float32).ravel()
                  for layer, key in parts]
         flat = np.concatenate(hosts) if hosts else np.zeros(0, np.float32)
         xcomm.allreduce(group, flat, op.algorithm)
         at = 0
         for (layer, key), h in zip(parts, hosts):
             shape = layer.params[key].shape
-            layer.grads[key] = self.k.to_device(flat[at:at + h.size].reshape(shape))
+            layer.grads[key] = self._to_device(flat[at:at + h.size].reshape(shape))
             at += h.size
 
 

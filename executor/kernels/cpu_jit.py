@@ -283,7 +283,8 @@ def _compile(parallel: bool) -> types.SimpleNamespace:
             fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
                                     fn.__closure__)
             fn.__qualname__ = f"{fn.__name__}__parallel"
-        out[fn.__name__] = njit(cache=True, fastmath=False, parallel=parallel)(fn)
+        # nogil: a kernel lets the communication thread run (overlap of gradients and backward)
+        out[fn.__name__] = njit(cache=True, fastmath=False, parallel=parallel, nogil=True)(fn)
     return types.SimpleNamespace(**out)
 
 

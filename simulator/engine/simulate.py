@@ -14,39 +14,9 @@ from dataclasses import dataclass
 
 from simulator.cluster import Cluster
 from simulator.engine.runner import Engine
+from simulator.intervals import length, minus, union
 from simulator.plan import Plan
 from simulator.specs import TrainingSpec
-
-Interval = tuple[float, float]
-
-
-def _union(intervals: list[Interval], lo: float, hi: float) -> list[Interval]:
-    out: list[Interval] = []
-    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in intervals):
-        if b <= a:
-            continue
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
-def _length(iv: list[Interval]) -> float:
-    return sum(b - a for a, b in iv)
-
-
-def _minus(a: list[Interval], b: list[Interval]) -> float:
-    """Length of union(a) minus its overlap with union(b) (both already unions)."""
-    overlap, j = 0.0, 0
-    for x0, x1 in a:
-        while j < len(b) and b[j][1] <= x0:
-            j += 1
-        k = j
-        while k < len(b) and b[k][0] < x1:
-            overlap += max(0.0, min(x1, b[k][1]) - max(x0, b[k][0]))
-            k += 1
-    return _length(a) - overlap
 
 
 @dataclass
@@ -92,13 +62,13 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         hi = lg.ends[-1] if asynchronous else t1
         span = hi - lo if asynchronous else window
         spans.append(span)
-        c = _union(lg.compute, lo, hi)
-        m = _union(lg.comm, lo, hi)
-        p = _union(lg.ps, lo, hi)
-        cm = _union(c + m, lo, hi)
-        compute = _length(c)
-        exposed = _minus(m, c)
-        ps = _minus(p, cm)
+        c = union(lg.compute, lo, hi)
+        m = union(lg.comm, lo, hi)
+        p = union(lg.ps, lo, hi)
+        cm = union(c + m, lo, hi)
+        compute = length(c)
+        exposed = minus(m, c)
+        ps = minus(p, cm)
         parts["compute"].append(compute)
         parts["exposed_communication"].append(exposed)
         parts["ps_wait"].append(ps)

@@ -73,11 +73,11 @@ def emit(b: ProgramBuilder, ctx: Context, layers: list[str], st: dict[str, str],
     from outside ``layers`` (``reduce_scatter`` when that input was gathered over the batch).
     """
     inside = set(layers)
-    last = None
+    last = None  # the last op appended
+    waiting: tuple[int, ...] = deps  # what the next kernel must wait for (it needs the result)
 
-    def coll(kind: str, layer_elems: float, key: str, dep: int | None, tensor: str,
-             axis: str) -> int:
-        return b.add(Collective, stream=COMM, deps=(dep,) if dep is not None else deps,
+    def coll(kind: str, layer_elems: float, key: str, tensor: str, axis: str) -> int:
+        return b.add(Collective, stream=COMM, deps=(last,) if last is not None else deps,
                      collective=kind, algorithm="ring", group=group,
                      bytes=float(layer_elems * samples * ctx.bpe),
                      key=f"{phase}{micro_batch}:{key}", tensor=tensor, axis=axis,
@@ -88,27 +88,28 @@ def emit(b: ProgramBuilder, ctx: Context, layers: list[str], st: dict[str, str],
         node = ctx.node(n)
         s = st[n]
         preds = list(ctx.graph.predecessors(n))
-        pending: tuple[int, ...] = deps if last is None else ()
         if phase == "fwd" and s in ("col", "rep"):
-            gathers = [coll("allgather", ctx.node(p)["out_elems"], f"{n}<{p}", last,
-                            f"act:{p}", "feature") for p in preds if _split(st, p)]
-            if gathers:
-                pending = tuple(gathers)
+            gathers = tuple(coll("allgather", ctx.node(p)["out_elems"], f"{n}<{p}", f"act:{p}",
+                                 "feature") for p in preds if _split(st, p))
+            waiting += gathers
         sh = 1 if s == "rep" else k
         last = compute_op(b, ctx, n, phase, samples, micro_batch=micro_batch, shard=shard,
-                          shards=sh, deps=pending)
+                          shards=sh, deps=waiting)
+        waiting = ()
         if k == 1:
             continue
         if phase == "fwd" and s == "row":
-            last = coll("allreduce", node["out_elems"], n, last, f"act:{n}", "")
+            last = coll("allreduce", node["out_elems"], n, f"act:{n}", "")
+            waiting = (last,)
         if phase == "bwd" and s == "col":
             din = f"din:{n}"
             if any(_split(st, p) for p in preds):
-                last = coll("reduce_scatter", node["in_elems"], n, last, din, "feature")
+                last = coll("reduce_scatter", node["in_elems"], n, din, "feature")
             elif any(p in inside for p in preds):
-                last = coll("allreduce", node["in_elems"], n, last, din, "")
+                last = coll("allreduce", node["in_elems"], n, din, "")
             elif preds:  # input from outside these layers (the model's input needs no gradient)
                 # gathered over the batch (hybrid): scattered back over the batch
                 axis = "batch" if boundary_grad == "reduce_scatter" else ""
-                last = coll(boundary_grad, node["in_elems"], n, last, din, axis)
+                last = coll(boundary_grad, node["in_elems"], n, din, axis)
+            waiting = (last,)
     return last

@@ -146,7 +146,8 @@ def test_the_measured_result_has_the_simulators_schema(runs):
     assert {"scenario", "code_version", "results"} <= result.keys()
     e = entry(runs["mlp2"], "gpipe2")
     assert e["mode"] == "measured" and e["devices"] == 2
-    assert set(e["breakdown_s"]) == {"compute", "exposed_communication", "ps_wait", "idle"}
+    assert set(e["breakdown_s"]) == {"compute", "exposed_communication", "ps_wait", "idle",
+                                     "host_device_copy"}
     assert e["iteration_time_s"] > 0 and e["throughput_samples_per_s"] > 0
     assert abs(sum(e["breakdown_s"].values()) - e["iteration_time_s"]) < 0.05 * \
         e["iteration_time_s"] + 1e-4
