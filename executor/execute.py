@@ -27,6 +27,7 @@ from executor.data import Dataset, open_dataset, synthetic
 from executor.faults import maybe_fail
 from executor.model import ExecutorError, check_executable
 from executor.runner import RankRunner, Timings
+from executor.server import ServerRunner
 from simulator.intervals import length, minus, union
 from simulator.plan import COMM, COMPUTE, Plan
 from simulator.predict import code_version, context
@@ -52,9 +53,8 @@ def runnable(plans: list[Plan], size: int) -> tuple[list[Plan], list[str]]:
     for p in plans:
         if len(p.ranks) != size:
             skipped.append(f"{p.strategy}: needs {len(p.ranks)} ranks, {size} launched")
-        elif any(r.role != "worker" for r in p.ranks):
-            skipped.append(f"{p.strategy}: parameter-server and coordinator ranks are not "
-                           "executed yet")
+        elif p.mode != "sync":
+            skipped.append(f"{p.strategy}: {p.scheme} ({p.mode}) is not executed yet")
         else:
             ok.append(p)
     return ok, skipped
@@ -151,8 +151,10 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
              backend: Any, dog: Watchdog, weights: dict[str, Any] | None = None
              ) -> dict[str, Any]:
     t = scenario.training
-    runner = RankRunner(comm, plan, graph, backend, scenario.seed, t.learning_rate, t.momentum)
     prog = plan.ranks[comm.Get_rank()]
+    if prog.role == "server":
+        return _serve(comm, plan, graph, scenario, dog, weights)
+    runner = RankRunner(comm, plan, graph, backend, scenario.seed, t.learning_rate, t.momentum)
     total = plan.samples_per_period
     iterations, warm = t.iterations, t.warmup_iterations
     times, phases, curve, timeline = [], [], [], None
@@ -186,6 +188,23 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
     return _entry(comm, plan, times, phases, curve, timeline, backend)
 
 
+def _serve(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, dog: Watchdog,  # noqa: ANN001
+           weights: dict[str, Any] | None) -> dict[str, Any]:
+    """A parameter-server rank: serve every period between the same barriers as the workers."""
+    t = scenario.training
+    server = ServerRunner(comm, plan, graph, scenario.seed, t.learning_rate, t.momentum)
+    for period in range(t.warmup_iterations + t.iterations):
+        dog.tick(f"{plan.strategy}, serving period {period}")
+        comm.Barrier()
+        server.serve_period()
+        comm.Barrier()
+        comm.allreduce(np.zeros(3, dtype=np.float64))
+    if weights is not None:
+        comm.gather([], root=0)  # whole_weights: the workers hold the whole model
+    comm.gather(None, root=0)
+    return {}
+
+
 def _phases(t: Timings, start: float, end: float) -> dict[str, float]:
     """One period's breakdown on this rank, as the simulator defines it: compute = time some
     kernel ran; exposed communication = communication not under compute; copies between host
@@ -193,10 +212,11 @@ def _phases(t: Timings, start: float, end: float) -> dict[str, float]:
     def busy(kind: str) -> list[tuple[float, float]]:
         return union([(s, e) for stream, _, s, e in t.spans if stream == kind], start, end)
 
-    compute, comm, copy = busy(COMPUTE), busy(COMM), busy("copy")
+    compute, comm, copy, ps = busy(COMPUTE), busy(COMM), busy("copy"), busy("ps")
     out = {"compute": length(compute),
            "exposed_communication": minus(comm, union(compute + copy, start, end)),
-           "host_device_copy": minus(copy, compute)}
+           "host_device_copy": minus(copy, compute),
+           "ps_wait": minus(ps, union(compute + comm + copy, start, end))}
     out["idle"] = max(0.0, (end - start) - sum(out.values()))
     return out
 
@@ -209,8 +229,8 @@ def _entry(comm: MPI.Comm, plan: Plan, times: list[float], phases: list[dict],
     per_rank = comm.gather((plan.ranks[comm.Get_rank()].device, mine, timeline), root=0)
     if comm.Get_rank() != 0:
         return {}
+    per_rank = [p for p in per_rank if p is not None]  # parameter servers send None
     breakdown = {k: statistics.fmean(m[k] for _, m, _ in per_rank) for k in mine}
-    breakdown["ps_wait"] = 0.0
     return {
         "strategy": plan.strategy,
         "scheme": plan.scheme,

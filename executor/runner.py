@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 from executor import comm as xcomm
 from executor.model import ExecutorError, Forward, Layer, chunk, init_weights, shard_params
+from executor.server import flat_layout, push_pull_layout, unflatten
 from simulator.plan import (
     COMM,
     COMPUTE,
@@ -32,6 +33,8 @@ from simulator.plan import (
     Compute,
     Op,
     Plan,
+    PSPull,
+    PSPush,
     RankProgram,
     Recv,
     Send,
@@ -58,12 +61,18 @@ class RankRunner:
         self.order = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
         self.states: dict[str, str] = plan.options.get("states", {}) or {}
         self.layers = self._my_layers(seed)
-        self.groups = self._communicators()
+        self.groups = group_communicators(comm, plan)
         self.step_samples = plan.samples_per_period // plan.period_steps
         self.store: dict[tuple[str, str, int], Any] = {}
         self.pending: dict[tuple[str, str, int], Any] = {}
         self.sends: list[Any] = []
         self.timings = Timings()
+        self.ps_ranks = [r.rank for r in plan.ranks if r.role == "server"]
+        if self.ps_ranks:
+            flat, self.layout = flat_layout(graph, self.order, seed)
+            self.ps_chunks = push_pull_layout(flat.size, len(self.ps_ranks))
+            self._pulled = np.empty_like(flat)
+        self._grad_flat = None
         # only a GPU backend has copies worth timing (the CPU's "device" is host memory)
         self.copies_cost = getattr(backend, "name", "") == "cuda"
 
@@ -86,18 +95,6 @@ class RankRunner:
 
     def _ops(self) -> list[Op]:
         return [o for op in self.prog.ops for o in (getattr(op, "body", None) or (op,))]
-
-    def _communicators(self) -> dict[str, MPI.Comm]:
-        """One communicator per plan group, created collectively in sorted group order."""
-        out = {}
-        for name in sorted(self.plan.groups):
-            members = self.plan.groups[name]
-            color = 0 if self.rank in members else MPI.UNDEFINED
-            key = members.index(self.rank) if self.rank in members else 0
-            sub = self.comm.Split(color, key)
-            if sub != MPI.COMM_NULL:
-                out[name] = sub
-        return out
 
     def whole_weights(self) -> dict[str, dict[str, np.ndarray]] | None:
         """Every layer's whole parameters, put together from all ranks' shards, on rank 0
@@ -135,6 +132,10 @@ class RankRunner:
         self.inputs = None if x is None else self.k.to_device(x)
         self.labels = None if y is None else self.k.to_device(y)
         self.loss_sum, self.correct, self.counted = 0.0, 0, 0
+        for layer in self.layers.values():
+            layer.grads.clear()
+        self._grad_flat = None
+        self._pulled_shards: set[int] = set()
         t = self.timings = Timings()
         comm_ops = [op for op in self.prog.ops if op.stream == COMM]
         main_ops = [op for op in self.prog.ops if op.stream != COMM]
@@ -170,7 +171,8 @@ class RankRunner:
                 self.k.synchronize()
                 end = MPI.Wtime()
                 t.phase[phase] += end - start
-                stream = COMPUTE if phase == "compute" else COMM
+                stream = (COMPUTE if phase == "compute" else
+                          "ps" if isinstance(op, (PSPush, PSPull)) else COMM)
                 t.spans.append((stream, _name(op), start, end))
                 done[op.id].set()
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, re-raised there
@@ -194,7 +196,42 @@ class RankRunner:
         if isinstance(op, Collective):
             self._collective(op)
             return "communication"
+        if isinstance(op, PSPush):
+            self._ps_push(op)
+            return "communication"
+        if isinstance(op, PSPull):
+            self._ps_pull(op)
+            return "communication"
         raise ExecutorError(f"the executor cannot run {op.kind!r} ops yet")
+
+    # ---- parameter server (synchronous variant; see executor/server.py) ----------------------
+    def _flat_grads(self) -> np.ndarray:
+        if self._grad_flat is None:
+            parts = [np.asarray(self._to_host(self.layers[n].grads[k]), np.float32).ravel()
+                     for n, k, _ in self.layout]
+            self._grad_flat = np.concatenate(parts)
+        return self._grad_flat
+
+    def _ps_push(self, op: PSPush) -> None:
+        flat = self._flat_grads()
+        lo, hi = self.ps_chunks[op.shard]
+        self.sends.append(xcomm.send_tensor(self.comm, flat[lo:hi], self.ps_ranks[op.shard],
+                                            xcomm.tag_of(op.tag)))
+
+    def _ps_pull(self, op: PSPull) -> None:
+        lo, hi = self.ps_chunks[op.shard]
+        buf, req = xcomm.recv_tensor(self.comm, (hi - lo,), self.ps_ranks[op.shard],
+                                     xcomm.tag_of(op.tag))
+        req.Wait()  # the new parameters: this worker's next step needs them
+        self._pulled[lo:hi] = buf
+        if all(self._pulled_mask(op.shard)):
+            for n, params in unflatten(self._pulled, self.layout).items():
+                for k, v in params.items():
+                    self.layers[n].params[k] = self._to_device(np.ascontiguousarray(v))
+
+    def _pulled_mask(self, shard: int) -> list[bool]:
+        self._pulled_shards.add(shard)
+        return [j in self._pulled_shards for j in range(len(self.ps_ranks))]
 
     # ---- compute ---------------------------------------------------------------------------
     def _pred(self, name: str) -> str | None:
@@ -366,6 +403,20 @@ def _rows(group: MPI.Comm, total: int, per_row: int) -> list[tuple[int, int]]:
     features and samples (contiguous, the first ``total % p`` one longer)."""
     p = group.Get_size()
     return [(a * per_row, b * per_row) for a, b in (chunk(total, p, r) for r in range(p))]
+
+
+def group_communicators(comm: MPI.Comm, plan: Plan) -> dict[str, MPI.Comm]:
+    """One communicator per plan group (this rank's), created collectively in sorted group
+    order: every rank of ``comm`` must call it, members or not."""
+    rank = comm.Get_rank()
+    out = {}
+    for name in sorted(plan.groups):
+        members = plan.groups[name]
+        color = 0 if rank in members else MPI.UNDEFINED
+        sub = comm.Split(color, members.index(rank) if rank in members else 0)
+        if sub != MPI.COMM_NULL:
+            out[name] = sub
+    return out
 
 
 def _gather(group: MPI.Comm, local: np.ndarray, p: int, axis: str, total: int) -> np.ndarray:

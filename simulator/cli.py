@@ -277,14 +277,14 @@ def format_measured(result: dict[str, Any]) -> str:
     sc = result["scenario"]
     lines = [f"{sc['name']}: measured on {sc['devices']} rank(s) ({', '.join(sc['hosts'])})",
              "(breakdown columns: ms per iteration, averaged over ranks)"]
-    rows = [("strategy", "ranks", "samples/s", "iter ms", "compute", "comm", "idle", "loss",
-             "accuracy")]
+    rows = [("strategy", "ranks", "samples/s", "iter ms", "compute", "comm", "ps wait", "copy",
+             "idle", "loss", "accuracy")]
     for e in result["results"]:
         bd, tr = e["breakdown_s"], e["training"]
         rows.append((e["strategy"], str(e["devices"]), f"{e['throughput_samples_per_s']:.1f}",
                      f"{e['iteration_time_s'] * 1e3:.3f}",
                      *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
-                                                       "idle")),
+                                                       "ps_wait", "host_device_copy", "idle")),
                      f"{tr['loss'][-1]:.4f}", f"{tr['accuracy'][-1]:.1%}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)

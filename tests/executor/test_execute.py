@@ -21,7 +21,8 @@ MLP = """\
 name: exec test
 seed: 3
 model: {{zoo: mlp, params: {{sizes: [64, 32, 16, 10]}}}}
-cluster: {{nodes: 1, devices_per_node: 4, device: cpu_core, intra_link: shm}}
+cluster: {{nodes: 1, devices_per_node: 4, device: cpu_core, intra_link: shm,
+           parameter_servers: {{hosts: 2, device: cpu_core, nic: eth_10g}}}}
 training: {{batch_size: 32, iterations: {iterations}, warmup_iterations: 0, learning_rate: 0.2}}
 data: {{kind: digits}}
 strategies:
@@ -38,6 +39,7 @@ strategies:
   - {{name: 1f1b2x2, scheme: pipeline, stages: 2, replicas: 2, micro_batches: 2,
       schedule: 1f1b}}
   - {{name: tensor4, scheme: tensor, devices: 4}}
+  - {{name: dp2-ps2, scheme: data_parallel, devices: 2, exchange: ps}}
 """
 
 CNN = """\
@@ -116,6 +118,7 @@ def entry(run: dict, strategy: str) -> dict:
     ("mlp", 2, "dp2-ring"), ("mlp", 2, "dp2-tree"), ("mlp", 2, "dp2-mpi"),
     ("mlp", 2, "dp2-buckets"), ("mlp", 2, "gpipe2"), ("mlp", 2, "1f1b2"), ("mlp", 2, "tensor2"),
     ("mlp", 4, "dp4-ring"), ("mlp", 4, "dp4-hier"), ("mlp", 4, "1f1b2x2"), ("mlp", 4, "tensor4"),
+    ("mlp", 4, "dp2-ps2"),
     ("cnn", 2, "dp2"), ("cnn", 2, "hybrid2"), ("cnn", 2, "tensor2"), ("cnn", 2, "gpipe2"),
 ])
 def test_a_partitioned_run_ends_with_the_one_device_weights(runs, model, ranks, strategy):
