@@ -286,9 +286,7 @@ def format_measured(result: dict[str, Any]) -> str:
                      *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
                                                        "ps_wait", "host_device_copy", "idle")),
                      f"{tr['loss'][-1]:.4f}", f"{tr['accuracy'][-1]:.1%}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines += _columns(rows)
     lines += [f"skipped {s}" for s in result.get("skipped", [])]
     return "\n".join(lines)
 
@@ -324,14 +322,26 @@ def format_sweep(result: dict[str, Any]) -> str:
                      f"{e['throughput_samples_per_s']:.1f}",
                      f"{e['iteration_time_s'] * 1e3:.3f}",
                      f"{e['speedup_over_one_device']:.2f}x", f"{e['efficiency']:.1%}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{result['scenario']['name']}: sweep of {result['sweep']['points']} point(s), "
              f"{result['sweep']['scaling']} scaling"]
-    lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines += _columns(rows, left=2)
     for point, names in result["sweep"]["skipped"].items():
         lines.append(f"skipped at {point}: {', '.join(names)} (cannot run at that size)")
     return "\n".join(lines)
+
+
+def _columns(rows: list[tuple[str, ...]], left: int = 1, ragged_last: bool = False
+             ) -> list[str]:
+    """Rows as aligned text: the first ``left`` columns left-aligned, the rest right-aligned;
+    with ``ragged_last`` the last column (free text) is not padded."""
+    n = len(rows[0]) - (1 if ragged_last else 0)
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    out = []
+    for r in rows:
+        line = "  ".join(c.ljust(w) if i < left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r[:n], widths)))
+        out.append(line + ("  " + r[-1] if ragged_last else ""))
+    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -353,11 +363,8 @@ def format_table(result: dict[str, Any]) -> str:
                      *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
                                                        "ps_wait", "idle")),
                      "yes"))
-    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(cols) - 1)]
     out = [head, "(breakdown columns: ms per iteration, averaged over worker devices)"]
-    for r in rows:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(r, widths))) + "  " + r[-1])
+    out += _columns(rows, ragged_last=True)
     extra = [e for e in result["results"] if "staleness" in e]
     for e in extra:
         st = e["staleness"]
