@@ -223,7 +223,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
-    from mpi4py import MPI
+    try:
+        import numba  # noqa: F401
+        from mpi4py import MPI
+    except ImportError as e:
+        raise UsageError(f"parasim execute needs {e.name}: pip install -e '.[exec,mpi]' (or "
+                         "mpi4py built against your cluster's MPI)") from None
 
     from executor.comm import abort_on_error
     from executor.execute import execute, prepare
