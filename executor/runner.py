@@ -25,7 +25,14 @@ from mpi4py import MPI
 
 from executor import comm as xcomm
 from executor.model import ExecutorError, Forward, Layer, chunk, init_weights, shard_params
-from executor.server import flat_layout, push_pull_layout, unflatten
+from executor.server import (
+    TAG_PARAM,
+    TAG_PULL,
+    TAG_PUSH,
+    flat_layout,
+    push_pull_layout,
+    unflatten,
+)
 from simulator.plan import (
     COMM,
     COMPUTE,
@@ -72,6 +79,9 @@ class RankRunner:
             flat, self.layout = flat_layout(graph, self.order, seed)
             self.ps_chunks = push_pull_layout(flat.size, len(self.ps_ranks))
             self._pulled = np.empty_like(flat)
+            self.versions = [0] * len(self.ps_ranks)
+        self._pulled_shards: set[int] = set()
+        self._pushed: set[int] = set()
         self._grad_flat = None
         # only a GPU backend has copies worth timing (the CPU's "device" is host memory)
         self.copies_cost = getattr(backend, "name", "") == "cuda"
@@ -132,13 +142,17 @@ class RankRunner:
         self.inputs = None if x is None else self.k.to_device(x)
         self.labels = None if y is None else self.k.to_device(y)
         self.loss_sum, self.correct, self.counted = 0.0, 0, 0
-        for layer in self.layers.values():
-            layer.grads.clear()
-        self._grad_flat = None
-        self._pulled_shards: set[int] = set()
+        if self.plan.mode != "async":  # Downpour accumulates gradients across pushes
+            for layer in self.layers.values():
+                layer.grads.clear()
+            self._grad_flat = None
         t = self.timings = Timings()
-        comm_ops = [op for op in self.prog.ops if op.stream == COMM]
-        main_ops = [op for op in self.prog.ops if op.stream != COMM]
+        # collectives run in the comm thread; parameter-server exchanges (a blocking request
+        # and reply with the server) stay on the main thread
+        threaded = [op for op in self.prog.ops
+                    if op.stream == COMM and not isinstance(op, (PSPush, PSPull))]
+        comm_ops = threaded
+        main_ops = [op for op in self.prog.ops if op not in threaded]
         done = {op.id: threading.Event() for op in self.prog.ops}
         failure: list[BaseException] = []
         worker = None
@@ -204,7 +218,7 @@ class RankRunner:
             return "communication"
         raise ExecutorError(f"the executor cannot run {op.kind!r} ops yet")
 
-    # ---- parameter server (synchronous variant; see executor/server.py) ----------------------
+    # ---- parameter servers (executor/server.py has the protocol) -----------------------------
     def _flat_grads(self) -> np.ndarray:
         if self._grad_flat is None:
             parts = [np.asarray(self._to_host(self.layers[n].grads[k]), np.float32).ravel()
@@ -213,25 +227,36 @@ class RankRunner:
         return self._grad_flat
 
     def _ps_push(self, op: PSPush) -> None:
+        """Send this shard's slice of the gradients accumulated since the last push, headed by
+        the parameter version they were computed on; after the last shard, start afresh."""
         flat = self._flat_grads()
         lo, hi = self.ps_chunks[op.shard]
-        self.sends.append(xcomm.send_tensor(self.comm, flat[lo:hi], self.ps_ranks[op.shard],
-                                            xcomm.tag_of(op.tag)))
+        msg = np.empty(hi - lo + 1, np.float32)
+        msg[0] = self.versions[op.shard]
+        msg[1:] = flat[lo:hi]
+        self.comm.Send(msg, self.ps_ranks[op.shard], TAG_PUSH)
+        self._pushed.add(op.shard)
+        if len(self._pushed) == len(self.ps_ranks):
+            self._pushed.clear()
+            self._grad_flat = None
+            for layer in self.layers.values():
+                layer.grads.clear()
 
     def _ps_pull(self, op: PSPull) -> None:
+        """Ask the shard for its parameters and wait for them: the next step needs them."""
         lo, hi = self.ps_chunks[op.shard]
-        buf, req = xcomm.recv_tensor(self.comm, (hi - lo,), self.ps_ranks[op.shard],
-                                     xcomm.tag_of(op.tag))
-        req.Wait()  # the new parameters: this worker's next step needs them
-        self._pulled[lo:hi] = buf
-        if all(self._pulled_mask(op.shard)):
+        server = self.ps_ranks[op.shard]
+        self.comm.Send(np.zeros(1, np.float32), server, TAG_PULL)
+        msg = np.empty(hi - lo + 1, np.float32)
+        self.comm.Recv(msg, server, TAG_PARAM)
+        self.versions[op.shard] = int(msg[0])
+        self._pulled[lo:hi] = msg[1:]
+        self._pulled_shards.add(op.shard)
+        if len(self._pulled_shards) == len(self.ps_ranks):
+            self._pulled_shards.clear()
             for n, params in unflatten(self._pulled, self.layout).items():
                 for k, v in params.items():
                     self.layers[n].params[k] = self._to_device(np.ascontiguousarray(v))
-
-    def _pulled_mask(self, shard: int) -> list[bool]:
-        self._pulled_shards.add(shard)
-        return [j in self._pulled_shards for j in range(len(self.ps_ranks))]
 
     # ---- compute ---------------------------------------------------------------------------
     def _pred(self, name: str) -> str | None:

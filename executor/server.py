@@ -1,7 +1,18 @@
-"""Parameter-server ranks of the synchronous PS variant: each holds one shard of the model's
-flattened parameters, receives every worker's gradient shard, sums them, applies SGD with
-momentum, and sends the new parameters back (the same update data parallel applies, so the two
-end with the same weights).
+"""Parameter-server shard ranks: each holds one shard of the model's flattened parameters.
+
+Protocol (two-sided messages; the server always sits in MPI, so progress is guaranteed, see
+docs/downpour.md): a worker *pushes* ``[version, gradient shard]`` (tag PUSH) and *pulls* by
+sending a request (tag PULL) and receiving ``[version, parameter shard]`` (tag PARAM). Messages
+from one worker arrive in order (MPI's non-overtaking rule), so a worker's pull after its push
+sees its push applied. ``version`` counts the updates the shard has applied.
+
+* synchronous (data parallel with ``exchange: ps``): per period, wait for every worker's push,
+  sum, apply SGD with momentum (the update data parallel applies, so both end with the same
+  weights), then answer every worker's pull;
+* asynchronous (Downpour, Dean et al. 2012): serve messages in arrival order; apply each push at
+  once (SGD, or Adagrad as DistBelief used), recording its staleness = updates applied since the
+  pushing worker's fetch; stop when every worker has said it is done, or has been silent for
+  ``lost_after`` seconds once the others are done (a lost worker does not stop Downpour).
 
 The flattened layout, shared with the workers: layers in model order, each layer's parameters
 in sorted key order, raveled; shard j is ``chunk(total, shards, j)``.
@@ -9,15 +20,17 @@ in sorted key order, raveled; shard j is ``chunk(total, shards, j)``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import networkx as nx
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
 from executor.model import chunk, init_weights
 from simulator.plan import Plan
+
+TAG_PUSH, TAG_PULL, TAG_PARAM, TAG_DONE, TAG_RESULT = 7101, 7102, 7103, 7104, 7105
 
 
 def flat_layout(graph: nx.DiGraph, order: list[str], seed: int
@@ -30,46 +43,6 @@ def flat_layout(graph: nx.DiGraph, order: list[str], seed: int
             parts.append(whole[n][key].ravel())
             layout.append((n, key, whole[n][key].shape))
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), layout
-
-
-class ServerRunner:
-    """One parameter-server shard rank."""
-
-    def __init__(self, comm: MPI.Comm, plan: Plan, graph: nx.DiGraph, seed: int,
-                 learning_rate: float, momentum: float):
-        from executor.runner import group_communicators
-
-        self.comm, self.plan = comm, plan
-        group_communicators(comm, plan)  # collective: the workers create theirs
-        self.workers = [r.rank for r in plan.workers()]
-        servers = [r.rank for r in plan.ranks if r.role == "server"]
-        self.shard = servers.index(comm.Get_rank())
-        order = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
-        flat, _ = flat_layout(graph, order, seed)
-        lo, hi = chunk(flat.size, len(servers), self.shard)
-        self.w = flat[lo:hi].copy()
-        self.v = np.zeros_like(self.w)
-        self.lr, self.momentum = learning_rate, momentum
-        self.busy = 0.0
-
-    def serve_period(self) -> None:
-        """Receive every worker's gradient shard, update, send the parameters back."""
-        bufs, reqs = [], []
-        for w in self.workers:
-            buf, req = xcomm.recv_tensor(self.comm, self.w.shape, w,
-                                         xcomm.tag_of(f"grad{self.shard}"))
-            bufs.append(buf)
-            reqs.append(req)
-        MPI.Request.Waitall(reqs)
-        start = MPI.Wtime()
-        g = np.sum(bufs, axis=0, dtype=np.float32)
-        self.v *= np.float32(self.momentum)
-        self.v += g
-        self.w -= np.float32(self.lr) * self.v
-        self.busy += MPI.Wtime() - start
-        sends = [xcomm.send_tensor(self.comm, self.w, w, xcomm.tag_of(f"param{self.shard}"))
-                 for w in self.workers]
-        MPI.Request.Waitall(sends)
 
 
 def push_pull_layout(total: int, shards: int) -> list[tuple[int, int]]:
@@ -85,3 +58,106 @@ def unflatten(flat: np.ndarray, layout: list[tuple[str, str, tuple[int, ...]]]
         out.setdefault(n, {})[key] = flat[at:at + size].reshape(shape)
         at += size
     return out
+
+
+class ServerRunner:
+    """One parameter-server shard rank."""
+
+    def __init__(self, comm: MPI.Comm, plan: Plan, graph: nx.DiGraph, seed: int,
+                 learning_rate: float, momentum: float):
+        from executor.runner import group_communicators
+
+        self.comm, self.plan = comm, plan
+        group_communicators(comm, plan)  # collective: the workers create theirs
+        self.workers = [r.rank for r in plan.workers()]
+        servers = [r.rank for r in plan.ranks if r.role == "server"]
+        self.shard = servers.index(comm.Get_rank())
+        order = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
+        flat, self.layout = flat_layout(graph, order, seed)
+        self.lo, self.hi = chunk(flat.size, len(servers), self.shard)
+        self.w = flat[self.lo:self.hi].copy()
+        self.v = np.zeros_like(self.w)  # momentum velocity, or Adagrad's sum of squares
+        self.lr, self.momentum = learning_rate, momentum
+        self.updater = plan.options.get("updater", "sgd")
+        self.version = 0
+        self.staleness: list[int] = []
+        self.busy = 0.0
+        self.lost: list[int] = []
+
+    # ---- updates --------------------------------------------------------------------------
+    def _apply(self, g: np.ndarray) -> None:
+        start = MPI.Wtime()
+        if self.updater == "adagrad":  # Duchi et al. 2011, as DistBelief used
+            self.v += g * g
+            self.w -= np.float32(self.lr) * g / (np.sqrt(self.v) + np.float32(1e-8))
+        else:  # SGD with the training's momentum (0 for plain SGD)
+            self.v *= np.float32(self.momentum)
+            self.v += g
+            self.w -= np.float32(self.lr) * self.v
+        self.version += 1
+        self.busy += MPI.Wtime() - start
+
+    def _reply(self, worker: int) -> None:
+        msg = np.empty(self.w.size + 1, np.float32)
+        msg[0] = self.version
+        msg[1:] = self.w
+        self.comm.Send(msg, worker, TAG_PARAM)
+
+    # ---- synchronous ----------------------------------------------------------------------
+    def serve_period(self) -> None:
+        """Every worker's push, one update, then every worker's pull."""
+        msg = np.empty(self.w.size + 1, np.float32)
+        total = np.zeros_like(self.w)
+        # named sources, not MPI.ANY_SOURCE: with shared memory inside a node and the network
+        # between nodes, MPICH's any-source receives were seen to stall (a worker's send never
+        # matched); receiving from each worker in turn costs nothing here
+        for w in self.workers:
+            self.comm.Recv(msg, w, TAG_PUSH)
+            total += msg[1:]
+        self._apply(total)
+        ping = np.empty(1, np.float32)
+        for w in self.workers:
+            self.comm.Recv(ping, w, TAG_PULL)
+            self._reply(w)
+
+    # ---- asynchronous (Downpour) ----------------------------------------------------------
+    def serve_async(self, lost_after: float) -> None:
+        msg = np.empty(self.w.size + 1, np.float32)
+        ping = np.empty(1, np.float32)
+        done: set[int] = set()
+        heard = {w: time.monotonic() for w in self.workers}
+        status = MPI.Status()
+        turn = 0
+        while len(done) < len(self.workers):
+            # poll each worker in turn (named sources: see serve_period), fairly
+            live = [w for w in self.workers if w not in done]
+            found = None
+            for i in range(len(live)):
+                w = live[(turn + i) % len(live)]
+                if self.comm.Iprobe(w, MPI.ANY_TAG, status):
+                    found = w
+                    break
+            turn += 1
+            if found is None:
+                now = time.monotonic()
+                silent = [w for w in live if now - heard[w] > lost_after]
+                if silent and len(silent) == len(live):
+                    self.lost = silent
+                    return
+                time.sleep(0.0002)
+                continue
+            src, tag = status.Get_source(), status.Get_tag()
+            heard[src] = time.monotonic()
+            if tag == TAG_PUSH:
+                self.comm.Recv(msg, src, TAG_PUSH)
+                self.staleness.append(self.version - int(msg[0]))
+                self._apply(msg[1:])
+            elif tag == TAG_PULL:
+                self.comm.Recv(ping, src, TAG_PULL)
+                self._reply(src)
+            elif tag == TAG_DONE:
+                self.comm.Recv(ping, src, TAG_DONE)
+                done.add(src)
+            else:
+                raise RuntimeError(f"parameter server {self.comm.Get_rank()}: unexpected tag "
+                                   f"{tag} from rank {src}")
