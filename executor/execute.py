@@ -6,16 +6,13 @@ between a barrier and ``MPI.Wtime``. Per-op timestamps give the trace and the br
 simulator's phase names (compute, exposed_communication, idle; ps_wait is 0 without parameter
 servers). Loss and accuracy per period go into the Result. Rank 0 alone prints and writes.
 
-A watchdog ends a run that makes no progress for ``timeout`` seconds with a message naming the
-rank and the op it was in, and aborts the job (no hang).
+A watchdog (``executor/watchdog.py``) ends a run that makes no progress for ``timeout`` seconds
+with a message naming where it was stuck and which ranks were lost, and aborts the job.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,14 @@ import numpy as np
 from mpi4py import MPI
 
 from executor.data import Dataset, open_dataset, synthetic
+from executor.downpour import run_downpour
 from executor.faults import maybe_fail
+from executor.measure import phases_of
 from executor.model import ExecutorError, check_executable
-from executor.runner import RankRunner, Timings
+from executor.runner import RankRunner
 from executor.server import ServerRunner
-from simulator.intervals import length, minus, union
-from simulator.plan import COMM, COMPUTE, Plan
+from executor.watchdog import Watchdog
+from simulator.plan import Plan
 from simulator.predict import code_version, context
 from simulator.specs import Scenario
 from simulator.strategies import build_plan
@@ -53,37 +52,11 @@ def runnable(plans: list[Plan], size: int) -> tuple[list[Plan], list[str]]:
     for p in plans:
         if len(p.ranks) != size:
             skipped.append(f"{p.strategy}: needs {len(p.ranks)} ranks, {size} launched")
-        elif p.mode != "sync":
+        elif p.mode not in ("sync", "async"):
             skipped.append(f"{p.strategy}: {p.scheme} ({p.mode}) is not executed yet")
         else:
             ok.append(p)
     return ok, skipped
-
-
-class Watchdog:
-    """Aborts the job when a rank makes no progress for ``timeout`` seconds."""
-
-    def __init__(self, comm: MPI.Comm, timeout: float):
-        self.comm, self.timeout = comm, timeout
-        self.where = "start-up"
-        self.beat = time.monotonic()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-
-    def tick(self, where: str) -> None:
-        self.where, self.beat = where, time.monotonic()
-
-    def _watch(self) -> None:
-        while not self.done.wait(min(1.0, self.timeout / 4)):
-            if time.monotonic() - self.beat > self.timeout:
-                print(f"parasim execute: rank {self.comm.Get_rank()}: no progress for "
-                      f"{self.timeout:g} s (in {self.where}); aborting the job",
-                      file=sys.stderr, flush=True)
-                self.comm.Abort(3)
-
-    def stop(self) -> None:
-        self.done.set()
 
 
 @dataclass
@@ -114,14 +87,18 @@ def prepare(comm: MPI.Comm, scenario: Scenario, names: list[str] | None) -> Prep
 
 
 def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0,
-            weights: dict[str, Any] | None = None) -> dict[str, Any]:
+            weights: dict[str, Any] | None = None, lost_after: float = 10.0) -> dict[str, Any]:
     """Run and measure the prepared strategies; when ``weights`` is a dict, rank 0 fills it with
     each strategy's final whole weights (``{strategy: {layer: {w, b}}}``)."""
     scenario, ctx, plans, skipped, data = (prep.scenario, prep.ctx, prep.plans, prep.skipped,
                                            prep.data)
+    hosts = sorted(set(comm.allgather(MPI.Get_processor_name())))  # while every rank is alive
     dog = Watchdog(comm, timeout)
     try:
-        entries = [run_plan(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
+        entries = [run_downpour(comm, plan, ctx.graph, scenario, data, backend, dog, weights,
+                                _period_batch, lost_after)
+                   if plan.mode == "async" else
+                   run_plan(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
                    for plan in plans]
     finally:
         dog.stop()
@@ -130,7 +107,7 @@ def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0
                      "file": scenario.file, "seed": scenario.seed,
                      "devices": comm.Get_size(), "device": f"{backend.name} rank",
                      "batch_size": scenario.training.batch_size,
-                     "hosts": sorted(set(comm.allgather(MPI.Get_processor_name())))},
+                     "hosts": hosts},
         "code_version": code_version(),
         "skipped": skipped,
         "results": entries,
@@ -176,7 +153,7 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
         if period < warm:
             continue
         times.append(end - start)
-        phases.append(_phases(timings, start, end))
+        phases.append(phases_of(timings, start, end))
         curve.append((end - wall0, (period - warm + 1) * total,
                       summed[0] / max(summed[2], 1), summed[1] / max(summed[2], 1)))
         if timeline is None:
@@ -203,22 +180,6 @@ def _serve(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, dog: Watchdog,
         comm.gather([], root=0)  # whole_weights: the workers hold the whole model
     comm.gather(None, root=0)
     return {}
-
-
-def _phases(t: Timings, start: float, end: float) -> dict[str, float]:
-    """One period's breakdown on this rank, as the simulator defines it: compute = time some
-    kernel ran; exposed communication = communication not under compute; copies between host
-    and device (GPU backends) on their own; idle = the rest (waiting for peers, bubbles)."""
-    def busy(kind: str) -> list[tuple[float, float]]:
-        return union([(s, e) for stream, _, s, e in t.spans if stream == kind], start, end)
-
-    compute, comm, copy, ps = busy(COMPUTE), busy(COMM), busy("copy"), busy("ps")
-    out = {"compute": length(compute),
-           "exposed_communication": minus(comm, union(compute + copy, start, end)),
-           "host_device_copy": minus(copy, compute),
-           "ps_wait": minus(ps, union(compute + comm + copy, start, end))}
-    out["idle"] = max(0.0, (end - start) - sum(out.values()))
-    return out
 
 
 def _entry(comm: MPI.Comm, plan: Plan, times: list[float], phases: list[dict],

@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)")
     ex.add_argument("--trace", metavar="FILE", help="write a Chrome trace of every rank")
     ex.add_argument("--report", metavar="FILE", help="write an HTML report")
+    ex.add_argument("--lost-after", type=float, default=10.0, metavar="S",
+                    help="Downpour: count a worker silent for S seconds, while the others are "
+                    "done, as lost and finish without it (default 10)")
     ex.add_argument("--weights", metavar="FILE", help="write every strategy's final weights "
                     "(whole, put together from the shards) to an .npz file")
     ex.add_argument("--force", action="store_true", help="overwrite output files")
@@ -259,9 +262,10 @@ def cmd_execute(args: argparse.Namespace) -> int:
     weights: dict[str, Any] | None = {} if args.weights else None
     # from here an error on one rank ends the whole job with the rank and the message
     with abort_on_error(comm):
-        result = execute(comm, prepared, backend, args.timeout, weights)
+        result = execute(comm, prepared, backend, args.timeout, weights, args.lost_after)
+    lost = any(e.get("failures") or e.get("lost_ranks") for e in result["results"])
     if not rank0:
-        return 0
+        return _exit_without_finalize() if lost else 0
     if args.weights:
         import numpy as np
 
@@ -275,7 +279,19 @@ def cmd_execute(args: argparse.Namespace) -> int:
     if args.trace:
         _write_json(args.trace, measured_trace(result))
         print(f"trace written to {args.trace}")
+    if lost:
+        return _exit_without_finalize()
     return 0
+
+
+def _exit_without_finalize() -> int:
+    """After a lost rank, MPI_Finalize would wait for it forever: leave without it (the
+    outputs are written and flushed)."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def format_measured(result: dict[str, Any]) -> str:
@@ -292,6 +308,13 @@ def format_measured(result: dict[str, Any]) -> str:
                                                        "ps_wait", "host_device_copy", "idle")),
                      f"{tr['loss'][-1]:.4f}", f"{tr['accuracy'][-1]:.1%}"))
     lines += _columns(rows)
+    for e in result["results"]:
+        if "staleness" in e:
+            st = e["staleness"]
+            lines.append(f"{e['strategy']}: gradient staleness mean {st['mean']:.2f}, max "
+                         f"{st['max']}; {e['samples_processed']} samples processed")
+        for f in e.get("failures", []):
+            lines.append(f"{e['strategy']}: rank {f['rank']} {f['what']}")
     lines += [f"skipped {s}" for s in result.get("skipped", [])]
     return "\n".join(lines)
 
@@ -301,6 +324,8 @@ def measured_trace(result: dict[str, Any]) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     pid = 0
     for e in result["results"]:
+        if "timeline" not in e:
+            continue
         devices = sorted({s[0] for s in e["timeline"]["spans"]})
         pids = {}
         for d in devices:

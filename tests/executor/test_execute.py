@@ -68,9 +68,10 @@ strategies:
 """
 
 
-def launch(ranks: int, args: list[str], timeout: float = 240, env: dict | None = None
-           ) -> subprocess.CompletedProcess:
-    cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "simulator.cli", *args]
+def launch(ranks: int, args: list[str], timeout: float = 240, env: dict | None = None,
+           launcher_args: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = ["mpiexec", *(launcher_args or []), "-n", str(ranks), sys.executable, "-m",
+           "simulator.cli", *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                 "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -1,0 +1,163 @@
+"""Downpour SGD run for real: worker ranks on their own clocks, parameter-server shard ranks
+serving in a loop (``executor/server.py``; why not one-sided MPI: docs/downpour.md).
+
+Workers never wait for each other: no barrier between periods. Each runs its program (fetch every
+n_fetch steps, push every n_push steps) for every period, then tells each server it is done and
+sends its figures to rank 0 (a worker) by point-to-point messages, as do the servers (with the
+staleness of every push they applied and their final parameters). A worker that dies does not
+stop the others: the servers count it out once it has been silent for ``lost_after`` seconds
+while every other worker is done, rank 0 stops waiting for its figures, and the Result records
+the failure and the samples actually processed. (Launch with ``mpiexec -disable-auto-cleanup``
+so that ``mpiexec`` does not end the survivors when a rank dies; without it the job ends at once.)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from executor.faults import maybe_fail
+from executor.measure import phases_of
+from executor.runner import RankRunner
+from executor.server import TAG_DONE, TAG_RESULT, ServerRunner, unflatten
+from executor.watchdog import Watchdog
+from simulator.plan import Plan
+
+TAG_BYE = 7106
+
+
+def run_downpour(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend: Any,  # noqa: ANN001
+                 dog: Watchdog, weights: dict[str, Any] | None, period_batch,  # noqa: ANN001
+                 lost_after: float) -> dict[str, Any]:
+    rank = comm.Get_rank()
+    prog = plan.ranks[rank]
+    t = scenario.training
+    comm.Barrier()  # everyone starts together (all alive here)
+    if prog.role == "server":
+        server = ServerRunner(comm, plan, graph, scenario.seed, t.learning_rate, 0.0)
+        dog.tick(f"{plan.strategy}, serving")
+        dog.timeout = float("inf")  # a server idles while workers compute: no progress checks
+        server.serve_async(lost_after)
+        figures = {"role": "server", "rank": rank, "staleness": server.staleness,
+                   "updates": server.version, "busy_s": server.busy, "lost": server.lost,
+                   "shard": (server.lo, server.hi), "w": server.w, "layout": server.layout}
+    else:
+        figures = _work(comm, plan, graph, scenario, data, backend, dog, period_batch)
+    return _collect(comm, plan, figures, weights, lost_after)
+
+
+def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # noqa: ANN001
+          period_batch) -> dict[str, Any]:  # noqa: ANN001
+    t = scenario.training
+    rank = comm.Get_rank()
+    prog = plan.ranks[rank]
+    runner = RankRunner(comm, plan, graph, backend, scenario.seed, t.learning_rate, 0.0)
+    times, phases, curve, start0 = [], [], [], MPI.Wtime()
+    warm = t.warmup_iterations
+    samples = 0
+    for period in range(warm + t.iterations):
+        dog.tick(f"{plan.strategy}, period {period}")
+        if period == warm:
+            maybe_fail(rank)
+            start0 = MPI.Wtime()
+        x, _ = period_batch(data, period, plan.samples_per_period, prog.inputs)
+        _, y = period_batch(data, period, plan.samples_per_period, prog.labels)
+        start = MPI.Wtime()
+        timings, stats = runner.run_period(x, y)
+        end = MPI.Wtime()
+        if period >= warm:
+            times.append(end - start)
+            phases.append(phases_of(timings, start, end))
+            samples += prog.inputs[1]
+            curve.append((end - start0, samples, stats["loss_sum"] / max(stats["counted"], 1),
+                          stats["correct"] / max(stats["counted"], 1)))
+    for server in (r.rank for r in plan.ranks if r.role == "server"):
+        comm.Send(np.zeros(1, np.float32), server, TAG_DONE)
+    mean = {k: statistics.fmean(p[k] for p in phases) for k in phases[0]} if phases else {}
+    return {"role": "worker", "rank": rank, "device": prog.device, "times": times,
+            "phases": mean, "curve": curve, "samples": samples}
+
+
+def _collect(comm: MPI.Comm, plan: Plan, figures: dict[str, Any],
+             weights: dict[str, Any] | None, lost_after: float) -> dict[str, Any]:
+    """Everyone's figures to rank 0 by point-to-point messages (a collective would wait for a
+    dead rank); rank 0 then tells the survivors whether a rank was lost."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if rank != 0:
+        comm.send(figures, dest=0, tag=TAG_RESULT)
+        lost = comm.recv(source=0, tag=TAG_BYE)
+        return {"lost_ranks": lost}
+    got = {0: figures}
+    servers = {r.rank for r in plan.ranks if r.role == "server"}
+    deadline = time.monotonic() + lost_after * 2 + 5
+    while len(got) < size and time.monotonic() < deadline:
+        for r in range(1, size):
+            if r not in got and comm.Iprobe(r, TAG_RESULT):
+                got[r] = comm.recv(source=r, tag=TAG_RESULT)
+        if servers <= set(got):  # the servers have said which workers they counted out
+            counted_out = {w for r in servers for w in got[r]["lost"]}
+            if set(range(size)) <= set(got) | counted_out:
+                break
+        time.sleep(0.001)
+    lost = sorted(set(range(size)) - set(got))
+    for r in got:
+        if r != 0:
+            comm.send(lost, dest=r, tag=TAG_BYE)
+    entry = _entry(plan, got, lost)
+    if weights is not None:
+        servers = [f for f in got.values() if f["role"] == "server"]
+        if servers and len(servers) == len([r for r in plan.ranks if r.role == "server"]):
+            flat = np.concatenate([f["w"] for f in sorted(servers, key=lambda f: f["shard"])])
+            weights[plan.strategy] = unflatten(flat, servers[0]["layout"])
+    return entry
+
+
+def _entry(plan: Plan, got: dict[int, dict], lost: list[int]) -> dict[str, Any]:
+    workers = [f for f in got.values() if f["role"] == "worker"]
+    servers = [f for f in got.values() if f["role"] == "server"]
+    steps = plan.period_steps
+    per_step = [statistics.fmean(f["times"]) / steps for f in workers if f["times"]]
+    samples = sum(f["samples"] for f in workers)
+    wall = max((f["curve"][-1][0] for f in workers if f["curve"]), default=0.0)
+    rates = [f["samples"] / f["curve"][-1][0] for f in workers if f["curve"]]
+    stale = [s for f in servers for s in f["staleness"]]
+    lost_workers = sorted({w for f in servers for w in f["lost"]} | set(lost))
+    # every worker's curve on one time line: samples processed by all workers up to each point
+    events = sorted((c[0], f["rank"], c[1], c[2], c[3]) for f in workers for c in f["curve"])
+    latest: dict[int, int] = {}
+    curve = []
+    for wall_t, r, cum, loss, acc in events:
+        latest[r] = cum
+        curve.append((wall_t, sum(latest.values()), loss, acc))
+    keys = [k for f in workers for k in f["phases"]]
+    breakdown = {k: statistics.fmean(f["phases"][k] for f in workers if f["phases"]) / steps
+                 for k in dict.fromkeys(keys)}
+    hist: dict[str, int] = {}
+    for s in sorted(stale):
+        hist[str(s)] = hist.get(str(s), 0) + 1
+    return {
+        "strategy": plan.strategy,
+        "scheme": plan.scheme,
+        "mode": "measured",
+        "devices": len(plan.workers()),
+        "samples_per_iteration": plan.samples_per_period,
+        "iteration_time_s": statistics.fmean(per_step) if per_step else None,
+        "throughput_samples_per_s": sum(rates) if rates else None,
+        "breakdown_s": breakdown,
+        "samples_processed": samples,
+        "wall_time_s": wall,
+        "fits": plan.fits,
+        "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
+        "staleness": {"mean": statistics.fmean(stale) if stale else 0.0,
+                      "max": max(stale, default=0), "histogram": hist},
+        "utilisation_per_server": {f"rank{f['rank']}": f["busy_s"] / wall if wall else 0.0
+                                   for f in servers},
+        "failures": [{"rank": r, "what": "lost (stopped answering); the others went on"}
+                     for r in lost_workers],
+        "training": {"wall_time_s": [c[0] for c in curve], "samples": [c[1] for c in curve],
+                     "loss": [c[2] for c in curve], "accuracy": [c[3] for c in curve]},
+    }
