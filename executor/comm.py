@@ -33,6 +33,7 @@ algorithm every rank ends with identical bits (except ``mpi``, which is up to th
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -304,8 +305,17 @@ def abort_on_error(comm: MPI.Comm) -> Iterator[None]:
         if e.code in (None, 0):
             raise
         print(f"rank {comm.rank}: SystemExit: {e.code}", file=sys.stderr, flush=True)
-        comm.Abort(e.code if isinstance(e.code, int) else 1)
+        _abort(comm, e.code if isinstance(e.code, int) else 1)
     except BaseException as e:
         traceback.print_exc()
         print(f"rank {comm.rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        comm.Abort(1)
+        _abort(comm, 1)
+
+
+def _abort(comm: MPI.Comm, code: int) -> None:
+    """MPI_Abort, and make sure this process ends even if the call returns (seen with MPICH
+    when another rank is aborting at the same moment)."""
+    try:
+        comm.Abort(code)
+    finally:
+        os._exit(code)

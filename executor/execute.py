@@ -52,7 +52,7 @@ def runnable(plans: list[Plan], size: int) -> tuple[list[Plan], list[str]]:
     for p in plans:
         if len(p.ranks) != size:
             skipped.append(f"{p.strategy}: needs {len(p.ranks)} ranks, {size} launched")
-        elif p.mode not in ("sync", "async"):
+        elif p.mode not in ("sync", "async", "batch"):
             skipped.append(f"{p.strategy}: {p.scheme} ({p.mode}) is not executed yet")
         else:
             ok.append(p)
@@ -159,10 +159,24 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
         if timeline is None:
             timeline = [(prog.device, stream, name, s - start, e - s)
                         for stream, name, s, e in timings.spans]
+    handed = None
+    if plan.mode == "batch" and comm.Get_rank() == 0:  # the coordinator's portion counts
+        handed = comm.recv(source=next(r.rank for r in plan.ranks if r.role == "server"),
+                           tag=TAG_HANDED)
     whole = runner.whole_weights() if weights is not None else None
     if whole is not None:
         weights[plan.strategy] = whole
-    return _entry(comm, plan, times, phases, curve, timeline, backend)
+    entry = _entry(comm, plan, times, phases, curve, timeline, backend)
+    if handed is not None:
+        entry["portions_per_worker"] = {plan.ranks[w].device: n for w, n in sorted(handed.items())}
+    return entry
+
+
+TAG_HANDED = 7109
+
+
+def group_communicators_of(server: ServerRunner) -> MPI.Comm | None:
+    return server.groups.get("servers")
 
 
 def _serve(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, dog: Watchdog,  # noqa: ANN001
@@ -170,12 +184,21 @@ def _serve(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, dog: Watchdog,
     """A parameter-server rank: serve every period between the same barriers as the workers."""
     t = scenario.training
     server = ServerRunner(comm, plan, graph, scenario.seed, t.learning_rate, t.momentum)
+    servers = group_communicators_of(server)
     for period in range(t.warmup_iterations + t.iterations):
         dog.tick(f"{plan.strategy}, serving period {period}")
+        if period == t.warmup_iterations:
+            server.handed.clear()  # portions of measured batches only
         comm.Barrier()
-        server.serve_period()
+        if plan.mode == "batch":
+            server.serve_batch(plan.portions, server.shard == 0, servers,
+                               plan.options.get("history", 10))
+        else:
+            server.serve_period()
         comm.Barrier()
         comm.allreduce(np.zeros(3, dtype=np.float64))
+    if plan.mode == "batch" and server.shard == 0:
+        comm.send(server.handed, dest=0, tag=TAG_HANDED)
     if weights is not None:
         comm.gather([], root=0)  # whole_weights: the workers hold the whole model
     comm.gather(None, root=0)

@@ -15,8 +15,9 @@ Every op is timed with ``MPI.Wtime`` into one of the simulator's breakdown phase
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -24,11 +25,15 @@ import numpy as np
 from mpi4py import MPI
 
 from executor import comm as xcomm
+from executor.faults import slowdown
 from executor.model import ExecutorError, Forward, Layer, chunk, init_weights, shard_params
 from executor.server import (
+    TAG_DONE,
     TAG_PARAM,
+    TAG_PORTION,
     TAG_PULL,
     TAG_PUSH,
+    TAG_WORK,
     flat_layout,
     push_pull_layout,
     unflatten,
@@ -36,6 +41,7 @@ from executor.server import (
 from simulator.plan import (
     COMM,
     COMPUTE,
+    Barrier,
     Collective,
     Compute,
     Op,
@@ -46,6 +52,7 @@ from simulator.plan import (
     Recv,
     Send,
     Update,
+    WorkLoop,
 )
 
 Span = tuple[str, str, float, float]  # (stream, name, start, end) in MPI.Wtime seconds
@@ -74,6 +81,7 @@ class RankRunner:
         self.pending: dict[tuple[str, str, int], Any] = {}
         self.sends: list[Any] = []
         self.timings = Timings()
+        self.slowdown = slowdown(self.rank)
         self.ps_ranks = [r.rank for r in plan.ranks if r.role == "server"]
         if self.ps_ranks:
             flat, self.layout = flat_layout(graph, self.order, seed)
@@ -196,8 +204,17 @@ class RankRunner:
 
     def _run(self, op: Op) -> str:
         if isinstance(op, Compute):
+            start = time.perf_counter()
             (self._forward if op.phase == "fwd" else self._backward)(op)
+            if self.slowdown > 1.0:  # an injected straggler: the kernel takes that much longer
+                time.sleep((self.slowdown - 1.0) * (time.perf_counter() - start))
             return "compute"
+        if isinstance(op, WorkLoop):
+            self._work_loop(op)
+            return "compute"
+        if isinstance(op, Barrier):
+            self.groups[op.group].Barrier()
+            return "communication"
         if isinstance(op, Update):
             self._update()
             return "compute"
@@ -217,6 +234,23 @@ class RankRunner:
             self._ps_pull(op)
             return "communication"
         raise ExecutorError(f"the executor cannot run {op.kind!r} ops yet")
+
+    # ---- Sandblaster: work portions from the coordinator --------------------------------------
+    def _work_loop(self, op: WorkLoop) -> None:
+        """Ask the coordinator for a portion, run the body on its samples, until none is left;
+        then tell every server this worker's pushes for the batch are all sent."""
+        ask, portion = np.zeros(1, np.float32), np.zeros(1, np.int64)
+        while True:
+            self.comm.Send(ask, op.coordinator, TAG_WORK)
+            self.comm.Recv(portion, op.coordinator, TAG_PORTION)
+            p = int(portion[0])
+            if p < 0:
+                break
+            for body_op in op.body:  # the portion's samples are "micro-batch" p of the batch
+                self._run(replace(body_op, micro_batch=p) if isinstance(body_op, Compute)
+                          else body_op)
+        for server in self.ps_ranks:
+            self.comm.Send(ask, server, TAG_DONE)
 
     # ---- parameter servers (executor/server.py has the protocol) -----------------------------
     def _flat_grads(self) -> np.ndarray:

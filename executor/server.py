@@ -12,7 +12,13 @@ sees its push applied. ``version`` counts the updates the shard has applied.
 * asynchronous (Downpour, Dean et al. 2012): serve messages in arrival order; apply each push at
   once (SGD, or Adagrad as DistBelief used), recording its staleness = updates applied since the
   pushing worker's fetch; stop when every worker has said it is done, or has been silent for
-  ``lost_after`` seconds once the others are done (a lost worker does not stop Downpour).
+  ``lost_after`` seconds once the others are done (a lost worker does not stop Downpour);
+* batch (Sandblaster): answer pulls, accumulate every pushed portion gradient; the first server
+  is also the coordinator and hands out work portions (tag WORK) to whichever worker asks; once
+  every worker has said its loop is over, the shards take one L-BFGS step together (Nocedal &
+  Wright, *Numerical Optimization*, algorithm 7.4: two-loop recursion over the last ``history``
+  pairs; the dot products are summed over the shards; a fixed step of the learning rate along
+  the direction, no line search).
 
 The flattened layout, shared with the workers: layers in model order, each layer's parameters
 in sorted key order, raveled; shard j is ``chunk(total, shards, j)``.
@@ -31,6 +37,7 @@ from executor.model import chunk, init_weights
 from simulator.plan import Plan
 
 TAG_PUSH, TAG_PULL, TAG_PARAM, TAG_DONE, TAG_RESULT = 7101, 7102, 7103, 7104, 7105
+TAG_WORK, TAG_PORTION = 7107, 7108
 
 
 def flat_layout(graph: nx.DiGraph, order: list[str], seed: int
@@ -68,7 +75,7 @@ class ServerRunner:
         from executor.runner import group_communicators
 
         self.comm, self.plan = comm, plan
-        group_communicators(comm, plan)  # collective: the workers create theirs
+        self.groups = group_communicators(comm, plan)  # collective: every rank creates its own
         self.workers = [r.rank for r in plan.workers()]
         servers = [r.rank for r in plan.ranks if r.role == "server"]
         self.shard = servers.index(comm.Get_rank())
@@ -83,6 +90,9 @@ class ServerRunner:
         self.staleness: list[int] = []
         self.busy = 0.0
         self.lost: list[int] = []
+        self.handed: dict[int, int] = {}  # Sandblaster: portions each worker took
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None  # L-BFGS: last (w, g)
+        self.pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
 
     # ---- updates --------------------------------------------------------------------------
     def _apply(self, g: np.ndarray) -> None:
@@ -161,3 +171,70 @@ class ServerRunner:
             else:
                 raise RuntimeError(f"parameter server {self.comm.Get_rank()}: unexpected tag "
                                    f"{tag} from rank {src}")
+
+    # ---- batch (Sandblaster) --------------------------------------------------------------
+    def serve_batch(self, portions: int, coordinator: bool, peers: MPI.Comm,
+                    history: int) -> None:
+        msg = np.empty(self.w.size + 1, np.float32)
+        ping = np.empty(1, np.float32)
+        g = np.zeros_like(self.w)
+        done: set[int] = set()
+        handed = 0
+        status = MPI.Status()
+        while len(done) < len(self.workers):
+            found = False
+            for w in self.workers:
+                if w in done or not self.comm.Iprobe(w, MPI.ANY_TAG, status):
+                    continue
+                found = True
+                tag = status.Get_tag()
+                if tag == TAG_PUSH:
+                    self.comm.Recv(msg, w, TAG_PUSH)
+                    g += msg[1:]
+                elif tag == TAG_PULL:
+                    self.comm.Recv(ping, w, TAG_PULL)
+                    self._reply(w)
+                elif tag == TAG_WORK and coordinator:
+                    self.comm.Recv(ping, w, TAG_WORK)
+                    portion = handed if handed < portions else -1
+                    handed += portion >= 0
+                    self.handed[w] = self.handed.get(w, 0) + (portion >= 0)
+                    self.comm.Send(np.array([portion], np.int64), w, TAG_PORTION)
+                elif tag == TAG_DONE:
+                    self.comm.Recv(ping, w, TAG_DONE)
+                    done.add(w)
+                else:
+                    raise RuntimeError(f"parameter server {self.comm.Get_rank()}: unexpected "
+                                       f"tag {tag} from rank {w}")
+            if not found:
+                time.sleep(0.0002)
+        self._lbfgs_step(g, peers, history)
+
+    def _lbfgs_step(self, g: np.ndarray, peers: MPI.Comm, history: int) -> None:
+        def dot(a: np.ndarray, b: np.ndarray) -> float:  # over the whole parameter vector
+            return peers.allreduce(float(np.dot(a.astype(np.float64), b)), op=MPI.SUM)
+
+        start = MPI.Wtime()
+        if self.prev is not None:
+            s, y = self.w - self.prev[0], g - self.prev[1]
+            sy = dot(s, y)
+            if sy > 1e-12:  # keep curvature pairs that keep the approximation positive
+                self.pairs.append((s, y, 1.0 / sy))
+                self.pairs = self.pairs[-history:]
+        q = g.astype(np.float64)
+        alphas = []
+        for s, y, rho in reversed(self.pairs):
+            a = rho * dot(s, q)
+            q -= a * y
+            alphas.append(a)
+        gamma = (dot(self.pairs[-1][0], self.pairs[-1][1]) / dot(self.pairs[-1][1],
+                                                                self.pairs[-1][1])
+                 if self.pairs else 1.0)
+        r = gamma * q
+        for (s, y, rho), a in zip(self.pairs, reversed(alphas)):
+            b = rho * dot(y, r)
+            r += s * (a - b)
+        self.prev = (self.w.copy(), g.copy())
+        self.w -= np.float32(self.lr) * r.astype(np.float32)
+        self.version += 1
+        self.busy += MPI.Wtime() - start

@@ -13,6 +13,8 @@ recursion reads the 2m stored vectors twice and touches the gradient, direction 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from simulator.errors import ScenarioError
 from simulator.plan import (
     COMM,
@@ -68,9 +70,15 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                  body=tuple(body.ops))
     b.add(Barrier, stream=COMM, deps=(loop,), group="world", key="batch")
     ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, per_portion)
+    # any worker may be handed any portion: each may read the whole batch
+    batch = (0, per_portion * portions)
+    ranks = tuple(replace(r, inputs=batch, labels=batch) if r.role == "worker" else r
+                  for r in ranks)
     return Plan(strategy=spec.name, scheme="sandblaster", mode="batch",
                 samples_per_period=per_portion * portions, period_steps=1, ranks=ranks,
-                groups={"world": tuple(range(workers))}, memory=memory, portions=portions,
+                groups={"world": tuple(range(workers)),
+                        "servers": tuple(range(workers, workers + len(hosts)))},
+                memory=memory, portions=portions,
                 options={**o, "workers": workers, "portions": portions,
                          "step_bytes_per_shard": (4 * o["history"] + 4) * shard_bytes})
 
