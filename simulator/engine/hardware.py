@@ -92,6 +92,12 @@ class ParameterServer:
     def _memory_time(self, nbytes: float) -> float:
         return nbytes / (self.spec.memory_bandwidth * self.spec.memory_efficiency)
 
+    def copy_time(self, nbytes: float) -> float:
+        """Reading ``nbytes`` of parameters out for a fetch."""
+        t = self._memory_time(nbytes)
+        self.busy += t
+        return t
+
     def apply(self, iteration: int, nbytes: float, seen_version: int):
         """Process: accept one pushed gradient (after it has crossed the network)."""
         with self.lock.request() as req:

@@ -308,7 +308,14 @@ class Engine:
             yield earlier
         if server.sync:
             yield server.ready[it]
-        self.seen_version[(rank, op.shard)] = server.version
+        # the shard serves one message at a time (as the executor's service loop does): a fetch
+        # waits behind the pushes being applied; reading the parameters out is a memory copy
+        with server.lock.request() as req:
+            yield req
+            self.seen_version[(rank, op.shard)] = server.version
+            read = server.copy_time(op.bytes)
+            if read:
+                yield self.env.timeout(read)
         yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
         self._log(rank, it, "ps", start, f"pull{op.shard}", COMM)
 
