@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -315,6 +316,7 @@ def abort_on_error(comm: MPI.Comm) -> Iterator[None]:
 def _abort(comm: MPI.Comm, code: int) -> None:
     """MPI_Abort, and make sure this process ends even if the call returns (seen with MPICH
     when another rank is aborting at the same moment)."""
+    time.sleep(0.3)  # let mpiexec forward this rank's last words before it ends every process
     try:
         comm.Abort(code)
     finally:

@@ -21,6 +21,7 @@ import numpy as np
 from mpi4py import MPI
 
 from executor.data import Dataset, open_dataset, synthetic
+from executor.dbn import run_dbn
 from executor.downpour import run_downpour
 from executor.faults import maybe_fail
 from executor.measure import phases_of
@@ -98,6 +99,8 @@ def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0
         entries = [run_downpour(comm, plan, ctx.graph, scenario, data, backend, dog, weights,
                                 _period_batch, lost_after)
                    if plan.mode == "async" else
+                   run_dbn(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
+                   if plan.scheme == "dbn_pretrain" else
                    run_plan(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
                    for plan in plans]
     finally:

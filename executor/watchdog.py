@@ -70,6 +70,7 @@ class Watchdog:
                        if lost else "; every other rank answered (a deadlock, not a lost rank)")
                 print(f"parasim execute: rank {self.rank}: no progress for {self.timeout:g} s "
                       f"(in {self.where}){who}; aborting the job", file=sys.stderr, flush=True)
+                time.sleep(0.3)  # let mpiexec forward the message before it ends the job
                 self.comm.Abort(3)
 
     def stop(self) -> None:

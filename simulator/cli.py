@@ -306,7 +306,8 @@ def format_measured(result: dict[str, Any]) -> str:
                      f"{e['iteration_time_s'] * 1e3:.3f}",
                      *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
                                                        "ps_wait", "host_device_copy", "idle")),
-                     f"{tr['loss'][-1]:.4f}", f"{tr['accuracy'][-1]:.1%}"))
+                     f"{tr['loss'][-1]:.4f}",
+                     f"{tr['accuracy'][-1]:.1%}" if tr.get("accuracy") else "-"))
     lines += _columns(rows)
     for e in result["results"]:
         if "staleness" in e:

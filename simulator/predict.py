@@ -20,6 +20,7 @@ from simulator.scenario import build_graph
 from simulator.specs import Scenario, StrategySpec
 from simulator.strategies import build_plan
 from simulator.strategies.common import Context
+from simulator.strategies.dbn_pretrain import predicted_pretraining
 
 
 def code_version() -> str:
@@ -61,6 +62,8 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
                        seed=scenario.seed)
         entry = pred.entry
         entry["plan"] = plan_report.summary(plan, ctx.cluster)
+        if plan.scheme == "dbn_pretrain" and entry.get("timeline"):
+            entry["pretraining"] = predicted_pretraining(entry, plan)
         tp = entry.get("throughput_samples_per_s")
         entry["speedup_over_one_device"] = tp / baseline if tp else None
         entry["efficiency"] = (tp / baseline / entry["devices"]) if tp else None

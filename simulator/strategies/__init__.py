@@ -14,7 +14,7 @@ from importlib import import_module
 from types import ModuleType
 
 SCHEMES = ("data_parallel", "downpour", "sandblaster", "pipeline", "tensor", "branch", "hybrid",
-           "parallel_3d")
+           "parallel_3d", "dbn_pretrain")
 
 
 def scheme_module(scheme: str) -> ModuleType:

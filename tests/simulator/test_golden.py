@@ -33,3 +33,14 @@ def test_scenario_matches_its_golden_summary(path: Path):
         golden.write_text(summary)
     assert golden.exists(), f"no golden summary for {path.name}: run with PARASIM_UPDATE_GOLDEN=1"
     assert summary == golden.read_text()
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_every_strategy_a_shipped_scenario_names_has_a_prediction(path: Path):
+    scenario = load_scenario(path)
+    result, _ = simulate_scenario(scenario)
+    entries = {e["strategy"]: e for e in result["results"]}
+    assert list(entries) == [s.name for s in scenario.strategies]
+    for e in entries.values():
+        assert e["mode"] == "predicted"
+        assert (e["throughput_samples_per_s"] or 0) > 0 or e["note"].startswith("does not fit")

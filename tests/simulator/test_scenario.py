@@ -525,6 +525,8 @@ def test_pipeline_more_replicas_than_devices(tmp_path):
     ("branch", scheme("    scheme: branch\n", edit(MLP, "  zoo: inception\n"))),
     ("hybrid", scheme("    scheme: hybrid\n", LENET)),
     ("parallel_3d", scheme("    scheme: parallel_3d\n    data: 2\n    pipeline: 2\n")),
+    ("dbn_pretrain", scheme("    scheme: dbn_pretrain\n",
+                            edit(MLP, "  zoo: dbn\n  params:\n    sizes: [8, 4, 2]\n"))),
 ])
 def test_every_scheme_loads_with_its_defaults(tmp_path, name, text):
     from simulator.strategies import SCHEMES, scheme_module
@@ -539,7 +541,7 @@ def test_every_scheme_is_tested():
     from simulator.strategies import SCHEMES
 
     tested = {"data_parallel", "downpour", "sandblaster", "pipeline", "tensor", "branch",
-              "hybrid", "parallel_3d"}
+              "hybrid", "parallel_3d", "dbn_pretrain"}
     assert set(SCHEMES) == tested
 
 # -- other ways in ---------------------------------------------------------------------------

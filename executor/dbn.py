@@ -1,0 +1,452 @@
+"""Parallel DBN pre-training for real: greedy layer-wise CD-1 over MPI ranks, measured.
+
+Runs a ``dbn_pretrain`` plan (``simulator/strategies/dbn_pretrain.py``). Rank r holds the plan's
+shard of the training set (its ``inputs``). Per RBM layer, per epoch: the rank runs the backend's
+``rbm_cd1`` on each of its mini-batches and applies every step locally (``W += lr dW``, plain
+CD-1, learning rate ``training.learning_rate``), adding it to the epoch's delta; then the k
+ranks' deltas are summed by the all-reduce the plan names (default ``tree``: reduce to the master,
+rank 0, then broadcast from it) and every rank sets ``W = W_start + sum / k``: the master's
+average. The reconstruction errors (per-sample mean squared error of the one-step
+reconstruction, accumulated during the epoch) travel in the same buffer, so every rank sees the
+same sample-weighted mean and takes the same stopping decision: a layer stops after ``epochs``
+epochs or when the error has not fallen by more than ``tau`` for three epochs in a row. The
+layer's hidden probabilities on every shard are then the next layer's data.
+
+The plan is the contract: mini-batch sizes, the all-reduce algorithm and which layers run a
+forward pass are read from each layer's first epoch in the plan. The plan plays
+``expected_epochs`` epochs per layer (the simulator cannot know when tau stops a layer); the
+executor repeats that epoch up to ``epochs`` times.
+
+Randomness: the Bernoulli sample of CD-1 takes its uniforms from a Philox counter-based
+generator keyed by (seed, layer index, epoch); sample g's h uniforms are the stream's positions
+[g h, (g + 1) h). Every sample gets the same draws whatever the number of ranks. Each step draws
+its mini-batch's uniforms inside its timed span, as a CD-1 code must (the plan does not cost the
+generator itself: a gap between predicted and measured).
+
+Measured: every epoch between a barrier and ``MPI.Wtime`` after the averaging and a barrier; each
+CD-1 step, averaging and forward pass is a timeline span named as the simulator names them
+(``rbm1.cd1``, ``allreduce:rbm1.e3``, ``rbm1.fwd``), so ``dbn_pretrain.layer_times`` reads both.
+Kernels are warmed up (JIT) before the first timed epoch.
+
+Run: ``mpiexec -n K python -m executor.dbn SCENARIO --strategy NAME --json OUT``; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from executor.model import ExecutorError, init_weights
+from simulator.intervals import length, minus, union
+from simulator.plan import Collective, Compute, Plan
+from simulator.strategies.dbn_pretrain import STALL_EPOCHS
+
+F32 = np.float32
+
+
+@dataclass(frozen=True)
+class LayerSchedule:
+    """One layer's epoch as the plan gives it to this rank."""
+
+    layer: str
+    batches: tuple[int, ...]  # mini-batch sizes of one epoch
+    algorithm: str  # the averaging all-reduce
+    forward: bool  # a forward pass over the shard follows (not after the top layer)
+
+
+def schedule(plan: Plan, rank: int) -> list[LayerSchedule]:
+    """Per RBM layer, in order: its first epoch's mini-batches, averaging and forward pass."""
+    out: dict[str, dict[str, Any]] = {}
+    for op in plan.ranks[rank].ops:
+        if isinstance(op, Compute):
+            s = out.setdefault(op.layer, {"batches": [], "algorithm": None, "forward": False})
+            if op.phase == "cd1" and s["algorithm"] is None:
+                s["batches"].append(op.samples)
+            elif op.phase == "fwd":
+                s["forward"] = True
+        elif isinstance(op, Collective) and op.tensor.startswith("delta:"):
+            s = out[op.tensor[len("delta:"):]]
+            s["algorithm"] = s["algorithm"] or op.algorithm
+    return [LayerSchedule(n, tuple(s["batches"]), s["algorithm"], s["forward"])
+            for n, s in out.items()]
+
+
+def uniform_stream(seed: int, layer: int, epoch: int, first: int, hidden: int
+                   ) -> np.random.Generator:
+    """The generator of one layer's epoch, positioned at sample ``first`` (a global index):
+    ``random((n, hidden))`` then gives the uniforms of samples ``first .. first + n - 1``, the
+    next call those of the samples after them; a sample gets the same draws in any shard."""
+    key = np.random.SeedSequence([seed, layer, epoch]).generate_state(2, np.uint64)
+    bits = np.random.Philox(key=key)
+    position = first * hidden  # one 64-bit draw per double; Philox yields four per counter step
+    bits.advance(position // 4)
+    if position % 4:
+        bits.random_raw(position % 4)
+    return np.random.Generator(bits)
+
+
+def training_inputs(data: Any, samples: int, visible: int) -> np.ndarray:
+    """The first ``samples`` samples flattened to ``(samples, visible)`` float32 in [0, 1]."""
+    x = np.asarray(data.x)
+    if len(x) < samples:
+        raise ExecutorError(f"the data set {data.name} holds {len(x)} samples; the strategy "
+                            f"asks for samples: {samples}")
+    flat = x[:samples].reshape(samples, -1)
+    if flat.shape[1] != visible:
+        raise ExecutorError(f"{data.name} samples have {flat.shape[1]} values but the first RBM "
+                            f"has {visible} visible units (model.params.sizes[0])")
+    return np.ascontiguousarray(flat, dtype=F32)
+
+
+PARAMS = ("w", "b_vis", "b")  # weights, visible biases, hidden biases: the delta's layout
+
+
+class RankTrainer:
+    """One rank's part of the pre-training: its shard, its kernels, its timed spans."""
+
+    def __init__(self, comm: Any, plan: Plan, backend: Any, learning_rate: float, seed: int):
+        from mpi4py import MPI
+
+        self.comm, self.k, self.wtime = comm, len(plan.workers()), MPI.Wtime
+        self.backend, self.lr, self.seed = backend, learning_rate, seed
+        self.offset, self.count = plan.ranks[comm.Get_rank()].inputs
+        self.spans: list[tuple[str, str, float, float]] = []
+
+    def span(self, stream: str, name: str, start: float) -> None:
+        self.spans.append((stream, name, start, self.wtime()))
+
+    def epoch(self, s: LayerSchedule, index: int, epoch: int, p: dict, x: Any) -> float:
+        """One epoch of CD-1 over the shard from ``p`` (updated in place to the master's
+        average); returns the epoch's reconstruction error, sample-weighted over every rank."""
+        from executor import comm as xcomm
+
+        k, hidden = self.backend, p["b"].shape[0]
+        start = {key: np.array(k.to_host(v)) for key, v in p.items()}
+        delta = {key: k.zeros(v.shape) for key, v in p.items()}
+        draws = uniform_stream(self.seed, index, epoch, self.offset, hidden)
+        err_sum, pos = 0.0, 0
+        for n in s.batches:
+            t = self.wtime()
+            u = k.to_device(draws.random((n, hidden)).astype(F32))
+            dw, db_vis, db_hid, err = k.rbm_cd1(x[pos:pos + n], p["w"], p["b_vis"], p["b"], u)
+            for key, g in zip(PARAMS, (dw, db_vis, db_hid)):
+                k.axpy(self.lr, g, p[key])
+                k.axpy(self.lr, g, delta[key])
+            k.synchronize()
+            self.span("compute", f"{s.layer}.cd1", t)
+            err_sum += err * n
+            pos += n
+        t = self.wtime()
+        buf = np.concatenate([np.asarray(k.to_host(delta[key]), F32).ravel() for key in PARAMS]
+                             + [np.array([err_sum, self.count], F32)])
+        xcomm.allreduce(self.comm, buf, s.algorithm)
+        at = 0
+        for key in PARAMS:  # the master's average: W_start + (sum of deltas) / k
+            size = start[key].size
+            mean = buf[at:at + size].reshape(start[key].shape) * F32(1.0 / self.k)
+            p[key] = k.to_device(start[key] + mean)
+            at += size
+        self.span("comm", f"allreduce:{s.layer}.e{epoch}", t)
+        return float(buf[-2]) / float(buf[-1])
+
+    def forward(self, s: LayerSchedule, p: dict, x: Any) -> Any:
+        """The layer's hidden probabilities on the shard: the next layer's data."""
+        t = self.wtime()
+        y = self.backend.act_forward(self.backend.dense_forward(x, p["w"], p["b"]), "sigmoid")
+        self.backend.synchronize()
+        self.span("compute", f"{s.layer}.fwd", t)
+        return y
+
+
+def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend: Any,
+            dog: Any, weights: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pre-train under ``plan``; rank 0 returns the Result entry (``{}`` elsewhere). When
+    ``weights`` is a dict, rank 0 puts the trained ``{layer: {w, b, b_vis}}`` under the
+    strategy's name."""
+    o, rank = plan.options, comm.Get_rank()
+    me = RankTrainer(comm, plan, backend, scenario.training.learning_rate, scenario.seed)
+    layers = schedule(plan, rank)
+    whole = init_weights(graph, sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"]),
+                         scenario.seed)
+    visible = graph.nodes[layers[0].layer]["in_shape"][0]
+    x = backend.to_device(training_inputs(data, o["samples"], visible)
+                          [me.offset:me.offset + me.count])
+    _warm_up(backend, x, whole[layers[0].layer])
+    curve: list[tuple[float, float]] = []  # (end of epoch, reconstruction error)
+    record, epoch_times = [], []
+    comm.Barrier()
+    begin = me.wtime()
+    for index, s in enumerate(layers):
+        p = {key: backend.to_device(v) for key, v in whole[s.layer].items()}
+        errors: list[float] = []
+        stalled, layer_start = 0, None
+        for epoch in range(o["epochs"]):
+            dog.tick(f"{plan.strategy}, {s.layer}, epoch {epoch}")
+            comm.Barrier()
+            t0 = me.wtime()
+            layer_start = t0 if layer_start is None else layer_start
+            errors.append(me.epoch(s, index, epoch, p, x))
+            comm.Barrier()
+            t1 = me.wtime()
+            epoch_times.append(t1 - t0)
+            curve.append((t1 - begin, errors[-1]))
+            if epoch > 0:
+                stalled = stalled + 1 if errors[-2] - errors[-1] <= o["tau"] else 0
+            if stalled >= STALL_EPOCHS:
+                break
+        if s.forward:
+            x = me.forward(s, p, x)
+            comm.Barrier()
+        record.append({"layer": s.layer, "epochs": len(errors), "reconstruction_error": errors,
+                       "converged": stalled >= STALL_EPOCHS,
+                       "time_s": me.wtime() - layer_start})
+        if weights is not None and rank == 0:
+            weights.setdefault(plan.strategy, {})[s.layer] = {
+                key: np.array(backend.to_host(v)) for key, v in p.items()}
+    end = me.wtime()
+    device = plan.ranks[rank].device
+    timeline = [(device, stream, name, a - begin, b - a) for stream, name, a, b in me.spans]
+    gathered = comm.gather((device, _breakdown(me.spans, begin, end), timeline), root=0)
+    if rank != 0:
+        return {}
+    return _entry(plan, backend, gathered, record, epoch_times, curve, end - begin)
+
+
+def _warm_up(backend: Any, x: Any, params: dict[str, np.ndarray]) -> None:
+    """Compile the kernels (Numba JIT) on two samples before anything is timed."""
+    p = {key: backend.to_device(v.copy()) for key, v in params.items()}
+    v = x[:2]
+    u = backend.to_device(np.full((v.shape[0], p["b"].shape[0]), 0.5, F32))
+    dw, _, _, _ = backend.rbm_cd1(v, p["w"], p["b_vis"], p["b"], u)
+    backend.axpy(0.0, dw, p["w"])
+    backend.act_forward(backend.dense_forward(v, p["w"], p["b"]), "sigmoid")
+    backend.synchronize()
+
+
+def _breakdown(spans: list, begin: float, end: float) -> dict[str, float]:
+    """The simulator's phases over the whole pre-training on this rank (seconds)."""
+    compute = union([(a, b) for stream, _, a, b in spans if stream == "compute"], begin, end)
+    comm = union([(a, b) for stream, _, a, b in spans if stream == "comm"], begin, end)
+    out = {"compute": length(compute), "exposed_communication": minus(comm, compute),
+           "ps_wait": 0.0, "host_device_copy": 0.0}
+    out["idle"] = max(0.0, (end - begin) - sum(out.values()))
+    return out
+
+
+def _entry(plan: Plan, backend: Any, gathered: list, record: list, epoch_times: list[float],
+           curve: list[tuple[float, float]], total: float) -> dict[str, Any]:
+    o = plan.options
+    epochs = sum(r["epochs"] for r in record)
+    breakdown = {key: statistics.fmean(m[key] for _, m, _ in gathered) / epochs
+                 for key in gathered[0][1]}
+    return {
+        "strategy": plan.strategy,
+        "scheme": plan.scheme,
+        "mode": "measured",
+        "backend": backend.name,
+        "devices": len(plan.workers()),
+        "samples_per_iteration": o["samples"] * epochs,
+        # as the simulator's period / period_steps: forward passes spread over the epochs
+        "iteration_time_s": total / epochs,
+        "iteration_times_s": epoch_times,
+        "throughput_samples_per_s": o["samples"] * epochs / total,
+        "breakdown_s": breakdown,
+        "utilisation_per_device": {d: m["compute"] / total for d, m, _ in gathered},
+        "fits": plan.fits,
+        "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
+        "training": {"wall_time_s": [c[0] for c in curve],
+                     "samples": [o["samples"] * (i + 1) for i in range(len(curve))],
+                     "loss": [c[1] for c in curve], "accuracy": None},
+        "timeline": {"iteration": 0, "devices_shown": len(gathered),
+                     "spans": [list(s) for _, _, spans in gathered for s in spans]},
+        "pretraining": {"layers": record, "epochs_to_convergence": epochs,
+                        "total_time_s": total, "tau": o["tau"], "max_epochs": o["epochs"]},
+    }
+
+
+def time_to_error(entry: dict[str, Any], target: float, layer: int = 0) -> float | None:
+    """Seconds from the start until layer ``layer``'s (default the first) epoch-mean
+    reconstruction error first reached ``target``; None if it never did."""
+    record = entry["pretraining"]["layers"]
+    before = sum(r["epochs"] for r in record[:layer])
+    for i, err in enumerate(record[layer]["reconstruction_error"]):
+        if err <= target:
+            return entry["training"]["wall_time_s"][before + i]
+    return None
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    scenario: Any
+    graph: Any
+    plans: list[Plan]
+    skipped: list[str]
+    data: Any
+
+
+def prepare_dbn(comm: Any, scenario: Any, names: list[str] | None) -> Prepared:
+    """Plans and data every rank checks alike before any rank starts."""
+    from executor.data import open_dataset, synthetic
+    from simulator.predict import context
+    from simulator.strategies import build_plan
+
+    ctx = context(scenario)
+    if scenario.training.precision != "fp32":
+        raise ExecutorError(f"{scenario.file}: training.precision is "
+                            f"{scenario.training.precision!r}; the executor computes in fp32")
+    specs = [s for s in scenario.strategies if not names or s.name in names]
+    known = {s.name for s in scenario.strategies}
+    for name in names or []:
+        if name not in known:
+            raise ExecutorError(f"{scenario.file}: no strategy named {name!r}")
+    for s in specs:
+        if names and s.scheme != "dbn_pretrain":
+            raise ExecutorError(f"{scenario.file}: strategy {s.name} is {s.scheme}, not "
+                                "dbn_pretrain")
+    plans, skipped = [], []
+    for s in (s for s in specs if s.scheme == "dbn_pretrain"):
+        plan = build_plan(ctx, s)
+        if len(plan.ranks) != comm.Get_size():
+            skipped.append(f"{s.name}: needs {len(plan.ranks)} ranks, {comm.Get_size()} "
+                           "launched")
+        else:
+            plans.append(plan)
+    if names and skipped:
+        raise ExecutorError(f"{scenario.file}: strategy {skipped[0]}")
+    if not plans:
+        raise ExecutorError(f"{scenario.file}: no dbn_pretrain strategy runs on "
+                            f"{comm.Get_size()} rank(s)" + "".join(f"; {s}" for s in skipped))
+    visible = ctx.graph.graph["input_shape"]
+    if scenario.data:
+        data = open_dataset(scenario.data, Path(scenario.file).parent,
+                            where=f"{scenario.file}: data")
+    else:
+        most = max(p.options["samples"] for p in plans)
+        data = synthetic(most, tuple(visible), 10, scenario.seed)
+    for p in plans:
+        training_inputs(data, p.options["samples"], int(np.prod(visible)))
+    return Prepared(scenario, ctx.graph, plans, skipped, data)
+
+
+def execute_dbn(comm: Any, prep: Prepared, backend: Any, timeout: float,
+            weights: dict[str, Any] | None) -> dict[str, Any]:
+    from mpi4py import MPI
+
+    from executor.watchdog import Watchdog
+    from simulator.predict import code_version
+
+    sc = prep.scenario
+    dog = Watchdog(comm, timeout)
+    try:
+        entries = [run_dbn(comm, plan, prep.graph, sc, prep.data, backend, dog, weights)
+                   for plan in prep.plans]
+    finally:
+        dog.stop()
+    return {"scenario": {"name": sc.name, "description": sc.description, "file": sc.file,
+                         "seed": sc.seed, "devices": comm.Get_size(),
+                         "device": f"{backend.name} rank", "batch_size": sc.training.batch_size,
+                         "hosts": sorted(set(comm.allgather(MPI.Get_processor_name())))},
+            "code_version": code_version(), "skipped": prep.skipped, "results": entries}
+
+
+def format_result(result: dict[str, Any], target: float | None = None) -> str:
+    """One row per strategy; with ``target``, the time to that first-layer error."""
+    sc = result["scenario"]
+    head = ["strategy", "ranks", "epochs", "final error per layer", "total s", "epoch ms",
+            "samples/s"] + ([f"s to {target:g}"] if target is not None else [])
+    rows = [head]
+    for e in result["results"]:
+        pt = e["pretraining"]
+        row = [e["strategy"], str(e["devices"]),
+               "/".join(str(r["epochs"]) for r in pt["layers"]),
+               "/".join(f"{r['reconstruction_error'][-1]:.4f}" for r in pt["layers"]),
+               f"{pt['total_time_s']:.3f}", f"{e['iteration_time_s'] * 1e3:.2f}",
+               f"{e['throughput_samples_per_s']:.0f}"]
+        if target is not None:
+            reached = time_to_error(e, target)
+            row.append("never" if reached is None else f"{reached:.3f}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [f"{sc['name']}: measured on {sc['devices']} rank(s)"]
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines += [f"skipped {s}" for s in result.get("skipped", [])]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m executor.dbn",
+                                description="Run a scenario's dbn_pretrain strategies for real.")
+    p.add_argument("scenario")
+    p.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
+    p.add_argument("--backend", choices=("cpu", "reference", "cuda"), default="cpu")
+    p.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)")
+    p.add_argument("--weights", metavar="FILE", help="write the trained weights (.npz)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="abort a run that makes no progress for this many seconds")
+    p.add_argument("--force", action="store_true", help="overwrite output files")
+    p.add_argument("--target", type=float, metavar="ERR",
+                   help="also print the seconds until the first layer's error reached ERR")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from mpi4py import MPI
+
+    from executor.comm import abort_on_error
+    from executor.data import DataError
+    from executor.kernels import get_backend
+    from simulator.errors import PlanError, ScenarioError
+    from simulator.scenario import load_scenario
+
+    comm = MPI.COMM_WORLD
+    rank0 = comm.Get_rank() == 0
+    failure = None
+    try:
+        for out in (args.json, args.weights):
+            if rank0 and out and Path(out).exists() and not args.force:
+                raise ExecutorError(f"{out} exists; pass --force to overwrite it")
+        scenario = load_scenario(args.scenario)
+        try:
+            backend = get_backend(args.backend)
+        except RuntimeError as e:
+            raise ExecutorError(f"--backend {args.backend}: {e}") from None
+        prepared = prepare_dbn(comm, scenario, args.strategy)
+    except (ScenarioError, PlanError, ExecutorError, DataError) as e:
+        failure = str(e)
+    failures = comm.allgather(failure)
+    if any(failures):
+        if rank0:
+            print(f"parasim: error: {next(f for f in failures if f)}", file=sys.stderr)
+        return 2
+    weights: dict[str, Any] | None = {} if args.weights else None
+    with abort_on_error(comm):
+        result = execute_dbn(comm, prepared, backend, args.timeout, weights)
+    if not rank0:
+        return 0
+    print(format_result(result, args.target))
+    if args.weights:
+        flat = {f"{s}/{layer}/{key}": v for s, layers in (weights or {}).items()
+                for layer, params in layers.items() for key, v in params.items()}
+        with open(args.weights, "wb") as fh:
+            np.savez(fh, **flat)
+    if args.json:
+        tmp = Path(args.json + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        tmp.replace(args.json)
+        print(f"result written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
