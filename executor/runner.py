@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -26,17 +26,12 @@ from mpi4py import MPI
 
 from executor import comm as xcomm
 from executor.faults import slowdown
+from executor.groups import gather_parts, group_communicators, scatter_parts
 from executor.model import ExecutorError, Forward, Layer, chunk, init_weights, shard_params
+from executor.ps_client import ParameterServerClient
 from executor.server import (
-    TAG_DONE,
-    TAG_PARAM,
-    TAG_PORTION,
-    TAG_PULL,
-    TAG_PUSH,
-    TAG_WORK,
     flat_layout,
     push_pull_layout,
-    unflatten,
 )
 from simulator.plan import (
     COMM,
@@ -64,7 +59,7 @@ class Timings:
     phase: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
-class RankRunner:
+class RankRunner(ParameterServerClient):
     def __init__(self, comm: MPI.Comm, plan: Plan, graph: nx.DiGraph, backend: Any,
                  seed: int, learning_rate: float, momentum: float):
         self.comm, self.plan, self.graph, self.k = comm, plan, graph, backend
@@ -235,63 +230,6 @@ class RankRunner:
             return "communication"
         raise ExecutorError(f"the executor cannot run {op.kind!r} ops yet")
 
-    # ---- Sandblaster: work portions from the coordinator --------------------------------------
-    def _work_loop(self, op: WorkLoop) -> None:
-        """Ask the coordinator for a portion, run the body on its samples, until none is left;
-        then tell every server this worker's pushes for the batch are all sent."""
-        ask, portion = np.zeros(1, np.float32), np.zeros(1, np.int64)
-        while True:
-            self.comm.Send(ask, op.coordinator, TAG_WORK)
-            self.comm.Recv(portion, op.coordinator, TAG_PORTION)
-            p = int(portion[0])
-            if p < 0:
-                break
-            for body_op in op.body:  # the portion's samples are "micro-batch" p of the batch
-                self._run(replace(body_op, micro_batch=p) if isinstance(body_op, Compute)
-                          else body_op)
-        for server in self.ps_ranks:
-            self.comm.Send(ask, server, TAG_DONE)
-
-    # ---- parameter servers (executor/server.py has the protocol) -----------------------------
-    def _flat_grads(self) -> np.ndarray:
-        if self._grad_flat is None:
-            parts = [np.asarray(self._to_host(self.layers[n].grads[k]), np.float32).ravel()
-                     for n, k, _ in self.layout]
-            self._grad_flat = np.concatenate(parts)
-        return self._grad_flat
-
-    def _ps_push(self, op: PSPush) -> None:
-        """Send this shard's slice of the gradients accumulated since the last push, headed by
-        the parameter version they were computed on; after the last shard, start afresh."""
-        flat = self._flat_grads()
-        lo, hi = self.ps_chunks[op.shard]
-        msg = np.empty(hi - lo + 1, np.float32)
-        msg[0] = self.versions[op.shard]
-        msg[1:] = flat[lo:hi]
-        self.comm.Send(msg, self.ps_ranks[op.shard], TAG_PUSH)
-        self._pushed.add(op.shard)
-        if len(self._pushed) == len(self.ps_ranks):
-            self._pushed.clear()
-            self._grad_flat = None
-            for layer in self.layers.values():
-                layer.grads.clear()
-
-    def _ps_pull(self, op: PSPull) -> None:
-        """Ask the shard for its parameters and wait for them: the next step needs them."""
-        lo, hi = self.ps_chunks[op.shard]
-        server = self.ps_ranks[op.shard]
-        self.comm.Send(np.zeros(1, np.float32), server, TAG_PULL)
-        msg = np.empty(hi - lo + 1, np.float32)
-        self.comm.Recv(msg, server, TAG_PARAM)
-        self.versions[op.shard] = int(msg[0])
-        self._pulled[lo:hi] = msg[1:]
-        self._pulled_shards.add(op.shard)
-        if len(self._pulled_shards) == len(self.ps_ranks):
-            self._pulled_shards.clear()
-            for n, params in unflatten(self._pulled, self.layout).items():
-                for k, v in params.items():
-                    self.layers[n].params[k] = self._to_device(np.ascontiguousarray(v))
-
     # ---- compute ---------------------------------------------------------------------------
     def _pred(self, name: str) -> str | None:
         preds = list(self.graph.predecessors(name))
@@ -436,9 +374,9 @@ class RankRunner:
             node = self.graph.nodes[key[1]]
             total = (host.shape[0] * p if op.axis == "batch" else node["out_shape"][0])
             self.store[("act_full", key[1], key[2])] = self._to_device(
-                _gather(group, host, p, op.axis, total))
+                gather_parts(group, host, op.axis, total))
         elif op.collective == "reduce_scatter":
-            self.store[key] = self._to_device(_scatter(group, host, p, op.axis))
+            self.store[key] = self._to_device(scatter_parts(group, host, op.axis))
         else:
             raise ExecutorError(f"collective {op.collective!r} is not supported")
 
@@ -455,46 +393,6 @@ class RankRunner:
             shape = layer.params[key].shape
             layer.grads[key] = self._to_device(flat[at:at + h.size].reshape(shape))
             at += h.size
-
-
-def _rows(group: MPI.Comm, total: int, per_row: int) -> list[tuple[int, int]]:
-    """Element bounds of every member's rows when ``total`` rows are split as the plan splits
-    features and samples (contiguous, the first ``total % p`` one longer)."""
-    p = group.Get_size()
-    return [(a * per_row, b * per_row) for a, b in (chunk(total, p, r) for r in range(p))]
-
-
-def group_communicators(comm: MPI.Comm, plan: Plan) -> dict[str, MPI.Comm]:
-    """One communicator per plan group (this rank's), created collectively in sorted group
-    order: every rank of ``comm`` must call it, members or not."""
-    rank = comm.Get_rank()
-    out = {}
-    for name in sorted(plan.groups):
-        members = plan.groups[name]
-        color = 0 if rank in members else MPI.UNDEFINED
-        sub = comm.Split(color, members.index(rank) if rank in members else 0)
-        if sub != MPI.COMM_NULL:
-            out[name] = sub
-    return out
-
-
-def _gather(group: MPI.Comm, local: np.ndarray, p: int, axis: str, total: int) -> np.ndarray:
-    """Members' parts put back together along the samples (``batch``) or the features (axis
-    1); ``total`` is the whole length of that axis."""
-    moved = local if axis == "batch" else np.ascontiguousarray(np.moveaxis(local, 1, 0))
-    per_row = int(np.prod(moved.shape[1:]))
-    out = xcomm.allgather(group, moved.ravel(), total * per_row, _rows(group, total, per_row))
-    full = out.reshape(total, *moved.shape[1:])
-    return full if axis == "batch" else np.ascontiguousarray(np.moveaxis(full, 0, 1))
-
-
-def _scatter(group: MPI.Comm, whole: np.ndarray, p: int, axis: str) -> np.ndarray:
-    """The sum over members of a whole tensor, cut to this member's samples or features."""
-    moved = whole if axis == "batch" else np.ascontiguousarray(np.moveaxis(whole, 1, 0))
-    total, per_row = moved.shape[0], int(np.prod(moved.shape[1:]))
-    part = xcomm.reduce_scatter(group, moved.ravel().copy(), _rows(group, total, per_row))
-    local = part.reshape(-1, *moved.shape[1:]).copy()
-    return local if axis == "batch" else np.ascontiguousarray(np.moveaxis(local, 0, 1))
 
 
 def _name(op: Op) -> str:

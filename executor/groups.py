@@ -1,0 +1,55 @@
+"""Communicators for the plan's groups, and tensors cut into members' parts and put back.
+
+A split tensor is cut along the samples (``batch``) or the features (axis 1, ``feature``) into
+contiguous parts, member r of p holding part r (the first ``total % p`` parts one row longer), as
+the plan's strategies split layers and batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from executor import comm as xcomm
+from executor.model import chunk
+from simulator.plan import Plan
+
+
+def _rows(group: MPI.Comm, total: int, per_row: int) -> list[tuple[int, int]]:
+    """Element bounds of every member's rows when ``total`` rows are split as the plan splits
+    features and samples (contiguous, the first ``total % p`` one longer)."""
+    p = group.Get_size()
+    return [(a * per_row, b * per_row) for a, b in (chunk(total, p, r) for r in range(p))]
+
+
+def group_communicators(comm: MPI.Comm, plan: Plan) -> dict[str, MPI.Comm]:
+    """One communicator per plan group (this rank's), created collectively in sorted group
+    order: every rank of ``comm`` must call it, members or not."""
+    rank = comm.Get_rank()
+    out = {}
+    for name in sorted(plan.groups):
+        members = plan.groups[name]
+        color = 0 if rank in members else MPI.UNDEFINED
+        sub = comm.Split(color, members.index(rank) if rank in members else 0)
+        if sub != MPI.COMM_NULL:
+            out[name] = sub
+    return out
+
+
+def gather_parts(group: MPI.Comm, local: np.ndarray, axis: str, total: int) -> np.ndarray:
+    """Members' parts put back together along the samples (``batch``) or the features (axis
+    1); ``total`` is the whole length of that axis."""
+    moved = local if axis == "batch" else np.ascontiguousarray(np.moveaxis(local, 1, 0))
+    per_row = int(np.prod(moved.shape[1:]))
+    out = xcomm.allgather(group, moved.ravel(), total * per_row, _rows(group, total, per_row))
+    full = out.reshape(total, *moved.shape[1:])
+    return full if axis == "batch" else np.ascontiguousarray(np.moveaxis(full, 0, 1))
+
+
+def scatter_parts(group: MPI.Comm, whole: np.ndarray, axis: str) -> np.ndarray:
+    """The sum over members of a whole tensor, cut to this member's samples or features."""
+    moved = whole if axis == "batch" else np.ascontiguousarray(np.moveaxis(whole, 1, 0))
+    total, per_row = moved.shape[0], int(np.prod(moved.shape[1:]))
+    part = xcomm.reduce_scatter(group, moved.ravel().copy(), _rows(group, total, per_row))
+    local = part.reshape(-1, *moved.shape[1:]).copy()
+    return local if axis == "batch" else np.ascontiguousarray(np.moveaxis(local, 0, 1))
