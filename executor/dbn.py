@@ -1,21 +1,20 @@
 """Parallel DBN pre-training for real: greedy layer-wise CD-1 over MPI ranks, measured.
 
 Runs a ``dbn_pretrain`` plan (``simulator/strategies/dbn_pretrain.py``). Rank r holds the plan's
-shard of the training set (its ``inputs``). Per RBM layer, per epoch: the rank runs the backend's
-``rbm_cd1`` on each of its mini-batches and applies every step locally (``W += lr dW``, plain
-CD-1, learning rate ``training.learning_rate``), adding it to the epoch's delta; then the k
-ranks' deltas are summed by the all-reduce the plan names (default ``tree``: reduce to the master,
-rank 0, then broadcast from it) and every rank sets ``W = W_start + sum / k``: the master's
-average. The reconstruction errors (per-sample mean squared error of the one-step
-reconstruction, accumulated during the epoch) travel in the same buffer, so every rank sees the
-same sample-weighted mean and takes the same stopping decision: a layer stops after ``epochs``
-epochs or when the error has not fallen by more than ``tau`` for three epochs in a row. The
-layer's hidden probabilities on every shard are then the next layer's data.
+shard of the training set (its ``inputs``). Per RBM layer, per epoch: the rank runs ``rbm_cd1``
+on each of its mini-batches applying every step locally (``W += lr dW``, plain CD-1, rate
+``training.learning_rate``) and adding it to the epoch's delta; the k deltas are summed by the
+all-reduce the plan names (default ``tree``: reduce to the master, rank 0, then broadcast) and
+every rank sets ``W = W_start + sum / k``: the master's average. The reconstruction errors
+(per-sample mean squared error of the one-step reconstruction) travel in the same buffer, so
+every rank takes the same stopping decision: after ``epochs`` epochs or when the error has not
+fallen by more than ``tau`` for three epochs in a row. The layer's hidden probabilities on every
+shard are then the next layer's data. With ``fine_tune`` the network is then fine-tuned by
+back-propagation (``executor/dbn_finetune.py``).
 
 The plan is the contract: mini-batch sizes, the all-reduce algorithm and which layers run a
-forward pass are read from each layer's first epoch in the plan. The plan plays
-``expected_epochs`` epochs per layer (the simulator cannot know when tau stops a layer); the
-executor repeats that epoch up to ``epochs`` times.
+forward pass are read from each layer's first epoch in the plan (which plays
+``expected_epochs``); the executor repeats that epoch up to ``epochs`` times.
 
 Randomness: the Bernoulli sample of CD-1 takes its uniforms from a Philox counter-based
 generator keyed by (seed, layer index, epoch); sample g's h uniforms are the stream's positions
@@ -23,10 +22,9 @@ generator keyed by (seed, layer index, epoch); sample g's h uniforms are the str
 its mini-batch's uniforms inside its timed span, as a CD-1 code must (the plan does not cost the
 generator itself: a gap between predicted and measured).
 
-Measured: every epoch between a barrier and ``MPI.Wtime`` after the averaging and a barrier; each
-CD-1 step, averaging and forward pass is a timeline span named as the simulator names them
-(``rbm1.cd1``, ``allreduce:rbm1.e3``, ``rbm1.fwd``), so ``dbn_pretrain.layer_times`` reads both.
-Kernels are warmed up (JIT) before the first timed epoch.
+Measured: every epoch between barriers; each CD-1 step, averaging and forward pass is a
+timeline span named as the simulator names them (``rbm1.cd1``, ``allreduce:rbm1.e3``,
+``rbm1.fwd``), so ``dbn_pretrain.layer_times`` reads both. Kernels are JIT-warmed before.
 
 Run: ``mpiexec -n K python -m executor.dbn SCENARIO --strategy NAME --json OUT``; rank 0 writes.
 """
@@ -46,7 +44,7 @@ import numpy as np
 from executor.model import ExecutorError, init_weights
 from simulator.intervals import length, minus, union
 from simulator.plan import Collective, Compute, Plan
-from simulator.strategies.dbn_pretrain import STALL_EPOCHS
+from simulator.strategies.dbn_pretrain import STALL_EPOCHS, pretraining_length
 
 F32 = np.float32
 
@@ -62,9 +60,11 @@ class LayerSchedule:
 
 
 def schedule(plan: Plan, rank: int) -> list[LayerSchedule]:
-    """Per RBM layer, in order: its first epoch's mini-batches, averaging and forward pass."""
+    """Per RBM layer, in order: its first epoch's mini-batches, averaging and forward pass
+    (from the pre-training: the ops up to the last averaging; fine-tuning follows them)."""
     out: dict[str, dict[str, Any]] = {}
-    for op in plan.ranks[rank].ops:
+    ops = plan.ranks[rank].ops
+    for op in ops[:pretraining_length(ops)]:
         if isinstance(op, Compute):
             s = out.setdefault(op.layer, {"batches": [], "algorithm": None, "forward": False})
             if op.phase == "cd1" and s["algorithm"] is None:
@@ -167,19 +167,27 @@ class RankTrainer:
 
 def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend: Any,
             dog: Any, weights: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pre-train under ``plan``; rank 0 returns the Result entry (``{}`` elsewhere). When
-    ``weights`` is a dict, rank 0 puts the trained ``{layer: {w, b, b_vis}}`` under the
+    """Pre-train (and fine-tune) under ``plan``; rank 0 returns the Result entry (``{}``
+    elsewhere). When ``weights`` is a dict, rank 0 puts the trained ``{layer: {w, b, b_vis}}``
+    (fine-tuned: the classifier too, the RBMs' visible biases as pre-trained) under the
     strategy's name."""
     o, rank = plan.options, comm.Get_rank()
     me = RankTrainer(comm, plan, backend, scenario.training.learning_rate, scenario.seed)
     layers = schedule(plan, rank)
     whole = init_weights(graph, sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"]),
                          scenario.seed)
+    trained: dict[str, dict[str, np.ndarray]] = {}  # per layer, its trained parameters
     visible = graph.nodes[layers[0].layer]["in_shape"][0]
     x = backend.to_device(training_inputs(data, o["samples"], visible)
                           [me.offset:me.offset + me.count])
     _warm_up(backend, x, whole[layers[0].layer])
-    curve: list[tuple[float, float]] = []  # (end of epoch, reconstruction error)
+    tuner = None
+    if o["fine_tune"]:  # set up and compiled before anything is timed
+        from executor.dbn_finetune import FineTuner
+
+        tuner = FineTuner(comm, plan, graph, scenario, data, backend)
+    # per epoch: (its end, reconstruction error or loss, training accuracy, samples)
+    curve: list[tuple[float, float, float | None, int]] = []
     record, epoch_times = [], []
     comm.Barrier()
     begin = me.wtime()
@@ -196,7 +204,7 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
             comm.Barrier()
             t1 = me.wtime()
             epoch_times.append(t1 - t0)
-            curve.append((t1 - begin, errors[-1]))
+            curve.append((t1 - begin, errors[-1], None, o["samples"]))
             if epoch > 0:
                 stalled = stalled + 1 if errors[-2] - errors[-1] <= o["tau"] else 0
             if stalled >= STALL_EPOCHS:
@@ -207,16 +215,22 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
         record.append({"layer": s.layer, "epochs": len(errors), "reconstruction_error": errors,
                        "converged": stalled >= STALL_EPOCHS,
                        "time_s": me.wtime() - layer_start})
-        if weights is not None and rank == 0:
-            weights.setdefault(plan.strategy, {})[s.layer] = {
-                key: np.array(backend.to_host(v)) for key, v in p.items()}
-    end = me.wtime()
+        trained[s.layer] = {key: np.array(backend.to_host(v)) for key, v in p.items()}
+    end = pre_end = me.wtime()
+    if tuner is not None:  # the fine-tuning's spans, epochs and weights join the record
+        end = tuner.follow(dog, trained, begin, me.spans, epoch_times, curve)
+    if weights is not None and rank == 0:
+        weights[plan.strategy] = trained
     device = plan.ranks[rank].device
     timeline = [(device, stream, name, a - begin, b - a) for stream, name, a, b in me.spans]
     gathered = comm.gather((device, _breakdown(me.spans, begin, end), timeline), root=0)
     if rank != 0:
         return {}
-    return _entry(plan, backend, gathered, record, epoch_times, curve, end - begin)
+    entry = _entry(plan, backend, gathered, record, epoch_times, curve, end - begin,
+                   pre_end - begin)
+    if tuner is not None:
+        entry["pretraining"]["fine_tuning"] = tuner.report()
+    return entry
 
 
 def _warm_up(backend: Any, x: Any, params: dict[str, np.ndarray]) -> None:
@@ -241,33 +255,35 @@ def _breakdown(spans: list, begin: float, end: float) -> dict[str, float]:
 
 
 def _entry(plan: Plan, backend: Any, gathered: list, record: list, epoch_times: list[float],
-           curve: list[tuple[float, float]], total: float) -> dict[str, Any]:
+           curve: list[tuple], total: float, pretraining: float) -> dict[str, Any]:
     o = plan.options
-    epochs = sum(r["epochs"] for r in record)
+    epochs, samples = len(curve), sum(c[3] for c in curve)  # pre-training and fine-tuning
     breakdown = {key: statistics.fmean(m[key] for _, m, _ in gathered) / epochs
                  for key in gathered[0][1]}
+    accuracy = [c[2] for c in curve] if o["fine_tune"] else None
     return {
         "strategy": plan.strategy,
         "scheme": plan.scheme,
         "mode": "measured",
         "backend": backend.name,
         "devices": len(plan.workers()),
-        "samples_per_iteration": o["samples"] * epochs,
+        "samples_per_iteration": samples,
         # as the simulator's period / period_steps: forward passes spread over the epochs
         "iteration_time_s": total / epochs,
         "iteration_times_s": epoch_times,
-        "throughput_samples_per_s": o["samples"] * epochs / total,
+        "throughput_samples_per_s": samples / total,
         "breakdown_s": breakdown,
         "utilisation_per_device": {d: m["compute"] / total for d, m, _ in gathered},
         "fits": plan.fits,
         "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
         "training": {"wall_time_s": [c[0] for c in curve],
-                     "samples": [o["samples"] * (i + 1) for i in range(len(curve))],
-                     "loss": [c[1] for c in curve], "accuracy": None},
+                     "samples": np.cumsum([c[3] for c in curve]).tolist(),
+                     "loss": [c[1] for c in curve], "accuracy": accuracy},
         "timeline": {"iteration": 0, "devices_shown": len(gathered),
                      "spans": [list(s) for _, _, spans in gathered for s in spans]},
-        "pretraining": {"layers": record, "epochs_to_convergence": epochs,
-                        "total_time_s": total, "tau": o["tau"], "max_epochs": o["epochs"]},
+        "pretraining": {"layers": record,
+                        "epochs_to_convergence": sum(r["epochs"] for r in record),
+                        "total_time_s": pretraining, "tau": o["tau"], "max_epochs": o["epochs"]},
     }
 
 
@@ -296,6 +312,7 @@ class Prepared:
 def prepare_dbn(comm: Any, scenario: Any, names: list[str] | None) -> Prepared:
     """Plans and data every rank checks alike before any rank starts."""
     from executor.data import open_dataset, synthetic
+    from executor.dbn_finetune import check_test_split, data_size_for
     from simulator.predict import context
     from simulator.strategies import build_plan
 
@@ -330,10 +347,11 @@ def prepare_dbn(comm: Any, scenario: Any, names: list[str] | None) -> Prepared:
         data = open_dataset(scenario.data, Path(scenario.file).parent,
                             where=f"{scenario.file}: data")
     else:
-        most = max(p.options["samples"] for p in plans)
+        most = max(data_size_for(p.options) for p in plans)
         data = synthetic(most, tuple(visible), 10, scenario.seed)
     for p in plans:
         training_inputs(data, p.options["samples"], int(np.prod(visible)))
+        check_test_split(data, p.options)
     return Prepared(scenario, ctx.graph, plans, skipped, data)
 
 
@@ -360,6 +378,8 @@ def execute_dbn(comm: Any, prep: Prepared, backend: Any, timeout: float,
 
 def format_result(result: dict[str, Any], target: float | None = None) -> str:
     """One row per strategy; with ``target``, the time to that first-layer error."""
+    from executor.dbn_finetune import summary
+
     sc = result["scenario"]
     head = ["strategy", "ranks", "epochs", "final error per layer", "total s", "epoch ms",
             "samples/s"] + ([f"s to {target:g}"] if target is not None else [])
@@ -379,6 +399,7 @@ def format_result(result: dict[str, Any], target: float | None = None) -> str:
     lines = [f"{sc['name']}: measured on {sc['devices']} rank(s)"]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines += [summary(e) for e in result["results"] if "fine_tuning" in e["pretraining"]]
     lines += [f"skipped {s}" for s in result.get("skipped", [])]
     return "\n".join(lines)
 

@@ -7,8 +7,9 @@ mini-batches applying each update locally, then the master averages the k ranks'
 changes (their *deltas*) and broadcasts the new weights. A layer stops after ``epochs`` epochs,
 or earlier when the reconstruction error has not fallen by more than ``tau`` for three
 consecutive epochs. The layer's hidden probabilities on every rank's shard are then the next
-layer's data. The classifier on top (zoo ``dbn`` with ``classes``) is not pre-trained: fine-tuning
-is ordinary data parallel and is left to a ``data_parallel`` strategy of the scenario.
+layer's data. The classifier on top (zoo ``dbn`` with ``classes``) is not pre-trained; with
+``fine_tune`` the whole network (the pre-trained RBMs as sigmoid layers, then the classifier) is
+then fine-tuned by back-propagation, data parallel, for ``fine_tune_epochs`` epochs.
 
 Modelled, per rank and RBM layer L (v visible, h hidden units, P = vh + v + h parameters):
 
@@ -26,14 +27,25 @@ Modelled, per rank and RBM layer L (v visible, h hidden units, P = vh + v + h pa
 - after each layer but the last, one ``fwd`` Compute op over the rank's shard (the hidden
   probabilities become the next layer's data; the top layer's are not needed for pre-training).
 
+Fine-tuning (``fine_tune``), after the pre-training ops, per epoch and per global batch: the
+``samples`` training samples are cut into global batches of ``k x batch_per_rank`` (a last short
+one is kept when every rank gets a sample) and rank r takes its contiguous ``shard_bounds`` part
+of each, as ``data_parallel`` splits a global batch: the same global batches whatever k. Per
+step the ops of a ``data_parallel`` step: ``fwd`` of every layer (RBMs, classifier, softmax),
+``bwd`` in reverse, one ``allreduce`` of tensor ``wgrad:<layers>`` (key ``finetune.eE.sJ``; the
+bytes are the weights and hidden biases: back-propagation does not train the visible biases)
+after the last backward, and an ``Update`` of the optimizer after it.
+
 The simulator cannot know when the tau rule stops a layer, so it plays ``expected_epochs`` epochs
 per layer (one number for every layer, or one per RBM layer; default ``epochs``). One period is
-the whole pre-training: ``period_steps`` = the total epochs, ``samples_per_period`` = samples x
-total epochs, so the engine's iteration time is the mean epoch time (the forward passes between
-layers spread over the epochs) and its throughput samples per second.
+the whole pre-training (and fine-tuning): ``period_steps`` = the total epochs (pre-training and
+fine-tuning), ``samples_per_period`` the samples all those epochs process, so the engine's
+iteration time is the mean epoch time (the forward passes between layers spread over the
+epochs) and its throughput samples per second.
 
 Memory per device: the largest, over layers, of that layer's weights, its delta, and the rank's
-data shard of the layer's input (plus the shard of its output where a forward pass follows).
+data shard of the layer's input (plus the shard of its output where a forward pass follows);
+with fine-tuning at least the data-parallel need of the whole network (``memory_need``).
 Ignored: the trained lower layers' weights (they can leave memory), the mini-batch work buffers,
 random-number generation, the reconstruction-error sums the executor sends with the deltas
 (two floats per exchange).
@@ -66,7 +78,10 @@ from simulator.strategies.common import (
     Context,
     check_devices,
     compute_op,
+    memory_need,
     split_batch,
+    update_op,
+    wgrad_tensor,
 )
 
 EXCHANGES = ("tree", "ring", "mpi", "hierarchical")
@@ -89,6 +104,7 @@ OPTIONS = {
     "batch_per_rank": (integer(1), None),
     "samples": (integer(1), 60000),
     "fine_tune": (boolean, False),
+    "fine_tune_epochs": (integer(1), 5),
     "exchange": (choice(EXCHANGES), "tree"),
 }
 
@@ -165,9 +181,52 @@ def cd1_op(b: ProgramBuilder, ctx: Context, layer: str, samples: int, micro_batc
                  bytes=float(nbytes), blocks=blocks, kernels=CD1_KERNELS)
 
 
+def fine_tune_batches(samples: int, ranks: int, batch: int) -> list[int]:
+    """Sizes of one fine-tuning epoch's global batches: ``ranks x batch`` samples each, the last
+    (short) one kept when it gives every rank a sample."""
+    full, rest = divmod(samples, ranks * batch)
+    return [ranks * batch] * full + ([rest] if rest >= ranks else [])
+
+
+def backprop_params(ctx: Context, layer: str) -> int:
+    """Parameters back-propagation trains: an RBM's weights and hidden biases (not its visible
+    biases, which only reconstruct), every other layer's all."""
+    n = ctx.node(layer)
+    return n["params"] - (n["in_elems"] if n["kind"] == "rbm" else 0)
+
+
+def fine_tune_ops(b: ProgramBuilder, ctx: Context, parts: list[int], epochs: int, exchange: str,
+                  after: tuple[int, ...]) -> None:
+    """Data-parallel back-propagation over the whole network: per epoch, per global batch (this
+    rank's ``parts`` of them), forward, backward, the gradient all-reduce and the update."""
+    layers = ctx.layers
+    trained = [n for n in layers if backprop_params(ctx, n)]
+    total = sum(backprop_params(ctx, n) for n in layers)
+    for e in range(epochs):
+        for j, n in enumerate(parts):
+            for i, layer in enumerate(layers):
+                compute_op(b, ctx, layer, "fwd", n, deps=after if i == 0 else ())
+            for layer in reversed(layers):
+                compute_op(b, ctx, layer, "bwd", n)
+            grads = b.add(Collective, stream=COMM, deps=(b.last(COMPUTE),),
+                          collective="allreduce", algorithm=exchange, group="world",
+                          bytes=float(total * ctx.bpe), key=f"finetune.e{e}.s{j}",
+                          tensor=wgrad_tensor(ctx, trained))
+            update_op(b, ctx, total, deps=(grads,))
+            after = ()
+
+
+def pretraining_length(ops: tuple) -> int:
+    """How many of a rank's ops are the pre-training: up to the top layer's last averaging (the
+    fine-tuning ops follow)."""
+    return 1 + max(i for i, op in enumerate(ops)
+                   if isinstance(op, Collective) and op.tensor.startswith("delta:"))
+
+
 def rank_program(ctx: Context, layers: list[str], epochs: list[int], count: int, batch: int,
-                 exchange: str) -> tuple:
-    """What a rank holding ``count`` samples runs: every layer's epochs, then its forward."""
+                 exchange: str, fine_tune: tuple[list[int], int] | None = None) -> tuple:
+    """What a rank holding ``count`` samples runs: every layer's epochs, then its forward; then,
+    with ``fine_tune`` = (this rank's part of each global batch, epochs), the fine-tuning."""
     b = ProgramBuilder()
     after: tuple[int, ...] = ()
     sizes = mini_batches(count, batch)
@@ -184,10 +243,13 @@ def rank_program(ctx: Context, layers: list[str], epochs: list[int], count: int,
         if i < len(layers) - 1:
             compute_op(b, ctx, layer, "fwd", count, deps=after)
             after = ()
+    if fine_tune:
+        fine_tune_ops(b, ctx, *fine_tune, exchange, after)
     return tuple(b.ops)
 
 
-def _memory(ctx: Context, device: str, layers: list[str], count: int) -> MemoryNeed:
+def _memory(ctx: Context, device: str, layers: list[str], count: int,
+            fine_tune_part: int) -> MemoryNeed:
     needs = []
     for i, layer in enumerate(layers):
         n = ctx.node(layer)
@@ -196,6 +258,8 @@ def _memory(ctx: Context, device: str, layers: list[str], count: int) -> MemoryN
                                 gradients=n["params"] * ctx.bpe, optimizer=0.0,
                                 activations=float(count * data * ctx.bpe),
                                 capacity=ctx.cluster.device_spec.memory))
+    if fine_tune_part:
+        needs.append(memory_need(ctx, device, ctx.layers, act_samples=fine_tune_part))
     return max(needs, key=lambda m: m.total)
 
 
@@ -205,23 +269,32 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     batch = o["batch_per_rank"] or ctx.training.batch_size // k
     layers = rbm_layers(ctx.graph)
     epochs = expected_epochs(o, layers)
-    programs: dict[int, tuple] = {}  # ranks with equal shards share one program
+    ft_epochs = o["fine_tune_epochs"] if o["fine_tune"] else 0
+    global_batches = fine_tune_batches(o["samples"], k, batch) if ft_epochs else []
+    programs: dict[tuple, tuple] = {}  # ranks with equal shards share one program
     ranks, memory = [], []
     for r in range(k):
         offset, count = shard_bounds(o["samples"], k, r)
-        if count not in programs:
-            programs[count] = rank_program(ctx, layers, epochs, count, batch, o["exchange"])
+        parts = [shard_bounds(n, k, r)[1] for n in global_batches]
+        if (count, *parts) not in programs:
+            programs[(count, *parts)] = rank_program(
+                ctx, layers, epochs, count, batch, o["exchange"],
+                (parts, ft_epochs) if ft_epochs else None)
         device = ctx.cluster.devices[r]
-        # pre-training is unsupervised: a rank reads its shard's inputs and no labels
-        ranks.append(RankProgram(rank=r, device=device, role="worker", ops=programs[count],
-                                 inputs=(offset, count)))
-        memory.append(_memory(ctx, device, layers, count))
-    total = sum(epochs)
+        # pre-training is unsupervised: a rank reads its shard's inputs and no labels; the
+        # fine-tuning reads the inputs and labels of its part of every global batch
+        labels = shard_bounds(global_batches[0], k, r) if ft_epochs else (0, 0)
+        ranks.append(RankProgram(rank=r, device=device, role="worker",
+                                 ops=programs[(count, *parts)], inputs=(offset, count),
+                                 labels=labels))
+        memory.append(_memory(ctx, device, layers, count, max(parts, default=0)))
+    total = sum(epochs) + ft_epochs
     return Plan(strategy=spec.name, scheme="dbn_pretrain", mode="sync",
-                samples_per_period=o["samples"] * total, period_steps=total,
-                ranks=tuple(ranks), groups={"world": tuple(range(k))}, memory=tuple(memory),
-                options={**o, "workers": k, "batch_per_rank": batch,
-                         "expected_epochs": epochs, "layers": layers})
+                samples_per_period=o["samples"] * sum(epochs) + sum(global_batches) * ft_epochs,
+                period_steps=total, ranks=tuple(ranks), groups={"world": tuple(range(k))},
+                memory=tuple(memory),
+                options={**o, "workers": k, "batch_per_rank": batch, "expected_epochs": epochs,
+                         "layers": layers, "fine_tune_batches": global_batches})
 
 
 def at_scale(raw: dict, devices: int) -> dict | None:
@@ -240,13 +313,35 @@ def _span_layer(name: str) -> str | None:
     return head if dot else None
 
 
+def _pretraining_ends(spans: list, top: str) -> dict[str, float]:
+    """Per device, when its pre-training ended: the end of its top layer's last CD-1 step or
+    averaging (every later span on that device is fine-tuning)."""
+    ends: dict[str, float] = {}
+    for device, _, name, t, dur in spans:
+        if name == f"{top}.cd1" or name.startswith(f"allreduce:{top}.e"):
+            ends[device] = max(ends.get(device, t + dur), t + dur)
+    return ends
+
+
+def split_timeline(entry: dict, layers: list[str]) -> tuple[list, list]:
+    """The entry's timeline spans cut into (pre-training, fine-tuning), device by device."""
+    spans = entry["timeline"]["spans"]
+    ends = _pretraining_ends(spans, layers[-1])
+    pre, fine = [], []
+    for s in spans:
+        end = ends.get(s[0], math.inf)
+        # spans are (start, duration): allow for the rounding of start + duration
+        (fine if s[3] >= end - 1e-9 * max(1.0, abs(end)) else pre).append(s)
+    return pre, fine
+
+
 def layer_times(entry: dict, layers: list[str]) -> dict[str, float]:
     """Seconds each layer took, from the entry's timeline (predicted or measured: both engines
     name spans ``layer.phase`` and collectives ``allreduce:key``). Layers run one after the
     other, every rank finishing a layer at its last averaging (or forward pass): a layer's time
     is from the end of the previous layer (the timeline's start for the first) to its own end,
-    the latest over ranks."""
-    spans = entry["timeline"]["spans"]
+    the latest over ranks. Fine-tuning spans (after a device's pre-training) are left out."""
+    spans, _ = split_timeline(entry, layers)
     start = min((s[3] for s in spans), default=0.0)
     ends: dict[str, float] = {}
     for _, _, name, t, dur in spans:
@@ -261,15 +356,30 @@ def layer_times(entry: dict, layers: list[str]) -> dict[str, float]:
     return out
 
 
+def fine_tuning_time(entry: dict, layers: list[str]) -> float:
+    """Seconds from the end of the pre-training (latest over ranks) to the end of the
+    fine-tuning (latest over ranks); 0 without fine-tuning."""
+    pre, fine = split_timeline(entry, layers)
+    if not fine:
+        return 0.0
+    return max(s[3] + s[4] for s in fine) - max(s[3] + s[4] for s in pre)
+
+
 def predicted_pretraining(entry: dict, plan: Plan) -> dict[str, Any]:
     """The ``pretraining`` block of a predicted entry, in the executor's shape: per layer the
     epochs played (``expected_epochs``) and the seconds they took, their total and the total
-    time. Reconstruction errors are not predicted. Needs the entry's timeline (the engine
-    records the first measured period of the first 64 ranks)."""
+    pre-training time; with fine-tuning, ``fine_tuning`` with its epochs and seconds.
+    Reconstruction and classification errors are not predicted. Needs the entry's timeline
+    (the engine records the first measured period of the first 64 ranks)."""
     layers = plan.options["layers"]
     epochs = plan.options["expected_epochs"]
     times = layer_times(entry, layers)
-    return {"layers": [{"layer": n, "epochs": e, "time_s": times[n]}
-                       for n, e in zip(layers, epochs)],
-            "epochs_to_convergence": sum(epochs),
-            "total_time_s": sum(times.values())}
+    out = {"layers": [{"layer": n, "epochs": e, "time_s": times[n]}
+                      for n, e in zip(layers, epochs)],
+           "epochs_to_convergence": sum(epochs),
+           "total_time_s": sum(times.values())}
+    if plan.options.get("fine_tune"):
+        out["fine_tuning"] = {"epochs": plan.options["fine_tune_epochs"],
+                              "steps_per_epoch": len(plan.options["fine_tune_batches"]),
+                              "time_s": fine_tuning_time(entry, layers)}
+    return out

@@ -1,5 +1,6 @@
-"""The dbn_pretrain scheme: the plan's structure per layer and epoch, its checks, and the
-predicted time of a toy case against a closed form a person can check by hand.
+"""The dbn_pretrain scheme: the plan's structure per layer and epoch (and the fine-tuning's
+data-parallel steps), its checks, and the predicted time of a toy case against a closed form a
+person can check by hand.
 
 The toy cluster has round numbers: a 10 TFLOP/s device at 50 % efficiency (5e12 FLOP/s achieved)
 with one SM running one block at a time (no wave quantisation) and memory so fast that every
@@ -16,15 +17,17 @@ import simulator.strategies as strategies
 from simulator.cluster import build_cluster
 from simulator.engine.simulate import predict
 from simulator.errors import ScenarioError
-from simulator.plan import Collective, Compute, Plan
+from simulator.plan import Collective, Compute, Plan, Update
 from simulator.scenario import build_graph, parse_scenario
 from simulator.schema import load_yaml
 from simulator.strategies import build_plan
 from simulator.strategies.common import Context
 from simulator.strategies.dbn_pretrain import (
     at_scale,
+    fine_tune_batches,
     mini_batches,
     predicted_pretraining,
+    pretraining_length,
     shard_bounds,
 )
 
@@ -151,6 +154,7 @@ def test_defaults():
     assert (o["workers"], o["batch_per_rank"], o["samples"], o["epochs"]) == (2, 50, 60000, 10)
     assert (o["expected_epochs"], o["tau"], o["exchange"], o["fine_tune"]) == (
         [10, 10], 0.001, "tree", False)
+    assert (o["fine_tune_epochs"], o["fine_tune_batches"]) == (5, [])
     assert plan.period_steps == 20
     assert at_scale({"name": "d", "scheme": "dbn_pretrain"}, 8)["devices"] == 8
 
@@ -171,6 +175,8 @@ def test_the_plan_survives_a_json_round_trip():
      "names 3 epoch count(s) but the model has 2 RBM layers"),
     ("{name: x, scheme: dbn_pretrain, fine_tune: true}", {"classes": 0},
      "fine-tuning needs a classifier"),
+    ("{name: x, scheme: dbn_pretrain, fine_tune: true, fine_tune_epochs: 0}", {},
+     "fine_tune_epochs: must be at least 1"),
     ("{name: x, scheme: dbn_pretrain, devices: 3}", {}, "asks for 3 devices"),
     ("{name: x, scheme: dbn_pretrain, samples: 1}", {}, "1 samples cannot be shared by 2"),
     ("{name: x, scheme: dbn_pretrain}", {"batch": 1}, "cannot be split over 2"),
@@ -222,3 +228,114 @@ def test_one_rank_averages_for_free():
     total = 3 * 4 * cd1["rbm1"] + 2 * 1000 * 500 * 200 / ACHIEVED + 2 * 4 * cd1["rbm2"]
     assert entry["iteration_time_s"] * 5 == pytest.approx(total, rel=1e-9)
     assert entry["breakdown_s"]["exposed_communication"] == 0.0
+
+
+# ---- fine-tuning ------------------------------------------------------------------------------
+
+FT = TOY.replace("}", ", fine_tune: true, fine_tune_epochs: 2}")
+LAYERS = ("rbm1", "rbm2", "classifier", "softmax")  # the toy network with its 10 classes
+# back-propagation trains the RBMs' weights and hidden biases and the classifier: not the
+# visible biases (1000 and 500)
+BACKPROP = (1000 * 500 + 500) + (500 * 100 + 100) + (100 * 10 + 10)
+
+
+def fine_tune_steps(ops: tuple) -> list[list]:
+    """The ops after the pre-training cut after each update."""
+    steps, current = [], []
+    for op in ops[pretraining_length(ops):]:
+        current.append(op)
+        if isinstance(op, Update):
+            steps.append(current)
+            current = []
+    assert not current
+    return steps
+
+
+def test_fine_tuning_appends_data_parallel_steps_after_the_pretraining():
+    plan, ctx = plan_of(FT)
+    toy, _ = plan_of(TOY)
+    for rank, pre in zip(plan.ranks, toy.ranks):
+        n = pretraining_length(rank.ops)
+        assert rank.ops[:n] == pre.ops  # the pre-training is unchanged
+        steps = fine_tune_steps(rank.ops)
+        # 400 samples in global batches of 2 x 50: 4 steps per epoch, 2 epochs
+        assert len(steps) == 2 * 4
+        for i, step in enumerate(steps):
+            e, j = divmod(i, 4)
+            compute = [(op.layer, op.phase, op.samples) for op in step if isinstance(op, Compute)]
+            assert compute == ([(n, "fwd", 50) for n in LAYERS]
+                               + [(n, "bwd", 50) for n in reversed(LAYERS)])
+            assert all(op.flops == ctx.node(op.layer)[f"{op.phase}_flops"] * 50
+                       for op in step if isinstance(op, Compute))
+            (coll,) = [op for op in step if isinstance(op, Collective)]
+            assert (coll.collective, coll.algorithm, coll.group, coll.key, coll.tensor) == (
+                "allreduce", "tree", "world", f"finetune.e{e}.s{j}",
+                "wgrad:rbm1,rbm2,classifier")
+            assert coll.bytes == BACKPROP * 4
+            assert coll.deps == (step[-3].id,)  # after the last backward (rbm1's)
+            update = step[-1]
+            assert (update.params, update.deps) == (BACKPROP, (coll.id,))
+        # the first step waits for the top layer's last averaging
+        assert steps[0][0].deps == (rank.ops[n - 1].id,)
+    assert [r.labels for r in plan.ranks] == [(0, 50), (50, 50)]
+    assert plan.options["fine_tune_batches"] == [100] * 4
+    assert (plan.period_steps, plan.samples_per_period) == (5 + 2, 400 * 5 + 400 * 2)
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_a_short_last_global_batch_is_kept_when_every_rank_gets_a_sample():
+    assert fine_tune_batches(403, 2, 50) == [100, 100, 100, 100, 3]
+    assert fine_tune_batches(401, 2, 50) == [100, 100, 100, 100]  # one sample: dropped
+    assert fine_tune_batches(30, 4, 50) == [30]
+    plan, _ = plan_of(FT.replace("samples: 400", "samples: 403"))
+    parts = [[step[0].samples for step in fine_tune_steps(r.ops)][:5] for r in plan.ranks]
+    assert parts == [[50, 50, 50, 50, 2], [50, 50, 50, 50, 1]]  # shard_bounds of each batch
+    assert plan.samples_per_period == 403 * 5 + 403 * 2
+
+
+def test_fine_tuning_memory_is_at_least_the_whole_network_data_parallel():
+    plan, _ = plan_of(FT.replace("samples: 400", "samples: 40").replace(
+        "batch_per_rank: 50", "batch_per_rank: 10"))
+    need = plan.memory[0]
+    # the whole network's weights and gradients (its 553,110 parameters, visible biases
+    # included), no optimizer state with sgd, and 10 samples' outputs of every layer
+    params = 501500 + 50600 + 1010
+    assert (need.weights, need.gradients, need.optimizer) == (params * 4, params * 4, 0.0)
+    assert need.activations == 10 * (500 + 100 + 10 + 10) * 4
+
+
+def test_predicted_fine_tuning_is_steps_times_backprop_allreduce_and_update():
+    plan, ctx = plan_of(FT)
+    entry = predict(plan, build_cluster(scenario(FT).cluster), ctx.training).entry
+    cd1 = {"rbm1": 10 * 1000 * 500 * 50 / ACHIEVED, "rbm2": 10 * 500 * 100 * 50 / ACHIEVED}
+    params = {"rbm1": 1000 * 500 + 1500, "rbm2": 500 * 100 + 600}
+    layer1 = (3 * (4 * cd1["rbm1"] + tree_allreduce(params["rbm1"] * 4))
+              + 2 * 1000 * 500 * 200 / ACHIEVED)
+    layer2 = 2 * (4 * cd1["rbm2"] + tree_allreduce(params["rbm2"] * 4))
+    # one step on 50 samples: forward 2vh per dense / RBM layer and 10 FLOPs for the softmax,
+    # backward twice the forward (the softmax's 10 again), then the update (4 FLOPs per
+    # parameter) after the gradient all-reduce; everything compute-bound
+    flops = 50 * (3 * 2 * (1000 * 500 + 500 * 100 + 100 * 10) + 10 + 10)
+    step = flops / ACHIEVED + tree_allreduce(BACKPROP * 4) + 4 * BACKPROP / ACHIEVED
+    assert all(op.bytes / 0.8e15 < op.flops / ACHIEVED for op in plan.ranks[0].ops
+               if isinstance(op, (Compute, Update)))
+    fine = 2 * 4 * step
+    assert entry["iteration_time_s"] * 7 == pytest.approx(layer1 + layer2 + fine, rel=1e-9)
+    pre = predicted_pretraining(entry, plan)
+    assert [r["time_s"] for r in pre["layers"]] == pytest.approx([layer1, layer2], rel=1e-9)
+    assert pre["total_time_s"] == pytest.approx(layer1 + layer2, rel=1e-9)  # pre-training
+    ft = pre["fine_tuning"]
+    assert (ft["epochs"], ft["steps_per_epoch"]) == (2, 4)
+    assert ft["time_s"] == pytest.approx(fine, rel=1e-9)
+
+
+def test_one_rank_fine_tunes_without_communication():
+    one = (FT.replace("devices: 2", "devices: 1").replace("samples: 400", "samples: 200"))
+    plan, ctx = plan_of(one)
+    entry = predict(plan, build_cluster(scenario(FT).cluster), ctx.training).entry
+    assert entry["breakdown_s"]["exposed_communication"] == 0.0
+    pre = predicted_pretraining(entry, plan)
+    flops = 50 * (3 * 2 * (1000 * 500 + 500 * 100 + 100 * 10) + 10 + 10)
+    # 200 samples in global batches of 1 x 50: 4 steps per epoch, 2 epochs
+    assert pre["fine_tuning"]["time_s"] == pytest.approx(
+        2 * 4 * (flops + 4 * BACKPROP) / ACHIEVED, rel=1e-9)
