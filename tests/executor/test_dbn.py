@@ -286,7 +286,7 @@ FINE_TUNE = """\
 import json, sys
 import numpy as np
 from mpi4py import MPI
-from executor.dbn import prepare_dbn
+from executor.dbn_cli import prepare_dbn
 from executor.dbn_finetune import fine_tune
 from executor.kernels import get_backend
 from executor.model import init_weights
