@@ -44,10 +44,8 @@ strategies:
       tau: 0.0, exchange: ring}}
   - {{name: four, scheme: dbn_pretrain, devices: 4, samples: {SAMPLES}, epochs: 6, tau: 0.0}}
 """
-# until simulator/strategies/__init__.py lists the scheme, the launch lists it first
-BOOT = ("import sys; import simulator.strategies as s; "
-        "s.SCHEMES = s.SCHEMES if 'dbn_pretrain' in s.SCHEMES else (*s.SCHEMES, 'dbn_pretrain'); "
-        "from executor.dbn import main; sys.exit(main(sys.argv[1:]))")
+# python -m executor.dbn, under mpiexec
+BOOT = "import sys; from executor.dbn import main; sys.exit(main(sys.argv[1:]))"
 
 
 def launch(ranks: int, args: list[str], timeout: float = 240, code: str = BOOT
