@@ -12,10 +12,7 @@ runs can be compared to float tolerance.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ from executor.data import digits
 from executor.model import init_weights
 from simulator.model.zoo_small import dbn
 from simulator.strategies.dbn_pretrain import fine_tuning_time, layer_times, shard_bounds
+from tests.executor.test_execute import launch as run_ranks
 
 F32 = np.float32
 SEED, LR, SAMPLES, BATCH, SIZES = 7, 0.1, 240, 40, (64, 24, 12)
@@ -44,24 +42,10 @@ strategies:
       tau: 0.0, exchange: ring}}
   - {{name: four, scheme: dbn_pretrain, devices: 4, samples: {SAMPLES}, epochs: 6, tau: 0.0}}
 """
-# python -m executor.dbn, under mpiexec
-BOOT = "import sys; from executor.dbn import main; sys.exit(main(sys.argv[1:]))"
-
-
-def launch(ranks: int, args: list[str], timeout: float = 240, code: str = BOOT
+def launch(ranks: int, args: list[str], timeout: float = 240, code: str | None = None
            ) -> subprocess.CompletedProcess:
-    cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-c", code, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s:\n{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """``mpiexec -n RANKS python -m executor.dbn ARGS`` (or ``python -c CODE ARGS``)."""
+    return run_ranks(ranks, args, timeout=timeout, module="executor.dbn", code=code)
 
 
 @pytest.fixture(scope="module")

@@ -69,9 +69,11 @@ strategies:
 
 
 def launch(ranks: int, args: list[str], timeout: float = 240, env: dict | None = None,
-           launcher_args: list[str] | None = None) -> subprocess.CompletedProcess:
-    cmd = ["mpiexec", *(launcher_args or []), "-n", str(ranks), sys.executable, "-m",
-           "simulator.cli", *args]
+           launcher_args: list[str] | None = None, module: str = "simulator.cli",
+           code: str | None = None) -> subprocess.CompletedProcess:
+    """``mpiexec -n RANKS python -m MODULE ARGS`` (or ``python -c CODE ARGS``)."""
+    run = ["-c", code] if code is not None else ["-m", module]
+    cmd = ["mpiexec", *(launcher_args or []), "-n", str(ranks), sys.executable, *run, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                 "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
