@@ -86,6 +86,7 @@ class RankRunner(ParameterServerClient):
         self._pulled_shards: set[int] = set()
         self._pushed: set[int] = set()
         self._grad_flat = None
+        self._flat_bufs: dict[int, np.ndarray] = {}
         # only a GPU backend has copies worth timing (the CPU's "device" is host memory)
         self.copies_cost = getattr(backend, "name", "") == "cuda"
 
@@ -183,6 +184,8 @@ class RankRunner(ParameterServerClient):
                     while not done[dep].wait(0.5):
                         if failure:
                             return
+                if isinstance(op, Compute) and self.pending:
+                    self._await_inputs(op)  # waiting for a peer is idle, not compute
                 start = MPI.Wtime()
                 phase = self._run(op)
                 self.k.synchronize()
@@ -250,6 +253,15 @@ class RankRunner(ParameterServerClient):
         if layer.state in ("col", "rep") and full in self.store:
             return self.store[full]
         return self._get(("act", pred, op.micro_batch), layer.name)
+
+    def _await_inputs(self, op: Compute) -> None:
+        """Complete the receives this compute op reads, before its timed span starts."""
+        mb = op.micro_batch
+        keys = ([("act", self._pred(op.layer), mb)] if op.phase == "fwd" else
+                [("dout", op.layer, mb), ("din", self._succ(op.layer), mb)])
+        for key in keys:
+            if key in self.pending:
+                self._get(key, op.layer)
 
     def _get(self, key: tuple[str, str, int], who: str) -> Any:
         if key in self.pending:
@@ -386,7 +398,12 @@ class RankRunner(ParameterServerClient):
                  for key in sorted(layer.params)]
         hosts = [np.asarray(self._to_host(layer.grads[key]), dtype=np.float32).ravel()
                  for layer, key in parts]
-        flat = np.concatenate(hosts) if hosts else np.zeros(0, np.float32)
+        size = sum(h.size for h in hosts)
+        flat = self._flat_bufs.get(op.id)
+        if flat is None or flat.size != size:  # kept across periods: no fresh pages each time
+            flat = self._flat_bufs[op.id] = np.empty(size, np.float32)
+        if hosts:
+            np.concatenate(hosts, out=flat)
         xcomm.allreduce(group, flat, op.algorithm)
         at = 0
         for (layer, key), h in zip(parts, hosts):

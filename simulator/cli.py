@@ -92,8 +92,10 @@ def _parser() -> argparse.ArgumentParser:
                     "(whole, put together from the shards) to an .npz file")
     ex.add_argument("--force", action="store_true", help="overwrite output files")
     ex.set_defaults(func=cmd_execute)
+    from executor.commands import add_parsers
     from reports.cli import add_parser
 
+    add_parsers(sub)
     add_parser(sub)
     return p
 

@@ -72,6 +72,7 @@ class Compute(Op):
     bytes: float
     blocks: int
     kernels: int = 1
+    layer_kind: str = ""  # the model layer's kind (dense, conv, act, ...): its kernel curve
     kind: ClassVar[str] = "compute"
 
 

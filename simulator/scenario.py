@@ -15,6 +15,7 @@ import networkx as nx
 
 from simulator import catalogue
 from simulator.errors import ScenarioError
+from simulator.profile import Profile, load_profile
 from simulator.schema import (
     Fields,
     any_string,
@@ -75,7 +76,7 @@ def _scenario(data: Any, file: str) -> Scenario:
     description = top.get("description", any_string, "")
     seed = top.get("seed", integer(0), 0)
     model = _model(top.sub("model"))
-    cluster = _cluster(top.sub("cluster"))
+    cluster = _cluster(top.sub("cluster"), file)
     training = _training(top.sub("training"))
     strategies = _strategies(top, cluster)
     sweep = _sweep(top.sub("sweep")) if top.has("sweep") else ()
@@ -121,7 +122,10 @@ def _model(f: Fields) -> ModelSpec:
 
 # ---- cluster -----------------------------------------------------------------------------------
 
-def _named_or_inline(f: Fields, key: str, table: dict, reader, kind: str):  # noqa: ANN001, ANN202
+def _named_or_inline(f: Fields, key: str, table: dict, reader, kind: str,  # noqa: ANN001, ANN202
+                     default=None):  # noqa: ANN001
+    if default is not None and not f.has(key):
+        return default
     value = f.raw(key)
     if isinstance(value, str):
         if value not in table:
@@ -136,12 +140,16 @@ def _named_or_inline(f: Fields, key: str, table: dict, reader, kind: str):  # no
     return reader("inline", sub)
 
 
-def device_field(f: Fields, key: str) -> DeviceSpec:
-    return _named_or_inline(f, key, catalogue.devices(), catalogue.read_device, "device")
+def device_field(f: Fields, key: str, profile: Profile | None = None) -> DeviceSpec:
+    table = {**catalogue.devices(), **(profile.devices if profile else {})}
+    return _named_or_inline(f, key, table, catalogue.read_device, "device",
+                            profile.device if profile else None)
 
 
-def link_field(f: Fields, key: str, scope: str) -> LinkSpec:
-    link = _named_or_inline(f, key, catalogue.links(), catalogue.read_link, "link")
+def link_field(f: Fields, key: str, scope: str, profile: Profile | None = None) -> LinkSpec:
+    table = {**catalogue.links(), **(profile.links if profile else {})}
+    link = _named_or_inline(f, key, table, catalogue.read_link, "link",
+                            profile.link(scope) if profile else None)
     if link.scope != scope:
         given = f.raw(key)
         which = repr(given) if isinstance(given, str) else "this link"
@@ -150,14 +158,32 @@ def link_field(f: Fields, key: str, scope: str) -> LinkSpec:
     return link
 
 
-def _cluster(f: Fields) -> ClusterSpec:
+def _profile(f: Fields, file: str) -> Profile | None:
+    """``cluster.profile``: a calibration profile, relative to the scenario's folder."""
+    if not f.has("profile"):
+        return None
+    name = f.get("profile", string)
+    path = Path(name)
+    if not path.is_absolute() and file and not file.startswith("<"):
+        path = Path(file).parent / path
+    if not path.is_file():
+        raise f.error("profile", f"no such calibration profile ({path}); write one with "
+                      "`mpiexec -n 2 parasim calibrate -o FILE`")
+    return load_profile(path)
+
+
+def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
+    profile = _profile(f, file)
     nodes = f.get("nodes", integer(1))
     per_node = f.get("devices_per_node", integer(1))
-    device = device_field(f, "device")
-    intra = link_field(f, "intra_link", "intra")
-    inter = link_field(f, "inter_link", "inter") if f.has("inter_link") or nodes > 1 else None
+    device = device_field(f, "device", profile)
+    intra = link_field(f, "intra_link", "intra", profile)
+    has_inter = f.has("inter_link") or (profile is not None and profile.link("inter"))
+    inter = (link_field(f, "inter_link", "inter", profile) if has_inter or nodes > 1
+             else None)
     nics = f.get("nics_per_node", integer(1), 1)
     jitter = f.get("compute_jitter", number(positive=False, minimum=0.0, maximum=1.0), 0.0)
+    cores = f.get("cores_per_node", integer(1), profile.cores_per_node if profile else 0)
     ps = None
     if f.has("parameter_servers"):
         pf = f.sub("parameter_servers")
@@ -173,13 +199,18 @@ def _cluster(f: Fields) -> ClusterSpec:
     degraded = tuple(_degraded(s) for s in degraded_fields)
     _unique(degraded_fields, "element", "degraded_links entry")
     f.done(("nodes", "devices_per_node", "device", "intra_link", "inter_link", "nics_per_node",
-            "parameter_servers", "stragglers", "degraded_links", "compute_jitter"))
+            "parameter_servers", "stragglers", "degraded_links", "compute_jitter",
+            "cores_per_node", "profile"))
     if inter is None:  # one node and no inter-node link given: the NIC still exists for PS traffic
         inter = ps.nic if ps else catalogue.links()["eth_10g"]
     spec = ClusterSpec(nodes=nodes, devices_per_node=per_node, device=device, intra_link=intra,
                        inter_link=inter, nics_per_node=nics, parameter_servers=ps,
                        stragglers=stragglers, degraded_links=degraded,
-                       compute_jitter=jitter)
+                       compute_jitter=jitter, cores_per_node=cores,
+                       co_run=profile.co_run if profile else (1, 1.0),
+                       profile=profile.file if profile else "",
+                       collectives=dict(profile.collectives) if profile else {},
+                       collectives_scope=profile.collectives_scope if profile else "intra")
     from simulator.cluster import topology_elements
 
     elements = topology_elements(spec)

@@ -22,6 +22,11 @@ class DeviceSpec:
     blocks_per_sm: int
     comm_sms: int
     source: str
+    # measured kernel efficiency curves (a calibration profile): "kind.phase" (dense.fwd,
+    # conv.bwd, act.fwd, update, ...) -> ((FLOPs, efficiency), ...) with FLOPs increasing; a
+    # kernel of a kind with a curve takes FLOPs / (peak x efficiency at its FLOPs), which
+    # replaces the roofline for that kind (the curve has the caches and the memory in it)
+    kernels: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,16 @@ class ClusterSpec:
     stragglers: tuple[Straggler, ...] = ()
     degraded_links: tuple[DegradedLink, ...] = ()
     compute_jitter: float = 0.0  # relative standard deviation of a run of kernels' time
+    # core sharing (CPU ranks): the cores a node has (0: one per device, no sharing), and the
+    # measured slowdown of a rank's kernels while ``co_run[0]`` ranks compute at once on one node
+    # (shared caches, memory bandwidth, clocks)
+    cores_per_node: int = 0
+    co_run: tuple[int, float] = (1, 1.0)
+    profile: str = ""  # the calibration profile the device and links came from, if any
+    # measured all-reduce cost per algorithm (a profile): (seconds per step, bytes/s), used for
+    # groups inside one node (scope intra) or any group (scope inter) instead of the flow model
+    collectives: dict[str, tuple[float, float]] = field(default_factory=dict)
+    collectives_scope: str = "intra"
 
     @property
     def device_count(self) -> int:

@@ -12,14 +12,14 @@ from importlib import resources
 from typing import Any
 
 from simulator.errors import ScenarioError
-from simulator.schema import Fields, choice, integer, load_yaml, number, string
+from simulator.schema import Fields, choice, integer, list_of, load_yaml, number, string
 from simulator.specs import DeviceSpec, LinkSpec
 from simulator.units import TFLOPS
 
 PRECISIONS = ("fp64", "fp32", "fp16", "bf16", "fp8")
 DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",
                "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
-               "comm_sms", "source")
+               "comm_sms", "kernels", "source")
 LINK_KEYS = ("scope", "bandwidth_GBps", "latency_us", "efficiency", "source")
 
 
@@ -50,6 +50,8 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
         memory_efficiency=get("memory_efficiency", number(maximum=1.0), "memory_efficiency"),
         blocks_per_sm=get("blocks_per_sm", integer(1), "blocks_per_sm"),
         comm_sms=get("comm_sms", integer(0), "comm_sms"),
+        kernels=(read_kernel_curves(f.sub("kernels")) if f.has("kernels")
+                 else dict(base.kernels) if base else {}),
         source=get("source", string, "source") if base is None else f.get("source", string,
                                                                          base.source),
     )
@@ -57,6 +59,27 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
     if dev.comm_sms >= dev.sms:
         raise f.error("comm_sms", f"must be fewer than the device's {dev.sms} SMs")
     return dev
+
+
+def read_kernel_curves(f: Fields) -> dict[str, tuple[tuple[float, float], ...]]:
+    """``kernels``: per kernel kind (``dense.fwd``, ``conv.bwd``, ``update``, ...) a measured
+    efficiency curve, ``{flops: [...], efficiency: [...]}`` with FLOPs strictly increasing."""
+    out = {}
+    for name in list(f.data):
+        if not isinstance(name, str) or not name:
+            raise f.error(name, "must name a kernel kind such as dense.fwd", value=name)
+        c = f.sub(name)
+        flops = c.get("flops", list_of(number()))
+        eff = c.get("efficiency", list_of(number(maximum=1.0)))
+        c.done(("flops", "efficiency"))
+        if len(flops) != len(eff):
+            raise c.error("efficiency", f"must have one value per flops entry ({len(flops)})",
+                          value=list(eff))
+        if any(b <= a for a, b in zip(flops, flops[1:])):
+            raise c.error("flops", "must be strictly increasing", value=list(flops))
+        out[name] = tuple(zip(flops, eff))
+    f.done()
+    return out
 
 
 def read_link(name: str, f: Fields, base: LinkSpec | None = None) -> LinkSpec:

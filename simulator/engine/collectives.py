@@ -18,6 +18,12 @@ ranks with the same local index (p_local rings share the NICs), intra-node ring 
 all-gather by recursive doubling): ring-equal bandwidth term, 2*ceil(log2 p) latency terms.
 All-gather / reduce-scatter (S = the full gathered buffer): T = (p-1) * alpha + (p-1)/p * S / B.
 Broadcast: binomial tree, ceil(log2 p) * (alpha + S/B).
+
+Reductions on CPU ranks: the sum is computed on the host after each receive, not inside the
+transfer as NCCL's GPU kernels do, so a CPU rank also pays for adding what it received (read two
+buffers, write one: 3 bytes moved per byte reduced, at the device's memory bandwidth).
+``reduced_bytes`` is what one rank adds: (p-1)/p * S for ring, Rabenseifner (``mpi``) and
+reduce-scatter, ceil(log2 p) * S on a binomial tree's critical path.
 """
 
 from __future__ import annotations
@@ -77,6 +83,24 @@ def phases(collective: str, algorithm: str, devs: Sequence[str], nbytes: float,
     if algorithm == "hierarchical":
         return _hierarchical(devs, nbytes, node_of)
     raise ValueError(f"unknown all-reduce algorithm {algorithm!r}")
+
+
+def allreduce_terms(algorithm: str, p: int, nbytes: float) -> tuple[int, float]:
+    """(latency steps, bytes one rank moves) of an all-reduce: the terms a measured fit
+    (``parasim calibrate``) prices as steps x latency + volume / bandwidth."""
+    log = math.ceil(math.log2(p)) if p > 1 else 0
+    if algorithm == "tree":
+        return 2 * log, 2 * log * nbytes
+    return (2 * (p - 1) if algorithm == "ring" else 2 * log), 2 * (p - 1) / p * nbytes
+
+
+def reduced_bytes(collective: str, algorithm: str, p: int, nbytes: float) -> float:
+    """Bytes one rank adds into its buffer during the collective (see the module docstring)."""
+    if p <= 1 or collective not in ("allreduce", "reduce_scatter"):
+        return 0.0
+    if collective == "allreduce" and algorithm == "tree":
+        return math.ceil(math.log2(p)) * nbytes
+    return (p - 1) / p * nbytes
 
 
 def _hierarchical(devs: Sequence[str], nbytes: float, node_of) -> list[Phase]:  # noqa: ANN001

@@ -48,6 +48,11 @@ class Device:
     def kernel_time(self, op: Op) -> float:
         """Seconds one compute/update op takes on this device right now."""
         s = self.spec
+        curve = s.kernels.get(curve_key(op)) if s.kernels else None
+        if curve is not None:
+            kernels = getattr(op, "kernels", 1)
+            t = op.flops / (self.peak * efficiency_at(curve, op.flops)) if op.flops else 0.0
+            return (s.launch_overhead * kernels + t) * self.slowdown
         sms = s.sms - (s.comm_sms if self.comm_active else 0)
         share = sms / s.sms
         wave_eff = 1.0
@@ -67,6 +72,42 @@ class Device:
             return 1.0
         sigma = math.sqrt(math.log1p(self.jitter**2))
         return float(self.rng.lognormal(-sigma**2 / 2, sigma))
+
+
+def curve_key(op: Op) -> str:
+    """The kernel-curve name of an op: ``dense.fwd``, ``conv.bwd``, ``rbm.cd1``, ``update``."""
+    if isinstance(op, Compute):
+        return f"{op.layer_kind}.{op.phase}"
+    return "update"
+
+
+def efficiency_at(curve: tuple[tuple[float, float], ...], flops: float) -> float:
+    """A measured efficiency curve at ``flops``: linear in log FLOPs, constant past its ends."""
+    if flops <= curve[0][0]:
+        return curve[0][1]
+    if flops >= curve[-1][0]:
+        return curve[-1][1]
+    x = math.log(flops)
+    for (f0, e0), (f1, e1) in zip(curve, curve[1:]):
+        if flops <= f1:
+            w = (x - math.log(f0)) / (math.log(f1) - math.log(f0))
+            return e0 + w * (e1 - e0)
+    return curve[-1][1]
+
+
+def core_sharing(cores: int, ranks: int, co_run: tuple[int, float]) -> float:
+    """How many times slower a rank's kernels run when ``ranks`` processes live on a node of
+    ``cores`` cores (0: a core per device, no sharing). Two effects, both measured by
+    calibration: ranks beyond the cores time-share them (``ranks / cores``; MPI ranks that wait
+    poll, so a waiting rank keeps its share), and ranks computing at once on one node slow each
+    other (shared caches, memory bandwidth, clocks): ``co_run = (k, s)`` is the slowdown ``s``
+    measured with ``k`` ranks at once, taken linear in the ranks that run at once."""
+    if cores <= 0 or ranks <= 1:
+        return 1.0
+    together = min(ranks, cores)
+    k, s = co_run
+    contention = 1.0 + (s - 1.0) * (together - 1) / (k - 1) if k > 1 else 1.0
+    return max(1.0, ranks / cores) * max(1.0, contention)
 
 
 class ParameterServer:

@@ -23,7 +23,7 @@ import simpy
 
 from simulator.cluster import Cluster
 from simulator.engine import collectives
-from simulator.engine.hardware import Coordinator, Device, ParameterServer
+from simulator.engine.hardware import Coordinator, Device, ParameterServer, core_sharing
 from simulator.engine.network import Network
 from simulator.plan import (
     COMM,
@@ -100,9 +100,11 @@ class Engine:
         self.network = Network(env, {e: cluster.bandwidth(e) for e in cluster.graph.edges},
                                record_rates=record_trace)
         workers = plan.workers()
+        sharing = self._core_sharing()
         # one generator per device, seeded by (scenario seed, device index): deterministic
         self.devices = {r.device: Device(env, r.device, cluster.spec.device, precision,
-                                         cluster.slowdown.get(r.device, 1.0),
+                                         cluster.slowdown.get(r.device, 1.0)
+                                         * sharing.get(r.device, 1.0),
                                          cluster.spec.compute_jitter,
                                          np.random.default_rng([seed, cluster.index_of(r.device)]))
                         for r in workers}
@@ -130,6 +132,23 @@ class Engine:
             key = id(r.ops)
             if key not in self.programs:
                 self.programs[key] = Program.of(r.ops)
+
+    def _core_sharing(self) -> dict[str, float]:
+        """Per device, the slowdown from the processes its node runs (``core_sharing``). On a
+        one-node cluster the parameter-server ranks are processes of that node too (that is
+        how the executor runs them)."""
+        spec = self.cluster.spec
+        if not spec.cores_per_node:
+            return {}
+        per_node: dict[int, int] = defaultdict(int)
+        for r in self.plan.ranks:
+            if r.role == "worker":
+                per_node[self.cluster.node_of(r.device)] += 1
+            elif spec.nodes == 1:
+                per_node[0] += 1
+        return {r.device: core_sharing(spec.cores_per_node,
+                                       per_node[self.cluster.node_of(r.device)], spec.co_run)
+                for r in self.plan.workers()}
 
     # ---- driving ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -245,6 +264,13 @@ class Engine:
         for d in devs:
             self.devices[d].comm_active += 1
         c = self.cluster
+        fitted = self._fitted_collective(op, devs)
+        if fitted is not None:
+            yield self.env.timeout(fitted)
+            for d in devs:
+                self.devices[d].comm_active -= 1
+            rv.done.succeed()
+            return
         for ph in collectives.phases(op.collective, op.algorithm, devs, op.bytes, c.node_of):
             routes = [c.route(a, b) for a, b in ph.pairs]
             latency = ph.latency_steps * max(c.latency(r) for r in routes)
@@ -252,9 +278,29 @@ class Engine:
                 yield self.env.timeout(latency)
             yield simpy.AllOf(self.env, [self.network.transfer(r, ph.bytes_per_flow, tag=op.key)
                                          for r in routes])
+        spec = c.spec.device
+        if spec.kind == "cpu":  # host-side sums (collectives' docstring)
+            added = collectives.reduced_bytes(op.collective, op.algorithm, len(devs), op.bytes)
+            if added:
+                yield self.env.timeout(3 * added / (spec.memory_bandwidth
+                                                    * spec.memory_efficiency))
         for d in devs:
             self.devices[d].comm_active -= 1
         rv.done.succeed()
+
+    def _fitted_collective(self, op: Collective, devs: list[str]) -> float | None:
+        """An all-reduce's time from the profile's measured fit (steps x latency + volume /
+        bandwidth), when the profile has one for this algorithm and this group's scope."""
+        spec = self.cluster.spec
+        if op.collective != "allreduce" or not spec.collectives or len(devs) < 2:
+            return None
+        one_node = len({self.cluster.node_of(d) for d in devs}) == 1
+        algorithm = "ring" if op.algorithm == "hierarchical" and one_node else op.algorithm
+        fit = spec.collectives.get(algorithm)
+        if fit is None or (spec.collectives_scope == "intra" and not one_node):
+            return None
+        steps, volume = collectives.allreduce_terms(algorithm, len(devs), op.bytes)
+        return steps * fit[0] + volume / fit[1]
 
     def _barrier(self, rank: int, it: int, op: Barrier):
         arrive = self.env.now

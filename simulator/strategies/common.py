@@ -76,7 +76,13 @@ def compute_op(b: ProgramBuilder, ctx: Context, layer: str, phase: str, samples:
     blocks = max(1, math.ceil(n["out_elems"] * samples / shards / per_block))
     return b.add(Compute, deps=deps, layer=layer, phase=phase, micro_batch=micro_batch,
                  samples=samples, shard=shard, shards=shards, flops=float(flops),
-                 bytes=float(nbytes), blocks=blocks)
+                 bytes=float(nbytes), blocks=blocks, layer_kind=kernel_kind(n))
+
+
+def kernel_kind(node: dict) -> str:
+    """The kernel a layer runs, as calibration curves name it: the layer kind, with the
+    function for activations (``act_relu`` and ``act_sigmoid`` cost differently)."""
+    return f"act_{node['fn']}" if node["kind"] == "act" else node["kind"]
 
 
 def memory_need(ctx: Context, device: str, layers: list[str], *, act_samples: float,

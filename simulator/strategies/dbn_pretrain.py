@@ -178,7 +178,7 @@ def cd1_op(b: ProgramBuilder, ctx: Context, layer: str, samples: int, micro_batc
     blocks = max(1, math.ceil(h * samples / per_block))
     return b.add(Compute, deps=deps, layer=layer, phase="cd1", micro_batch=micro_batch,
                  samples=samples, shard=0, shards=1, flops=float(n["cd1_flops"] * samples),
-                 bytes=float(nbytes), blocks=blocks, kernels=CD1_KERNELS)
+                 bytes=float(nbytes), blocks=blocks, kernels=CD1_KERNELS, layer_kind="rbm")
 
 
 def fine_tune_batches(samples: int, ranks: int, batch: int) -> list[int]:

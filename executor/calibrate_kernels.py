@@ -1,0 +1,183 @@
+"""Kernel efficiency curves: each executor kernel timed over a range of shapes on one backend.
+
+Every case is a small model graph built by the simulator's own layer builder, so the FLOPs a
+measured point is filed under are exactly the FLOPs the simulator will cost that layer at. A
+point is timed through the code the executor's ranks run (``executor.model.Forward`` for
+forward, backward and the loss; ``sgd_momentum`` per parameter tensor for the update; the
+CD-1 step with its uniforms and local update as ``executor/dbn.py`` runs it), median of repeats
+after a warm-up. Curves are ``kind.phase -> [(FLOPs, seconds), ...]``; ``calibrate`` turns
+seconds into efficiencies against the fastest rate measured (the profile's peak).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from executor.model import Forward, Layer, init_weights
+from simulator.model import build_custom
+from simulator.strategies.common import kernel_kind
+
+F32 = np.float32
+
+# (kind, input shape per sample, layers) per grid; every case is timed at each of its batches
+DENSE = [(64, 64), (256, 256), (512, 512), (784, 1024), (1024, 1024), (2048, 2048),
+         (1024, 10), (500, 2000)]
+CONV = [((1, 28, 28), 6, 5, 2), ((1, 32, 32), 6, 5, 0), ((6, 14, 14), 16, 5, 0),
+        ((16, 16, 16), 32, 3, 1), ((32, 16, 16), 64, 3, 1)]
+POOL = [(6, 28), (16, 10), (32, 16), (64, 16)]
+ELEMENTS = [256, 4096, 65536, 262144]
+RBM = [(784, 500), (500, 500), (500, 2000), (256, 256)]
+GRIDS: dict[str, dict[str, Any]] = {
+    "tiny": {"batches": (16, 64), "take": 2, "repeats": 3, "min_s": 0.005},
+    "small": {"batches": (32, 128, 256), "take": 5, "repeats": 5, "min_s": 0.03},
+    "full": {"batches": (16, 64, 128, 256, 512), "take": 99, "repeats": 7, "min_s": 0.1},
+}
+
+
+EVICT = np.zeros((4 << 20) // 4, F32)  # 4 MiB: several times a core's own (L2) cache
+
+
+def timed(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: float,
+          evict: bool = False) -> float:
+    """Median seconds of ``fn`` after one warm-up call, over at least ``repeats`` calls and
+    ``min_s`` seconds. With ``evict``, a buffer twice the size of a core's own cache is
+    written before each call (not timed): in a training step the layers in between push a
+    kernel's weights and inputs out of the core's cache, and a kernel timed back to back with
+    hot caches runs measurably faster (a 784x1024 dense backward at batch 64, 17% on this
+    project's 2-core test machine)."""
+    fn()
+    sync()
+    times: list[float] = []
+    began = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - began < min_s:
+        if evict:
+            np.add(EVICT, 1.0, out=EVICT)
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 200:
+            break
+    return statistics.median(times)
+
+
+def _cases(grid: dict[str, Any]) -> list[tuple[list[dict], list[int]]]:
+    take = grid["take"]
+    out = []
+    for i, o in DENSE[:take + 1]:
+        out.append(([{"kind": "dense", "units": o}, {"kind": "act", "fn": "relu"},
+                     {"kind": "dense", "units": 10}, {"kind": "softmax"}], [i]))
+    for shape, oc, k, pad in CONV[:take]:
+        out.append(([{"kind": "conv", "out_channels": oc, "kernel": k, "padding": pad},
+                     {"kind": "flatten"}], list(shape)))
+    for c, hw in POOL[:take]:
+        out.append(([{"kind": "pool", "kernel": 2, "stride": 2}], [c, hw, hw]))
+    for n in ELEMENTS[:take + 1]:
+        out.append(([{"kind": "act", "fn": "sigmoid"}], [n]))
+    for v, h in RBM[:take]:
+        out.append(([{"kind": "rbm", "units": h}], [v]))
+    return out
+
+
+class KernelTimer:
+    """Times the layers of one case graph on ``backend`` at one batch size."""
+
+    def __init__(self, backend: Any, grid: dict[str, Any], seed: int = 0):
+        self.k = backend
+        self.fwd = Forward(backend)
+        self.grid = grid
+        self.rng = np.random.default_rng(seed)
+
+    def _time(self, fn: Callable[[], Any]) -> float:
+        return timed(fn, self.k.synchronize, self.grid["repeats"], self.grid["min_s"],
+                     evict=True)
+
+    def case(self, layers: list[dict], shape: list[int], batch: int,
+             out: dict[str, list[tuple[float, float]]]) -> None:
+        graph = build_custom(layers, shape)
+        order = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
+        whole = init_weights(graph, order, 0)
+        k = self.k
+        x = k.to_device(self.rng.random((batch, *shape), dtype=F32))
+        for name in order:
+            node = graph.nodes[name]
+            layer = Layer(name, node)
+            layer.params = {key: k.to_device(v) for key, v in whole.get(name, {}).items()}
+            kind = node["kind"]
+            key = kernel_kind(node)
+            y, saved = self.fwd.forward(layer, x)
+            if kind == "softmax":
+                labels = k.to_device(self.rng.integers(0, y.shape[1], batch))
+                t = self._time(lambda y=y, labels=labels: self.fwd.loss(y, labels, batch))
+                _, _, dy = self.fwd.loss(y, labels, batch)
+            else:
+                t = self._time(lambda layer=layer, x=x: self.fwd.forward(layer, x))
+                dy = k.to_device(self.rng.standard_normal((batch, *node["out_shape"]))
+                                 .astype(F32))
+            out[f"{key}.fwd"].append((node["fwd_flops"] * batch, t))
+
+            def backward(layer=layer, dy=dy, saved=saved, y=y) -> Any:  # noqa: ANN001
+                layer.grads.clear()
+                return self.fwd.backward(layer, dy, saved, y)
+
+            out[f"{key}.bwd"].append((node["bwd_flops"] * batch, self._time(backward)))
+            if kind == "rbm":
+                out["rbm.cd1"].append((node["cd1_flops"] * batch, self._cd1(layer, x)))
+            if layer.params:
+                n = sum(int(np.prod(v.shape)) for v in whole[name].values())
+                out["update"].append((4.0 * n, self._update(layer)))
+            x = y
+
+    def _cd1(self, layer: Layer, x: Any) -> float:
+        """One CD-1 step as ``executor/dbn.py`` times it: uniforms, ``rbm_cd1``, local update."""
+        k, p = self.k, layer.params
+        n, hidden = x.shape[0], p["b"].shape[0]
+        p.setdefault("b_vis", k.zeros((x.shape[1],)))
+        delta = {key: k.zeros(v.shape) for key, v in p.items()}
+        gen = np.random.Generator(np.random.Philox(0))
+
+        def step() -> None:
+            u = k.to_device(gen.random((n, hidden)).astype(F32))
+            dw, db_vis, db_hid, _ = k.rbm_cd1(x, p["w"], p["b_vis"], p["b"], u)
+            for key, g in zip(("w", "b_vis", "b"), (dw, db_vis, db_hid)):
+                k.axpy(0.0, g, p[key])
+                k.axpy(0.0, g, delta[key])
+
+        return self._time(step)
+
+    def _update(self, layer: Layer) -> float:
+        k = self.k
+        grads = {key: k.zeros(v.shape) for key, v in layer.params.items()}
+        vel = {key: k.zeros(v.shape) for key, v in layer.params.items()}
+
+        def step() -> None:
+            for key, w in layer.params.items():
+                k.sgd_momentum(w, grads[key], vel[key], 0.0, 0.9)
+
+        return self._time(step)
+
+
+def measure_kernels(backend: Any, grid_name: str) -> dict[str, list[tuple[float, float]]]:
+    """``kind.phase -> [(FLOPs, seconds), ...]`` sorted by FLOPs, equal FLOPs merged (the
+    median time), zero-FLOP layers (flatten) left out: they cost the launch overhead only."""
+    grid = GRIDS[grid_name]
+    timer = KernelTimer(backend, grid)
+    raw: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for layers, shape in _cases(grid):
+        for batch in grid["batches"]:
+            timer.case(layers, shape, batch, raw)
+    out = {}
+    for key, points in raw.items():
+        by_flops: dict[float, list[float]] = defaultdict(list)
+        for f, t in points:
+            if f > 0:
+                by_flops[float(f)].append(t)
+        if by_flops:
+            out[key] = [(f, statistics.median(ts)) for f, ts in sorted(by_flops.items())]
+    return out

@@ -1,0 +1,170 @@
+"""Calibration profiles: what ``parasim calibrate`` measured, in the catalogue's own format.
+
+A profile is a YAML file with three parts::
+
+    calibration:             # the record: when, where, with what, and the raw measurements
+      date: 2026-11-21T10:00:00+00:00
+      hosts: [node-a]
+      ranks: 2
+      ranks_per_node: 2
+      cores_per_node: 2      # read by the simulator: ranks beyond this share cores
+      co_run: {ranks: 2, slowdown: 1.12}   # read by the simulator (see ClusterSpec.co_run)
+      backend: cpu
+      versions: {parasim: ..., python: ..., numpy: ..., numba: ..., mpi: ...}
+      measured: {...}        # kernel, copy, point-to-point and all-reduce tables, as measured
+    devices:                 # exactly one entry, read like devices.yaml (with ``kernels`` curves)
+      NAME: {...}
+    links:                   # one intra-node entry, and an inter-node one if it was measured
+      NAME: {...}
+
+A scenario names it with ``cluster: {profile: FILE, ...}`` (relative to the scenario's folder):
+the profile's device and links become the cluster's defaults, and its names can be used like
+catalogue names (``device: NAME`` or ``{base: NAME, ...}``). Errors name the profile file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from simulator.catalogue import read_device, read_link
+from simulator.errors import ScenarioError
+from simulator.schema import Fields, choice, integer, list_of, load_yaml, number, string
+from simulator.specs import DeviceSpec, LinkSpec
+
+CALIBRATION_KEYS = ("date", "hosts", "ranks", "ranks_per_node", "cores_per_node", "co_run",
+                    "collectives", "backend", "versions", "measured")
+ALGORITHMS = ("ring", "tree", "mpi")
+
+
+@dataclass(frozen=True)
+class Profile:
+    file: str
+    devices: dict[str, DeviceSpec]
+    links: dict[str, LinkSpec]
+    cores_per_node: int
+    co_run: tuple[int, float]
+    # all-reduce cost fitted per algorithm: (seconds per step, bytes/s), and where it was
+    # measured (intra: ranks of one node; inter: across nodes)
+    collectives: dict[str, tuple[float, float]] = field(default_factory=dict)
+    collectives_scope: str = "intra"
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> DeviceSpec:
+        return next(iter(self.devices.values()))
+
+    def link(self, scope: str) -> LinkSpec | None:
+        return next((v for v in self.links.values() if v.scope == scope), None)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and check a profile; every error names ``path``."""
+    path = Path(path)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError as e:
+        raise ScenarioError(f"cannot read the profile: {e.strerror}", file=str(path)) from None
+    return _load(str(path), stamp)
+
+
+@lru_cache(maxsize=16)
+def _load(path: str, stamp: int) -> Profile:  # noqa: ARG001 - the stamp keys the cache
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ScenarioError(f"cannot read the profile: {e.strerror}", file=path) from None
+    try:
+        return parse_profile(load_yaml(text), path)
+    except ScenarioError as e:
+        raise e.with_file(path) from None
+
+
+def parse_profile(data: Any, file: str = "<profile>") -> Profile:
+    top = Fields(data, "")
+    cal = top.sub("calibration")
+    record = {
+        "date": cal.get("date", _text),
+        "hosts": list(cal.get("hosts", list_of(string))),
+        "ranks": cal.get("ranks", integer(1)),
+        "ranks_per_node": cal.get("ranks_per_node", integer(1)),
+        "backend": cal.get("backend", string),
+        "versions": dict(cal.get("versions", _mapping)),
+        "measured": dict(cal.get("measured", _mapping, {})),
+    }
+    cores = cal.get("cores_per_node", integer(1))
+    co = cal.sub("co_run")
+    co_run = (co.get("ranks", integer(1)), co.get("slowdown", number(minimum=1.0)))
+    co.done(("ranks", "slowdown"))
+    collectives, scope = {}, "intra"
+    if cal.has("collectives"):
+        cf = cal.sub("collectives")
+        scope = cf.get("scope", choice(("intra", "inter")), "intra")
+        for alg in ALGORITHMS:
+            if cf.has(alg):
+                a = cf.sub(alg)
+                collectives[alg] = (a.get("latency_us", number(positive=False, minimum=0.0)),
+                                    a.get("bandwidth_GBps", number()))
+                a.get("ranks", list_of(integer(1)), ())
+                a.done(("latency_us", "bandwidth_GBps", "ranks"))
+        cf.done(("scope", *ALGORITHMS))
+    cal.done(CALIBRATION_KEYS)
+    record.update(cores_per_node=cores, co_run={"ranks": co_run[0], "slowdown": co_run[1]})
+
+    dev_f = top.sub("devices")
+    if len(dev_f.data) != 1:
+        raise ScenarioError("must hold exactly one device entry", path="devices",
+                            value=sorted(map(str, dev_f.data)), has_value=True,
+                            line=dev_f.start_line)
+    devices = {str(n): read_device(str(n), dev_f.sub(n)) for n in list(dev_f.data)}
+    dev_f.done()
+    link_f = top.sub("links")
+    links = {str(n): read_link(str(n), link_f.sub(n)) for n in list(link_f.data)}
+    link_f.done()
+    scopes = [v.scope for v in links.values()]
+    if scopes.count("intra") != 1 or scopes.count("inter") > 1:
+        raise ScenarioError("must hold one intra-node link and at most one inter-node link",
+                            path="links", value=scopes, has_value=True,
+                            line=link_f.start_line)
+    top.done(("calibration", "devices", "links"))
+    return Profile(file=file, devices=devices, links=links, cores_per_node=cores,
+                   co_run=co_run, collectives=collectives, collectives_scope=scope,
+                   calibration=record)
+
+
+def _text(v: Any, path: str) -> str:
+    """A date: YAML may read an unquoted timestamp as a datetime; keep it as written."""
+    return v.isoformat() if hasattr(v, "isoformat") else string(v, path)
+
+
+def _mapping(v: Any, path: str) -> dict:
+    if not isinstance(v, dict):
+        raise ScenarioError("must be a mapping", path=path, value=v, has_value=True)
+    return v
+
+
+def dump_profile(calibration: dict[str, Any], device: tuple[str, dict[str, Any]],
+                 links: dict[str, dict[str, Any]]) -> str:
+    """The profile file's text (what :func:`parse_profile` reads back)."""
+    import yaml
+
+    head = ("# A parasim calibration profile (written by `parasim calibrate`). Units are in the\n"
+            "# key names, as in the catalogue: *_TFLOPS, *_GBps, *_us, *_GiB; times in seconds.\n")
+    doc = {"calibration": calibration, "devices": {device[0]: device[1]}, "links": links}
+    return head + yaml.safe_dump(_plain(doc), sort_keys=False, width=100)
+
+
+def _plain(v: Any) -> Any:
+    """Plain YAML types (tuples as lists, numpy scalars as floats)."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
