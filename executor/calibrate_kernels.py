@@ -77,9 +77,12 @@ def _cases(grid: dict[str, Any]) -> list[tuple[list[dict], list[int]]]:
         out.append(([{"kind": "conv", "out_channels": oc, "kernel": k, "padding": pad},
                      {"kind": "flatten"}], list(shape)))
     for c, hw in POOL[:take]:
-        out.append(([{"kind": "pool", "kernel": 2, "stride": 2}], [c, hw, hw]))
+        for mode in ("max", "avg"):
+            out.append(([{"kind": "pool", "kernel": 2, "stride": 2, "mode": mode}],
+                        [c, hw, hw]))
     for n in ELEMENTS[:take + 1]:
-        out.append(([{"kind": "act", "fn": "sigmoid"}], [n]))
+        for fn in ("sigmoid", "tanh"):
+            out.append(([{"kind": "act", "fn": fn}], [n]))
     for v, h in RBM[:take]:
         out.append(([{"kind": "rbm", "units": h}], [v]))
     return out

@@ -394,8 +394,9 @@ class RankRunner(ParameterServerClient):
 
     def _allreduce_grads(self, group: MPI.Comm, op: Collective) -> None:
         names = [n for n in op.tensor[len("wgrad:"):].split(",") if n]
+        # an RBM layer's visible bias gets no gradient from back-propagation: not exchanged
         parts = [(layer, key) for n in names if (layer := self.layers.get(n)) is not None
-                 for key in sorted(layer.params)]
+                 for key in sorted(layer.params) if key in layer.grads]
         hosts = [np.asarray(self._to_host(layer.grads[key]), dtype=np.float32).ravel()
                  for layer, key in parts]
         size = sum(h.size for h in hosts)

@@ -56,7 +56,7 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         return parse_scenario(load_yaml(text), str(path))
     except ScenarioError as e:
-        raise e.with_file(str(path)) from None
+        raise (e if e.file else e.with_file(str(path))) from None
 
 
 def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
@@ -188,8 +188,8 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
     if f.has("parameter_servers"):
         pf = f.sub("parameter_servers")
         ps = ParameterServerSpec(hosts=pf.get("hosts", integer(1)),
-                                 device=device_field(pf, "device"),
-                                 nic=link_field(pf, "nic", "inter"))
+                                 device=device_field(pf, "device", profile),
+                                 nic=link_field(pf, "nic", "inter", profile))
         pf.done(("hosts", "device", "nic"))
     count = nodes * per_node
     straggler_fields = _items(f, "stragglers")

@@ -81,8 +81,13 @@ def compute_op(b: ProgramBuilder, ctx: Context, layer: str, phase: str, samples:
 
 def kernel_kind(node: dict) -> str:
     """The kernel a layer runs, as calibration curves name it: the layer kind, with the
-    function for activations (``act_relu`` and ``act_sigmoid`` cost differently)."""
-    return f"act_{node['fn']}" if node["kind"] == "act" else node["kind"]
+    function for activations and the mode for pooling (``act_relu`` and ``act_tanh``, or
+    ``pool_max`` and ``pool_avg``, cost differently)."""
+    if node["kind"] == "act":
+        return f"act_{node['fn']}"
+    if node["kind"] == "pool":
+        return f"pool_{node['mode']}"
+    return node["kind"]
 
 
 def memory_need(ctx: Context, device: str, layers: list[str], *, act_samples: float,

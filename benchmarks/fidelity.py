@@ -1,0 +1,146 @@
+"""How well does the simulator predict the executor on this machine? Calibrate, then validate a
+grid of cases, and print the error.
+
+    python benchmarks/fidelity.py [--profile P] [--grid small] [--out DIR]
+
+Without ``--profile`` it first runs ``mpiexec -n 2 parasim calibrate`` (the ``--grid`` given).
+Cases: an MLP, a LeNet-5 (the CNN), the DBN fine-tuning network (sigmoid RBM layers) x
+synchronous data parallel, GPipe pipelines, the hybrid conv-DP/FC-MP scheme and Downpour x 1, 2
+and 4 ranks (4 ranks share 2 cores on a 2-core machine). Each (model, ranks) group is one
+``mpiexec -n R parasim validate`` launch, which simulates and executes its strategies.
+
+Printed: every case's predicted and measured iteration time and error, the mean absolute
+percentage error (MAPE), the worst case, and the share of case pairs of one model that the
+prediction ranks in the measured order by throughput (all pairs, and the pairs whose measured
+throughputs differ by more than 10%). Targets: MAPE <= 10%, worst <= 25%, every pair that
+differs by more than 10% ranked right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+MLP = {"zoo": "mlp", "params": {"sizes": [784, 1024, 1024, 10]}}
+LENET = {"zoo": "lenet5", "params": {"input_shape": [1, 32, 32]}}
+DBN = {"zoo": "dbn", "params": {"sizes": [784, 500, 500, 2000], "classes": 10}}
+
+# (model key, ranks, strategies)
+GROUPS = [
+    ("mlp", 1, [{"name": "mlp one rank", "scheme": "data_parallel", "devices": 1}]),
+    ("mlp", 2, [{"name": "mlp dp ring x2", "scheme": "data_parallel", "exchange": "ring"},
+                {"name": "mlp gpipe x2", "scheme": "pipeline", "micro_batches": 4},
+                {"name": "mlp downpour 1w+1ps", "scheme": "downpour", "workers": 1}]),
+    ("mlp", 4, [{"name": "mlp dp ring x4", "scheme": "data_parallel", "exchange": "ring"},
+                {"name": "mlp downpour 3w+1ps", "scheme": "downpour", "workers": 3}]),
+    ("lenet", 1, [{"name": "lenet one rank", "scheme": "data_parallel", "devices": 1}]),
+    ("lenet", 2, [{"name": "lenet dp ring x2", "scheme": "data_parallel", "exchange": "ring"},
+                  {"name": "lenet hybrid x2", "scheme": "hybrid"}]),
+    ("lenet", 4, [{"name": "lenet dp ring x4", "scheme": "data_parallel", "exchange": "ring"}]),
+    ("dbn", 1, [{"name": "dbn one rank", "scheme": "data_parallel", "devices": 1}]),
+    ("dbn", 2, [{"name": "dbn dp tree x2", "scheme": "data_parallel", "exchange": "tree"},
+                {"name": "dbn gpipe x2", "scheme": "pipeline", "micro_batches": 4}]),
+    ("dbn", 4, [{"name": "dbn dp tree x4", "scheme": "data_parallel", "exchange": "tree"}]),
+]
+MODELS = {"mlp": MLP, "lenet": LENET, "dbn": DBN}
+ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "NUMBA_NUM_THREADS": "1"}
+
+
+def scenario(model: str, ranks: int, strategies: list[dict]) -> dict:
+    servers = any(s["scheme"] == "downpour" for s in strategies)
+    cluster = {"nodes": 1, "devices_per_node": ranks, "device": "cpu_core_modern",
+               "intra_link": "shm"}
+    if servers:
+        cluster["parameter_servers"] = {"hosts": 1, "device": "cpu_core_modern",
+                                        "nic": "eth_10g"}
+    return {"name": f"fidelity {model} on {ranks} rank(s)", "seed": 1,
+            "model": MODELS[model], "cluster": cluster,
+            "training": {"batch_size": 256, "iterations": 10, "warmup_iterations": 2,
+                         "learning_rate": 0.01},
+            "strategies": strategies}
+
+
+def run(cmd: list[str], timeout: float) -> str:
+    env = {**os.environ, **ENV}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def ranking(cases: list[dict]) -> tuple[int, int, int, int]:
+    """(right, pairs, right among pairs differing > 10%, such pairs), pairs within a model."""
+    right = pairs = right_big = big = 0
+    for a, b in itertools.combinations(cases, 2):
+        if a["model"] != b["model"]:
+            continue
+        pairs += 1
+        ma, mb = a["measured_throughput"], b["measured_throughput"]
+        pa, pb = a["predicted_throughput"], b["predicted_throughput"]
+        ok = (ma > mb) == (pa > pb)
+        right += ok
+        if abs(ma - mb) / min(ma, mb) > 0.10:
+            big += 1
+            right_big += ok
+    return right, pairs, right_big, big
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", help="an existing profile (default: calibrate first)")
+    ap.add_argument("--grid", default="small", choices=("tiny", "small", "full"))
+    ap.add_argument("--out", help="keep the profile and every Result in this folder")
+    args = ap.parse_args(argv)
+    out = Path(args.out or tempfile.mkdtemp(prefix="fidelity-"))
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+    profile = args.profile
+    if not profile:
+        profile = str(out / "profile.yaml")
+        print(f"calibrating (mpiexec -n 2, {args.grid} grid) ...", flush=True)
+        run(["mpiexec", "-n", "2", sys.executable, "-m", "simulator.cli", "calibrate", "-o",
+             profile, "--grid", args.grid, "--force"], 900)
+    cases = []
+    for model, ranks, strategies in GROUPS:
+        path = out / f"{model}_{ranks}.yaml"
+        path.write_text(yaml.safe_dump(scenario(model, ranks, strategies), sort_keys=False))
+        pred, meas = out / f"{model}_{ranks}.predicted.json", out / f"{model}_{ranks}.measured.json"
+        print(f"validating {model} on {ranks} rank(s) ...", flush=True)
+        run(["mpiexec", "-n", str(ranks), sys.executable, "-m", "simulator.cli", "validate",
+             str(path), "--profile", profile, "--predicted", str(pred), "--measured",
+             str(meas), "--force"], 900)
+        rows = json.loads(meas.read_text())["validation"]
+        if len(rows) != len(strategies):
+            sys.exit(f"{path}: {len(strategies)} strategies, {len(rows)} validated")
+        for r in rows:
+            cases.append({**r, "model": model, "ranks": ranks})
+    print()
+    print(f"{'case':<24}{'ranks':>6}{'predicted ms':>14}{'measured ms':>13}{'error':>9}")
+    for c in cases:
+        print(f"{c['strategy']:<24}{c['ranks']:>6}{c['predicted_s'] * 1e3:>14.2f}"
+              f"{c['measured_s'] * 1e3:>13.2f}{c['error']:>+9.1%}")
+    errors = [abs(c["error"]) for c in cases]
+    mape = sum(errors) / len(errors)
+    worst = max(cases, key=lambda c: abs(c["error"]))
+    right, pairs, right_big, big = ranking(cases)
+    print()
+    print(f"cases: {len(cases)}  MAPE: {mape:.1%} (target <= 10%)  worst: {worst['error']:+.1%} "
+          f"({worst['strategy']}, target <= 25%)")
+    print(f"ranking: {right}/{pairs} pairs of one model in the measured order by throughput; "
+          f"{right_big}/{big} of the pairs that differ by more than 10% (target: all)")
+    print(f"profile: {profile}; Results in {out}; {time.time() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

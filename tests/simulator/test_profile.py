@@ -1,0 +1,537 @@
+"""Calibration profiles: the file format (``simulator/profile.py``), a scenario naming one
+(``cluster.profile``), and what the engine does with it: measured kernel efficiency curves,
+core sharing and fitted all-reduce costs, each against a closed form written in the test.
+
+Profiles are written by hand here (``dump_profile`` of small dicts with round numbers), never by
+``parasim calibrate`` (that is ``tests/executor/test_calibrate.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import simpy
+import yaml
+
+from simulator import catalogue
+from simulator.cli import main
+from simulator.engine.collectives import allreduce_terms, reduced_bytes
+from simulator.engine.hardware import Device, core_sharing, curve_key, efficiency_at
+from simulator.errors import ScenarioError
+from simulator.plan import Compute, Update
+from simulator.predict import simulate_scenario
+from simulator.profile import Profile, dump_profile, load_profile, parse_profile
+from simulator.scenario import load_scenario
+from simulator.schema import load_yaml
+from simulator.specs import DeviceSpec
+
+NAME = "meas"  # the profile's device
+# one kernel curve with round numbers: efficiency 0.1 at 1 kFLOP, 0.5 at 100 kFLOP, 0.9 at 10 MFLOP
+CURVE = {"flops": [1e3, 1e5, 1e7], "efficiency": [0.1, 0.5, 0.9]}
+RING = (3e-6, 2e9)  # the fitted ring all-reduce: 3 us per step, 2 GB/s
+TREE = (4e-6, 1.5e9)
+
+
+def calibration(**changes: Any) -> dict[str, Any]:
+    cal = {
+        "date": "2026-01-02T03:04:05+00:00",
+        "hosts": ["node-a"],
+        "ranks": 2,
+        "ranks_per_node": 2,
+        "cores_per_node": 2,
+        "co_run": {"ranks": 2, "slowdown": 1.1},
+        "collectives": {"scope": "intra",
+                        "ring": {"latency_us": RING[0] * 1e6, "bandwidth_GBps": RING[1] / 1e9,
+                                 "ranks": [2]},
+                        "tree": {"latency_us": TREE[0] * 1e6, "bandwidth_GBps": TREE[1] / 1e9,
+                                 "ranks": [2]}},
+        "backend": "cpu",
+        "versions": {"numpy": "2.0", "mpi": "MPICH 4"},
+        "measured": {"memory_bandwidth_GBps": 10.0},
+    }
+    cal.update(changes)
+    return cal
+
+
+def device_entry(**changes: Any) -> dict[str, Any]:
+    dev = {
+        "kind": "cpu", "sms": 1, "peak_TFLOPS": {"fp32": 0.2}, "memory_GiB": 4,
+        "memory_bandwidth_GBps": 10.0, "launch_overhead_us": 2.0, "compute_efficiency": 0.5,
+        "memory_efficiency": 1.0, "blocks_per_sm": 1, "comm_sms": 0,
+        "kernels": {"dense.fwd": dict(CURVE),
+                    "update": {"flops": [1e2, 1e6], "efficiency": [0.01, 0.2]}},
+        "source": "written by hand for a test",
+    }
+    dev.update(changes)
+    return dev
+
+
+def link_entries(inter: bool = False) -> dict[str, dict[str, Any]]:
+    out = {f"{NAME}_intra": {"scope": "intra", "bandwidth_GBps": 5.0, "latency_us": 1.0,
+                             "efficiency": 1.0, "source": "ping-pong"}}
+    if inter:
+        out[f"{NAME}_inter"] = {"scope": "inter", "bandwidth_GBps": 1.0, "latency_us": 20.0,
+                                "efficiency": 0.9, "source": "ping-pong"}
+    return out
+
+
+def profile_text(cal: dict | None = None, dev: dict | None = None,
+                 links: dict | None = None) -> str:
+    return dump_profile(cal or calibration(), (NAME, dev or device_entry()),
+                        links or link_entries())
+
+
+def write_profile(path: Path, **parts: Any) -> Path:
+    path.write_text(profile_text(**parts))
+    return path
+
+
+SCENARIO = """\
+name: profiled
+model: {{zoo: mlp, params: {{sizes: [256, 256, 10]}}}}
+cluster:
+  profile: {profile}
+  nodes: {nodes}
+  devices_per_node: {per_node}
+{extra}
+training: {{batch_size: 32, precision: fp32, optimizer: sgd, iterations: 2,
+           warmup_iterations: 1}}
+strategies:
+  - {{name: dp, scheme: data_parallel, exchange: {exchange}, bucket_MiB: 0, overlap: false}}
+"""
+
+
+def write_scenario(folder: Path, profile: str = "prof.yaml", *, nodes: int = 1,
+                   per_node: int = 2, extra: str = "", exchange: str = "ring",
+                   name: str = "scenario.yaml") -> Path:
+    path = folder / name
+    path.write_text(SCENARIO.format(profile=profile, nodes=nodes, per_node=per_node,
+                                    extra=extra, exchange=exchange))
+    return path
+
+
+# ---- the file format ---------------------------------------------------------------------------
+
+def check_profile(p: Profile) -> None:
+    assert list(p.devices) == [NAME]
+    d = p.device
+    assert d.name == NAME and d.kind == "cpu" and d.sms == 1
+    assert d.peak_flops == {"fp32": pytest.approx(0.2e12)}
+    assert d.memory == 4 * 2**30
+    assert d.memory_bandwidth == pytest.approx(10e9)
+    assert d.launch_overhead == pytest.approx(2e-6)
+    assert d.compute_efficiency == 0.5 and d.memory_efficiency == 1.0
+    assert d.kernels == {"dense.fwd": ((1e3, 0.1), (1e5, 0.5), (1e7, 0.9)),
+                         "update": ((1e2, 0.01), (1e6, 0.2))}
+    assert all(isinstance(c, tuple) and all(isinstance(pt, tuple) for pt in c)
+               for c in d.kernels.values())
+    intra = p.link("intra")
+    assert intra is not None and intra.name == f"{NAME}_intra"
+    assert intra.latency == pytest.approx(1e-6) and intra.bandwidth == pytest.approx(5e9)
+    assert p.link("inter") is None
+    assert p.cores_per_node == 2
+    assert p.co_run == (2, pytest.approx(1.1))
+    assert p.collectives_scope == "intra"
+    assert set(p.collectives) == {"ring", "tree"}
+    assert p.collectives["ring"] == (pytest.approx(RING[0]), pytest.approx(RING[1]))
+    assert p.collectives["tree"] == (pytest.approx(TREE[0]), pytest.approx(TREE[1]))
+    assert p.calibration["hosts"] == ["node-a"]
+    assert p.calibration["versions"] == {"numpy": "2.0", "mpi": "MPICH 4"}
+    assert p.calibration["date"] == "2026-01-02T03:04:05+00:00"
+
+
+def test_a_dumped_profile_reads_back_from_a_file(tmp_path: Path):
+    path = write_profile(tmp_path / "prof.yaml")
+    p = load_profile(path)
+    assert p.file == str(path)
+    check_profile(p)
+
+
+def test_a_dumped_profile_reads_back_from_text():
+    p = parse_profile(load_yaml(profile_text()), "x.yaml")
+    assert p.file == "x.yaml"
+    check_profile(p)
+
+
+def test_an_unquoted_date_and_an_inter_node_link_read_back(tmp_path: Path):
+    text = profile_text(cal=calibration(collectives={"scope": "inter", "mpi": {
+        "latency_us": 0, "bandwidth_GBps": 0.5}}), links=link_entries(inter=True))
+    text = text.replace("'2026-01-02T03:04:05+00:00'", "2026-01-02T03:04:05+00:00")
+    p = load_profile(_write(tmp_path, text))
+    assert p.calibration["date"].startswith("2026-01-02T03:04:05")
+    inter = p.link("inter")
+    assert inter is not None and inter.name == f"{NAME}_inter"
+    assert inter.latency == pytest.approx(20e-6) and inter.effective_bandwidth == \
+        pytest.approx(0.9e9)
+    assert p.collectives_scope == "inter"
+    assert p.collectives == {"mpi": (0.0, pytest.approx(0.5e9))}
+
+
+def _write(folder: Path, text: str, name: str = "p.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_an_edited_profile_is_read_again(tmp_path: Path):
+    """``load_profile`` caches by modification time: an edit is seen."""
+    path = write_profile(tmp_path / "prof.yaml")
+    assert load_profile(path).cores_per_node == 2
+    path.write_text(profile_text(cal=calibration(cores_per_node=7)))
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert load_profile(path).cores_per_node == 7
+
+
+def _bad_curve_order() -> dict:
+    return device_entry(kernels={"dense.fwd": {"flops": [1e3, 1e7, 1e5],
+                                               "efficiency": [0.1, 0.5, 0.9]}})
+
+
+BAD_PROFILES = {
+    "efficiency above 1": (
+        dict(dev=device_entry(kernels={"dense.fwd": {"flops": [1e3, 1e5],
+                                                     "efficiency": [0.1, 1.5]}})),
+        f"devices.{NAME}.kernels.dense.fwd.efficiency", "at most 1.0"),
+    "flops not increasing": (
+        dict(dev=_bad_curve_order()), f"devices.{NAME}.kernels.dense.fwd.flops",
+        "strictly increasing"),
+    "lengths differ": (
+        dict(dev=device_entry(kernels={"dense.fwd": {"flops": [1e3, 1e5, 1e7],
+                                                     "efficiency": [0.1, 0.5]}})),
+        f"devices.{NAME}.kernels.dense.fwd.efficiency", "one value per flops entry"),
+    "slowdown below 1": (
+        dict(cal=calibration(co_run={"ranks": 2, "slowdown": 0.9})),
+        "calibration.co_run.slowdown", "at least 1.0"),
+    "zero fitted bandwidth": (
+        dict(cal=calibration(collectives={"ring": {"latency_us": 1, "bandwidth_GBps": 0}})),
+        "calibration.collectives.ring.bandwidth_GBps", "must be positive"),
+    "unknown calibration key": (
+        dict(cal=calibration(bogus=1)), "calibration.bogus", "unknown key"),
+    "no intra link": (
+        dict(links={"x": link_entries(inter=True)[f"{NAME}_inter"]}), "links",
+        "one intra-node link"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROFILES))
+def test_a_bad_profile_names_its_file_and_field(tmp_path: Path, case: str):
+    parts, field, message = BAD_PROFILES[case]
+    path = write_profile(tmp_path / "bad.yaml", **parts)
+    with pytest.raises(ScenarioError) as info:
+        load_profile(path)
+    e = info.value
+    assert e.file == str(path)
+    assert e.path.startswith(field)
+    text = str(e)
+    assert text.startswith(f"{path}:") and field in text and message in text
+    assert e.line is not None and e.line > 1  # the line in the profile file
+
+
+def test_a_profile_with_two_devices_is_an_error(tmp_path: Path):
+    data = yaml.safe_load(profile_text())
+    data["devices"]["other"] = dict(data["devices"][NAME])
+    path = _write(tmp_path, yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ScenarioError) as info:
+        load_profile(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}:") and ": devices:" in text
+    assert "exactly one device" in text and "'other'" in text
+
+
+def test_a_missing_profile_file_is_an_error_naming_it(tmp_path: Path):
+    with pytest.raises(ScenarioError) as info:
+        load_profile(tmp_path / "nope.yaml")
+    assert str(tmp_path / "nope.yaml") in str(info.value)
+    assert "cannot read the profile" in str(info.value)
+
+
+# ---- a scenario naming a profile ---------------------------------------------------------------
+
+def test_a_scenario_takes_the_profiles_device_links_and_measurements(tmp_path: Path,
+                                                                       monkeypatch):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    prof_path = write_profile(folder / "prof.yaml")
+    path = write_scenario(folder)
+    monkeypatch.chdir(tmp_path)  # the profile is found next to the scenario, not in the cwd
+    sc = load_scenario(path)
+    c = sc.cluster
+    profile = load_profile(prof_path)
+    assert c.device == profile.device and c.device.name == NAME
+    assert c.device.kernels["dense.fwd"] == ((1e3, 0.1), (1e5, 0.5), (1e7, 0.9))
+    assert c.intra_link == profile.link("intra")
+    assert c.inter_link == catalogue.links()["eth_10g"]  # one node, none measured
+    assert c.cores_per_node == 2
+    assert c.co_run == (2, pytest.approx(1.1))
+    assert c.collectives == {"ring": (pytest.approx(RING[0]), pytest.approx(RING[1])),
+                             "tree": (pytest.approx(TREE[0]), pytest.approx(TREE[1]))}
+    assert c.collectives_scope == "intra"
+    assert Path(c.profile) == prof_path
+
+
+def test_a_scenario_without_a_profile_has_no_measurements(tmp_path: Path):
+    text = SCENARIO.format(profile="x", nodes=1, per_node=2, extra="  device: cpu_core\n"
+                           "  intra_link: shm", exchange="ring")
+    path = _write(tmp_path, text.replace("  profile: x\n", ""), "s.yaml")
+    c = load_scenario(path).cluster
+    assert c.cores_per_node == 0 and c.co_run == (1, 1.0) and c.collectives == {}
+    assert c.profile == ""
+
+
+def test_an_absolute_profile_path_works(tmp_path: Path):
+    prof = write_profile(tmp_path / "prof.yaml")
+    sub = tmp_path / "elsewhere"
+    sub.mkdir()
+    sc = load_scenario(write_scenario(sub, str(prof)))
+    assert sc.cluster.device.name == NAME
+
+
+def test_a_catalogue_device_overrides_the_profiles(tmp_path: Path):
+    write_profile(tmp_path / "prof.yaml")
+    c = load_scenario(write_scenario(tmp_path, extra="  device: cpu_core_modern")).cluster
+    assert c.device == catalogue.devices()["cpu_core_modern"]
+    assert c.intra_link.name == f"{NAME}_intra"  # the link still comes from the profile
+
+
+def test_the_profiles_device_names_a_base_and_its_own_name_works(tmp_path: Path):
+    write_profile(tmp_path / "prof.yaml")
+    c = load_scenario(write_scenario(
+        tmp_path, extra=f"  device: {{base: {NAME}, launch_overhead_us: 9}}")).cluster
+    assert c.device.launch_overhead == pytest.approx(9e-6)
+    assert c.device.peak_flops == {"fp32": pytest.approx(0.2e12)}
+    assert c.device.kernels == load_profile(tmp_path / "prof.yaml").device.kernels
+    named = load_scenario(write_scenario(tmp_path, extra=f"  device: {NAME}",
+                                         name="named.yaml")).cluster
+    assert named.device == load_profile(tmp_path / "prof.yaml").device
+
+
+def test_the_scenarios_cores_per_node_overrides_the_profiles(tmp_path: Path):
+    write_profile(tmp_path / "prof.yaml")
+    c = load_scenario(write_scenario(tmp_path, extra="  cores_per_node: 8")).cluster
+    assert c.cores_per_node == 8 and c.co_run == (2, pytest.approx(1.1))
+
+
+def test_a_missing_profile_names_the_scenario_the_field_and_the_path(tmp_path: Path):
+    path = write_scenario(tmp_path, "missing.yaml")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    text = str(info.value)
+    assert text.startswith(str(path))
+    assert "cluster.profile" in text
+    assert str(tmp_path / "missing.yaml") in text
+
+
+def test_a_bad_profile_named_by_a_scenario_is_an_error_with_the_field(tmp_path: Path):
+    write_profile(tmp_path / "prof.yaml", dev=_bad_curve_order())
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write_scenario(tmp_path))
+    assert info.value.path == f"devices.{NAME}.kernels.dense.fwd.flops"
+    assert "strictly increasing" in str(info.value)
+
+
+def test_a_bad_profile_named_by_a_scenario_names_the_profile_file(tmp_path: Path):
+    prof = write_profile(tmp_path / "prof.yaml", dev=_bad_curve_order())
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write_scenario(tmp_path))
+    assert info.value.file == str(prof)
+    assert str(info.value).startswith(f"{prof}:")
+
+
+@pytest.mark.parametrize("profile,expected", [
+    ("missing.yaml", "cluster.profile"),
+    ("prof.yaml", f"devices.{NAME}.kernels.dense.fwd.flops"),
+])
+def test_the_cli_reports_a_profile_error_in_one_line(tmp_path: Path, capsys, profile: str,
+                                                    expected: str):
+    write_profile(tmp_path / "prof.yaml", dev=_bad_curve_order())
+    path = write_scenario(tmp_path, profile)
+    assert main(["simulate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("parasim: error:")
+    assert expected in lines[0] and "Traceback" not in err
+    assert out == ""
+
+
+def test_the_cli_simulates_a_profiled_scenario(tmp_path: Path, capsys):
+    write_profile(tmp_path / "prof.yaml")
+    assert main(["simulate", str(write_scenario(tmp_path))]) == 0
+    out, err = capsys.readouterr()
+    assert f"2 x {NAME}" in out and "dp" in out and err == ""
+
+
+# ---- the engine: kernel curves -----------------------------------------------------------------
+
+PEAK = 1e11
+LAUNCH = 2e-6
+SPEC = DeviceSpec(name="t", kind="cpu", sms=1, peak_flops={"fp32": PEAK}, memory=1e9,
+                  memory_bandwidth=1e10, launch_overhead=LAUNCH, compute_efficiency=0.5,
+                  memory_efficiency=0.8, blocks_per_sm=1, comm_sms=0, source="test",
+                  kernels={"dense.fwd": ((1e3, 0.1), (1e5, 0.5), (1e7, 0.9)),
+                           "update": ((1e2, 0.02), (1e4, 0.2))})
+
+
+def compute(flops: float, *, kind: str = "dense", phase: str = "fwd", nbytes: float = 0.0,
+            kernels: int = 1) -> Compute:
+    return Compute(id=0, stream="compute", deps=(), layer="l", phase=phase, micro_batch=0,
+                   samples=1, shard=0, shards=1, flops=flops, bytes=nbytes, blocks=1,
+                   kernels=kernels, layer_kind=kind)
+
+
+def device(slowdown: float = 1.0) -> Device:
+    return Device(simpy.Environment(), "d0", SPEC, "fp32", slowdown)
+
+
+@pytest.mark.parametrize("flops,eff", [
+    (1e4, 0.3),  # halfway between 1e3 and 1e5 in log FLOPs
+    (1e6, 0.7),  # halfway between 1e5 and 1e7
+    (3e3, 0.1 + 0.4 * math.log(3) / math.log(100)),
+    (2e6, 0.5 + 0.4 * math.log(20) / math.log(100)),
+    (1e3, 0.1), (1e5, 0.5), (1e7, 0.9),  # the points themselves
+    (10.0, 0.1), (1e9, 0.9),  # clamped past the ends
+])
+def test_a_kernel_with_a_curve_takes_flops_over_peak_times_the_curve(flops: float, eff: float):
+    assert efficiency_at(SPEC.kernels["dense.fwd"], flops) == pytest.approx(eff, rel=1e-12)
+    t = device().kernel_time(compute(flops))
+    assert t == pytest.approx(LAUNCH + flops / (PEAK * eff), rel=1e-12)
+
+
+def test_a_curve_ignores_memory_traffic_and_counts_launches_and_slowdown():
+    op = compute(1e4, nbytes=1e9, kernels=3)  # 1e9 B would take 0.125 s on the roofline
+    assert device(2.0).kernel_time(op) == pytest.approx(2 * (3 * LAUNCH + 1e4 / (PEAK * 0.3)))
+
+
+def test_a_kind_without_a_curve_takes_the_roofline():
+    flops_bound = compute(1e6, kind="conv")
+    assert device().kernel_time(flops_bound) == pytest.approx(LAUNCH + 1e6 / (PEAK * 0.5))
+    memory_bound = compute(1e6, kind="conv", nbytes=1e6)  # 1e6 B at 8 GB/s: 125 us > 20 us
+    assert device().kernel_time(memory_bound) == pytest.approx(LAUNCH + 1e6 / 8e9)
+    bwd = compute(1e4, phase="bwd")  # dense.bwd has no curve either
+    assert device().kernel_time(bwd) == pytest.approx(LAUNCH + 1e4 / (PEAK * 0.5))
+
+
+def test_an_update_uses_the_update_curve():
+    op = Update(id=0, stream="compute", deps=(), params=250, flops=1e3, bytes=1e6)
+    eff = 0.02 + 0.18 * 0.5
+    assert device().kernel_time(op) == pytest.approx(LAUNCH + 1e3 / (PEAK * eff))
+
+
+def test_curve_keys_and_a_one_point_curve():
+    assert curve_key(compute(1.0, kind="conv", phase="bwd")) == "conv.bwd"
+    assert curve_key(compute(1.0)) == "dense.fwd"
+    assert curve_key(Update(id=0, stream="compute", deps=(), params=1, flops=1.0,
+                            bytes=1.0)) == "update"
+    one = ((1e4, 0.4),)
+    assert efficiency_at(one, 1.0) == efficiency_at(one, 1e4) == efficiency_at(one, 1e8) == 0.4
+
+
+# ---- the engine: core sharing ----------------------------------------------------------------
+
+def test_core_sharing_closed_forms():
+    assert core_sharing(2, 4, (2, 1.1)) == pytest.approx(2 * 1.1)  # time-shared and contended
+    assert core_sharing(2, 2, (2, 1.1)) == pytest.approx(1.1)  # contention only
+    assert core_sharing(4, 3, (2, 1.2)) == pytest.approx(1 + 0.2 * 2)  # linear in the ranks
+    assert core_sharing(8, 5, (5, 1.4)) == pytest.approx(1.4)
+    assert core_sharing(1, 3, (1, 1.0)) == pytest.approx(3.0)  # time sharing only
+    assert core_sharing(0, 4, (2, 1.1)) == 1.0  # a core per device: no sharing
+    assert core_sharing(4, 1, (2, 1.1)) == 1.0  # one rank: nothing to share
+
+
+def test_the_engine_slows_compute_by_the_profiles_co_run(tmp_path: Path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write_profile(a / "prof.yaml", cal=calibration(co_run={"ranks": 2, "slowdown": 1.0}))
+    write_profile(b / "prof.yaml", cal=calibration(co_run={"ranks": 2, "slowdown": 1.25}))
+    compute_s = [simulate_scenario(load_scenario(write_scenario(f)))[0]["results"][0]
+                 ["breakdown_s"]["compute"] for f in (a, b)]
+    assert compute_s[0] > 0
+    assert compute_s[1] == pytest.approx(1.25 * compute_s[0], rel=1e-9)
+
+
+# ---- the engine: fitted all-reduce costs ------------------------------------------------------
+
+def test_allreduce_terms_closed_forms():
+    S = 1000.0
+    assert allreduce_terms("ring", 4, S) == (6, pytest.approx(1.5 * S))
+    assert allreduce_terms("ring", 2, S) == (2, pytest.approx(S))
+    assert allreduce_terms("mpi", 5, S) == (6, pytest.approx(1.6 * S))  # 2 ceil(log2 5)
+    assert allreduce_terms("tree", 4, S) == (4, pytest.approx(4 * S))
+    assert allreduce_terms("tree", 5, S) == (6, pytest.approx(6 * S))
+    assert allreduce_terms("ring", 1, S) == (0, 0.0)
+
+
+def test_reduced_bytes_closed_forms():
+    S = 1000.0
+    assert reduced_bytes("allreduce", "ring", 4, S) == pytest.approx(0.75 * S)
+    assert reduced_bytes("allreduce", "mpi", 4, S) == pytest.approx(0.75 * S)
+    assert reduced_bytes("allreduce", "tree", 4, S) == pytest.approx(2 * S)
+    assert reduced_bytes("allreduce", "tree", 5, S) == pytest.approx(3 * S)
+    assert reduced_bytes("reduce_scatter", "ring", 5, S) == pytest.approx(0.8 * S)
+    assert reduced_bytes("allgather", "ring", 4, S) == 0.0
+    assert reduced_bytes("broadcast", "tree", 4, S) == 0.0
+    assert reduced_bytes("allreduce", "ring", 1, S) == 0.0
+
+
+# the mlp [256, 256, 10]: weights and biases, fp32
+PARAM_BYTES = 4 * ((256 * 256 + 256) + (256 * 10 + 10))
+
+
+def exposed(path: Path) -> float:
+    result, _ = simulate_scenario(load_scenario(path))
+    (entry,) = result["results"]
+    return entry["breakdown_s"]["exposed_communication"]
+
+
+@pytest.mark.parametrize("exchange,fit", [("ring", RING), ("hierarchical", RING),
+                                          ("tree", TREE)])
+def test_an_allreduce_on_one_node_costs_the_profiles_fit(tmp_path: Path, exchange: str,
+                                                        fit: tuple[float, float]):
+    """One all-reduce of every gradient after backward: steps x latency + volume / bandwidth
+    (a hierarchical all-reduce on one node is a ring; no host-side sums on top: the fit has
+    them). Ring on 2 ranks: 2 steps, 2(p-1)/p S = S; tree: 2 ceil(log2 2) = 2 steps of S."""
+    write_profile(tmp_path / "prof.yaml")
+    steps, volume = (2, 2 * PARAM_BYTES) if exchange == "tree" else (2, PARAM_BYTES)
+    expected = steps * fit[0] + volume / fit[1]
+    assert exposed(write_scenario(tmp_path, exchange=exchange)) == pytest.approx(expected,
+                                                                                   rel=1e-6)
+
+
+def test_an_algorithm_without_a_fit_uses_the_flow_model(tmp_path: Path):
+    fitted, plain = tmp_path / "fitted", tmp_path / "plain"
+    fitted.mkdir()
+    plain.mkdir()
+    write_profile(fitted / "prof.yaml")  # ring and tree fitted, mpi not
+    write_profile(plain / "prof.yaml", cal=calibration(collectives={}))
+    got = exposed(write_scenario(fitted, exchange="mpi"))
+    assert got > 0
+    assert got == pytest.approx(exposed(write_scenario(plain, exchange="mpi")), rel=1e-12)
+    # and the flow model is not what the ring fit would give
+    assert got != pytest.approx(2 * RING[0] + PARAM_BYTES / RING[1], rel=1e-3)
+
+
+def test_an_intra_node_fit_does_not_price_a_group_across_nodes(tmp_path: Path):
+    fitted, plain = tmp_path / "fitted", tmp_path / "plain"
+    fitted.mkdir()
+    plain.mkdir()
+    write_profile(fitted / "prof.yaml")
+    write_profile(plain / "prof.yaml", cal=calibration(collectives={}))
+    extra = "  inter_link: eth_10g"
+    got = exposed(write_scenario(fitted, nodes=2, per_node=1, extra=extra))
+    assert got == pytest.approx(exposed(write_scenario(plain, nodes=2, per_node=1,
+                                                       extra=extra)), rel=1e-12)
+    assert got != pytest.approx(2 * RING[0] + PARAM_BYTES / RING[1], rel=1e-3)
+
+
+def test_an_inter_node_fit_prices_a_group_across_nodes(tmp_path: Path):
+    cal = calibration()
+    cal["collectives"] = {**cal["collectives"], "scope": "inter"}
+    write_profile(tmp_path / "prof.yaml", cal=cal, links=link_entries(inter=True))
+    path = write_scenario(tmp_path, nodes=2, per_node=1)
+    assert load_scenario(path).cluster.inter_link.name == f"{NAME}_inter"
+    assert exposed(path) == pytest.approx(2 * RING[0] + PARAM_BYTES / RING[1], rel=1e-6)
