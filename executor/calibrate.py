@@ -58,7 +58,6 @@ class Calibration:
         self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         hosts = comm.allgather(MPI.Get_processor_name())
         self.hosts = hosts
-        self.host_of = hosts
         self.local = self.node.Get_rank()
         self.ranks_per_node = self.node.Get_size()
         self.cores = min(comm.allgather(len(os.sched_getaffinity(0))))
@@ -154,8 +153,8 @@ class Calibration:
         """Half round trips from rank 0 to the first other rank on its node (intra) and on
         another node (inter); every other rank waits quietly."""
         peers = {}
-        same = [r for r in range(1, self.size) if self.host_of[r] == self.host_of[0]]
-        other = [r for r in range(1, self.size) if self.host_of[r] != self.host_of[0]]
+        same = [r for r in range(1, self.size) if self.hosts[r] == self.hosts[0]]
+        other = [r for r in range(1, self.size) if self.hosts[r] != self.hosts[0]]
         if same:
             peers["intra"] = same[0]
         if other:
