@@ -3,7 +3,9 @@ grid of cases, and print the error.
 
     python benchmarks/fidelity.py [--profile P] [--grid small] [--out DIR]
 
-Without ``--profile`` it first runs ``mpiexec -n 2 parasim calibrate`` (the ``--grid`` given).
+Without ``--profile`` it first runs ``mpiexec -n 4 parasim calibrate`` (the ``--grid`` given): as
+many ranks as the largest case, so that the all-reduce is also measured with more ranks than
+cores when the machine has fewer than 4.
 Cases: an MLP, a LeNet-5 (the CNN), the DBN fine-tuning network (sigmoid RBM layers) x
 synchronous data parallel, GPipe pipelines, the hybrid conv-DP/FC-MP scheme and Downpour x 1, 2
 and 4 ranks (4 ranks share 2 cores on a 2-core machine). Each (model, ranks) group is one
@@ -107,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     profile = args.profile
     if not profile:
         profile = str(out / "profile.yaml")
-        print(f"calibrating (mpiexec -n 2, {args.grid} grid) ...", flush=True)
-        run(["mpiexec", "-n", "2", sys.executable, "-m", "simulator.cli", "calibrate", "-o",
+        most = str(max(g[1] for g in GROUPS))
+        print(f"calibrating (mpiexec -n {most}, {args.grid} grid) ...", flush=True)
+        run(["mpiexec", "-n", most, sys.executable, "-m", "simulator.cli", "calibrate", "-o",
              profile, "--grid", args.grid, "--force"], 900)
     cases = []
     for model, ranks, strategies in GROUPS:

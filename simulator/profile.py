@@ -51,6 +51,9 @@ class Profile:
     # measured (intra: ranks of one node; inter: across nodes)
     collectives: dict[str, tuple[float, float]] = field(default_factory=dict)
     collectives_scope: str = "intra"
+    # the same fits measured with more ranks than cores on a node, by ranks per core
+    collectives_shared: dict[float, dict[str, tuple[float, float]]] = field(
+        default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,18 +102,23 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     co = cal.sub("co_run")
     co_run = (co.get("ranks", integer(1)), co.get("slowdown", number(minimum=1.0)))
     co.done(("ranks", "slowdown"))
-    collectives, scope = {}, "intra"
+    collectives, scope, shared = {}, "intra", {}
     if cal.has("collectives"):
         cf = cal.sub("collectives")
         scope = cf.get("scope", choice(("intra", "inter")), "intra")
-        for alg in ALGORITHMS:
-            if cf.has(alg):
-                a = cf.sub(alg)
-                collectives[alg] = (a.get("latency_us", number(positive=False, minimum=0.0)),
-                                    a.get("bandwidth_GBps", number()))
-                a.get("ranks", list_of(integer(1)), ())
-                a.done(("latency_us", "bandwidth_GBps", "ranks"))
-        cf.done(("scope", *ALGORITHMS))
+        entries = cf.raw("oversubscribed") or []
+        collectives = _fits(cf, ("scope", "oversubscribed"))
+        where = f"{cf.path}.oversubscribed"
+        if not isinstance(entries, list):
+            raise ScenarioError("must be a list of fits, each with its ranks_per_core",
+                                path=where, value=entries, has_value=True,
+                                line=cf.line("oversubscribed"))
+        for i, entry in enumerate(entries):
+            e = Fields(entry, f"{where}[{i}]", getattr(entry, "start_line", None))
+            load = e.get("ranks_per_core", number())
+            if load <= 1.0 or load in shared:
+                raise e.error("ranks_per_core", "must be above 1 and appear once")
+            shared[load] = _fits(e, ("ranks_per_core",))
     cal.done(CALIBRATION_KEYS)
     record.update(cores_per_node=cores, co_run={"ranks": co_run[0], "slowdown": co_run[1]})
 
@@ -132,7 +140,22 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     top.done(("calibration", "devices", "links"))
     return Profile(file=file, devices=devices, links=links, cores_per_node=cores,
                    co_run=co_run, collectives=collectives, collectives_scope=scope,
+                   collectives_shared=shared,
                    calibration=record)
+
+
+def _fits(f: Fields, also: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
+    """The per-algorithm all-reduce fits of one mapping: (seconds per step, bytes/s)."""
+    out = {}
+    for alg in ALGORITHMS:
+        if f.has(alg):
+            a = f.sub(alg)
+            out[alg] = (a.get("latency_us", number(positive=False, minimum=0.0)),
+                        a.get("bandwidth_GBps", number()))
+            a.get("ranks", list_of(integer(1)), ())
+            a.done(("latency_us", "bandwidth_GBps", "ranks"))
+    f.done((*also, *ALGORITHMS))
+    return out
 
 
 def _text(v: Any, path: str) -> str:

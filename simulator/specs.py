@@ -86,6 +86,10 @@ class ClusterSpec:
     # groups inside one node (scope intra) or any group (scope inter) instead of the flow model
     collectives: dict[str, tuple[float, float]] = field(default_factory=dict)
     collectives_scope: str = "intra"
+    # the same, measured with more ranks than cores on a node, by ranks per core (time-shared
+    # cores: a step waits for its peer to be scheduled)
+    collectives_shared: dict[float, dict[str, tuple[float, float]]] = field(
+        default_factory=dict)
 
     @property
     def device_count(self) -> int:

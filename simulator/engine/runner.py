@@ -15,6 +15,7 @@ parameter-server work, and waits; the summary turns them into the breakdown.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -140,15 +141,24 @@ class Engine:
         spec = self.cluster.spec
         if not spec.cores_per_node:
             return {}
+        per_node = self._processes_per_node()
+        return {r.device: core_sharing(spec.cores_per_node,
+                                       per_node[self.cluster.node_of(r.device)], spec.co_run)
+                for r in self.plan.workers()}
+
+    def _processes_per_node(self) -> dict[int, int]:
+        """Per node, the plan's processes on it: its workers, and on a one-node cluster the
+        parameter-server ranks as well."""
+        if getattr(self, "_per_node", None) is not None:
+            return self._per_node
         per_node: dict[int, int] = defaultdict(int)
         for r in self.plan.ranks:
             if r.role == "worker":
                 per_node[self.cluster.node_of(r.device)] += 1
-            elif spec.nodes == 1:
+            elif self.cluster.spec.nodes == 1:
                 per_node[0] += 1
-        return {r.device: core_sharing(spec.cores_per_node,
-                                       per_node[self.cluster.node_of(r.device)], spec.co_run)
-                for r in self.plan.workers()}
+        self._per_node = per_node
+        return per_node
 
     # ---- driving ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -292,15 +302,36 @@ class Engine:
         """An all-reduce's time from the profile's measured fit (steps x latency + volume /
         bandwidth), when the profile has one for this algorithm and this group's scope."""
         spec = self.cluster.spec
-        if op.collective != "allreduce" or not spec.collectives or len(devs) < 2:
+        if op.collective != "allreduce" or not (spec.collectives or spec.collectives_shared) \
+                or len(devs) < 2:
             return None
-        one_node = len({self.cluster.node_of(d) for d in devs}) == 1
-        algorithm = "ring" if op.algorithm == "hierarchical" and one_node else op.algorithm
-        fit = spec.collectives.get(algorithm)
-        if fit is None or (spec.collectives_scope == "intra" and not one_node):
+        nodes = {self.cluster.node_of(d) for d in devs}
+        algorithm = "ring" if op.algorithm == "hierarchical" and len(nodes) == 1 else (
+            op.algorithm)
+        fit = self._fits_for(nodes).get(algorithm)
+        if fit is None or (spec.collectives_scope == "intra" and len(nodes) > 1):
             return None
         steps, volume = collectives.allreduce_terms(algorithm, len(devs), op.bytes)
-        return steps * fit[0] + volume / fit[1]
+        seconds = steps * fit[0] + volume / fit[1]
+        if op.tensor.startswith("wgrad:") and spec.device.kind == "cpu":
+            # the executor packs a bucket's gradients into one buffer first (read + write)
+            seconds += 2 * op.bytes / (spec.device.memory_bandwidth
+                                       * spec.device.memory_efficiency)
+        return seconds
+
+    def _fits_for(self, nodes: set[int]) -> dict[str, tuple[float, float]]:
+        """The profile's all-reduce fits for a group on ``nodes``: those measured at the
+        nearest ranks per core when the busiest node runs more processes than it has cores
+        (a time-shared core makes every step wait for its peer to be scheduled)."""
+        spec = self.cluster.spec
+        if not spec.cores_per_node or not spec.collectives_shared:
+            return spec.collectives
+        per_node = self._processes_per_node()
+        load = max(per_node[n] for n in nodes) / spec.cores_per_node
+        if load <= 1.0 and spec.collectives:
+            return spec.collectives
+        nearest = min(spec.collectives_shared, key=lambda k: abs(math.log(k / max(load, 1.0))))
+        return spec.collectives_shared[nearest]
 
     def _barrier(self, rank: int, it: int, op: Barrier):
         arrive = self.env.now

@@ -480,6 +480,7 @@ def test_reduced_bytes_closed_forms():
 
 # the mlp [256, 256, 10]: weights and biases, fp32
 PARAM_BYTES = 4 * ((256 * 256 + 256) + (256 * 10 + 10))
+PACK_S = 2 * PARAM_BYTES / 10e9  # packing the gradients: read and write at 10 GB/s
 
 
 def exposed(path: Path) -> float:
@@ -494,10 +495,12 @@ def test_an_allreduce_on_one_node_costs_the_profiles_fit(tmp_path: Path, exchang
                                                         fit: tuple[float, float]):
     """One all-reduce of every gradient after backward: steps x latency + volume / bandwidth
     (a hierarchical all-reduce on one node is a ring; no host-side sums on top: the fit has
-    them). Ring on 2 ranks: 2 steps, 2(p-1)/p S = S; tree: 2 ceil(log2 2) = 2 steps of S."""
+    them). Ring on 2 ranks: 2 steps, 2(p-1)/p S = S; tree: 2 ceil(log2 2) = 2 steps of S. The
+    executor first packs the gradients into one buffer: S read and S written at the device's
+    10 GB/s memory bandwidth."""
     write_profile(tmp_path / "prof.yaml")
     steps, volume = (2, 2 * PARAM_BYTES) if exchange == "tree" else (2, PARAM_BYTES)
-    expected = steps * fit[0] + volume / fit[1]
+    expected = steps * fit[0] + volume / fit[1] + PACK_S
     assert exposed(write_scenario(tmp_path, exchange=exchange)) == pytest.approx(expected,
                                                                                    rel=1e-6)
 
@@ -512,7 +515,50 @@ def test_an_algorithm_without_a_fit_uses_the_flow_model(tmp_path: Path):
     assert got > 0
     assert got == pytest.approx(exposed(write_scenario(plain, exchange="mpi")), rel=1e-12)
     # and the flow model is not what the ring fit would give
-    assert got != pytest.approx(2 * RING[0] + PARAM_BYTES / RING[1], rel=1e-3)
+    assert got != pytest.approx(2 * RING[0] + PARAM_BYTES / RING[1] + PACK_S, rel=1e-3)
+
+
+SHARED = (2e-3, 0.5e9)  # the ring fit measured with 2 ranks per core: 2 ms per step, 0.5 GB/s
+
+
+def shared_profile(path: Path, cores: int) -> None:
+    cal = calibration(cores_per_node=cores)
+    cal["collectives"] = {**cal["collectives"], "oversubscribed": [
+        {"ranks_per_core": 2.0, "ring": {"latency_us": SHARED[0] * 1e6,
+                                         "bandwidth_GBps": SHARED[1] / 1e9, "ranks": [4]}},
+        {"ranks_per_core": 4.0, "ring": {"latency_us": 1e4, "bandwidth_GBps": 0.1}}]}
+    write_profile(path, cal=cal)
+
+
+@pytest.mark.parametrize("cores,fit", [(2, RING), (1, SHARED)])
+def test_oversubscribed_nodes_use_the_fit_measured_at_their_ranks_per_core(
+        tmp_path: Path, cores: int, fit: tuple[float, float]):
+    """2 ranks on 2 cores: the plain fit; on 1 core (2 ranks per core): the fit measured at 2
+    ranks per core, not the one at 4."""
+    shared_profile(tmp_path / "prof.yaml", cores)
+    p = load_profile(tmp_path / "prof.yaml")
+    assert sorted(p.collectives_shared) == [2.0, 4.0]
+    assert p.collectives_shared[2.0]["ring"] == (pytest.approx(SHARED[0]),
+                                                 pytest.approx(SHARED[1]))
+    expected = 2 * fit[0] + PARAM_BYTES / fit[1] + PACK_S
+    assert exposed(write_scenario(tmp_path, extra=f"  cores_per_node: {cores}")) == (
+        pytest.approx(expected, rel=1e-6))
+
+
+@pytest.mark.parametrize("entries,where,message", [
+    ({"ranks_per_core": 2.0}, "oversubscribed", "must be a list"),
+    ([{"ranks_per_core": 1.0, "ring": {"latency_us": 1, "bandwidth_GBps": 1}}],
+     "oversubscribed[0].ranks_per_core", "must be above 1"),
+    ([{"ranks_per_core": 2.0, "rign": {"latency_us": 1, "bandwidth_GBps": 1}}],
+     "oversubscribed[0].rign", "unknown key"),
+])
+def test_bad_oversubscribed_fits_name_the_entry(entries: Any, where: str, message: str):
+    cal = calibration()
+    cal["collectives"] = {**cal["collectives"], "oversubscribed": entries}
+    with pytest.raises(ScenarioError) as e:
+        parse_profile(load_yaml(profile_text(cal=cal)), "p.yaml")
+    assert f"calibration.collectives.{where}" in str(e.value)
+    assert message in str(e.value)
 
 
 def test_an_intra_node_fit_does_not_price_a_group_across_nodes(tmp_path: Path):
@@ -534,4 +580,5 @@ def test_an_inter_node_fit_prices_a_group_across_nodes(tmp_path: Path):
     write_profile(tmp_path / "prof.yaml", cal=cal, links=link_entries(inter=True))
     path = write_scenario(tmp_path, nodes=2, per_node=1)
     assert load_scenario(path).cluster.inter_link.name == f"{NAME}_inter"
-    assert exposed(path) == pytest.approx(2 * RING[0] + PARAM_BYTES / RING[1], rel=1e-6)
+    assert exposed(path) == pytest.approx(2 * RING[0] + PARAM_BYTES / RING[1] + PACK_S,
+                                          rel=1e-6)
