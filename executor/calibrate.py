@@ -151,6 +151,25 @@ class Calibration:
             out["waiting_slowdown"] = out["waiting_neighbours_s"] / alone
         return out
 
+    def wakeup(self) -> list[dict[str, float]]:
+        """Seconds from one thread of a rank handing over to another (an event, as the
+        executor's comm stream and main thread hand over) to the other thread running, while
+        ``k`` ranks of every node compute, for k = the cores and all the node's ranks. With
+        more ranks than cores the woken thread waits for a core, about a time slice."""
+        n = 256 if self.grid == "tiny" else 512
+        a = self.k.to_device(np.ones((256, n), F32))
+        w = self.k.to_device(np.ones((n, n), F32))
+        rounds = 6 if self.grid == "tiny" else 20
+        rows = []
+        for k in sorted({min(self.ranks_per_node, self.cores), self.ranks_per_node}):
+            mine = (handoffs(lambda: self.k.gemm(a, w), self.k.synchronize, rounds)
+                    if self.local < k else [])
+            quiet_barrier(self.comm)
+            every = [t for ts in self.comm.allgather(mine) for t in ts]
+            rows.append({"ranks_per_core": k / self.cores, "latency_us":
+                         trimmed_mean(every) * 1e6, "handoffs": len(every)})
+        return rows
+
     # ---- point to point -------------------------------------------------------------------------
     def p2p(self) -> dict[str, Any]:
         """Half round trips from rank 0 to the first other rank on its node (intra) and on
@@ -247,6 +266,39 @@ class Calibration:
         worker.close()
         quiet_barrier(self.comm)
         return trimmed_mean(samples) if shared else statistics.median(samples)
+
+
+def handoffs(work: Callable[[], Any], sync: Callable[[], None], rounds: int) -> list[float]:
+    """Wake-up latencies of ``rounds`` handovers each way between this thread (which works
+    twice between handovers) and a helper thread (which works once), both blocking on events
+    in between, as the executor's threads do."""
+    go, back = threading.Event(), threading.Event()
+    stamp = [0.0]
+    woke: list[float] = []
+
+    def helper() -> None:
+        for _ in range(rounds):
+            go.wait()
+            go.clear()
+            woke.append(time.perf_counter() - stamp[0])
+            work()
+            sync()
+            stamp[0] = time.perf_counter()
+            back.set()
+
+    thread = threading.Thread(target=helper, daemon=True)
+    thread.start()
+    for _ in range(rounds):
+        work()
+        work()
+        sync()
+        stamp[0] = time.perf_counter()
+        go.set()
+        back.wait()
+        back.clear()
+        woke.append(time.perf_counter() - stamp[0])
+    thread.join()
+    return woke
 
 
 def trimmed_mean(samples: list[float]) -> float:
@@ -409,6 +461,10 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
     sharing = cal.core_sharing()
     cal.say(f"  core sharing: {cal.ranks_per_node} rank(s) per node on {cal.cores} core(s); "
             f"co-running slowdown {sharing['co_run_slowdown']:.2f}x")
+    wakeup = cal.wakeup()
+    cal.say("  thread wake-up: " + ", ".join(f"{r['latency_us']:.0f} us at "
+                                              f"{r['ranks_per_core']:g} rank(s) per core"
+                                              for r in wakeup))
     links = cal.p2p()
     rows = cal.allreduce()
     if comm.Get_rank() != 0:
@@ -459,13 +515,15 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
                       "message, bandwidth fitted over large messages"}
     measured = {"kernels_s": {k: [[f, t] for f, t in v] for k, v in sorted(curves.items())},
                 "memory_bandwidth_GBps": membw / 1e9, "launch_overhead_s": launch,
-                "core_sharing": sharing, "p2p": links, "allreduce": rows}
+                "core_sharing": sharing, "wakeup": wakeup, "p2p": links, "allreduce": rows}
     if copies:
         measured["host_device_copy"] = copies
     calibration = {"date": date, "hosts": hosts, "ranks": comm.Get_size(),
                    "ranks_per_node": cal.ranks_per_node, "cores_per_node": cal.cores,
                    "co_run": {"ranks": sharing["together_ranks"],
                               "slowdown": round(sharing["co_run_slowdown"], 4)},
+                   "wakeup": [{"ranks_per_core": r["ranks_per_core"],
+                               "latency_us": round(r["latency_us"], 2)} for r in wakeup],
                    "collectives": {"scope": "inter" if len(set(cal.hosts)) > 1 else "intra",
                                    **fits,
                                    **({"oversubscribed": [{"ranks_per_core": load, **f}

@@ -38,26 +38,35 @@ class ParameterServerClient:
             self.comm.Send(ask, server, TAG_DONE)
 
     # ---- parameter servers (executor/server.py has the protocol) -----------------------------
-    def _flat_grads(self) -> np.ndarray:
-        if self._grad_flat is None:
-            parts = [np.asarray(self._to_host(self.layers[n].grads[k]), np.float32).ravel()
-                     for n, k, _ in self.layout]
-            self._grad_flat = np.concatenate(parts)
-        return self._grad_flat
+    def _push_messages(self) -> np.ndarray:
+        """The gradients accumulated since the last push, packed once into every shard's push
+        message: shard j's message is ``buf[lo_j + j : hi_j + j + 1]``, its first element the
+        parameter version the gradients were computed on. The buffer is kept across periods."""
+        if self._push_packed:
+            return self._push_buf
+        buf, at = self._push_buf, 0
+        for n, k, _ in self.layout:
+            g = np.asarray(self._to_host(self.layers[n].grads[k]), np.float32).ravel()
+            for j, (lo, hi) in enumerate(self.ps_chunks):
+                a, b = max(lo, at), min(hi, at + g.size)
+                if a < b:
+                    buf[a + j + 1:b + j + 1] = g[a - at:b - at]
+            at += g.size
+        self._push_packed = True
+        return buf
 
     def _ps_push(self, op: PSPush) -> None:
         """Send this shard's slice of the gradients accumulated since the last push, headed by
         the parameter version they were computed on; after the last shard, start afresh."""
-        flat = self._flat_grads()
+        buf = self._push_messages()
         lo, hi = self.ps_chunks[op.shard]
-        msg = np.empty(hi - lo + 1, np.float32)
+        msg = buf[lo + op.shard:hi + op.shard + 1]
         msg[0] = self.versions[op.shard]
-        msg[1:] = flat[lo:hi]
         self.comm.Send(msg, self.ps_ranks[op.shard], TAG_PUSH)
         self._pushed.add(op.shard)
         if len(self._pushed) == len(self.ps_ranks):
             self._pushed.clear()
-            self._grad_flat = None
+            self._push_packed = False
             for layer in self.layers.values():
                 layer.grads.clear()
 
@@ -66,7 +75,7 @@ class ParameterServerClient:
         lo, hi = self.ps_chunks[op.shard]
         server = self.ps_ranks[op.shard]
         self.comm.Send(np.zeros(1, np.float32), server, TAG_PULL)
-        msg = np.empty(hi - lo + 1, np.float32)
+        msg = self._pull_bufs[op.shard]
         self.comm.Recv(msg, server, TAG_PARAM)
         self.versions[op.shard] = int(msg[0])
         self._pulled[lo:hi] = msg[1:]

@@ -83,9 +83,12 @@ class RankRunner(ParameterServerClient):
             self.ps_chunks = push_pull_layout(flat.size, len(self.ps_ranks))
             self._pulled = np.empty_like(flat)
             self.versions = [0] * len(self.ps_ranks)
+            # kept across periods: no fresh pages to fault in on every exchange
+            self._push_buf = np.empty(flat.size + len(self.ps_ranks), np.float32)
+            self._pull_bufs = [np.empty(hi - lo + 1, np.float32) for lo, hi in self.ps_chunks]
         self._pulled_shards: set[int] = set()
         self._pushed: set[int] = set()
-        self._grad_flat = None
+        self._push_packed = False
         self._flat_bufs: dict[int, np.ndarray] = {}
         # only a GPU backend has copies worth timing (the CPU's "device" is host memory)
         self.copies_cost = getattr(backend, "name", "") == "cuda"
@@ -149,7 +152,7 @@ class RankRunner(ParameterServerClient):
         if self.plan.mode != "async":  # Downpour accumulates gradients across pushes
             for layer in self.layers.values():
                 layer.grads.clear()
-            self._grad_flat = None
+            self._push_packed = False
         t = self.timings = Timings()
         # collectives run in the comm thread; parameter-server exchanges (a blocking request
         # and reply with the server) stay on the main thread

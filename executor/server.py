@@ -33,6 +33,7 @@ import networkx as nx
 import numpy as np
 from mpi4py import MPI
 
+from executor.kernels import get_backend
 from executor.model import chunk, init_weights
 from simulator.plan import Plan
 
@@ -84,6 +85,8 @@ class ServerRunner:
         self.lo, self.hi = chunk(flat.size, len(servers), self.shard)
         self.w = flat[self.lo:self.hi].copy()
         self.v = np.zeros_like(self.w)  # momentum velocity, or Adagrad's sum of squares
+        self._out = np.empty(self.w.size + 1, np.float32)  # the reply to a pull
+        self.k = get_backend("cpu")  # the server's update runs on the host's CPU kernels
         self.lr, self.momentum = learning_rate, momentum
         self.updater = plan.options.get("updater", "sgd")
         self.version = 0
@@ -100,15 +103,13 @@ class ServerRunner:
         if self.updater == "adagrad":  # Duchi et al. 2011, as DistBelief used
             self.v += g * g
             self.w -= np.float32(self.lr) * g / (np.sqrt(self.v) + np.float32(1e-8))
-        else:  # SGD with the training's momentum (0 for plain SGD)
-            self.v *= np.float32(self.momentum)
-            self.v += g
-            self.w -= np.float32(self.lr) * self.v
+        else:  # SGD with the training's momentum (0 for plain SGD), one pass of the CPU kernel
+            self.k.sgd_momentum(self.w, g, self.v, self.lr, self.momentum)
         self.version += 1
         self.busy += MPI.Wtime() - start
 
     def _reply(self, worker: int) -> None:
-        msg = np.empty(self.w.size + 1, np.float32)
+        msg = self._out  # kept: a blocking send is done with it when it returns
         msg[0] = self.version
         msg[1:] = self.w
         self.comm.Send(msg, worker, TAG_PARAM)

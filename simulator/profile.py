@@ -9,6 +9,14 @@ A profile is a YAML file with three parts::
       ranks_per_node: 2
       cores_per_node: 2      # read by the simulator: ranks beyond this share cores
       co_run: {ranks: 2, slowdown: 1.12}   # read by the simulator (see ClusterSpec.co_run)
+      wakeup:                # read by the simulator: a blocked thread's wake-up latency
+        - {ranks_per_core: 1.0, latency_us: 20}
+        - {ranks_per_core: 2.0, latency_us: 1300}
+      collectives:           # read by the simulator: fitted all-reduce costs per algorithm
+        scope: intra
+        ring: {latency_us: 40, bandwidth_GBps: 8, ranks: [2]}
+        oversubscribed:      # the same, measured with more ranks than cores
+          - {ranks_per_core: 2.0, ring: {latency_us: 300, bandwidth_GBps: 2.5, ranks: [4]}}
       backend: cpu
       versions: {parasim: ..., python: ..., numpy: ..., numba: ..., mpi: ...}
       measured: {...}        # kernel, copy, point-to-point and all-reduce tables, as measured
@@ -36,7 +44,7 @@ from simulator.schema import Fields, choice, integer, list_of, load_yaml, number
 from simulator.specs import DeviceSpec, LinkSpec
 
 CALIBRATION_KEYS = ("date", "hosts", "ranks", "ranks_per_node", "cores_per_node", "co_run",
-                    "collectives", "backend", "versions", "measured")
+                    "wakeup", "collectives", "backend", "versions", "measured")
 ALGORITHMS = ("ring", "tree", "mpi")
 
 
@@ -54,6 +62,8 @@ class Profile:
     # the same fits measured with more ranks than cores on a node, by ranks per core
     collectives_shared: dict[float, dict[str, tuple[float, float]]] = field(
         default_factory=dict)
+    # a blocked thread's wake-up latency (seconds) by ranks per core
+    wakeup: dict[float, float] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,19 +112,23 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     co = cal.sub("co_run")
     co_run = (co.get("ranks", integer(1)), co.get("slowdown", number(minimum=1.0)))
     co.done(("ranks", "slowdown"))
+    wakeup = {}
+    for i, entry in enumerate(_entries(cal, "wakeup")):
+        e = Fields(entry, f"calibration.wakeup[{i}]", getattr(entry, "start_line", None))
+        load = e.get("ranks_per_core", number())
+        if load in wakeup:
+            raise e.error("ranks_per_core", "must appear once")
+        wakeup[load] = e.get("latency_us", number(positive=False, minimum=0.0))
+        e.done(("ranks_per_core", "latency_us"))
     collectives, scope, shared = {}, "intra", {}
     if cal.has("collectives"):
         cf = cal.sub("collectives")
         scope = cf.get("scope", choice(("intra", "inter")), "intra")
-        entries = cf.raw("oversubscribed") or []
+        entries = _entries(cf, "oversubscribed")
         collectives = _fits(cf, ("scope", "oversubscribed"))
-        where = f"{cf.path}.oversubscribed"
-        if not isinstance(entries, list):
-            raise ScenarioError("must be a list of fits, each with its ranks_per_core",
-                                path=where, value=entries, has_value=True,
-                                line=cf.line("oversubscribed"))
         for i, entry in enumerate(entries):
-            e = Fields(entry, f"{where}[{i}]", getattr(entry, "start_line", None))
+            e = Fields(entry, f"{cf.path}.oversubscribed[{i}]",
+                       getattr(entry, "start_line", None))
             load = e.get("ranks_per_core", number())
             if load <= 1.0 or load in shared:
                 raise e.error("ranks_per_core", "must be above 1 and appear once")
@@ -140,8 +154,20 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     top.done(("calibration", "devices", "links"))
     return Profile(file=file, devices=devices, links=links, cores_per_node=cores,
                    co_run=co_run, collectives=collectives, collectives_scope=scope,
-                   collectives_shared=shared,
+                   collectives_shared=shared, wakeup=wakeup,
                    calibration=record)
+
+
+def _entries(f: Fields, key: str) -> list:
+    """The list under ``key`` (empty when absent), each entry keyed by its ranks per core."""
+    entries = f.raw(key)
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ScenarioError("must be a list of entries, each with its ranks_per_core",
+                            path=f"{f.path}.{key}", value=entries, has_value=True,
+                            line=f.line(key))
+    return entries
 
 
 def _fits(f: Fields, also: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:

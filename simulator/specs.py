@@ -90,6 +90,9 @@ class ClusterSpec:
     # cores: a step waits for its peer to be scheduled)
     collectives_shared: dict[float, dict[str, tuple[float, float]]] = field(
         default_factory=dict)
+    # a blocked thread's measured wake-up latency (seconds) by ranks per core (a profile): what
+    # a rank's stream pays when it waited for another stream, and a parameter server that idled
+    wakeup: dict[float, float] = field(default_factory=dict)
 
     @property
     def device_count(self) -> int:

@@ -129,20 +129,30 @@ class ParameterServer:
         self.ready: dict[int, simpy.Event] = defaultdict(env.event)
         self.staleness: list[int] = []
         self.busy = 0.0
+        self.wake = 0.0  # seconds an idle shard takes to wake up for a message
+        self.slowdown = 1.0  # sharing cores with the workers (a one-node cluster)
+
+    def idle(self) -> bool:
+        """Nothing being served and nothing queued: the shard is waiting for messages."""
+        return self.lock.count == 0 and not self.lock.queue
 
     def _memory_time(self, nbytes: float) -> float:
-        return nbytes / (self.spec.memory_bandwidth * self.spec.memory_efficiency)
+        return nbytes * self.slowdown / (self.spec.memory_bandwidth
+                                         * self.spec.memory_efficiency)
 
     def copy_time(self, nbytes: float) -> float:
-        """Reading ``nbytes`` of parameters out for a fetch."""
-        t = self._memory_time(nbytes)
+        """Copying ``nbytes`` of parameters into the reply to a fetch (read and write)."""
+        t = self._memory_time(2 * nbytes)
         self.busy += t
         return t
 
     def apply(self, iteration: int, nbytes: float, seen_version: int):
         """Process: accept one pushed gradient (after it has crossed the network)."""
+        idle = self.idle()
         with self.lock.request() as req:
             yield req
+            if idle and self.wake:
+                yield self.env.timeout(self.wake)
             if self.sync:
                 t = self._memory_time(3 * nbytes)
                 self.pushes[iteration] += 1

@@ -115,6 +115,16 @@ class Engine:
         copies = {"adagrad": 1}.get(updater, OPTIMIZER_COPIES.get(updater, 0))
         self.servers = [ParameterServer(env, r.device, j, ps_spec.device, len(workers), copies,
                                         plan.mode) for j, r in enumerate(servers)]
+        # a blocked thread's wake-up latency, by the load of its node (profiles measure it)
+        self.wake = {r.device: self._wakeup(cluster.node_of(r.device)) for r in workers}
+        for server in self.servers:
+            if cluster.spec.nodes == 1:  # the executor runs them as processes of that node
+                server.wake = self._wakeup(0)
+                server.slowdown = core_sharing(cluster.spec.cores_per_node,
+                                               self._processes_per_node()[0],
+                                               cluster.spec.co_run)
+            else:
+                server.wake = self._wakeup(None)
         self.coordinator = (Coordinator(self.servers[0].host, plan.portions)
                             if plan.portions else None)
         self.device_of = {r.rank: r.device for r in plan.ranks}
@@ -145,6 +155,17 @@ class Engine:
         return {r.device: core_sharing(spec.cores_per_node,
                                        per_node[self.cluster.node_of(r.device)], spec.co_run)
                 for r in self.plan.workers()}
+
+    def _wakeup(self, node: int | None) -> float:
+        """The profile's wake-up latency at ``node``'s ranks per core (None: a host of its
+        own, one process per core)."""
+        spec = self.cluster.spec
+        if not spec.wakeup:
+            return 0.0
+        load = 1.0
+        if node is not None and spec.cores_per_node:
+            load = max(1.0, self._processes_per_node()[node] / spec.cores_per_node)
+        return spec.wakeup[nearest(spec.wakeup, load)]
 
     def _processes_per_node(self) -> dict[int, int]:
         """Per node, the plan's processes on it: its workers, and on a one-node cluster the
@@ -180,10 +201,14 @@ class Engine:
             yield simpy.AllOf(self.env, procs)
             self.logs[rank].ends.append(self.env.now)
 
-    def _wait(self, op: Op, prog: Program, ev: dict[int, simpy.Event]):
+    def _wait(self, op: Op, prog: Program, ev: dict[int, simpy.Event], wake: float = 0.0):
+        """Until ``op``'s dependencies on other streams are done; a stream that had to block
+        then pays ``wake``, its thread's wake-up latency."""
         pending = [ev[d] for d in prog.cross_deps[op.id] if not ev[d].triggered]
         if pending:
             yield simpy.AllOf(self.env, pending)
+            if wake:
+                yield self.env.timeout(wake)
 
     def _log(self, rank: int, it: int, kind: str, start: float, name: str = "",
              tid: str = "") -> None:
@@ -202,9 +227,10 @@ class Engine:
     # ---- streams ------------------------------------------------------------------------------
     def _stream(self, rank: int, it: int, ops: list[Op], prog: Program, ev):
         i, n = 0, len(ops)
+        wake = self.wake[self.device_of[rank]]
         while i < n:
             op = ops[i]
-            yield from self._wait(op, prog, ev)
+            yield from self._wait(op, prog, ev, wake)
             if isinstance(op, KERNEL_OPS):
                 j = i + 1
                 while (op.id not in prog.needed and j < n and isinstance(ops[j], KERNEL_OPS)
@@ -330,8 +356,7 @@ class Engine:
         load = max(per_node[n] for n in nodes) / spec.cores_per_node
         if load <= 1.0 and spec.collectives:
             return spec.collectives
-        nearest = min(spec.collectives_shared, key=lambda k: abs(math.log(k / max(load, 1.0))))
-        return spec.collectives_shared[nearest]
+        return spec.collectives_shared[nearest(spec.collectives_shared, load)]
 
     def _barrier(self, rank: int, it: int, op: Barrier):
         arrive = self.env.now
@@ -367,6 +392,9 @@ class Engine:
         server = self.servers[op.shard]
         dev = self.device_of[rank]
         route = self.cluster.route(dev, server.host)
+        pack = self._host_copy(op.bytes)  # the gradients into the push message
+        if pack:
+            yield self.env.timeout(pack)
         yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
         seen = self.seen_version[(rank, op.shard)]
         # one connection per (worker, shard): the shard serves it in order, so a later pull from
@@ -387,14 +415,28 @@ class Engine:
             yield server.ready[it]
         # the shard serves one message at a time (as the executor's service loop does): a fetch
         # waits behind the pushes being applied; reading the parameters out is a memory copy
+        idle = server.idle()
         with server.lock.request() as req:
             yield req
+            if idle and server.wake:  # an idle server waits for messages, and wakes up
+                yield self.env.timeout(server.wake)
             self.seen_version[(rank, op.shard)] = server.version
             read = server.copy_time(op.bytes)
             if read:
                 yield self.env.timeout(read)
         yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
+        unpack = self._host_copy(op.bytes)  # the message into the worker's parameters
+        if unpack:
+            yield self.env.timeout(unpack)
         self._log(rank, it, "ps", start, f"pull{op.shard}", COMM)
+
+    def _host_copy(self, nbytes: float) -> float:
+        """A CPU worker's copy of ``nbytes`` between its tensors and a message (read and
+        write at its memory bandwidth); a GPU's goes through its timed host copies."""
+        spec = self.cluster.spec.device
+        if spec.kind != "cpu":
+            return 0.0
+        return 2 * nbytes / (spec.memory_bandwidth * spec.memory_efficiency)
 
     # ---- Sandblaster work portions --------------------------------------------------------------
     def _work_loop(self, rank: int, it: int, op: WorkLoop):
@@ -444,3 +486,8 @@ class Engine:
             self._log(rank, it, "comm", max(posted, box[1]), f"recv {op.tag}", "p2p")
         if op.id in ev:
             ev[op.id].succeed()
+
+
+def nearest(table: dict[float, object], load: float) -> float:
+    """The key of ``table`` (ranks per core) nearest to ``load``, on a log scale."""
+    return min(table, key=lambda k: abs(math.log(k / load)))

@@ -209,9 +209,10 @@ def test_parameter_server_nic_is_the_bottleneck(workers):
     service = (3 * workers + 3) * s / PS_MEM
     push = lat + transfer
     # the pull sends its request (one latency) and waits for the update; the shard serves the
-    # fetches one at a time, each reading S out of memory (S / PS_MEM), and the PS NIC never
-    # idles once the first reply flows, so the last reply lands N S / B after the first starts
-    read = s / PS_MEM
+    # fetches one at a time, each copying S into its reply (read and write: 2S / PS_MEM), and
+    # the PS NIC never idles once the first reply flows, so the last reply lands N S / B after
+    # the first starts
+    read = 2 * s / PS_MEM
     expected = push + max(lat, service) + read + lat + transfer
     pred = run(ps_scenario(workers), push_pull(workers, s))
     assert pred.entry["iteration_time_s"] == pytest.approx(expected, rel=1e-9)
