@@ -67,7 +67,7 @@ def scenario(model: str, ranks: int, strategies: list[dict]) -> dict:
                                         "nic": "eth_10g"}
     return {"name": f"fidelity {model} on {ranks} rank(s)", "seed": 1,
             "model": MODELS[model], "cluster": cluster,
-            "training": {"batch_size": 256, "iterations": 10, "warmup_iterations": 2,
+            "training": {"batch_size": 256, "iterations": 30, "warmup_iterations": 3,
                          "learning_rate": 0.01},
             "strategies": strategies}
 

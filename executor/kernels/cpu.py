@@ -251,6 +251,11 @@ class CpuBackend(Backend):
         self._k.sgd_momentum(_flat(w), _f32(g).reshape(-1), _flat(v), F32(lr), F32(momentum),
                              F32(weight_decay))
 
+    def adagrad(self, w: Array, g: Array, v: Array, lr: float, eps: float = 1e-8) -> None:
+        """In place: ``v += g g``; ``w -= lr g / (sqrt(v) + eps)`` (the parameter server's
+        Adagrad, a host-side update: CPU backend only)."""
+        self._k.adagrad(_flat(w), _f32(g).reshape(-1), _flat(v), F32(lr), F32(eps))
+
     def axpy(self, alpha: float, x: Array, y: Array) -> None:
         self._k.axpy(F32(alpha), _f32(x).reshape(-1), _flat(y))
 

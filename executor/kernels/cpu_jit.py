@@ -201,6 +201,14 @@ def sgd_momentum(w, g, v, lr, momentum, weight_decay):  # noqa: ANN001, ANN201
         w[i] -= lr * v[i]
 
 
+def adagrad(w, g, v, lr, eps):  # noqa: ANN001, ANN201
+    """Adagrad (Duchi et al. 2011) in place, in NumPy's order of operations:
+    ``v += g * g``; ``w -= (lr * g) / (sqrt(v) + eps)``."""
+    for i in prange(w.size):
+        v[i] += g[i] * g[i]
+        w[i] -= (lr * g[i]) / (np.sqrt(v[i]) + eps)
+
+
 def axpy(alpha, x, y):  # noqa: ANN001, ANN201
     for i in prange(x.size):
         y[i] += alpha * x[i]
@@ -270,7 +278,7 @@ def mean_diff(a, b, out):  # noqa: ANN001, ANN201
 
 
 _KERNELS = (im2col_t, col2im_t, pool_max_forward, pool_avg_forward, pool_max_backward,
-            pool_avg_backward, act_forward, act_backward, softmax_xent, sgd_momentum, axpy,
+            pool_avg_backward, act_forward, act_backward, softmax_xent, sgd_momentum, adagrad, axpy,
             scale, add_channel_bias, channel_sum, bias_sigmoid, bernoulli, sub_div, mean_diff)
 
 

@@ -201,6 +201,22 @@ def test_sgd_momentum_three_steps(be: CpuBackend, weight_decay: float) -> None:
         close(v, v_ref)
 
 
+def test_adagrad_three_steps_match_numpy_bit_for_bit(be: CpuBackend) -> None:
+    """The parameter server's Adagrad kernel against the NumPy formula it replaced."""
+    rng = np.random.default_rng(18)
+    w, v = rand(rng, 1001), np.zeros(1001, np.float32)
+    w_ref, v_ref = w.copy(), v.copy()
+    lr, eps = np.float32(0.05), np.float32(1e-8)
+    for _ in range(3):
+        g = rand(rng, 1001)
+        be.adagrad(w, g, v, 0.05)
+        v_ref += g * g
+        w_ref -= lr * g / (np.sqrt(v_ref) + eps)
+        assert np.array_equal(v, v_ref) and np.array_equal(w, w_ref)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        be.adagrad(np.zeros(4), g[:4], np.zeros(4, np.float32), 0.1)
+
+
 def test_axpy_and_scale_in_place(be: CpuBackend) -> None:
     rng = np.random.default_rng(16)
     x, y = rand(rng, 5, 3, 4), rand(rng, 5, 3, 4)
