@@ -11,11 +11,16 @@ Run under ``mpiexec`` with at least two ranks. Measured, in this order:
 * core sharing: the cores each node gives this job, ranks per node, the slowdown of a kernel
   while the node's other ranks run the same kernel (``co_run``), and, when ranks outnumber
   cores, the slowdown while they wait inside MPI (whether MPI's waits poll);
-* point-to-point half round trips between rank 0 and a rank on its node, and one on another
-  node when there is one: latency (the smallest message) and bandwidth (a least-squares fit of
-  T = latency + S / bandwidth over large messages);
-* all-reduce time against size and rank count (ring and MPI's own), next to what the simulator
-  predicts for it from the measured link and memory bandwidth.
+* thread wake-up latency, per ranks per core: how long a thread that blocked waits for a core
+  once another thread hands over to it (the executor's comm stream and main thread);
+* point-to-point one-way times (a send and its acknowledgement, less the acknowledgement's way)
+  from rank 0 to a rank on its node, and one on another node when there is one, as a training
+  step sends (a freshly written message into a receive buffer out of the caches): latency (the
+  smallest message) and bandwidth (a least-squares fit of T = latency + S / bandwidth over
+  large messages);
+* all-reduce time against size, rank count and ranks per core (ring, tree and MPI's own), as a
+  gradient exchange runs it, next to what the simulator predicts for it from the measured link
+  and memory bandwidth, and the per-algorithm fit the simulator uses instead.
 
 The profile (``simulator/profile.py``) is written by rank 0.
 """
@@ -172,8 +177,8 @@ class Calibration:
 
     # ---- point to point -------------------------------------------------------------------------
     def p2p(self) -> dict[str, Any]:
-        """Half round trips from rank 0 to the first other rank on its node (intra) and on
-        another node (inter); every other rank waits quietly."""
+        """One-way message times from rank 0 to the first other rank on its node (intra) and
+        on another node (inter); every other rank waits quietly."""
         peers = {}
         same = [r for r in range(1, self.size) if self.hosts[r] == self.hosts[0]]
         other = [r for r in range(1, self.size) if self.hosts[r] != self.hosts[0]]
@@ -185,32 +190,39 @@ class Calibration:
         reps = 5 if self.grid == "tiny" else 20
         out = {}
         for scope, peer in peers.items():
-            times = []
-            for s in sizes:
-                buf = np.zeros(max(1, s // 4), F32)
-                times.append(self._pingpong(peer, buf, reps))
+            acked = [self._send_acked(peer, np.zeros(max(1, s // 4), F32), reps) for s in sizes]
+            # a send and its 8-byte acknowledgement, less one way of the acknowledgement
+            times = [t - acked[0] / 2 for t in acked] if sizes[0] <= 8 else acked
             if self.rank == 0:
                 out[scope] = {"peer": peer, "bytes": sizes, "seconds": times,
                               **fit_link(sizes, times)}
         return self.comm.bcast(out, root=0)
 
-    def _pingpong(self, peer: int, buf: np.ndarray, reps: int) -> float:
+    def _send_acked(self, peer: int, buf: np.ndarray, reps: int) -> float:
+        """Median seconds from rank 0 sending ``buf`` to ``peer`` until ``peer``'s 8-byte
+        acknowledgement arrives, as a training step sends: the message was just written by
+        the sender, and the receiver's buffer is out of its caches."""
         comm = self.comm
         if self.rank not in (0, peer):
             quiet_barrier(comm)
             return 0.0
         other = peer if self.rank == 0 else 0
+        ack, spill = np.zeros(2, F32), spill_buffer()
         samples = []
         for i in range(reps + 2):
+            np.add(spill, 1.0, out=spill)
+            if self.rank == 0:
+                buf.fill(float(i))
+            comm.Sendrecv(ack, other, 13, ack, other, 13)  # both ready
             t = MPI.Wtime()
             if self.rank == 0:
                 comm.Send(buf, dest=other, tag=11)
-                comm.Recv(buf, source=other, tag=12)
+                comm.Recv(ack, source=other, tag=12)
             else:
                 comm.Recv(buf, source=other, tag=11)
-                comm.Send(buf, dest=other, tag=12)
+                comm.Send(ack, dest=other, tag=12)
             if i >= 2:
-                samples.append((MPI.Wtime() - t) / 2)
+                samples.append(MPI.Wtime() - t)
         quiet_barrier(comm)
         return statistics.median(samples)
 
@@ -511,7 +523,7 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
         link_entries[f"{name}_{scope}"] = {
             "scope": scope, "bandwidth_GBps": m["bandwidth_Bps"] / 1e9,
             "latency_us": m["latency_s"] * 1e6, "efficiency": 1.0,
-            "source": f"{where}: MPI ping-pong half round trips, latency of the smallest "
+            "source": f"{where}: MPI one-way message times, latency of the smallest "
                       "message, bandwidth fitted over large messages"}
     measured = {"kernels_s": {k: [[f, t] for f, t in v] for k, v in sorted(curves.items())},
                 "memory_bandwidth_GBps": membw / 1e9, "launch_overhead_s": launch,
