@@ -1,11 +1,16 @@
 """How well does the simulator predict the executor on this machine? Calibrate, then validate a
 grid of cases, and print the error.
 
-    python benchmarks/fidelity.py [--profile P] [--grid small] [--out DIR]
+    python benchmarks/fidelity.py [--profile P] [--grid small] [--repeats 3] [--out DIR]
 
-Without ``--profile`` it first runs ``mpiexec -n 4 parasim calibrate`` (the ``--grid`` given): as
-many ranks as the largest case, so that the all-reduce is also measured with more ranks than
-cores when the machine has fewer than 4.
+Each of ``--repeats`` rounds first runs ``mpiexec -n 4 parasim calibrate`` (the ``--grid``
+given; as many ranks as the largest case, so that the all-reduce is also measured with more
+ranks than cores when the machine has fewer than 4), then validates every case with that
+profile. With ``--profile`` every round uses that profile instead. A case's predicted and
+measured times are the medians over the rounds: a machine shared with others drifts by 10% and
+more within minutes, and one calibration or one run caught in a slow spell is not the model's
+error; the spread between rounds is printed beside each case.
+
 Cases: an MLP, a LeNet-5 (the CNN), the DBN fine-tuning network (sigmoid RBM layers) x
 synchronous data parallel, GPipe pipelines, the hybrid conv-DP/FC-MP scheme and Downpour x 1, 2
 and 4 ranks (4 ranks share 2 cores on a 2-core machine). Each (model, ranks) group is one
@@ -24,6 +29,7 @@ import argparse
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +86,20 @@ def run(cmd: list[str], timeout: float) -> str:
     return proc.stdout
 
 
+def median_case(runs: list[dict]) -> dict:
+    """One case over the rounds: the median predicted and the median measured iteration time,
+    the error between them, and the spread of the measured times (largest over smallest,
+    less 1)."""
+    measured = sorted(r["measured_s"] for r in runs)
+    predicted = statistics.median(r["predicted_s"] for r in runs)
+    first = runs[0]
+    samples = first["measured_throughput"] * first["measured_s"]  # per iteration
+    m = statistics.median(measured)
+    return {**first, "measured_s": m, "predicted_s": predicted,
+            "measured_throughput": samples / m, "predicted_throughput": samples / predicted,
+            "error": (predicted - m) / m, "spread": measured[-1] / measured[0] - 1.0}
+
+
 def ranking(cases: list[dict]) -> tuple[int, int, list[tuple[dict, dict]], int]:
     """(right, pairs, the pairs differing > 10% ranked wrong, such pairs), pairs within a
     model."""
@@ -105,36 +125,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", help="an existing profile (default: calibrate first)")
     ap.add_argument("--grid", default="small", choices=("tiny", "small", "full"))
     ap.add_argument("--out", help="keep the profile and every Result in this folder")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of calibrating and validating the whole grid; each case's "
+                         "times are the medians over them (default 3)")
     args = ap.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="fidelity-"))
     out.mkdir(parents=True, exist_ok=True)
     began = time.time()
-    profile = args.profile
-    if not profile:
-        profile = str(out / "profile.yaml")
-        most = str(max(g[1] for g in GROUPS))
-        print(f"calibrating (mpiexec -n {most}, {args.grid} grid) ...", flush=True)
-        run(["mpiexec", "-n", most, sys.executable, "-m", "simulator.cli", "calibrate", "-o",
-             profile, "--grid", args.grid, "--force"], 900)
-    cases = []
-    for model, ranks, strategies in GROUPS:
-        path = out / f"{model}_{ranks}.yaml"
-        path.write_text(yaml.safe_dump(scenario(model, ranks, strategies), sort_keys=False))
-        pred, meas = out / f"{model}_{ranks}.predicted.json", out / f"{model}_{ranks}.measured.json"
-        print(f"validating {model} on {ranks} rank(s) ...", flush=True)
-        run(["mpiexec", "-n", str(ranks), sys.executable, "-m", "simulator.cli", "validate",
-             str(path), "--profile", profile, "--predicted", str(pred), "--measured",
-             str(meas), "--force"], 900)
-        rows = json.loads(meas.read_text())["validation"]
-        if len(rows) != len(strategies):
-            sys.exit(f"{path}: {len(strategies)} strategies, {len(rows)} validated")
-        for r in rows:
-            cases.append({**r, "model": model, "ranks": ranks})
+    runs: dict[str, list[dict]] = {}
+    for rep in range(args.repeats):
+        tag = f".{rep + 1}" if args.repeats > 1 else ""
+        profile = args.profile
+        if not profile:
+            profile = str(out / f"profile{tag}.yaml")
+            most = str(max(g[1] for g in GROUPS))
+            print(f"calibrating (mpiexec -n {most}, {args.grid} grid, round {rep + 1} of "
+                  f"{args.repeats}) ...", flush=True)
+            run(["mpiexec", "-n", most, sys.executable, "-m", "simulator.cli", "calibrate",
+                 "-o", profile, "--grid", args.grid, "--force"], 900)
+        for model, ranks, strategies in GROUPS:
+            path = out / f"{model}_{ranks}.yaml"
+            path.write_text(yaml.safe_dump(scenario(model, ranks, strategies), sort_keys=False))
+            stem = f"{model}_{ranks}{tag}"
+            pred, meas = out / f"{stem}.predicted.json", out / f"{stem}.measured.json"
+            print(f"validating {model} on {ranks} rank(s) (round {rep + 1}) ...", flush=True)
+            run(["mpiexec", "-n", str(ranks), sys.executable, "-m", "simulator.cli",
+                 "validate", str(path), "--profile", profile, "--predicted", str(pred),
+                 "--measured", str(meas), "--force"], 900)
+            rows = json.loads(meas.read_text())["validation"]
+            if len(rows) != len(strategies):
+                sys.exit(f"{path}: {len(strategies)} strategies, {len(rows)} validated")
+            for r in rows:
+                runs.setdefault(r["strategy"], []).append({**r, "model": model, "ranks": ranks})
+    cases = [median_case(rs) for rs in runs.values()]
     print()
-    print(f"{'case':<24}{'ranks':>6}{'predicted ms':>14}{'measured ms':>13}{'error':>9}")
+    print(f"{'case':<24}{'ranks':>6}{'predicted ms':>14}{'measured ms':>13}{'error':>9}"
+          f"{'spread':>9}")
     for c in cases:
         print(f"{c['strategy']:<24}{c['ranks']:>6}{c['predicted_s'] * 1e3:>14.2f}"
-              f"{c['measured_s'] * 1e3:>13.2f}{c['error']:>+9.1%}")
+              f"{c['measured_s'] * 1e3:>13.2f}{c['error']:>+9.1%}{c['spread']:>9.1%}")
     errors = [abs(c["error"]) for c in cases]
     mape = sum(errors) / len(errors)
     worst = max(cases, key=lambda c: abs(c["error"]))
@@ -146,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{big - len(wrong_big)}/{big} of the pairs that differ by more than 10% (target: all)")
     for a, b in wrong_big:
         print(f"  ranked wrong: {a['strategy']} against {b['strategy']}")
-    print(f"profile: {profile}; Results in {out}; {time.time() - began:.0f} s")
+    print(f"profiles and Results in {out}; {time.time() - began:.0f} s")
     return 0
 
 

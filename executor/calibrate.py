@@ -161,18 +161,64 @@ class Calibration:
         executor's comm stream and main thread hand over) to the other thread running, while
         ``k`` ranks of every node compute, for k = the cores and all the node's ranks. With
         more ranks than cores the woken thread waits for a core, about a time slice."""
-        n = 256 if self.grid == "tiny" else 512
+        # the main thread works about as long as a backward pass (two GEMMs of 256x1024 by
+        # 1024x1024, 9 ms on a core of this project's test machine), the helper an eighth of
+        # that, as a comm thread's all-reduce
+        n = 256 if self.grid == "tiny" else 1024
         a = self.k.to_device(np.ones((256, n), F32))
         w = self.k.to_device(np.ones((n, n), F32))
-        rounds = 6 if self.grid == "tiny" else 20
+        half_a = self.k.to_device(np.ones((256, n // 2), F32))
+        half_w = self.k.to_device(np.ones((n // 2, n // 2), F32))
+        rounds = 4 if self.grid == "tiny" else 24
+
+        def work() -> None:
+            self.k.gemm(a, w)
+            self.k.gemm(a, w)
+
         rows = []
         for k in sorted({min(self.ranks_per_node, self.cores), self.ranks_per_node}):
-            mine = (handoffs(lambda: self.k.gemm(a, w), self.k.synchronize, rounds)
-                    if self.local < k else [])
+            mine = (handoffs(work, lambda: self.k.gemm(half_a, half_w), self.k.synchronize,
+                             rounds) if self.local < k else [])
             quiet_barrier(self.comm)
             every = [t for ts in self.comm.allgather(mine) for t in ts]
             rows.append({"ranks_per_core": k / self.cores, "latency_us":
                          trimmed_mean(every) * 1e6, "handoffs": len(every)})
+        return rows
+
+    def spread(self) -> list[dict[str, float]]:
+        """How unevenly equal work finishes across ranks: ``k`` ranks of every node start the
+        same run of GEMMs together (k = the cores, and all the node's ranks), and the standard
+        deviation of their times, each against its round's mean (a change that slows every
+        rank alike moves no rank ahead of another). A data-parallel all-reduce waits for the
+        last rank. With more ranks than cores the spread comes from who ran last in a time
+        slice: a time that grows with the work only up to about a slice (tried as a share of
+        any work, it overstated the wait after a long LeNet step 2x), so the work's own
+        duration is kept with it."""
+        n = 256 if self.grid == "tiny" else 512
+        a = self.k.to_device(np.ones((256, n), F32))
+        w = self.k.to_device(np.ones((n, n), F32))
+        rounds, calls = (4, 2) if self.grid == "tiny" else (24, 8)
+        rows = []
+        for k in sorted({min(self.ranks_per_node, self.cores), self.ranks_per_node}):
+            busy = self.local < k
+            group = self.comm.Split(0 if busy else MPI.UNDEFINED, self.rank)
+            mine = []
+            if busy:
+                for _ in range(rounds):
+                    group.Barrier()
+                    t = MPI.Wtime()
+                    for _ in range(calls):
+                        self.k.gemm(a, w)
+                    self.k.synchronize()
+                    mine.append(MPI.Wtime() - t)
+                group.Free()
+            quiet_barrier(self.comm)
+            every = [ts for ts in self.comm.allgather(mine) if ts]
+            deviations = [t - statistics.fmean(rnd) for rnd in zip(*every) for t in rnd]
+            rows.append({"ranks_per_core": k / self.cores,
+                         "std_us": float(np.sqrt(np.mean(np.square(deviations)))) * 1e6,
+                         "work_s": statistics.fmean(t for ts in every for t in ts),
+                         "ranks": len(every), "rounds": rounds})
         return rows
 
     # ---- point to point -------------------------------------------------------------------------
@@ -280,10 +326,11 @@ class Calibration:
         return trimmed_mean(samples) if shared else statistics.median(samples)
 
 
-def handoffs(work: Callable[[], Any], sync: Callable[[], None], rounds: int) -> list[float]:
-    """Wake-up latencies of ``rounds`` handovers each way between this thread (which works
-    twice between handovers) and a helper thread (which works once), both blocking on events
-    in between, as the executor's threads do."""
+def handoffs(work: Callable[[], Any], short: Callable[[], Any], sync: Callable[[], None],
+             rounds: int) -> list[float]:
+    """Wake-up latencies of ``rounds`` handovers each way between this thread, which runs
+    ``work`` between handovers, and a helper thread, which runs ``short``; both block on
+    events in between, as the executor's main thread and comm thread do."""
     go, back = threading.Event(), threading.Event()
     stamp = [0.0]
     woke: list[float] = []
@@ -293,7 +340,7 @@ def handoffs(work: Callable[[], Any], sync: Callable[[], None], rounds: int) -> 
             go.wait()
             go.clear()
             woke.append(time.perf_counter() - stamp[0])
-            work()
+            short()
             sync()
             stamp[0] = time.perf_counter()
             back.set()
@@ -301,7 +348,6 @@ def handoffs(work: Callable[[], Any], sync: Callable[[], None], rounds: int) -> 
     thread = threading.Thread(target=helper, daemon=True)
     thread.start()
     for _ in range(rounds):
-        work()
         work()
         sync()
         stamp[0] = time.perf_counter()
@@ -477,6 +523,9 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
     cal.say("  thread wake-up: " + ", ".join(f"{r['latency_us']:.0f} us at "
                                               f"{r['ranks_per_core']:g} rank(s) per core"
                                               for r in wakeup))
+    spread = cal.spread()
+    cal.say("  rank spread: " + ", ".join(f"{r['std_us']:.0f} us at {r['ranks_per_core']:g} "
+                                           "rank(s) per core" for r in spread))
     links = cal.p2p()
     rows = cal.allreduce()
     if comm.Get_rank() != 0:
@@ -527,7 +576,8 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
                       "message, bandwidth fitted over large messages"}
     measured = {"kernels_s": {k: [[f, t] for f, t in v] for k, v in sorted(curves.items())},
                 "memory_bandwidth_GBps": membw / 1e9, "launch_overhead_s": launch,
-                "core_sharing": sharing, "wakeup": wakeup, "p2p": links, "allreduce": rows}
+                "core_sharing": sharing, "wakeup": wakeup, "spread": spread, "p2p": links,
+                "allreduce": rows}
     if copies:
         measured["host_device_copy"] = copies
     calibration = {"date": date, "hosts": hosts, "ranks": comm.Get_size(),
@@ -536,6 +586,9 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
                               "slowdown": round(sharing["co_run_slowdown"], 4)},
                    "wakeup": [{"ranks_per_core": r["ranks_per_core"],
                                "latency_us": round(r["latency_us"], 2)} for r in wakeup],
+                   "spread": [{"ranks_per_core": r["ranks_per_core"],
+                               "std_us": round(r["std_us"], 2),
+                               "work_us": round(r["work_s"] * 1e6, 1)} for r in spread],
                    "collectives": {"scope": "inter" if len(set(cal.hosts)) > 1 else "intra",
                                    **fits,
                                    **({"oversubscribed": [{"ranks_per_core": load, **f}

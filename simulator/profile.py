@@ -12,6 +12,9 @@ A profile is a YAML file with three parts::
       wakeup:                # read by the simulator: a blocked thread's wake-up latency
         - {ranks_per_core: 1.0, latency_us: 20}
         - {ranks_per_core: 2.0, latency_us: 1300}
+      spread:                # read by the simulator: how unevenly ranks finish equal work
+        - {ranks_per_core: 1.0, std_us: 40, work_us: 9000}
+        - {ranks_per_core: 2.0, std_us: 1500, work_us: 18000}
       collectives:           # read by the simulator: fitted all-reduce costs per algorithm
         scope: intra
         ring: {latency_us: 40, bandwidth_GBps: 8, ranks: [2]}
@@ -44,7 +47,7 @@ from simulator.schema import Fields, choice, integer, list_of, load_yaml, number
 from simulator.specs import DeviceSpec, LinkSpec
 
 CALIBRATION_KEYS = ("date", "hosts", "ranks", "ranks_per_node", "cores_per_node", "co_run",
-                    "wakeup", "collectives", "backend", "versions", "measured")
+                    "wakeup", "spread", "collectives", "backend", "versions", "measured")
 ALGORITHMS = ("ring", "tree", "mpi")
 
 
@@ -64,6 +67,9 @@ class Profile:
         default_factory=dict)
     # a blocked thread's wake-up latency (seconds) by ranks per core
     wakeup: dict[float, float] = field(default_factory=dict)
+    # how unevenly ranks finish equal work by ranks per core: (standard deviation, duration of
+    # the work measured), seconds
+    spread: dict[float, tuple[float, float]] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -120,6 +126,15 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
             raise e.error("ranks_per_core", "must appear once")
         wakeup[load] = e.get("latency_us", number(positive=False, minimum=0.0))
         e.done(("ranks_per_core", "latency_us"))
+    spread = {}
+    for i, entry in enumerate(_entries(cal, "spread")):
+        e = Fields(entry, f"calibration.spread[{i}]", getattr(entry, "start_line", None))
+        load = e.get("ranks_per_core", number())
+        if load in spread:
+            raise e.error("ranks_per_core", "must appear once")
+        spread[load] = (e.get("std_us", number(positive=False, minimum=0.0)),
+                        e.get("work_us", number()))
+        e.done(("ranks_per_core", "std_us", "work_us"))
     collectives, scope, shared = {}, "intra", {}
     if cal.has("collectives"):
         cf = cal.sub("collectives")
@@ -154,7 +169,7 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     top.done(("calibration", "devices", "links"))
     return Profile(file=file, devices=devices, links=links, cores_per_node=cores,
                    co_run=co_run, collectives=collectives, collectives_scope=scope,
-                   collectives_shared=shared, wakeup=wakeup,
+                   collectives_shared=shared, wakeup=wakeup, spread=spread,
                    calibration=record)
 
 

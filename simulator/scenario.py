@@ -212,7 +212,8 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
                        collectives=dict(profile.collectives) if profile else {},
                        collectives_scope=profile.collectives_scope if profile else "intra",
                        collectives_shared=dict(profile.collectives_shared) if profile else {},
-                       wakeup=dict(profile.wakeup) if profile else {})
+                       wakeup=dict(profile.wakeup) if profile else {},
+                       spread=dict(profile.spread) if profile else {})
     from simulator.cluster import topology_elements
 
     elements = topology_elements(spec)

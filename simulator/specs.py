@@ -93,6 +93,10 @@ class ClusterSpec:
     # a blocked thread's measured wake-up latency (seconds) by ranks per core (a profile): what
     # a rank's stream pays when it waited for another stream, and a parameter server that idled
     wakeup: dict[float, float] = field(default_factory=dict)
+    # measured spread of ranks' finish times by ranks per core (a profile): (standard deviation,
+    # duration of the work it was measured on), seconds; each run of kernels on a device is
+    # early or late at random by that much, scaled down for runs shorter than that work
+    spread: dict[float, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def device_count(self) -> int:

@@ -33,7 +33,8 @@ from simulator.specs import DeviceSpec
 class Device:
     def __init__(self, env: simpy.Environment, name: str, spec: DeviceSpec, precision: str,
                  slowdown: float = 1.0, jitter: float = 0.0,
-                 rng: np.random.Generator | None = None):
+                 rng: np.random.Generator | None = None,
+                 spread: tuple[float, float] = (0.0, 0.0)):
         self.env = env
         self.name = name
         self.spec = spec
@@ -41,6 +42,7 @@ class Device:
         self.peak = pf.get(precision) or pf.get("fp32") or max(pf.values())
         self.slowdown = slowdown
         self.jitter = jitter
+        self.spread = spread
         self.rng = rng
         self.comm_active = 0
         self.busy = 0.0  # seconds of compute in measured iterations
@@ -72,6 +74,18 @@ class Device:
             return 1.0
         sigma = math.sqrt(math.log1p(self.jitter**2))
         return float(self.rng.lognormal(-sigma**2 / 2, sigma))
+
+
+    def skewed(self, seconds: float) -> float:
+        """A run of kernels' time moved early or late by the measured spread of ranks' finish
+        times: normal, with the measured standard deviation, in proportion for runs shorter
+        than the work it was measured on (a short run is less likely to lose a time slice);
+        at least half the run remains."""
+        std, work = self.spread
+        if not std or self.rng is None or not seconds:
+            return seconds
+        std *= min(1.0, seconds / work)
+        return max(0.5 * seconds, seconds + float(self.rng.normal(0.0, std)))
 
 
 def curve_key(op: Op) -> str:

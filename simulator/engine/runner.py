@@ -102,12 +102,14 @@ class Engine:
                                record_rates=record_trace)
         workers = plan.workers()
         sharing = self._core_sharing()
+        self.cpus = self._cpus(workers)
         # one generator per device, seeded by (scenario seed, device index): deterministic
         self.devices = {r.device: Device(env, r.device, cluster.spec.device, precision,
                                          cluster.slowdown.get(r.device, 1.0)
                                          * sharing.get(r.device, 1.0),
                                          cluster.spec.compute_jitter,
-                                         np.random.default_rng([seed, cluster.index_of(r.device)]))
+                                         np.random.default_rng([seed, cluster.index_of(r.device)]),
+                                         self._spread(cluster.node_of(r.device)))
                         for r in workers}
         servers = [r for r in plan.ranks if r.role == "server"]
         ps_spec = cluster.spec.parameter_servers
@@ -145,16 +147,52 @@ class Engine:
                 self.programs[key] = Program.of(r.ops)
 
     def _core_sharing(self) -> dict[str, float]:
-        """Per device, the slowdown from the processes its node runs (``core_sharing``). On a
-        one-node cluster the parameter-server ranks are processes of that node too (that is
-        how the executor runs them)."""
+        """Per device, the slowdown of its kernels from the ranks computing beside it on its
+        node (``core_sharing`` without the time-sharing term: when ranks outnumber cores the
+        cores are shared out as the ranks actually compute, by ``_cpus``). On a one-node
+        cluster the parameter-server ranks are processes of that node too (that is how the
+        executor runs them)."""
         spec = self.cluster.spec
         if not spec.cores_per_node:
             return {}
         per_node = self._processes_per_node()
-        return {r.device: core_sharing(spec.cores_per_node,
-                                       per_node[self.cluster.node_of(r.device)], spec.co_run)
-                for r in self.plan.workers()}
+        out = {}
+        for r in self.plan.workers():
+            ranks = per_node[self.cluster.node_of(r.device)]
+            out[r.device] = (core_sharing(spec.cores_per_node, ranks, spec.co_run)
+                             / max(1.0, ranks / spec.cores_per_node))
+        return out
+
+    def _cpus(self, workers: list) -> Network | None:
+        """Processor sharing of each node's cores, when the cluster says how many there are:
+        a run of kernels is a flow of core-seconds through its rank's own core (capacity 1: a
+        rank computes on one core) and its node's cores (capacity: cores per node), shared
+        max-min fairly among the runs going on, as the OS time-shares the ranks that are
+        computing. A rank that waits (for a message, a peer, the parameter server) leaves its
+        share to the others: MPI's blocking waits on this project's test machine cost a
+        computing neighbour under 3% (``calibration.measured.core_sharing``)."""
+        spec = self.cluster.spec
+        if not spec.cores_per_node:
+            return None
+        capacity = {("core", r.device): 1.0 for r in workers}
+        capacity.update({("cores", n): float(spec.cores_per_node)
+                         for n in range(spec.nodes)})
+        return Network(self.env, capacity)
+
+    def _spread(self, node: int) -> tuple[float, float]:
+        """The profile's spread of finish times at the node's ranks per core, with the
+        duration of the work it was measured on ((0, 0) without)."""
+        spec = self.cluster.spec
+        if not spec.spread:
+            return (0.0, 0.0)
+        return spec.spread[nearest(spec.spread, self._load(node))]
+
+    def _load(self, node: int | None) -> float:
+        """Processes per core on ``node`` (None: a host of its own), at least 1."""
+        spec = self.cluster.spec
+        if node is None or not spec.cores_per_node:
+            return 1.0
+        return max(1.0, self._processes_per_node()[node] / spec.cores_per_node)
 
     def _wakeup(self, node: int | None) -> float:
         """The profile's wake-up latency at ``node``'s ranks per core (None: a host of its
@@ -162,10 +200,7 @@ class Engine:
         spec = self.cluster.spec
         if not spec.wakeup:
             return 0.0
-        load = 1.0
-        if node is not None and spec.cores_per_node:
-            load = max(1.0, self._processes_per_node()[node] / spec.cores_per_node)
-        return spec.wakeup[nearest(spec.wakeup, load)]
+        return spec.wakeup[nearest(spec.wakeup, self._load(node))]
 
     def _processes_per_node(self) -> dict[int, int]:
         """Per node, the plan's processes on it: its workers, and on a one-node cluster the
@@ -254,7 +289,12 @@ class Engine:
         noise = dev.noise()
         times = [dev.kernel_time(o) * noise for o in run]
         start = self.env.now
-        yield self.env.timeout(sum(times))
+        seconds = dev.skewed(sum(times))
+        if self.cpus is None:
+            yield self.env.timeout(seconds)
+        else:
+            node = self.cluster.node_of(dev.name)
+            yield self.cpus.transfer((("core", dev.name), ("cores", node)), seconds)
         if self._measured(it):
             dev.busy += self.env.now - start
             self.logs[rank].compute.append((start, self.env.now))

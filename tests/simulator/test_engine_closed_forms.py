@@ -261,6 +261,31 @@ def test_one_block_over_a_wave_costs_a_second_wave():
     assert pred.entry["iteration_time_s"] == pytest.approx(2 * one_wave, rel=1e-12)
 
 
+# ---- ranks sharing cores ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cores,expected", [
+    # 3 ranks, 2 cores, kernels of 1, 1 and 2 ms alone: the three run at 2/3 of a core until the
+    # short ones finish (1.5 ms), then the long one has a core to itself: 1.5 + (2 - 1) ms, not
+    # the 3 ms a fixed 3/2 slowdown would give
+    (2, [1.5e-3, 1.5e-3, 2.5e-3]),
+    (1, [3e-3, 3e-3, 4e-3]),  # one core: 1/3 each until 3 ms, then the last 1 ms alone
+    (3, [1e-3, 1e-3, 2e-3]),  # a core each: no sharing
+])
+def test_ranks_beyond_the_cores_share_them_as_they_compute(cores, expected):
+    def build(cluster: Cluster) -> Plan:
+        progs = []
+        for ms in (1, 1, 2):
+            b = ProgramBuilder()
+            b.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0, shards=1,
+                  flops=ms * 1e-3 * FLOPS, bytes=0.0, blocks=CAPACITY)
+            progs.append(b)
+        return hand_plan(cluster, progs)
+
+    pred = run(scenario(per_node=3, cluster_extra=f"  cores_per_node: {cores}"), build)
+    ends = [log.ends[0] for _, log in sorted(pred.engine.logs.items())]
+    assert ends == pytest.approx(expected, rel=1e-9)
+
+
 # ---- an exact two-device timeline ---------------------------------------------------------------
 
 def test_two_devices_one_link_exact_timeline():
