@@ -169,8 +169,8 @@ class Engine:
         rank computes on one core) and its node's cores (capacity: cores per node), shared
         max-min fairly among the runs going on, as the OS time-shares the ranks that are
         computing. A rank that waits (for a message, a peer, the parameter server) leaves its
-        share to the others: MPI's blocking waits on this project's test machine cost a
-        computing neighbour under 3% (``calibration.measured.core_sharing``)."""
+        share to the others: MPI's blocking waits on this project's test machine mostly cost a
+        computing neighbour 1-2% (``calibration.measured.core_sharing``)."""
         spec = self.cluster.spec
         if not spec.cores_per_node:
             return None

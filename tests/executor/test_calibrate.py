@@ -58,6 +58,12 @@ def test_calibrate_writes_a_profile_the_simulator_reads(calibrated):
     assert set(p.collectives) == {"ring", "tree", "mpi"}
     assert all(lat >= 0 and bw > 0 for lat, bw in p.collectives.values())
     assert p.collectives_scope == "intra"  # one host
+    # measured at one rank per core on any machine with two cores (and at two, on one core)
+    assert p.wakeup and all(v >= 0 for v in p.wakeup.values())
+    assert p.spread and all(std >= 0 and work > 0 for std, work in p.spread.values())
+    assert set(p.wakeup) == set(p.spread)
+    shared = {r["ranks_per_core"] for r in p.calibration["measured"]["allreduce"]} - {1.0}
+    assert set(p.collectives_shared) == {x for x in shared if x > 1}
     cal = p.calibration
     assert cal["hosts"] and cal["ranks"] == 2
     assert {"numpy", "mpi"} <= set(cal["versions"])
@@ -75,6 +81,7 @@ def test_a_scenario_naming_the_calibrated_profile_simulates(calibrated, tmp_path
     c = load_scenario(scenario).cluster
     assert c.device == profile.device and c.intra_link == profile.link("intra")
     assert c.collectives == profile.collectives and c.co_run == profile.co_run
+    assert c.wakeup == profile.wakeup and c.spread == profile.spread
     assert c.cores_per_node == profile.cores_per_node
     assert main(["simulate", str(scenario)]) == 0
     out, err = capsys.readouterr()

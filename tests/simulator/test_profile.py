@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import simpy
 import yaml
@@ -582,3 +583,62 @@ def test_an_inter_node_fit_prices_a_group_across_nodes(tmp_path: Path):
     assert load_scenario(path).cluster.inter_link.name == f"{NAME}_inter"
     assert exposed(path) == pytest.approx(2 * RING[0] + PARAM_BYTES / RING[1] + PACK_S,
                                           rel=1e-6)
+
+
+# ---- thread wake-ups and the spread of ranks' finish times ------------------------------------
+
+def iteration(path: Path) -> float:
+    result, _ = simulate_scenario(load_scenario(path))
+    (entry,) = result["results"]
+    return entry["iteration_time_s"]
+
+
+@pytest.mark.parametrize("cores,paid", [(2, 1e-3), (1, 5e-3)])
+def test_a_stream_that_waited_for_another_pays_the_wake_up_at_its_ranks_per_core(
+        tmp_path: Path, cores: int, paid: float):
+    """Data parallel without overlap: the all-reduce (comm stream) waits for backward, the
+    update (compute stream) for the all-reduce: two wake-ups per iteration, at the latency
+    measured for the node's ranks per core (2 ranks on 2 cores: 1 ms; on 1 core: 5 ms)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    wakeup = [{"ranks_per_core": 1.0, "latency_us": 1000.0},
+              {"ranks_per_core": 2.0, "latency_us": 5000.0}]
+    write_profile(tmp_path / "a" / "prof.yaml", cal=calibration(cores_per_node=cores))
+    write_profile(tmp_path / "b" / "prof.yaml",
+                  cal=calibration(cores_per_node=cores, wakeup=wakeup))
+    p = load_profile(tmp_path / "b" / "prof.yaml")
+    assert p.wakeup == {1.0: pytest.approx(1e-3), 2.0: pytest.approx(5e-3)}
+    without, with_ = (iteration(write_scenario(tmp_path / f)) for f in "ab")
+    assert with_ - without == pytest.approx(2 * paid, rel=1e-9)
+
+
+def test_the_spread_moves_runs_of_kernels_early_or_late_in_proportion():
+    spec = DeviceSpec(name="d", kind="cpu", sms=1, peak_flops={"fp32": 1e9}, memory=1,
+                      memory_bandwidth=1e9, launch_overhead=0.0, compute_efficiency=1.0,
+                      memory_efficiency=1.0, blocks_per_sm=1, comm_sms=0, source="test")
+    rng = np.random.default_rng(3)
+    dev = Device(simpy.Environment(), "d", spec, "fp32", rng=rng, spread=(2e-3, 10e-3))
+    long_runs = np.array([dev.skewed(20e-3) for _ in range(20000)])  # longer than the work
+    assert long_runs.mean() == pytest.approx(20e-3, rel=2e-3)
+    assert long_runs.std() == pytest.approx(2e-3, rel=0.03)
+    short = np.array([dev.skewed(1e-3) for _ in range(20000)])  # a tenth of it: a tenth
+    assert short.std() == pytest.approx(0.2e-3, rel=0.03)
+    assert short.min() >= 0.5e-3  # at least half a run remains
+    assert Device(simpy.Environment(), "d", spec, "fp32", rng=rng).skewed(1.0) == 1.0
+
+
+@pytest.mark.parametrize("key,entries,where,message", [
+    ("wakeup", {"ranks_per_core": 1.0}, "wakeup", "must be a list"),
+    ("wakeup", [{"ranks_per_core": 1.0, "latency_us": 5}, {"ranks_per_core": 1.0,
+                                                          "latency_us": 6}],
+     "wakeup[1].ranks_per_core", "must appear once"),
+    ("spread", [{"ranks_per_core": 1.0, "std_us": 5}], "spread[0].work_us", "is required"),
+    ("spread", [{"ranks_per_core": 1.0, "std_us": -5, "work_us": 1}], "spread[0].std_us",
+     "must be at least 0"),
+])
+def test_bad_wake_up_and_spread_entries_name_the_entry(key: str, entries: Any, where: str,
+                                                      message: str):
+    with pytest.raises(ScenarioError) as e:
+        parse_profile(load_yaml(profile_text(cal=calibration(**{key: entries}))), "p.yaml")
+    assert f"calibration.{where}" in str(e.value)
+    assert message in str(e.value)
