@@ -622,12 +622,12 @@ def summary(device: dict, links: dict, rows: list[dict], sharing: dict, cal: Cal
     for n, lk in links.items():
         out.append(f"  {n}: latency {lk['latency_us']:.2f} us, bandwidth "
                    f"{lk['bandwidth_GBps']:.2f} GB/s")
-    out.append("  all-reduce  ranks/core     bytes  measured ms   link model   error   fitted"
+    out.append("  all-reduce ranks per-core      bytes  measured ms   link model   error   fitted"
                "   error")
     for r in rows:
         e1 = (r["link_model_seconds"] - r["seconds"]) / r["seconds"]
         e2 = (r["fitted_seconds"] - r["seconds"]) / r["seconds"]
-        out.append(f"  {r['algorithm']:<6} {r['ranks']:>3}/{r['ranks_per_core']:<4.3g} "
+        out.append(f"  {r['algorithm']:<10} {r['ranks']:>5} {r['ranks_per_core']:>8.3g} "
                    f"{r['bytes']:>10} "
                    f"{r['seconds'] * 1e3:>12.3f} {r['link_model_seconds'] * 1e3:>12.3f} "
                    f"{e1:>+7.0%} {r['fitted_seconds'] * 1e3:>8.3f} {e2:>+7.0%}")

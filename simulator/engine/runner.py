@@ -299,11 +299,15 @@ class Engine:
             dev.busy += self.env.now - start
             self.logs[rank].compute.append((start, self.env.now))
         if self.record_trace or (it == self.warmup and rank in self.timeline_ranks):
+            # the run's kernels in proportion to their own times, over what the run took
+            # (shared cores and the spread stretch or shrink it)
+            total = sum(times)
+            scale = (self.env.now - start) / total if total else 0.0
             t = start
             for o, d in zip(run, times):
                 name = f"{o.layer}.{o.phase}" if isinstance(o, Compute) else "update"
-                self._span(rank, it, (dev.name, COMPUTE, name, t, d))
-                t += d
+                self._span(rank, it, (dev.name, COMPUTE, name, t, d * scale))
+                t += d * scale
 
     def _comm_op(self, rank: int, it: int, op: Op):
         if isinstance(op, Collective):

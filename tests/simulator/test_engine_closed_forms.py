@@ -281,9 +281,13 @@ def test_ranks_beyond_the_cores_share_them_as_they_compute(cores, expected):
             progs.append(b)
         return hand_plan(cluster, progs)
 
-    pred = run(scenario(per_node=3, cluster_extra=f"  cores_per_node: {cores}"), build)
+    pred = run(scenario(per_node=3, cluster_extra=f"  cores_per_node: {cores}"), build,
+               trace=True)
     ends = [log.ends[0] for _, log in sorted(pred.engine.logs.items())]
     assert ends == pytest.approx(expected, rel=1e-9)
+    # the trace's kernel spans last what the shared cores made them last
+    spans = sorted((d, t, dur) for d, tid, _, t, dur in pred.engine.spans if tid == "compute")
+    assert [t + dur for _, t, dur in spans] == pytest.approx(expected, rel=1e-9)
 
 
 # ---- an exact two-device timeline ---------------------------------------------------------------
