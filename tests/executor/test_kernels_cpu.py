@@ -164,6 +164,21 @@ def test_activations(be: CpuBackend, fn: str, shape: tuple) -> None:
     close(be.act_backward(y, dy, fn), REF.act_backward(y, dy, fn))
 
 
+def test_tanh_is_float32_accurate_over_every_range(be: CpuBackend) -> None:
+    """The kernel's tanh (exp-based, a polynomial below 1/16) against float64 tanh: relative
+    error within 4 float32 ulps from 1e-6 to 50 in size, both sides of the 1/16 switch, and the
+    limits (0, +-inf, NaN) right."""
+    rng = np.random.default_rng(19)
+    x = np.concatenate([rng.standard_normal(20000) * s for s in (1e-6, 1e-3, 0.05, 0.5, 3, 50)]
+                       + [np.float32([1 / 16, -1 / 16, np.nextafter(np.float32(1 / 16), 0)])])
+    x = x.astype(np.float32)
+    want = np.tanh(x.astype(np.float64))
+    got = be.act_forward(x, "tanh").astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    edges = be.act_forward(np.float32([0.0, np.inf, -np.inf, np.nan]), "tanh")
+    assert edges[0] == 0.0 and edges[1] == 1.0 and edges[2] == -1.0 and np.isnan(edges[3])
+
+
 def test_activation_rejects_unknown_function() -> None:
     with pytest.raises(ValueError, match="gelu"):
         CpuBackend().act_forward(np.zeros(3, np.float32), "gelu")
