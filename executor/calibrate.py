@@ -511,8 +511,9 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
     cal.say(f"calibrating {comm.Get_size()} rank(s) on {', '.join(sorted(set(cal.hosts)))} "
             f"({backend.name} backend, {grid} grid)")
     curves = cal.kernels()
-    cal.say(f"  kernels: {sum(len(v) for v in curves.values())} points over {len(curves)} "
-            "kinds")
+    kinds = [k for k in curves if "@" not in k]
+    cal.say(f"  kernels: {sum(len(curves[k]) for k in kinds)} points over {len(kinds)} kinds "
+            f"and {len(curves) - len(kinds)} layer shapes")
     launch = cal.launch_overhead()
     membw = cal.memory_bandwidth()
     copies = cal.copies()
@@ -615,7 +616,11 @@ def summary(device: dict, links: dict, rows: list[dict], sharing: dict, cal: Cal
     out = [f"  peak {device['peak_TFLOPS']['fp32'] * 1e3:.1f} GFLOP/s per rank, launch "
            f"overhead {device['launch_overhead_us']:.1f} us, memory "
            f"{device['memory_bandwidth_GBps']:.1f} GB/s"]
+    shaped = sum("@" in key for key in device["kernels"])
+    out.append(f"  kernel curves: {len(device['kernels']) - shaped} kinds, {shaped} layer shapes")
     for key, c in device["kernels"].items():
+        if "@" in key:
+            continue
         e = c["efficiency"]
         out.append(f"  {key:<18} efficiency {min(e):.3f} .. {max(e):.3f} over "
                    f"{c['flops'][0]:.3g} .. {c['flops'][-1]:.3g} FLOPs")

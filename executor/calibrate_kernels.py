@@ -5,8 +5,11 @@ measured point is filed under are exactly the FLOPs the simulator will cost that
 point is timed through the code the executor's ranks run (``executor.model.Forward`` for
 forward, backward and the loss; ``sgd_momentum`` per parameter tensor for the update; the
 CD-1 step with its uniforms and local update as ``executor/dbn.py`` runs it), median of repeats
-after a warm-up. Curves are ``kind.phase -> [(FLOPs, seconds), ...]``; ``calibrate`` turns
-seconds into efficiencies against the fastest rate measured (the profile's peak).
+after a warm-up. Curves are ``kind.phase -> [(FLOPs, seconds), ...]`` over every shape of the
+kind, and ``kind.phase@shape`` over the batches of one layer shape (``kernel_shape``: the
+simulator prices a layer of a measured shape from its own curve, others from the kind's);
+``calibrate`` turns seconds into efficiencies against the fastest rate measured (the profile's
+peak).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from executor.model import Forward, Layer, init_weights
 from simulator.model import build_custom
-from simulator.strategies.common import kernel_kind
+from simulator.strategies.common import kernel_kind, kernel_shape
 
 F32 = np.float32
 
@@ -127,6 +130,7 @@ class KernelTimer:
             layer.params = {key: k.to_device(v) for key, v in whole.get(name, {}).items()}
             kind = node["kind"]
             key = kernel_kind(node)
+            shape = kernel_shape(node)
             y, saved = self.fwd.forward(layer, x)
             if kind == "softmax":
                 labels = k.to_device(self.rng.integers(0, y.shape[1], batch))
@@ -136,13 +140,17 @@ class KernelTimer:
                 t = self._time(lambda layer=layer, x=x: self.fwd.forward(layer, x))
                 dy = k.to_device(self.rng.standard_normal((batch, *node["out_shape"]))
                                  .astype(F32))
-            out[f"{key}.fwd"].append((node["fwd_flops"] * batch, t))
+            point = (node["fwd_flops"] * batch, t)
+            out[f"{key}.fwd"].append(point)
+            out[f"{key}.fwd@{shape}"].append(point)
 
             def backward(layer=layer, dy=dy, saved=saved, y=y) -> Any:  # noqa: ANN001
                 layer.grads.clear()
                 return self.fwd.backward(layer, dy, saved, y)
 
-            out[f"{key}.bwd"].append((node["bwd_flops"] * batch, self._time(backward)))
+            point = (node["bwd_flops"] * batch, self._time(backward))
+            out[f"{key}.bwd"].append(point)
+            out[f"{key}.bwd@{shape}"].append(point)
             if kind == "rbm":
                 out["rbm.cd1"].append((node["cd1_flops"] * batch, self._cd1(layer, x)))
             if layer.params:

@@ -73,6 +73,7 @@ class Compute(Op):
     blocks: int
     kernels: int = 1
     layer_kind: str = ""  # the model layer's kind (dense, conv, act, ...): its kernel curve
+    shape: str = ""  # the layer's per-sample geometry: a kernel curve of that shape, if any
     kind: ClassVar[str] = "compute"
 
 

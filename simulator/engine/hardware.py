@@ -50,7 +50,10 @@ class Device:
     def kernel_time(self, op: Op) -> float:
         """Seconds one compute/update op takes on this device right now."""
         s = self.spec
-        curve = s.kernels.get(curve_key(op)) if s.kernels else None
+        curve = None
+        if s.kernels:  # the curve of this shape when one was measured, else the kind's
+            key, shape = curve_key(op), getattr(op, "shape", "")
+            curve = (s.kernels.get(f"{key}@{shape}") if shape else None) or s.kernels.get(key)
         if curve is not None:
             kernels = getattr(op, "kernels", 1)
             t = op.flops / (self.peak * efficiency_at(curve, op.flops)) if op.flops else 0.0
