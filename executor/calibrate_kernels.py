@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,15 +46,36 @@ GRIDS: dict[str, dict[str, Any]] = {
 }
 
 
+def last_level_cache() -> int:
+    """Bytes of this CPU's last-level cache (Linux sysfs, else ``sysconf``; 0 if unknown)."""
+    best = (0, 0)
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((d / "level").read_text())
+            text = (d / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            best = max(best, (level, int(digits) * scale))
+    if best[1]:
+        return best[1]
+    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        try:
+            size = os.sysconf(name)
+        except (ValueError, OSError):
+            continue
+        if size > 0:
+            return size
+    return 0
+
+
 @lru_cache(maxsize=1)
 def spill_buffer() -> np.ndarray:
     """A buffer twice the last-level cache (64 MiB when the system does not say, at most
     512 MiB): writing it leaves other data out of every cache."""
-    try:
-        llc = os.sysconf("SC_LEVEL3_CACHE_SIZE") or os.sysconf("SC_LEVEL2_CACHE_SIZE")
-    except (ValueError, OSError):
-        llc = 0
-    return np.zeros(int(min(512 << 20, max(64 << 20, 2 * llc))) // 4, F32)
+    return np.zeros(int(min(512 << 20, max(64 << 20, 2 * last_level_cache()))) // 4, F32)
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: float,
