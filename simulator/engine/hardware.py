@@ -147,21 +147,33 @@ class ParameterServer:
         self.staleness: list[int] = []
         self.busy = 0.0
         self.wake = 0.0  # seconds an idle shard takes to wake up for a message
-        self.slowdown = 1.0  # sharing cores with the workers (a one-node cluster)
+        # on a one-node cluster the shard is a process of the workers' node: its service runs
+        # on the node's shared cores (the engine's model of them, and this rank's route)
+        self.cpu: tuple | None = None
 
     def idle(self) -> bool:
         """Nothing being served and nothing queued: the shard is waiting for messages."""
         return self.lock.count == 0 and not self.lock.queue
 
     def _memory_time(self, nbytes: float) -> float:
-        return nbytes * self.slowdown / (self.spec.memory_bandwidth
-                                         * self.spec.memory_efficiency)
+        return nbytes / (self.spec.memory_bandwidth * self.spec.memory_efficiency)
 
     def copy_time(self, nbytes: float) -> float:
         """Copying ``nbytes`` of parameters into the reply to a fetch (read and write)."""
-        t = self._memory_time(2 * nbytes)
-        self.busy += t
-        return t
+        return self._memory_time(2 * nbytes)
+
+    def work(self, seconds: float):
+        """Process steps: ``seconds`` of service (alone on a core), on the node's shared cores
+        when the shard lives there, and counted as busy."""
+        if seconds <= 0:
+            return
+        start = self.env.now
+        if self.cpu is None:
+            yield self.env.timeout(seconds)
+        else:
+            cpus, route = self.cpu
+            yield cpus.transfer(route, seconds)
+        self.busy += self.env.now - start
 
     def apply(self, iteration: int, nbytes: float, seen_version: int):
         """Process: accept one pushed gradient (after it has crossed the network)."""
@@ -176,19 +188,15 @@ class ParameterServer:
                 last = self.pushes[iteration] == self.workers
                 if last:
                     t += self._memory_time((3 + 2 * self.optimizer_copies) * nbytes)
-                yield self.env.timeout(t)
-                self.busy += t
+                yield from self.work(t)
                 if last:
                     self.version += 1
                     self.ready[iteration].succeed()
             elif self.mode == "batch":  # accumulate; the coordinator's step updates
-                t = self._memory_time(3 * nbytes)
-                yield self.env.timeout(t)
-                self.busy += t
+                yield from self.work(self._memory_time(3 * nbytes))
             else:
-                t = self._memory_time((3 + 2 * self.optimizer_copies) * nbytes)
-                yield self.env.timeout(t)
-                self.busy += t
+                yield from self.work(self._memory_time((3 + 2 * self.optimizer_copies)
+                                                       * nbytes))
                 self.staleness.append(self.version - seen_version)
                 self.version += 1
 
@@ -196,9 +204,7 @@ class ParameterServer:
         """Process: a batch optimisation step (Sandblaster's L-BFGS) over this shard."""
         with self.lock.request() as req:
             yield req
-            t = self._memory_time(nbytes_moved)
-            yield self.env.timeout(t)
-            self.busy += t
+            yield from self.work(self._memory_time(nbytes_moved))
             self.version += 1
 
 

@@ -122,9 +122,8 @@ class Engine:
         for server in self.servers:
             if cluster.spec.nodes == 1:  # the executor runs them as processes of that node
                 server.wake = self._wakeup(0)
-                server.slowdown = core_sharing(cluster.spec.cores_per_node,
-                                               self._processes_per_node()[0],
-                                               cluster.spec.co_run)
+                if self.cpus is not None:
+                    server.cpu = (self.cpus, (("core", server.host), ("cores", 0)))
             else:
                 server.wake = self._wakeup(None)
         self.coordinator = (Coordinator(self.servers[0].host, plan.portions)
@@ -175,6 +174,9 @@ class Engine:
         if not spec.cores_per_node:
             return None
         capacity = {("core", r.device): 1.0 for r in workers}
+        if spec.nodes == 1:  # parameter-server ranks are processes of the node too
+            capacity.update({("core", r.device): 1.0 for r in self.plan.ranks
+                             if r.role == "server"})
         capacity.update({("cores", n): float(spec.cores_per_node)
                          for n in range(spec.nodes)})
         return Network(self.env, capacity)
@@ -465,9 +467,7 @@ class Engine:
             if idle and server.wake:  # an idle server waits for messages, and wakes up
                 yield self.env.timeout(server.wake)
             self.seen_version[(rank, op.shard)] = server.version
-            read = server.copy_time(op.bytes)
-            if read:
-                yield self.env.timeout(read)
+            yield from server.work(server.copy_time(op.bytes))
         yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
         unpack = self._host_copy(op.bytes)  # the message into the worker's parameters
         if unpack:

@@ -445,3 +445,33 @@ def test_breakdown_adds_up_to_the_iteration(strategy):
     e = predict_strategy(sc).entry
     assert sum(e["breakdown_s"].values()) == pytest.approx(e["iteration_time_s"], rel=1e-9)
     assert all(v >= 0 for v in e["breakdown_s"].values())
+
+
+@pytest.mark.parametrize("shared,service_end,run_end", [(True, 2e-3, 3e-3),
+                                                        (False, 1e-3, 2e-3)])
+def test_a_parameter_server_on_the_workers_node_shares_its_cores(shared, service_end, run_end):
+    """A shard's 1 ms of service on a node of one core while a worker's 2 ms run of kernels
+    goes on: both at half a core, so the service ends at 2 ms (and counts 2 ms busy), the run
+    at 3 ms; a shard on a host of its own takes its 1 ms beside the run."""
+    import simpy
+
+    from simulator.engine.hardware import ParameterServer
+    from simulator.engine.network import Network
+    from simulator.specs import DeviceSpec
+
+    spec = DeviceSpec(name="host", kind="cpu", sms=1, peak_flops={"fp32": 1e9}, memory=1.0,
+                      memory_bandwidth=1e9, launch_overhead=0.0, compute_efficiency=1.0,
+                      memory_efficiency=1.0, blocks_per_sm=1, comm_sms=0, source="test")
+    env = simpy.Environment()
+    cpus = Network(env, {("core", "ps0"): 1.0, ("core", "w0"): 1.0, ("cores", 0): 1.0})
+    server = ParameterServer(env, "ps0", 0, spec, workers=1, optimizer_copies=0, mode="async")
+    if shared:
+        server.cpu = (cpus, (("core", "ps0"), ("cores", 0)))
+    ends: dict[str, float] = {}
+    run = cpus.transfer((("core", "w0"), ("cores", 0)), 2e-3)
+    run.callbacks.append(lambda _e: ends.setdefault("run", env.now))
+    service = env.process(server.work(1e-3))
+    service.callbacks.append(lambda _e: ends.setdefault("service", env.now))
+    env.run()
+    assert ends == {"service": pytest.approx(service_end), "run": pytest.approx(run_end)}
+    assert server.busy == pytest.approx(service_end)
