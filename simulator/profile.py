@@ -36,6 +36,7 @@ catalogue names (``device: NAME`` or ``{base: NAME, ...}``). Errors name the pro
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -118,36 +119,31 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     co = cal.sub("co_run")
     co_run = (co.get("ranks", integer(1)), co.get("slowdown", number(minimum=1.0)))
     co.done(("ranks", "slowdown"))
-    wakeup = {}
-    for i, entry in enumerate(_entries(cal, "wakeup")):
-        e = Fields(entry, f"calibration.wakeup[{i}]", getattr(entry, "start_line", None))
-        load = e.get("ranks_per_core", number())
-        if load in wakeup:
-            raise e.error("ranks_per_core", "must appear once")
-        wakeup[load] = e.get("latency_us", number(positive=False, minimum=0.0))
+    def wake(e: Fields, load: float) -> float:
+        value = e.get("latency_us", number(positive=False, minimum=0.0))
         e.done(("ranks_per_core", "latency_us"))
-    spread = {}
-    for i, entry in enumerate(_entries(cal, "spread")):
-        e = Fields(entry, f"calibration.spread[{i}]", getattr(entry, "start_line", None))
-        load = e.get("ranks_per_core", number())
-        if load in spread:
-            raise e.error("ranks_per_core", "must appear once")
-        spread[load] = (e.get("std_us", number(positive=False, minimum=0.0)),
-                        e.get("work_us", number()))
+        return value
+
+    def spreads(e: Fields, load: float) -> tuple[float, float]:
+        value = (e.get("std_us", number(positive=False, minimum=0.0)),
+                 e.get("work_us", number()))
         e.done(("ranks_per_core", "std_us", "work_us"))
+        return value
+
+    wakeup = _by_load(cal, "wakeup", wake)
+    spread = _by_load(cal, "spread", spreads)
     collectives, scope, shared = {}, "intra", {}
     if cal.has("collectives"):
         cf = cal.sub("collectives")
         scope = cf.get("scope", choice(("intra", "inter")), "intra")
-        entries = _entries(cf, "oversubscribed")
-        collectives = _fits(cf, ("scope", "oversubscribed"))
-        for i, entry in enumerate(entries):
-            e = Fields(entry, f"{cf.path}.oversubscribed[{i}]",
-                       getattr(entry, "start_line", None))
-            load = e.get("ranks_per_core", number())
-            if load <= 1.0 or load in shared:
-                raise e.error("ranks_per_core", "must be above 1 and appear once")
-            shared[load] = _fits(e, ("ranks_per_core",))
+
+        def fits(e: Fields, load: float) -> dict[str, tuple[float, float]]:
+            if load <= 1.0:
+                raise e.error("ranks_per_core", "must be above 1 (more ranks than cores)")
+            return _fits(e, ("ranks_per_core",))
+
+        shared = _by_load(cf, "oversubscribed", fits)
+        collectives = _fits(cf, ("scope", "oversubscribed"))  # last: it checks for strays
     cal.done(CALIBRATION_KEYS)
     record.update(cores_per_node=cores, co_run={"ranks": co_run[0], "slowdown": co_run[1]})
 
@@ -183,6 +179,18 @@ def _entries(f: Fields, key: str) -> list:
                             path=f"{f.path}.{key}", value=entries, has_value=True,
                             line=f.line(key))
     return entries
+
+
+def _by_load(f: Fields, key: str, read: Callable[[Fields, float], Any]) -> dict[float, Any]:
+    """The list under ``key``, one entry per ranks per core: ``read`` gives an entry's value."""
+    out: dict[float, Any] = {}
+    for i, entry in enumerate(_entries(f, key)):
+        e = Fields(entry, f"{f.path}.{key}[{i}]", getattr(entry, "start_line", None))
+        load = e.get("ranks_per_core", number())
+        if load in out:
+            raise e.error("ranks_per_core", "must appear once")
+        out[load] = read(e, load)
+    return out
 
 
 def _fits(f: Fields, also: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
