@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import queue
 import statistics
 import sys
 import threading
@@ -41,25 +40,19 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
-from executor.calibrate_kernels import GRIDS, measure_kernels, spill_buffer, timed
+from executor.calibrate_comm import (
+    CommCalibration,
+    fit_collectives,
+    predicted_allreduce,
+    quiet_barrier,
+    steps_and_volume,
+    trimmed_mean,
+)
+from executor.calibrate_kernels import GRIDS, measure_kernels, timed
 from simulator.predict import code_version
 
 F32 = np.float32
-P2P_SIZES = {"tiny": [8, 4096, 1 << 18], "small": [8, 1024, 1 << 14, 1 << 18, 1 << 21, 1 << 23],
-             "full": [8, 256, 4096, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]}
-ALLREDUCE_SIZES = {"tiny": [1 << 12, 1 << 18], "small": [1 << 12, 1 << 16, 1 << 20, 1 << 23],
-                   "full": [1 << 12, 1 << 15, 1 << 18, 1 << 20, 1 << 22, 1 << 24]}
-
-
-def quiet_barrier(comm: MPI.Comm) -> None:
-    """A barrier that waits without polling hard, so a rank being measured has its core."""
-    req = comm.Ibarrier()
-    while not req.Test():
-        time.sleep(0.002)
-
-
-class Calibration:
+class Calibration(CommCalibration):
     def __init__(self, comm: MPI.Comm, backend: Any, grid: str):
         self.comm, self.k, self.grid = comm, backend, grid
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
@@ -221,111 +214,6 @@ class Calibration:
                          "ranks": len(every), "rounds": rounds})
         return rows
 
-    # ---- point to point -------------------------------------------------------------------------
-    def p2p(self) -> dict[str, Any]:
-        """One-way message times from rank 0 to the first other rank on its node (intra) and
-        on another node (inter); every other rank waits quietly."""
-        peers = {}
-        same = [r for r in range(1, self.size) if self.hosts[r] == self.hosts[0]]
-        other = [r for r in range(1, self.size) if self.hosts[r] != self.hosts[0]]
-        if same:
-            peers["intra"] = same[0]
-        if other:
-            peers["inter"] = other[0]
-        sizes = P2P_SIZES[self.grid]
-        reps = 5 if self.grid == "tiny" else 20
-        out = {}
-        for scope, peer in peers.items():
-            acked = [self._send_acked(peer, np.zeros(max(1, s // 4), F32), reps) for s in sizes]
-            # a send and its 8-byte acknowledgement, less one way of the acknowledgement
-            times = [t - acked[0] / 2 for t in acked] if sizes[0] <= 8 else acked
-            if self.rank == 0:
-                out[scope] = {"peer": peer, "bytes": sizes, "seconds": times,
-                              **fit_link(sizes, times)}
-        return self.comm.bcast(out, root=0)
-
-    def _send_acked(self, peer: int, buf: np.ndarray, reps: int) -> float:
-        """Median seconds from rank 0 sending ``buf`` to ``peer`` until ``peer``'s 8-byte
-        acknowledgement arrives, as a training step sends: the message was just written by
-        the sender, and the receiver's buffer is out of its caches."""
-        comm = self.comm
-        if self.rank not in (0, peer):
-            quiet_barrier(comm)
-            return 0.0
-        other = peer if self.rank == 0 else 0
-        ack, spill = np.zeros(2, F32), spill_buffer()
-        samples = []
-        for i in range(reps + 2):
-            np.add(spill, 1.0, out=spill)
-            if self.rank == 0:
-                buf.fill(float(i))
-            comm.Sendrecv(ack, other, 13, ack, other, 13)  # both ready
-            t = MPI.Wtime()
-            if self.rank == 0:
-                comm.Send(buf, dest=other, tag=11)
-                comm.Recv(ack, source=other, tag=12)
-            else:
-                comm.Recv(buf, source=other, tag=11)
-                comm.Send(ack, dest=other, tag=12)
-            if i >= 2:
-                samples.append(MPI.Wtime() - t)
-        quiet_barrier(comm)
-        return statistics.median(samples)
-
-    # ---- all-reduce ------------------------------------------------------------------------------
-    def allreduce(self) -> list[dict[str, Any]]:
-        """Every algorithm at every size on the first ``p`` ranks, for p = 2, 4, 8, ... and
-        all of them; the others wait quietly, so a row's ``ranks_per_core`` is the group's
-        busiest node's ranks over its cores (above 1: ranks time-share cores)."""
-        counts = sorted({p for p in (2, 4, 8, 16, 32, 64) if p <= self.size} | {self.size})
-        rows = []
-        for p in counts:
-            group = self.comm.Split(0 if self.rank < p else MPI.UNDEFINED, self.rank)
-            busiest = max(self.hosts[:p].count(h) for h in set(self.hosts[:p]))
-            for algorithm in ALGORITHMS:
-                for s in ALLREDUCE_SIZES[self.grid]:
-                    t = 0.0
-                    if group != MPI.COMM_NULL:
-                        t = self._collective(group, s // 4, algorithm, busiest > self.cores)
-                    else:
-                        quiet_barrier(self.comm)
-                    t = self.comm.allreduce(t, op=MPI.MAX)
-                    rows.append({"ranks": p, "ranks_per_core": busiest / self.cores,
-                                 "algorithm": algorithm, "bytes": s, "seconds": t})
-            if group != MPI.COMM_NULL:
-                group.Free()
-        return rows
-
-    def _collective(self, group: MPI.Comm, n: int, algorithm: str, shared: bool) -> float:
-        """Seconds of one all-reduce of ``n`` floats as the executor runs a gradient
-        exchange: the caches hold other data (a training step's working set is larger than
-        them), the gradients were just written in pieces and packed into one buffer, and the
-        all-reduce runs in a thread beside a waiting main thread (the plan's comm stream). Each
-        of these makes it slower than a back-to-back loop on one hot buffer (up to 2x at
-        8 MiB on 2 ranks of this project's test machine). The median of the repeats, robust
-        to a disturbance from outside; but on time-shared cores (``shared``: three times the
-        repeats) a step waits for its peer's next time slice, the spread is the effect itself,
-        and the mean without the fastest and slowest tenth is what a run pays."""
-        reps = (3 if self.grid == "tiny" else 10) * (3 if shared else 1)
-        pieces = [np.empty(len(c), F32) for c in np.array_split(np.empty(n, F32), 4)]
-        buf = np.empty(n, F32)
-        spill = spill_buffer()
-        worker = CommThread()
-        samples = []
-        for i in range(reps + 1):
-            np.add(spill, 1.0, out=spill)
-            for piece in pieces:
-                piece.fill(1.0)  # no overflow, however many repeats
-            np.concatenate(pieces, out=buf)
-            group.Barrier()
-            took = worker.time(lambda: xcomm.allreduce(group, buf, algorithm))
-            if i:
-                samples.append(took)
-        worker.close()
-        quiet_barrier(self.comm)
-        return trimmed_mean(samples) if shared else statistics.median(samples)
-
-
 def handoffs(work: Callable[[], Any], short: Callable[[], Any], sync: Callable[[], None],
              rounds: int) -> list[float]:
     """Wake-up latencies of ``rounds`` handovers each way between this thread, which runs
@@ -357,99 +245,6 @@ def handoffs(work: Callable[[], Any], short: Callable[[], Any], sync: Callable[[
         woke.append(time.perf_counter() - stamp[0])
     thread.join()
     return woke
-
-
-def trimmed_mean(samples: list[float]) -> float:
-    """The mean without the fastest and slowest tenth (at least one each from 5 samples)."""
-    ordered = sorted(samples)
-    cut = max(1, len(ordered) // 10) if len(ordered) >= 5 else 0
-    return statistics.fmean(ordered[cut:len(ordered) - cut])
-
-
-class CommThread:
-    """A thread that runs what it is handed and times it from inside, as the executor's comm
-    stream runs its collectives beside a main thread that waits."""
-
-    def __init__(self) -> None:
-        self.jobs: queue.Queue = queue.Queue()
-        self.done: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while (fn := self.jobs.get()) is not None:
-            try:
-                t = MPI.Wtime()
-                fn()
-                self.done.put(MPI.Wtime() - t)
-            except BaseException as e:  # noqa: BLE001 - handed back to the caller
-                self.done.put(e)
-
-    def time(self, fn: Callable[[], Any]) -> float:
-        self.jobs.put(fn)
-        took = self.done.get()
-        if isinstance(took, BaseException):
-            raise took
-        return took
-
-    def close(self) -> None:
-        self.jobs.put(None)
-        self.thread.join()
-
-
-ALGORITHMS = ("ring", "tree", "mpi")
-
-
-def steps_and_volume(algorithm: str, p: int, nbytes: float) -> tuple[float, float]:
-    from simulator.engine.collectives import allreduce_terms
-
-    return allreduce_terms(algorithm, p, nbytes)
-
-
-def fit_collectives(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per algorithm, T = steps x latency + volume / bandwidth fitted (least squares of the
-    relative error, latency at least 0) to the measured all-reduces: what one step and one
-    byte cost in the executor's collectives, transfers, sums and coherence traffic together."""
-    out = {}
-    for algorithm in ALGORITHMS:
-        pts = [(*steps_and_volume(algorithm, r["ranks"], r["bytes"]), r["seconds"])
-               for r in rows if r["algorithm"] == algorithm]
-        if not pts:
-            continue
-        a = np.array([[s, v] for s, v, _ in pts], float)
-        t = np.array([x for _, _, x in pts], float)
-        w = 1.0 / t  # relative errors: small messages count as much as large ones
-        (lat, per_byte), *_ = np.linalg.lstsq(a * w[:, None], t * w, rcond=None)
-        if lat < 0:
-            lat, per_byte = 0.0, float(np.median(t / a[:, 1]))
-        if per_byte <= 0:
-            per_byte = float(t.max() / a[:, 1].max())
-        out[algorithm] = {"latency_us": float(lat) * 1e6, "bandwidth_GBps": 1e-9 / per_byte,
-                          "ranks": sorted({r["ranks"] for r in rows})}
-    return out
-
-
-def fit_link(sizes: list[int], times: list[float]) -> dict[str, float]:
-    """Latency: the smallest message's time; bandwidth: least squares of T = a + S / B over the
-    messages of at least 64 KiB (all of them when fewer than two are that large)."""
-    pts = [(s, t) for s, t in zip(sizes, times) if s >= 1 << 16]
-    if len(pts) < 2:
-        pts = list(zip(sizes, times))
-    xs, ys = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
-    slope = float(np.polyfit(xs, ys, 1)[0]) if len(pts) > 1 else ys[0] / xs[0]
-    bandwidth = 1.0 / slope if slope > 0 else xs.max() / ys.max()
-    return {"latency_s": float(times[0]), "bandwidth_Bps": bandwidth}
-
-
-def predicted_allreduce(p: int, nbytes: float, algorithm: str, latency: float,
-                        bandwidth: float, memory_bandwidth: float) -> float:
-    """The simulator's cost of one all-reduce on one node from the point-to-point link alone
-    (``simulator/engine/collectives``): what the fitted collective terms improve on."""
-    from simulator.engine.collectives import reduced_bytes
-
-    steps, volume = steps_and_volume(algorithm, p, nbytes)
-    return (steps * latency + volume / bandwidth
-            + 3 * reduced_bytes("allreduce", algorithm, p, nbytes) / memory_bandwidth)
 
 
 def _runner_overhead(backend: Any, grid: dict[str, Any]) -> float:

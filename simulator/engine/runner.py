@@ -7,7 +7,10 @@ non-blocking MPI calls do). Consecutive compute kernels with no dependant on ano
 timed in one SimPy timeout (per-kernel times are still computed and traced): the events a rank
 costs grow with its synchronisation points, not with its layer count. The SMs a kernel gets are
 those free when its run of kernels starts: a collective that begins mid-run takes its SMs from
-the next run on (an approximation; exact for runs that end at the collective's trigger).
+the next run on (an approximation; exact for runs that end at the collective's trigger). With
+a calibration profile, what a node of shared cores does to its ranks (processor sharing of the
+cores, thread wake-ups, the spread of finish times, all-reduce fits per load) is
+``simulator/engine/node.py``.
 
 Recorded per rank (measured iterations only): intervals of compute, communication and
 parameter-server work, and waits; the summary turns them into the breakdown.
@@ -15,7 +18,6 @@ parameter-server work, and waits; the summary turns them into the breakdown.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -24,8 +26,9 @@ import simpy
 
 from simulator.cluster import Cluster
 from simulator.engine import collectives
-from simulator.engine.hardware import Coordinator, Device, ParameterServer, core_sharing
+from simulator.engine.hardware import Coordinator, Device, ParameterServer
 from simulator.engine.network import Network
+from simulator.engine.node import NodeModel
 from simulator.plan import (
     COMM,
     COMPUTE,
@@ -91,7 +94,7 @@ class RankLog:
     ends: list[float] = field(default_factory=list)
 
 
-class Engine:
+class Engine(NodeModel):
     def __init__(self, plan: Plan, cluster: Cluster, precision: str, optimizer: str,
                  warmup: int, iterations: int, record_trace: bool = False, seed: int = 0):
         self.env = env = simpy.Environment()
@@ -144,79 +147,6 @@ class Engine:
             key = id(r.ops)
             if key not in self.programs:
                 self.programs[key] = Program.of(r.ops)
-
-    def _core_sharing(self) -> dict[str, float]:
-        """Per device, the slowdown of its kernels from the ranks computing beside it on its
-        node (``core_sharing`` without the time-sharing term: when ranks outnumber cores the
-        cores are shared out as the ranks actually compute, by ``_cpus``). On a one-node
-        cluster the parameter-server ranks are processes of that node too (that is how the
-        executor runs them)."""
-        spec = self.cluster.spec
-        if not spec.cores_per_node:
-            return {}
-        per_node = self._processes_per_node()
-        out = {}
-        for r in self.plan.workers():
-            ranks = per_node[self.cluster.node_of(r.device)]
-            out[r.device] = (core_sharing(spec.cores_per_node, ranks, spec.co_run)
-                             / max(1.0, ranks / spec.cores_per_node))
-        return out
-
-    def _cpus(self, workers: list) -> Network | None:
-        """Processor sharing of each node's cores, when the cluster says how many there are:
-        a run of kernels is a flow of core-seconds through its rank's own core (capacity 1: a
-        rank computes on one core) and its node's cores (capacity: cores per node), shared
-        max-min fairly among the runs going on, as the OS time-shares the ranks that are
-        computing. A rank that waits (for a message, a peer, the parameter server) leaves its
-        share to the others: MPI's blocking waits on this project's test machine mostly cost a
-        computing neighbour 1-2% (``calibration.measured.core_sharing``)."""
-        spec = self.cluster.spec
-        if not spec.cores_per_node:
-            return None
-        capacity = {("core", r.device): 1.0 for r in workers}
-        if spec.nodes == 1:  # parameter-server ranks are processes of the node too
-            capacity.update({("core", r.device): 1.0 for r in self.plan.ranks
-                             if r.role == "server"})
-        capacity.update({("cores", n): float(spec.cores_per_node)
-                         for n in range(spec.nodes)})
-        return Network(self.env, capacity)
-
-    def _spread(self, node: int) -> tuple[float, float]:
-        """The profile's spread of finish times at the node's ranks per core, with the
-        duration of the work it was measured on ((0, 0) without)."""
-        spec = self.cluster.spec
-        if not spec.spread:
-            return (0.0, 0.0)
-        return spec.spread[nearest(spec.spread, self._load(node))]
-
-    def _load(self, node: int | None) -> float:
-        """Processes per core on ``node`` (None: a host of its own), at least 1."""
-        spec = self.cluster.spec
-        if node is None or not spec.cores_per_node:
-            return 1.0
-        return max(1.0, self._processes_per_node()[node] / spec.cores_per_node)
-
-    def _wakeup(self, node: int | None) -> float:
-        """The profile's wake-up latency at ``node``'s ranks per core (None: a host of its
-        own, one process per core)."""
-        spec = self.cluster.spec
-        if not spec.wakeup:
-            return 0.0
-        return spec.wakeup[nearest(spec.wakeup, self._load(node))]
-
-    def _processes_per_node(self) -> dict[int, int]:
-        """Per node, the plan's processes on it: its workers, and on a one-node cluster the
-        parameter-server ranks as well."""
-        if getattr(self, "_per_node", None) is not None:
-            return self._per_node
-        per_node: dict[int, int] = defaultdict(int)
-        for r in self.plan.ranks:
-            if r.role == "worker":
-                per_node[self.cluster.node_of(r.device)] += 1
-            elif self.cluster.spec.nodes == 1:
-                per_node[0] += 1
-        self._per_node = per_node
-        return per_node
 
     # ---- driving ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -391,19 +321,6 @@ class Engine:
                                        * spec.device.memory_efficiency)
         return seconds
 
-    def _fits_for(self, nodes: set[int]) -> dict[str, tuple[float, float]]:
-        """The profile's all-reduce fits for a group on ``nodes``: those measured at the
-        nearest ranks per core when the busiest node runs more processes than it has cores
-        (a time-shared core makes every step wait for its peer to be scheduled)."""
-        spec = self.cluster.spec
-        if not spec.cores_per_node or not spec.collectives_shared:
-            return spec.collectives
-        per_node = self._processes_per_node()
-        load = max(per_node[n] for n in nodes) / spec.cores_per_node
-        if load <= 1.0 and spec.collectives:
-            return spec.collectives
-        return spec.collectives_shared[nearest(spec.collectives_shared, load)]
-
     def _barrier(self, rank: int, it: int, op: Barrier):
         arrive = self.env.now
         rv = self._join(op.group, op.key, it)
@@ -474,14 +391,6 @@ class Engine:
             yield self.env.timeout(unpack)
         self._log(rank, it, "ps", start, f"pull{op.shard}", COMM)
 
-    def _host_copy(self, nbytes: float) -> float:
-        """A CPU worker's copy of ``nbytes`` between its tensors and a message (read and
-        write at its memory bandwidth); a GPU's goes through its timed host copies."""
-        spec = self.cluster.spec.device
-        if spec.kind != "cpu":
-            return 0.0
-        return 2 * nbytes / (spec.memory_bandwidth * spec.memory_efficiency)
-
     # ---- Sandblaster work portions --------------------------------------------------------------
     def _work_loop(self, rank: int, it: int, op: WorkLoop):
         coord = self.coordinator
@@ -530,8 +439,3 @@ class Engine:
             self._log(rank, it, "comm", max(posted, box[1]), f"recv {op.tag}", "p2p")
         if op.id in ev:
             ev[op.id].succeed()
-
-
-def nearest(table: dict[float, object], load: float) -> float:
-    """The key of ``table`` (ranks per core) nearest to ``load``, on a log scale."""
-    return min(table, key=lambda k: abs(math.log(k / load)))

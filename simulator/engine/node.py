@@ -1,0 +1,120 @@
+"""What a node of shared cores does to the ranks on it, from a calibration profile: the
+engine's node model, mixed into ``Engine`` (``simulator/engine/runner.py``), whose state it
+uses (``env``, ``plan``, ``cluster``).
+
+* processor sharing of the node's cores among the runs of kernels going on (``_cpus``), and the
+  co-running slowdown of the ranks computing at once (``_core_sharing``);
+* per ranks per core: a blocked thread's wake-up latency, the spread of ranks' finish times,
+  and the all-reduce fit measured at that load (``_wakeup``, ``_spread``, ``_fits_for``);
+* the host-side copies of CPU ranks (``_host_copy``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from simulator.engine.hardware import core_sharing
+from simulator.engine.network import Network
+
+
+class NodeModel:
+    def _core_sharing(self) -> dict[str, float]:
+        """Per device, the slowdown of its kernels from the ranks computing beside it on its
+        node (``core_sharing`` without the time-sharing term: when ranks outnumber cores the
+        cores are shared out as the ranks actually compute, by ``_cpus``). On a one-node
+        cluster the parameter-server ranks are processes of that node too (that is how the
+        executor runs them)."""
+        spec = self.cluster.spec
+        if not spec.cores_per_node:
+            return {}
+        per_node = self._processes_per_node()
+        out = {}
+        for r in self.plan.workers():
+            ranks = per_node[self.cluster.node_of(r.device)]
+            out[r.device] = (core_sharing(spec.cores_per_node, ranks, spec.co_run)
+                             / max(1.0, ranks / spec.cores_per_node))
+        return out
+
+    def _cpus(self, workers: list) -> Network | None:
+        """Processor sharing of each node's cores, when the cluster says how many there are:
+        a run of kernels is a flow of core-seconds through its rank's own core (capacity 1: a
+        rank computes on one core) and its node's cores (capacity: cores per node), shared
+        max-min fairly among the runs going on, as the OS time-shares the ranks that are
+        computing. A rank that waits (for a message, a peer, the parameter server) leaves its
+        share to the others: MPI's blocking waits on this project's test machine mostly cost a
+        computing neighbour 1-2% (``calibration.measured.core_sharing``)."""
+        spec = self.cluster.spec
+        if not spec.cores_per_node:
+            return None
+        capacity = {("core", r.device): 1.0 for r in workers}
+        if spec.nodes == 1:  # parameter-server ranks are processes of the node too
+            capacity.update({("core", r.device): 1.0 for r in self.plan.ranks
+                             if r.role == "server"})
+        capacity.update({("cores", n): float(spec.cores_per_node)
+                         for n in range(spec.nodes)})
+        return Network(self.env, capacity)
+
+    def _spread(self, node: int) -> tuple[float, float]:
+        """The profile's spread of finish times at the node's ranks per core, with the
+        duration of the work it was measured on ((0, 0) without)."""
+        spec = self.cluster.spec
+        if not spec.spread:
+            return (0.0, 0.0)
+        return spec.spread[nearest(spec.spread, self._load(node))]
+
+    def _load(self, node: int | None) -> float:
+        """Processes per core on ``node`` (None: a host of its own), at least 1."""
+        spec = self.cluster.spec
+        if node is None or not spec.cores_per_node:
+            return 1.0
+        return max(1.0, self._processes_per_node()[node] / spec.cores_per_node)
+
+    def _wakeup(self, node: int | None) -> float:
+        """The profile's wake-up latency at ``node``'s ranks per core (None: a host of its
+        own, one process per core)."""
+        spec = self.cluster.spec
+        if not spec.wakeup:
+            return 0.0
+        return spec.wakeup[nearest(spec.wakeup, self._load(node))]
+
+    def _processes_per_node(self) -> dict[int, int]:
+        """Per node, the plan's processes on it: its workers, and on a one-node cluster the
+        parameter-server ranks as well."""
+        if getattr(self, "_per_node", None) is not None:
+            return self._per_node
+        per_node: dict[int, int] = defaultdict(int)
+        for r in self.plan.ranks:
+            if r.role == "worker":
+                per_node[self.cluster.node_of(r.device)] += 1
+            elif self.cluster.spec.nodes == 1:
+                per_node[0] += 1
+        self._per_node = per_node
+        return per_node
+
+
+    def _fits_for(self, nodes: set[int]) -> dict[str, tuple[float, float]]:
+        """The profile's all-reduce fits for a group on ``nodes``: those measured at the
+        nearest ranks per core when the busiest node runs more processes than it has cores
+        (a time-shared core makes every step wait for its peer to be scheduled)."""
+        spec = self.cluster.spec
+        if not spec.cores_per_node or not spec.collectives_shared:
+            return spec.collectives
+        per_node = self._processes_per_node()
+        load = max(per_node[n] for n in nodes) / spec.cores_per_node
+        if load <= 1.0 and spec.collectives:
+            return spec.collectives
+        return spec.collectives_shared[nearest(spec.collectives_shared, load)]
+
+    def _host_copy(self, nbytes: float) -> float:
+        """A CPU worker's copy of ``nbytes`` between its tensors and a message (read and
+        write at its memory bandwidth); a GPU's goes through its timed host copies."""
+        spec = self.cluster.spec.device
+        if spec.kind != "cpu":
+            return 0.0
+        return 2 * nbytes / (spec.memory_bandwidth * spec.memory_efficiency)
+
+
+def nearest(table: dict[float, object], load: float) -> float:
+    """The key of ``table`` (ranks per core) nearest to ``load``, on a log scale."""
+    return min(table, key=lambda k: abs(math.log(k / load)))
