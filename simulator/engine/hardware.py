@@ -78,7 +78,6 @@ class Device:
         sigma = math.sqrt(math.log1p(self.jitter**2))
         return float(self.rng.lognormal(-sigma**2 / 2, sigma))
 
-
     def skewed(self, seconds: float) -> float:
         """A run of kernels' time moved early or late by the measured spread of ranks' finish
         times: normal, with the measured standard deviation, in proportion for runs shorter

@@ -42,8 +42,9 @@ class NodeModel:
         rank computes on one core) and its node's cores (capacity: cores per node), shared
         max-min fairly among the runs going on, as the OS time-shares the ranks that are
         computing. A rank that waits (for a message, a peer, the parameter server) leaves its
-        share to the others: MPI's blocking waits on this project's test machine mostly cost a
-        computing neighbour 1-2% (``calibration.measured.core_sharing``)."""
+        share to the others. That is an assumption: MPICH's waits on this project's test
+        machine did so in most calibrations (``calibration.measured.core_sharing``) but spun
+        in some launches, taking their share (docs/validation.md, what is left)."""
         spec = self.cluster.spec
         if not spec.cores_per_node:
             return None
@@ -91,7 +92,6 @@ class NodeModel:
                 per_node[0] += 1
         self._per_node = per_node
         return per_node
-
 
     def _fits_for(self, nodes: set[int]) -> dict[str, tuple[float, float]]:
         """The profile's all-reduce fits for a group on ``nodes``: those measured at the
