@@ -8,7 +8,7 @@ A profile is a YAML file with three parts::
       ranks: 2
       ranks_per_node: 2
       cores_per_node: 2      # read by the simulator: ranks beyond this share cores
-      co_run: {ranks: 2, slowdown: 1.12}   # read by the simulator (see ClusterSpec.co_run)
+      co_run: {ranks: 2, slowdown: 1.12}   # read by the simulator (see NodeMeasurements)
       wakeup:                # read by the simulator: a blocked thread's wake-up latency
         - {ranks_per_core: 1.0, latency_us: 20}
         - {ranks_per_core: 2.0, latency_us: 1300}
@@ -45,7 +45,7 @@ from typing import Any
 from simulator.catalogue import read_device, read_link
 from simulator.errors import ScenarioError
 from simulator.schema import Fields, choice, integer, list_of, load_yaml, number, string
-from simulator.specs import DeviceSpec, LinkSpec
+from simulator.specs import DeviceSpec, LinkSpec, NodeMeasurements
 
 CALIBRATION_KEYS = ("date", "hosts", "ranks", "ranks_per_node", "cores_per_node", "co_run",
                     "wakeup", "spread", "collectives", "backend", "versions", "measured")
@@ -58,19 +58,7 @@ class Profile:
     devices: dict[str, DeviceSpec]
     links: dict[str, LinkSpec]
     cores_per_node: int
-    co_run: tuple[int, float]
-    # all-reduce cost fitted per algorithm: (seconds per step, bytes/s), and where it was
-    # measured (intra: ranks of one node; inter: across nodes)
-    collectives: dict[str, tuple[float, float]] = field(default_factory=dict)
-    collectives_scope: str = "intra"
-    # the same fits measured with more ranks than cores on a node, by ranks per core
-    collectives_shared: dict[float, dict[str, tuple[float, float]]] = field(
-        default_factory=dict)
-    # a blocked thread's wake-up latency (seconds) by ranks per core
-    wakeup: dict[float, float] = field(default_factory=dict)
-    # how unevenly ranks finish equal work by ranks per core: (standard deviation, duration of
-    # the work measured), seconds
-    spread: dict[float, tuple[float, float]] = field(default_factory=dict)
+    measured: NodeMeasurements = field(default_factory=NodeMeasurements)
     calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -163,10 +151,11 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
                             path="links", value=scopes, has_value=True,
                             line=link_f.start_line)
     top.done(("calibration", "devices", "links"))
+    measured = NodeMeasurements(co_run=co_run, collectives=collectives,
+                                collectives_scope=scope, collectives_shared=shared,
+                                wakeup=wakeup, spread=spread)
     return Profile(file=file, devices=devices, links=links, cores_per_node=cores,
-                   co_run=co_run, collectives=collectives, collectives_scope=scope,
-                   collectives_shared=shared, wakeup=wakeup, spread=spread,
-                   calibration=record)
+                   measured=measured, calibration=record)
 
 
 def _entries(f: Fields, key: str) -> list:

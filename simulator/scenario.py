@@ -34,6 +34,7 @@ from simulator.specs import (
     DeviceSpec,
     LinkSpec,
     ModelSpec,
+    NodeMeasurements,
     ParameterServerSpec,
     Scenario,
     Straggler,
@@ -207,13 +208,8 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
                        inter_link=inter, nics_per_node=nics, parameter_servers=ps,
                        stragglers=stragglers, degraded_links=degraded,
                        compute_jitter=jitter, cores_per_node=cores,
-                       co_run=profile.co_run if profile else (1, 1.0),
                        profile=profile.file if profile else "",
-                       collectives=dict(profile.collectives) if profile else {},
-                       collectives_scope=profile.collectives_scope if profile else "intra",
-                       collectives_shared=dict(profile.collectives_shared) if profile else {},
-                       wakeup=dict(profile.wakeup) if profile else {},
-                       spread=dict(profile.spread) if profile else {})
+                       measured=profile.measured if profile else NodeMeasurements())
     from simulator.cluster import topology_elements
 
     elements = topology_elements(spec)

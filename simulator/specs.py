@@ -65,6 +65,31 @@ class DegradedLink:
 
 
 @dataclass(frozen=True)
+class NodeMeasurements:
+    """What a calibration profile measured of the ranks on a node, beyond its device and links
+    (``simulator/engine/node.py`` applies it; none of it without a profile)."""
+
+    # the slowdown of a rank's kernels while ``co_run[0]`` ranks compute at once on one node
+    # (shared caches, memory bandwidth, clocks)
+    co_run: tuple[int, float] = (1, 1.0)
+    # all-reduce cost per algorithm: (seconds per step, bytes/s), used for groups inside one
+    # node (scope intra) or any group (scope inter) instead of the flow model
+    collectives: dict[str, tuple[float, float]] = field(default_factory=dict)
+    collectives_scope: str = "intra"
+    # the same, measured with more ranks than cores on a node, by ranks per core (time-shared
+    # cores: a step waits for its peer to be scheduled)
+    collectives_shared: dict[float, dict[str, tuple[float, float]]] = field(
+        default_factory=dict)
+    # a blocked thread's wake-up latency (seconds) by ranks per core: what a rank's stream
+    # pays when it waited for another stream, and a parameter server that idled
+    wakeup: dict[float, float] = field(default_factory=dict)
+    # the spread of ranks' finish times by ranks per core: (standard deviation, duration of the
+    # work it was measured on), seconds; each run of kernels on a device is early or late at
+    # random by that much, scaled down for runs shorter than that work
+    spread: dict[float, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     nodes: int
     devices_per_node: int
@@ -76,27 +101,10 @@ class ClusterSpec:
     stragglers: tuple[Straggler, ...] = ()
     degraded_links: tuple[DegradedLink, ...] = ()
     compute_jitter: float = 0.0  # relative standard deviation of a run of kernels' time
-    # core sharing (CPU ranks): the cores a node has (0: one per device, no sharing), and the
-    # measured slowdown of a rank's kernels while ``co_run[0]`` ranks compute at once on one node
-    # (shared caches, memory bandwidth, clocks)
+    # core sharing (CPU ranks): the cores a node has (0: one per device, no sharing)
     cores_per_node: int = 0
-    co_run: tuple[int, float] = (1, 1.0)
     profile: str = ""  # the calibration profile the device and links came from, if any
-    # measured all-reduce cost per algorithm (a profile): (seconds per step, bytes/s), used for
-    # groups inside one node (scope intra) or any group (scope inter) instead of the flow model
-    collectives: dict[str, tuple[float, float]] = field(default_factory=dict)
-    collectives_scope: str = "intra"
-    # the same, measured with more ranks than cores on a node, by ranks per core (time-shared
-    # cores: a step waits for its peer to be scheduled)
-    collectives_shared: dict[float, dict[str, tuple[float, float]]] = field(
-        default_factory=dict)
-    # a blocked thread's measured wake-up latency (seconds) by ranks per core (a profile): what
-    # a rank's stream pays when it waited for another stream, and a parameter server that idled
-    wakeup: dict[float, float] = field(default_factory=dict)
-    # measured spread of ranks' finish times by ranks per core (a profile): (standard deviation,
-    # duration of the work it was measured on), seconds; each run of kernels on a device is
-    # early or late at random by that much, scaled down for runs shorter than that work
-    spread: dict[float, tuple[float, float]] = field(default_factory=dict)
+    measured: NodeMeasurements = field(default_factory=lambda: NodeMeasurements())
 
     @property
     def device_count(self) -> int:

@@ -32,7 +32,7 @@ class NodeModel:
         out = {}
         for r in self.plan.workers():
             ranks = per_node[self.cluster.node_of(r.device)]
-            out[r.device] = (core_sharing(spec.cores_per_node, ranks, spec.co_run)
+            out[r.device] = (core_sharing(spec.cores_per_node, ranks, spec.measured.co_run)
                              / max(1.0, ranks / spec.cores_per_node))
         return out
 
@@ -59,10 +59,10 @@ class NodeModel:
     def _spread(self, node: int) -> tuple[float, float]:
         """The profile's spread of finish times at the node's ranks per core, with the
         duration of the work it was measured on ((0, 0) without)."""
-        spec = self.cluster.spec
-        if not spec.spread:
+        spread = self.cluster.spec.measured.spread
+        if not spread:
             return (0.0, 0.0)
-        return spec.spread[nearest(spec.spread, self._load(node))]
+        return spread[nearest(spread, self._load(node))]
 
     def _load(self, node: int | None) -> float:
         """Processes per core on ``node`` (None: a host of its own), at least 1."""
@@ -74,10 +74,10 @@ class NodeModel:
     def _wakeup(self, node: int | None) -> float:
         """The profile's wake-up latency at ``node``'s ranks per core (None: a host of its
         own, one process per core)."""
-        spec = self.cluster.spec
-        if not spec.wakeup:
+        wakeup = self.cluster.spec.measured.wakeup
+        if not wakeup:
             return 0.0
-        return spec.wakeup[nearest(spec.wakeup, self._load(node))]
+        return wakeup[nearest(wakeup, self._load(node))]
 
     def _processes_per_node(self) -> dict[int, int]:
         """Per node, the plan's processes on it: its workers, and on a one-node cluster the
@@ -97,14 +97,14 @@ class NodeModel:
         """The profile's all-reduce fits for a group on ``nodes``: those measured at the
         nearest ranks per core when the busiest node runs more processes than it has cores
         (a time-shared core makes every step wait for its peer to be scheduled)."""
-        spec = self.cluster.spec
-        if not spec.cores_per_node or not spec.collectives_shared:
-            return spec.collectives
+        spec, m = self.cluster.spec, self.cluster.spec.measured
+        if not spec.cores_per_node or not m.collectives_shared:
+            return m.collectives
         per_node = self._processes_per_node()
         load = max(per_node[n] for n in nodes) / spec.cores_per_node
-        if load <= 1.0 and spec.collectives:
-            return spec.collectives
-        return spec.collectives_shared[nearest(spec.collectives_shared, load)]
+        if load <= 1.0 and m.collectives:
+            return m.collectives
+        return m.collectives_shared[nearest(m.collectives_shared, load)]
 
     def _host_copy(self, nbytes: float) -> float:
         """A CPU worker's copy of ``nbytes`` between its tensors and a message (read and

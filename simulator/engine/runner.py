@@ -303,15 +303,15 @@ class Engine(NodeModel):
     def _fitted_collective(self, op: Collective, devs: list[str]) -> float | None:
         """An all-reduce's time from the profile's measured fit (steps x latency + volume /
         bandwidth), when the profile has one for this algorithm and this group's scope."""
-        spec = self.cluster.spec
-        if op.collective != "allreduce" or not (spec.collectives or spec.collectives_shared) \
+        spec, m = self.cluster.spec, self.cluster.spec.measured
+        if op.collective != "allreduce" or not (m.collectives or m.collectives_shared) \
                 or len(devs) < 2:
             return None
         nodes = {self.cluster.node_of(d) for d in devs}
         algorithm = "ring" if op.algorithm == "hierarchical" and len(nodes) == 1 else (
             op.algorithm)
         fit = self._fits_for(nodes).get(algorithm)
-        if fit is None or (spec.collectives_scope == "intra" and len(nodes) > 1):
+        if fit is None or (m.collectives_scope == "intra" and len(nodes) > 1):
             return None
         steps, volume = collectives.allreduce_terms(algorithm, len(devs), op.bytes)
         seconds = steps * fit[0] + volume / fit[1]

@@ -54,16 +54,17 @@ def test_calibrate_writes_a_profile_the_simulator_reads(calibrated):
     intra = p.link("intra")
     assert intra is not None and intra.bandwidth > 0 and intra.latency > 0
     assert p.cores_per_node >= 1
-    assert p.co_run[0] >= 1 and p.co_run[1] >= 1.0
-    assert set(p.collectives) == {"ring", "tree", "mpi"}
-    assert all(lat >= 0 and bw > 0 for lat, bw in p.collectives.values())
-    assert p.collectives_scope == "intra"  # one host
+    assert p.measured.co_run[0] >= 1 and p.measured.co_run[1] >= 1.0
+    assert set(p.measured.collectives) == {"ring", "tree", "mpi"}
+    assert all(lat >= 0 and bw > 0 for lat, bw in p.measured.collectives.values())
+    assert p.measured.collectives_scope == "intra"  # one host
     # measured at one rank per core on any machine with two cores (and at two, on one core)
-    assert p.wakeup and all(v >= 0 for v in p.wakeup.values())
-    assert p.spread and all(std >= 0 and work > 0 for std, work in p.spread.values())
-    assert set(p.wakeup) == set(p.spread)
+    m = p.measured
+    assert m.wakeup and all(v >= 0 for v in m.wakeup.values())
+    assert m.spread and all(std >= 0 and work > 0 for std, work in m.spread.values())
+    assert set(m.wakeup) == set(m.spread)
     shared = {r["ranks_per_core"] for r in p.calibration["measured"]["allreduce"]} - {1.0}
-    assert set(p.collectives_shared) == {x for x in shared if x > 1}
+    assert set(p.measured.collectives_shared) == {x for x in shared if x > 1}
     cal = p.calibration
     assert cal["hosts"] and cal["ranks"] == 2
     assert {"numpy", "mpi"} <= set(cal["versions"])
@@ -80,8 +81,7 @@ def test_a_scenario_naming_the_calibrated_profile_simulates(calibrated, tmp_path
     profile = load_profile(path)
     c = load_scenario(scenario).cluster
     assert c.device == profile.device and c.intra_link == profile.link("intra")
-    assert c.collectives == profile.collectives and c.co_run == profile.co_run
-    assert c.wakeup == profile.wakeup and c.spread == profile.spread
+    assert c.measured == profile.measured  # co-running, collectives, wake-ups, spread
     assert c.cores_per_node == profile.cores_per_node
     assert main(["simulate", str(scenario)]) == 0
     out, err = capsys.readouterr()

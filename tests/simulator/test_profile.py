@@ -135,11 +135,11 @@ def check_profile(p: Profile) -> None:
     assert intra.latency == pytest.approx(1e-6) and intra.bandwidth == pytest.approx(5e9)
     assert p.link("inter") is None
     assert p.cores_per_node == 2
-    assert p.co_run == (2, pytest.approx(1.1))
-    assert p.collectives_scope == "intra"
-    assert set(p.collectives) == {"ring", "tree"}
-    assert p.collectives["ring"] == (pytest.approx(RING[0]), pytest.approx(RING[1]))
-    assert p.collectives["tree"] == (pytest.approx(TREE[0]), pytest.approx(TREE[1]))
+    assert p.measured.co_run == (2, pytest.approx(1.1))
+    assert p.measured.collectives_scope == "intra"
+    assert set(p.measured.collectives) == {"ring", "tree"}
+    assert p.measured.collectives["ring"] == (pytest.approx(RING[0]), pytest.approx(RING[1]))
+    assert p.measured.collectives["tree"] == (pytest.approx(TREE[0]), pytest.approx(TREE[1]))
     assert p.calibration["hosts"] == ["node-a"]
     assert p.calibration["versions"] == {"numpy": "2.0", "mpi": "MPICH 4"}
     assert p.calibration["date"] == "2026-01-02T03:04:05+00:00"
@@ -168,8 +168,8 @@ def test_an_unquoted_date_and_an_inter_node_link_read_back(tmp_path: Path):
     assert inter is not None and inter.name == f"{NAME}_inter"
     assert inter.latency == pytest.approx(20e-6) and inter.effective_bandwidth == \
         pytest.approx(0.9e9)
-    assert p.collectives_scope == "inter"
-    assert p.collectives == {"mpi": (0.0, pytest.approx(0.5e9))}
+    assert p.measured.collectives_scope == "inter"
+    assert p.measured.collectives == {"mpi": (0.0, pytest.approx(0.5e9))}
 
 
 def _write(folder: Path, text: str, name: str = "p.yaml") -> Path:
@@ -268,10 +268,10 @@ def test_a_scenario_takes_the_profiles_device_links_and_measurements(tmp_path: P
     assert c.intra_link == profile.link("intra")
     assert c.inter_link == catalogue.links()["eth_10g"]  # one node, none measured
     assert c.cores_per_node == 2
-    assert c.co_run == (2, pytest.approx(1.1))
-    assert c.collectives == {"ring": (pytest.approx(RING[0]), pytest.approx(RING[1])),
+    assert c.measured.co_run == (2, pytest.approx(1.1))
+    assert c.measured.collectives == {"ring": (pytest.approx(RING[0]), pytest.approx(RING[1])),
                              "tree": (pytest.approx(TREE[0]), pytest.approx(TREE[1]))}
-    assert c.collectives_scope == "intra"
+    assert c.measured.collectives_scope == "intra"
     assert Path(c.profile) == prof_path
 
 
@@ -280,7 +280,7 @@ def test_a_scenario_without_a_profile_has_no_measurements(tmp_path: Path):
                            "  intra_link: shm", exchange="ring")
     path = _write(tmp_path, text.replace("  profile: x\n", ""), "s.yaml")
     c = load_scenario(path).cluster
-    assert c.cores_per_node == 0 and c.co_run == (1, 1.0) and c.collectives == {}
+    assert c.cores_per_node == 0 and c.measured.co_run == (1, 1.0) and c.measured.collectives == {}
     assert c.profile == ""
 
 
@@ -314,7 +314,7 @@ def test_the_profiles_device_names_a_base_and_its_own_name_works(tmp_path: Path)
 def test_the_scenarios_cores_per_node_overrides_the_profiles(tmp_path: Path):
     write_profile(tmp_path / "prof.yaml")
     c = load_scenario(write_scenario(tmp_path, extra="  cores_per_node: 8")).cluster
-    assert c.cores_per_node == 8 and c.co_run == (2, pytest.approx(1.1))
+    assert c.cores_per_node == 8 and c.measured.co_run == (2, pytest.approx(1.1))
 
 
 def test_a_missing_profile_names_the_scenario_the_field_and_the_path(tmp_path: Path):
@@ -538,8 +538,8 @@ def test_oversubscribed_nodes_use_the_fit_measured_at_their_ranks_per_core(
     ranks per core, not the one at 4."""
     shared_profile(tmp_path / "prof.yaml", cores)
     p = load_profile(tmp_path / "prof.yaml")
-    assert sorted(p.collectives_shared) == [2.0, 4.0]
-    assert p.collectives_shared[2.0]["ring"] == (pytest.approx(SHARED[0]),
+    assert sorted(p.measured.collectives_shared) == [2.0, 4.0]
+    assert p.measured.collectives_shared[2.0]["ring"] == (pytest.approx(SHARED[0]),
                                                  pytest.approx(SHARED[1]))
     expected = 2 * fit[0] + PARAM_BYTES / fit[1] + PACK_S
     assert exposed(write_scenario(tmp_path, extra=f"  cores_per_node: {cores}")) == (
@@ -607,7 +607,7 @@ def test_a_stream_that_waited_for_another_pays_the_wake_up_at_its_ranks_per_core
     write_profile(tmp_path / "b" / "prof.yaml",
                   cal=calibration(cores_per_node=cores, wakeup=wakeup))
     p = load_profile(tmp_path / "b" / "prof.yaml")
-    assert p.wakeup == {1.0: pytest.approx(1e-3), 2.0: pytest.approx(5e-3)}
+    assert p.measured.wakeup == {1.0: pytest.approx(1e-3), 2.0: pytest.approx(5e-3)}
     without, with_ = (iteration(write_scenario(tmp_path / f)) for f in "ab")
     assert with_ - without == pytest.approx(2 * paid, rel=1e-9)
 
