@@ -57,7 +57,8 @@ def _mpi():  # noqa: ANN202
         import numba  # noqa: F401
         from mpi4py import MPI
     except ImportError as e:
-        raise UsageError(f"this command needs {e.name}: pip install -e '.[exec,mpi]'") from None
+        raise UsageError(f"this command needs {e.name}: pip install -e '.[exec,mpi]' (or mpi4py "
+                         "built against your cluster's MPI)") from None
     return MPI
 
 

@@ -228,19 +228,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
-    try:
-        import numba  # noqa: F401
-        from mpi4py import MPI
-    except ImportError as e:
-        raise UsageError(f"parasim execute needs {e.name}: pip install -e '.[exec,mpi]' (or "
-                         "mpi4py built against your cluster's MPI)") from None
+    from executor.commands import _agree, _backend, _mpi
 
+    comm = _mpi().COMM_WORLD
     from executor.comm import abort_on_error
     from executor.execute import execute, prepare
-    from executor.kernels import get_backend
-    from executor.model import ExecutorError
 
-    comm = MPI.COMM_WORLD
     rank0 = comm.Get_rank() == 0
     # bad input every rank sees alike: rank 0 says it once, every rank exits 2
     failure = None
@@ -248,18 +241,11 @@ def cmd_execute(args: argparse.Namespace) -> int:
         scenario = _load(args.scenario, args.strategy)
         if rank0:
             _check_outputs([args.json, args.trace, args.report, args.weights], args.force)
-        try:
-            backend = get_backend(args.backend)
-        except RuntimeError as e:  # e.g. the CUDA backend on a machine without a GPU
-            raise ExecutorError(f"--backend {args.backend}: {e}") from None
+        backend = _backend(args.backend)  # e.g. the CUDA backend on a machine without a GPU
         prepared = prepare(comm, scenario, args.strategy)
     except _user_errors() as e:
         failure = str(e)
-    failures = comm.allgather(failure)
-    if any(failures):
-        if rank0:
-            first = next(f for f in failures if f)
-            print(f"parasim: error: {first}", file=sys.stderr)
+    if not _agree(comm, failure):
         return 2
     weights: dict[str, Any] | None = {} if args.weights else None
     # from here an error on one rank ends the whole job with the rank and the message
