@@ -120,12 +120,20 @@ def ranking(cases: list[dict]) -> tuple[int, int, list[tuple[dict, dict]], int]:
     return right, pairs, wrong_big, big
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the option and value)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", help="an existing profile (default: calibrate first)")
     ap.add_argument("--grid", default="small", choices=("tiny", "small", "full"))
     ap.add_argument("--out", help="keep the profile and every Result in this folder")
-    ap.add_argument("--repeats", type=int, default=3,
+    ap.add_argument("--repeats", type=positive, default=3,
                     help="rounds of calibrating and validating the whole grid; each case's "
                          "times are the medians over them (default 3)")
     args = ap.parse_args(argv)

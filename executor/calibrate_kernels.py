@@ -84,9 +84,9 @@ def timed(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: 
     ``min_s`` seconds. With ``evict``, a buffer twice the last-level cache is written before
     each call (not timed): in a training step the rest of the model's weights, gradients and
     activations pass through the caches between two uses of one layer's data, and a kernel
-    timed back to back with hot caches runs measurably faster (on this project's 2-core test
-    machine the momentum update of a 1024x1024 layer 2.8x, a 784x1024 dense backward at
-    batch 64 19%)."""
+    timed back to back with hot caches runs measurably faster (the momentum update of a
+    1024x1024 layer 2.3-2.6x on this project's 2-core test machine, as
+    ``benchmarks/machine_effects.py`` prints it)."""
     fn()
     sync()
     spill = spill_buffer() if evict else None

@@ -87,8 +87,8 @@ class ServerRunner:
         self.v = np.zeros_like(self.w)  # momentum velocity, or Adagrad's sum of squares
         self._out = np.empty(self.w.size + 1, np.float32)  # the reply to a pull
         # the update runs on the host's CPU kernels, their prange builds (as many threads as
-        # Numba is given; with one, still the vectorised loop: the serial build of Adagrad's
-        # sqrt and division is not, 10x slower on this project's test machine)
+        # Numba is given; with one, still a vectorised loop, which the serial build of
+        # Adagrad's sqrt and division is not)
         self.k = CpuBackend(parallel=True)
         self.lr, self.momentum = learning_rate, momentum
         self.updater = plan.options.get("updater", "sgd")
