@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from executor import comm as xcomm
 from executor.calibrate_comm import (
     CommCalibration,
     fit_collectives,
@@ -117,7 +118,7 @@ class Calibration(CommCalibration):
     # ---- core sharing -----------------------------------------------------------------------
     def core_sharing(self) -> dict[str, Any]:
         """The slowdown of one GEMM-bound kernel while the node's other ranks compute too
-        (as many as there are cores), and, with more ranks than cores, while they wait in MPI."""
+        (as many as there are cores), and, with more ranks than cores, while they wait."""
         n = 512 if self.grid == "tiny" else 1024
         a = self.k.to_device(np.ones((256, n), F32))
         w = self.k.to_device(np.ones((n, n), F32))
@@ -137,16 +138,18 @@ class Calibration(CommCalibration):
         co_times = [t for t in self.comm.allgather(co) if t]
         out = {"alone_s": alone, "together_ranks": together,
                "together_s": statistics.median(co_times)}
-        if self.ranks_per_node > self.cores:
-            # rank 0 computes while its node's other ranks sit in a blocking MPI barrier
-            waiting = kernel() if self.rank == 0 else 0.0
-            self.comm.Barrier()
-            out["waiting_neighbours_s"] = self.comm.bcast(waiting, root=0)
         alone = self.comm.bcast(alone, root=0)
+        if self.ranks_per_node > self.cores:
+            # rank 0 computes while its node's other ranks wait in a barrier: the executor's
+            # quiet wait (what a run on these cores does), then MPI's own, which polls
+            for key, quiet in (("waiting_slowdown", True), ("polling_wait_slowdown", False)):
+                xcomm.wait_quietly(quiet)
+                waiting = kernel() if self.rank == 0 else 0.0
+                xcomm.barrier(self.comm)
+                out[key] = self.comm.bcast(waiting, root=0) / alone
+            xcomm.wait_quietly(False)
         out["alone_s"] = alone
         out["co_run_slowdown"] = max(1.0, out["together_s"] / alone)
-        if "waiting_neighbours_s" in out:
-            out["waiting_slowdown"] = out["waiting_neighbours_s"] / alone
         return out
 
     def wakeup(self) -> list[dict[str, float]]:
@@ -315,6 +318,9 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
     sharing = cal.core_sharing()
     cal.say(f"  core sharing: {cal.ranks_per_node} rank(s) per node on {cal.cores} core(s); "
             f"co-running slowdown {sharing['co_run_slowdown']:.2f}x")
+    if "waiting_slowdown" in sharing:
+        cal.say(f"  beside waiting ranks: {sharing['waiting_slowdown']:.2f}x waiting quietly, "
+                f"{sharing['polling_wait_slowdown']:.2f}x in MPI's own (polling) waits")
     wakeup = cal.wakeup()
     cal.say("  thread wake-up: " + ", ".join(f"{r['latency_us']:.0f} us at "
                                               f"{r['ranks_per_core']:g} rank(s) per core"

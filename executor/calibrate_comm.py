@@ -98,7 +98,10 @@ class CommCalibration:
                 for s in ALLREDUCE_SIZES[self.grid]:
                     t = 0.0
                     if group != MPI.COMM_NULL:
+                        # waiting as a run of the group's ranks on these cores would
+                        xcomm.wait_quietly(busiest > self.cores)
                         t = self._collective(group, s // 4, algorithm, busiest > self.cores)
+                        xcomm.wait_quietly(False)
                     else:
                         quiet_barrier(self.comm)
                     t = self.comm.allreduce(t, op=MPI.MAX)

@@ -112,6 +112,98 @@ def node_layout(comm: MPI.Comm) -> tuple[int, int] | None:
     return (cache.cross.size, cache.node.size) if cache.uniform else None
 
 
+# ---- waiting ------------------------------------------------------------------------------
+#
+# MPICH waits by polling: a rank blocked in a receive, a send or a barrier keeps running. With a
+# core per rank that is the fastest way to wait; with more ranks than cores it takes the core
+# from a rank that has work (measured: a Downpour worker's pull and push took 7.6 ms per step
+# spinning against 5.6-6.4 ms waiting quietly, 3 workers and a server on 2 cores). So when a
+# node's ranks outnumber its cores every wait below tests its request and sleeps between tests:
+# the waiting rank leaves its share of the cores, as the simulator's node model assumes.
+
+POLL_S = 1e-4  # between tests of a quiet wait; the kernel's timer slack adds about 50 us
+
+
+_quiet = False  # one setting per process: every thread of a rank waits alike
+
+
+def oversubscribed(comm: MPI.Comm) -> bool:
+    """Whether the node of this rank has more of ``comm``'s ranks than cores they may run on
+    (the union of the ranks' CPU affinities, so ranks bound to a core each still count once).
+    Collective over ``comm``."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    cores = set().union(*node.allgather(sorted(os.sched_getaffinity(0))))
+    ranks = node.size
+    node.Free()
+    return ranks > len(cores)
+
+
+def wait_quietly(quiet: bool) -> None:
+    """Make this process's waits quiet (sleep between tests) or MPI's own (polling)."""
+    global _quiet
+    _quiet = quiet
+
+
+def quiet_waits() -> bool:
+    return _quiet
+
+
+def choose_waits(comm: MPI.Comm) -> str:
+    """Wait quietly when a node runs more of ``comm``'s ranks than it has cores, MPI's own way
+    otherwise; returns "quiet" or "polling" (a Result records it). Collective."""
+    quiet = oversubscribed(comm)
+    wait_quietly(quiet)
+    return "quiet" if quiet else "polling"
+
+
+def wait(req: MPI.Request) -> None:
+    """``req.Wait()``, quietly when waits are quiet."""
+    if not quiet_waits():
+        req.Wait()
+        return
+    while not req.Test():
+        time.sleep(POLL_S)
+
+
+def waitall(reqs: list[MPI.Request]) -> None:
+    if not quiet_waits():
+        MPI.Request.Waitall(reqs)
+        return
+    while not MPI.Request.Testall(reqs):
+        time.sleep(POLL_S)
+
+
+def send(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> None:
+    """A blocking send that waits as :func:`wait` does."""
+    if quiet_waits():
+        wait(comm.Isend(buf, dest, tag))
+    else:
+        comm.Send(buf, dest, tag)
+
+
+def recv(comm: MPI.Comm, buf: np.ndarray, source: int, tag: int) -> None:
+    """A blocking receive that waits as :func:`wait` does."""
+    if quiet_waits():
+        wait(comm.Irecv(buf, source, tag))
+    else:
+        comm.Recv(buf, source, tag)
+
+
+def sendrecv(comm: MPI.Comm, sbuf: np.ndarray, dest: int, rbuf: np.ndarray,
+             source: int, tag: int) -> None:
+    if quiet_waits():
+        waitall([comm.Irecv(rbuf, source, tag), comm.Isend(sbuf, dest, tag)])
+    else:
+        comm.Sendrecv(sbuf, dest, tag, rbuf, source, tag)
+
+
+def barrier(comm: MPI.Comm) -> None:
+    if quiet_waits():
+        wait(comm.Ibarrier())
+    else:
+        comm.Barrier()
+
+
 # ---- ring building blocks -----------------------------------------------------------------
 
 
@@ -155,7 +247,7 @@ def _ring_reduce_scatter(comm: MPI.Comm, flat: np.ndarray, bounds: Bounds | None
     for s in range(p - 1):
         a, b = chunks[(r - s - 1) % p]
         c, d = chunks[(r - s - 2) % p]
-        comm.Sendrecv(flat[a:b], right, _TAG, tmp[: d - c], left, _TAG)
+        sendrecv(comm, flat[a:b], right, tmp[: d - c], left, _TAG)
         flat[c:d] += tmp[: d - c]
 
 
@@ -167,7 +259,7 @@ def _ring_allgather(comm: MPI.Comm, flat: np.ndarray, bounds: Bounds | None = No
     for s in range(p - 1):
         a, b = chunks[(r - s) % p]
         c, d = chunks[(r - s - 1) % p]
-        comm.Sendrecv(flat[a:b], right, _TAG, flat[c:d], left, _TAG)
+        sendrecv(comm, flat[a:b], right, flat[c:d], left, _TAG)
 
 
 def _ring_allreduce(comm: MPI.Comm, flat: np.ndarray) -> None:
@@ -185,10 +277,10 @@ def _tree_reduce(comm: MPI.Comm, flat: np.ndarray) -> None:
     k = 1
     while k < p:
         if r % (2 * k) == k:
-            comm.Send(flat, r - k, _TAG)
+            send(comm, flat, r - k, _TAG)
             return
         if r % (2 * k) == 0 and r + k < p:
-            comm.Recv(tmp, r + k, _TAG)
+            recv(comm, tmp, r + k, _TAG)
             flat += tmp
         k *= 2
 
@@ -203,9 +295,9 @@ def _tree_broadcast(comm: MPI.Comm, flat: np.ndarray, root: int) -> None:
     while k > 1:
         k //= 2
         if v % (2 * k) == 0 and v + k < p:
-            comm.Send(flat, (v + k + root) % p, _TAG)
+            send(comm, flat, (v + k + root) % p, _TAG)
         elif v % (2 * k) == k:
-            comm.Recv(flat, (v - k + root) % p, _TAG)
+            recv(comm, flat, (v - k + root) % p, _TAG)
 
 
 # ---- public collectives -------------------------------------------------------------------

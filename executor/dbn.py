@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from executor import comm as xcomm
 from executor.model import ExecutorError, init_weights
 from simulator.intervals import length, minus, union
 from simulator.plan import Collective, Compute, Plan
@@ -186,7 +187,7 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
     # per epoch: (its end, reconstruction error or loss, training accuracy, samples)
     curve: list[tuple[float, float, float | None, int]] = []
     record, epoch_times = [], []
-    comm.Barrier()
+    xcomm.barrier(comm)
     begin = me.wtime()
     for index, s in enumerate(layers):
         p = {key: backend.to_device(v) for key, v in whole[s.layer].items()}
@@ -194,11 +195,11 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
         stalled, layer_start = 0, None
         for epoch in range(o["epochs"]):
             dog.tick(f"{plan.strategy}, {s.layer}, epoch {epoch}")
-            comm.Barrier()
+            xcomm.barrier(comm)
             t0 = me.wtime()
             layer_start = t0 if layer_start is None else layer_start
             errors.append(me.epoch(s, index, epoch, p, x))
-            comm.Barrier()
+            xcomm.barrier(comm)
             t1 = me.wtime()
             epoch_times.append(t1 - t0)
             curve.append((t1 - begin, errors[-1], None, o["samples"]))
@@ -208,7 +209,7 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
                 break
         if s.forward:
             x = me.forward(s, p, x)
-            comm.Barrier()
+            xcomm.barrier(comm)
         record.append({"layer": s.layer, "epochs": len(errors), "reconstruction_error": errors,
                        "converged": stalled >= STALL_EPOCHS,
                        "time_s": me.wtime() - layer_start})

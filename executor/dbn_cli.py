@@ -76,10 +76,12 @@ def execute_dbn(comm: Any, prep: Prepared, backend: Any, timeout: float,
             weights: dict[str, Any] | None) -> dict[str, Any]:
     from mpi4py import MPI
 
+    from executor.comm import choose_waits
     from executor.watchdog import Watchdog
     from simulator.predict import code_version
 
     sc = prep.scenario
+    waits = choose_waits(comm)
     dog = Watchdog(comm, timeout)
     try:
         entries = [run_dbn(comm, plan, prep.graph, sc, prep.data, backend, dog, weights)
@@ -89,7 +91,8 @@ def execute_dbn(comm: Any, prep: Prepared, backend: Any, timeout: float,
     return {"scenario": {"name": sc.name, "description": sc.description, "file": sc.file,
                          "seed": sc.seed, "devices": comm.Get_size(),
                          "device": f"{backend.name} rank", "batch_size": sc.training.batch_size,
-                         "hosts": sorted(set(comm.allgather(MPI.Get_processor_name())))},
+                         "hosts": sorted(set(comm.allgather(MPI.Get_processor_name()))),
+                         "waits": waits},
             "code_version": code_version(), "skipped": prep.skipped, "results": entries}
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from executor import comm as xcomm
 from executor.model import ExecutorError, Forward, Layer
 from executor.runner import RankRunner
 from simulator.plan import Collective, Compute, Plan, RankProgram, Update
@@ -171,7 +172,7 @@ class FineTuner:
                       for n, layer in runner.layers.items() if layer.params}
         for e in range(self.plan.options["fine_tune_epochs"]):
             dog.tick(f"{self.plan.strategy}, fine-tuning epoch {e}")
-            self.comm.Barrier()
+            xcomm.barrier(self.comm)
             t0 = MPI.Wtime()
             stats = np.zeros(3)
             for step in (s for s in self.steps if s.epoch == e):
@@ -182,7 +183,7 @@ class FineTuner:
                 stats += (got["loss_sum"], got["correct"], got["counted"])
                 self.spans += [(stream, f"allreduce:{step.key}" if name.startswith("wgrad:")
                                 else name, a, b) for stream, name, a, b in timings.spans]
-            self.comm.Barrier()
+            xcomm.barrier(self.comm)
             t1 = MPI.Wtime()
             total = self.comm.allreduce(stats)
             self.epochs.append((t0, t1, total[0] / total[2], total[1] / total[2],

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from executor import comm as xcomm
 from executor.faults import maybe_fail
 from executor.measure import phases_of
 from executor.runner import RankRunner
@@ -36,7 +37,7 @@ def run_downpour(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend: Any
     rank = comm.Get_rank()
     prog = plan.ranks[rank]
     t = scenario.training
-    comm.Barrier()  # everyone starts together (all alive here)
+    xcomm.barrier(comm)  # everyone starts together (all alive here)
     if prog.role == "server":
         server = ServerRunner(comm, plan, graph, scenario.seed, t.learning_rate, 0.0)
         dog.tick(f"{plan.strategy}, serving")
@@ -76,7 +77,7 @@ def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # no
             curve.append((end - start0, samples, stats["loss_sum"] / max(stats["counted"], 1),
                           stats["correct"] / max(stats["counted"], 1)))
     for server in (r.rank for r in plan.ranks if r.role == "server"):
-        comm.Send(np.zeros(1, np.float32), server, TAG_DONE)
+        xcomm.send(comm, np.zeros(1, np.float32), server, TAG_DONE)
     mean = {k: statistics.fmean(p[k] for p in phases) for k in phases[0]} if phases else {}
     return {"role": "worker", "rank": rank, "device": prog.device, "times": times,
             "phases": mean, "curve": curve, "samples": samples}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from executor import comm as xcomm
 from executor.data import Dataset, open_dataset, synthetic
 from executor.dbn import run_dbn
 from executor.downpour import run_downpour
@@ -94,6 +95,7 @@ def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0
     scenario, ctx, plans, skipped, data = (prep.scenario, prep.ctx, prep.plans, prep.skipped,
                                            prep.data)
     hosts = sorted(set(comm.allgather(MPI.Get_processor_name())))  # while every rank is alive
+    waits = xcomm.choose_waits(comm)
     dog = Watchdog(comm, timeout)
     try:
         entries = [run_downpour(comm, plan, ctx.graph, scenario, data, backend, dog, weights,
@@ -110,7 +112,7 @@ def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0
                      "file": scenario.file, "seed": scenario.seed,
                      "devices": comm.Get_size(), "device": f"{backend.name} rank",
                      "batch_size": scenario.training.batch_size,
-                     "hosts": hosts},
+                     "hosts": hosts, "waits": waits},
         "code_version": code_version(),
         "skipped": skipped,
         "results": entries,
@@ -145,10 +147,10 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
         dog.tick(f"{plan.strategy}, period {period}")
         if period == warm:
             maybe_fail(comm.Get_rank())
-        comm.Barrier()
+        xcomm.barrier(comm)
         start = MPI.Wtime()
         timings, stats = runner.run_period(x, y)
-        comm.Barrier()
+        xcomm.barrier(comm)
         end = MPI.Wtime()
         wall0 = start if wall0 is None and period >= warm else wall0
         summed = comm.allreduce(np.array([stats["loss_sum"], stats["correct"],
@@ -192,13 +194,13 @@ def _serve(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, dog: Watchdog,
         dog.tick(f"{plan.strategy}, serving period {period}")
         if period == t.warmup_iterations:
             server.handed.clear()  # portions of measured batches only
-        comm.Barrier()
+        xcomm.barrier(comm)
         if plan.mode == "batch":
             server.serve_batch(plan.portions, server.shard == 0, servers,
                                plan.options.get("history", 10))
         else:
             server.serve_period()
-        comm.Barrier()
+        xcomm.barrier(comm)
         comm.allreduce(np.zeros(3, dtype=np.float64))
     if plan.mode == "batch" and server.shard == 0:
         comm.send(server.handed, dest=0, tag=TAG_HANDED)

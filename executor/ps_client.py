@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from executor import comm as xcomm
 from executor.server import (
     TAG_DONE,
     TAG_PARAM,
@@ -26,8 +27,8 @@ class ParameterServerClient:
         then tell every server this worker's pushes for the batch are all sent."""
         ask, portion = np.zeros(1, np.float32), np.zeros(1, np.int64)
         while True:
-            self.comm.Send(ask, op.coordinator, TAG_WORK)
-            self.comm.Recv(portion, op.coordinator, TAG_PORTION)
+            xcomm.send(self.comm, ask, op.coordinator, TAG_WORK)
+            xcomm.recv(self.comm, portion, op.coordinator, TAG_PORTION)
             p = int(portion[0])
             if p < 0:
                 break
@@ -35,7 +36,7 @@ class ParameterServerClient:
                 self._run(replace(body_op, micro_batch=p) if isinstance(body_op, Compute)
                           else body_op)
         for server in self.ps_ranks:
-            self.comm.Send(ask, server, TAG_DONE)
+            xcomm.send(self.comm, ask, server, TAG_DONE)
 
     # ---- parameter servers (executor/server.py has the protocol) -----------------------------
     def _push_messages(self) -> np.ndarray:
@@ -62,7 +63,7 @@ class ParameterServerClient:
         lo, hi = self.ps_chunks[op.shard]
         msg = buf[lo + op.shard:hi + op.shard + 1]
         msg[0] = self.versions[op.shard]
-        self.comm.Send(msg, self.ps_ranks[op.shard], TAG_PUSH)
+        xcomm.send(self.comm, msg, self.ps_ranks[op.shard], TAG_PUSH)
         self._pushed.add(op.shard)
         if len(self._pushed) == len(self.ps_ranks):
             self._pushed.clear()
@@ -74,9 +75,9 @@ class ParameterServerClient:
         """Ask the shard for its parameters and wait for them: the next step needs them."""
         lo, hi = self.ps_chunks[op.shard]
         server = self.ps_ranks[op.shard]
-        self.comm.Send(np.zeros(1, np.float32), server, TAG_PULL)
+        xcomm.send(self.comm, np.zeros(1, np.float32), server, TAG_PULL)
         msg = self._pull_bufs[op.shard]
-        self.comm.Recv(msg, server, TAG_PARAM)
+        xcomm.recv(self.comm, msg, server, TAG_PARAM)
         self.versions[op.shard] = int(msg[0])
         self._pulled[lo:hi] = msg[1:]
         self._pulled_shards.add(op.shard)

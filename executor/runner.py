@@ -173,7 +173,7 @@ class RankRunner(ParameterServerClient):
         if failure:
             raise failure[0]
         for req in self.sends:
-            req.Wait()
+            xcomm.wait(req)
         self.sends.clear()
         stats = {"loss_sum": self.loss_sum, "correct": self.correct, "counted": self.counted}
         return t, stats
@@ -214,7 +214,7 @@ class RankRunner(ParameterServerClient):
             self._work_loop(op)
             return "compute"
         if isinstance(op, Barrier):
-            self.groups[op.group].Barrier()
+            xcomm.barrier(self.groups[op.group])
             return "communication"
         if isinstance(op, Update):
             self._update()
@@ -269,7 +269,7 @@ class RankRunner(ParameterServerClient):
     def _get(self, key: tuple[str, str, int], who: str) -> Any:
         if key in self.pending:
             buf, req = self.pending.pop(key)
-            req.Wait()
+            xcomm.wait(req)
             self.store[key] = self._to_device(buf)
         if key not in self.store:
             raise ExecutorError(f"rank {self.rank}: {who} needs {key[0]}:{key[1]} of micro-batch "

@@ -33,6 +33,7 @@ import networkx as nx
 import numpy as np
 from mpi4py import MPI
 
+from executor import comm as xcomm
 from executor.kernels.cpu import CpuBackend
 from executor.model import chunk, init_weights
 from simulator.plan import Plan
@@ -115,7 +116,7 @@ class ServerRunner:
         msg = self._out  # kept: a blocking send is done with it when it returns
         msg[0] = self.version
         msg[1:] = self.w
-        self.comm.Send(msg, worker, TAG_PARAM)
+        xcomm.send(self.comm, msg, worker, TAG_PARAM)
 
     # ---- synchronous ----------------------------------------------------------------------
     def serve_period(self) -> None:
@@ -126,12 +127,12 @@ class ServerRunner:
         # between nodes, MPICH's any-source receives were seen to stall (a worker's send never
         # matched); receiving from each worker in turn costs nothing here
         for w in self.workers:
-            self.comm.Recv(msg, w, TAG_PUSH)
+            xcomm.recv(self.comm, msg, w, TAG_PUSH)
             total += msg[1:]
         self._apply(total)
         ping = np.empty(1, np.float32)
         for w in self.workers:
-            self.comm.Recv(ping, w, TAG_PULL)
+            xcomm.recv(self.comm, ping, w, TAG_PULL)
             self._reply(w)
 
     # ---- asynchronous (Downpour) ----------------------------------------------------------
@@ -163,7 +164,7 @@ class ServerRunner:
             src, tag = status.Get_source(), status.Get_tag()
             heard[src] = time.monotonic()
             if tag == TAG_PUSH:
-                self.comm.Recv(msg, src, TAG_PUSH)
+                xcomm.recv(self.comm, msg, src, TAG_PUSH)
                 self.staleness.append(self.version - int(msg[0]))
                 self._apply(msg[1:])
             elif tag == TAG_PULL:
@@ -193,7 +194,7 @@ class ServerRunner:
                 found = True
                 tag = status.Get_tag()
                 if tag == TAG_PUSH:
-                    self.comm.Recv(msg, w, TAG_PUSH)
+                    xcomm.recv(self.comm, msg, w, TAG_PUSH)
                     g += msg[1:]
                 elif tag == TAG_PULL:
                     self.comm.Recv(ping, w, TAG_PULL)
@@ -203,7 +204,7 @@ class ServerRunner:
                     portion = handed if handed < portions else -1
                     handed += portion >= 0
                     self.handed[w] = self.handed.get(w, 0) + (portion >= 0)
-                    self.comm.Send(np.array([portion], np.int64), w, TAG_PORTION)
+                    xcomm.send(self.comm, np.array([portion], np.int64), w, TAG_PORTION)
                 elif tag == TAG_DONE:
                     self.comm.Recv(ping, w, TAG_DONE)
                     done.add(w)

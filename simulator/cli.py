@@ -284,7 +284,9 @@ def _exit_without_finalize() -> int:
 
 def format_measured(result: dict[str, Any]) -> str:
     sc = result["scenario"]
-    lines = [f"{sc['name']}: measured on {sc['devices']} rank(s) ({', '.join(sc['hosts'])})",
+    waits = f"; {sc['waits']} waits" if "waits" in sc else ""
+    lines = [f"{sc['name']}: measured on {sc['devices']} rank(s) "
+             f"({', '.join(sc['hosts'])}{waits})",
              "(breakdown columns: ms per iteration, averaged over ranks)"]
     rows = [("strategy", "ranks", "samples/s", "iter ms", "compute", "comm", "ps wait", "copy",
              "idle", "loss", "accuracy")]

@@ -49,9 +49,10 @@ def mpirun(n: int, *args: str, env: dict[str, str] | None = None
 
 def expected_checks(p: int) -> int:
     """Per rank and size: 4 all-reduces, 3 same-bits checks (not ``mpi``), reduce-scatter,
-    all-gather, p broadcasts, send/recv; then the 2-D all-reduce and the tags."""
+    all-gather, p broadcasts, send/recv; then the 2-D all-reduce, the blocking send/recv (with
+    another rank), the barrier and the tags."""
     sizes = {0, 1, 5, p - 1, 1000, 100003}
-    return p * (len(sizes) * (10 + p) + 2)
+    return p * (len(sizes) * (10 + p) + 3 + (p > 1))
 
 
 @pytest.mark.parametrize(("n", "env", "layout"), [
@@ -67,6 +68,23 @@ def test_collectives_match_closed_forms(n: int, env: dict[str, str], layout: str
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:2] == [f"nodes {layout}", f"OK {expected_checks(n)}"], \
         res.stdout
+
+
+@pytest.mark.parametrize(("n", "env"), [(2, {}), (3, {}), (4, {"MPIR_CVAR_NUM_CLIQUES": "2"})],
+                         ids=["n2", "n3", "n4-2nodes"])
+def test_quiet_waits_give_the_same_results(n: int, env: dict[str, str]) -> None:
+    # every wait tests its request and sleeps between tests (executor/comm.py, "waiting"):
+    # the same closed forms, through the non-blocking calls
+    res, _ = mpirun(n, "quiet", env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[1] == f"OK {expected_checks(n)}", res.stdout
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_ranks_sharing_one_core_are_oversubscribed(n: int) -> None:
+    res, _ = mpirun(n, "one-core")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"oversubscribed {n > 1}"
 
 
 @pytest.mark.parametrize("n", [2, 4])

@@ -70,14 +70,17 @@ strategies:
 
 def launch(ranks: int, args: list[str], timeout: float = 240, env: dict | None = None,
            launcher_args: list[str] | None = None, module: str = "simulator.cli",
-           code: str | None = None) -> subprocess.CompletedProcess:
-    """``mpiexec -n RANKS python -m MODULE ARGS`` (or ``python -c CODE ARGS``)."""
+           code: str | None = None, one_core: bool = False) -> subprocess.CompletedProcess:
+    """``mpiexec -n RANKS python -m MODULE ARGS`` (or ``python -c CODE ARGS``); with
+    ``one_core`` every rank runs on the first core this process may use."""
     run = ["-c", code] if code is not None else ["-m", module]
     cmd = ["mpiexec", *(launcher_args or []), "-n", str(ranks), sys.executable, *run, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                 "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", **(env or {})}
+    core = {min(os.sched_getaffinity(0))}
+    pin = (lambda: os.sched_setaffinity(0, core)) if one_core else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=full_env)
+                            start_new_session=True, env=full_env, preexec_fn=pin)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -130,6 +133,31 @@ def test_a_partitioned_run_ends_with_the_one_device_weights(runs, model, ranks, 
     assert got.keys() == one.keys() and one
     for key in one:
         np.testing.assert_allclose(got[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_ranks_sharing_a_core_wait_quietly_and_train_alike(runs, tmp_path: Path):
+    # 4 ranks on one core: every wait sleeps between tests of its request (executor/comm.py);
+    # the ring all-reduce, the pipeline's messages, the barriers and the parameter servers'
+    # pushes and pulls still give the one-device weights
+    path = tmp_path / "mlp.yaml"
+    path.write_text(MLP.format(iterations=4))
+    res, wts = tmp_path / "q.json", tmp_path / "q.npz"
+    names = ["dp4-ring", "1f1b2x2", "dp2-ps2"]
+    done = launch(4, ["execute", str(path), "--backend", "reference", "--json", str(res),
+                      "--weights", str(wts), *(a for n in names for a in ("--strategy", n))],
+                  one_core=True)
+    assert done.returncode == 0, done.stderr
+    assert "quiet waits" in done.stdout
+    assert json.loads(res.read_text())["scenario"]["waits"] == "quiet"
+    assert runs["mlp1"]["result"]["scenario"]["waits"] == "polling"
+    one = weights_of(runs["mlp1"], "one")
+    run = {"weights": dict(np.load(wts))}
+    for name in names:
+        got = weights_of(run, name)
+        assert got.keys() == one.keys()
+        for key in one:
+            np.testing.assert_allclose(got[key], one[key], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} {key}")
 
 
 def test_training_is_real_the_loss_falls(tmp_path: Path):

@@ -2,6 +2,8 @@
 
     mpiexec -n 4 python tests/executor/mpi_cases/comm_cases.py          # all checks
     mpiexec -n 2 python tests/executor/mpi_cases/comm_cases.py fail 1   # rank 1 raises
+    mpiexec -n 4 python tests/executor/mpi_cases/comm_cases.py quiet    # all, waiting quietly
+    mpiexec -n 2 python tests/executor/mpi_cases/comm_cases.py one-core # oversubscribed?
 
 Every expected value is a closed form of the rank and the element index, exact in float32
 except the sums, which are checked to float32 tolerance. Rank 0 prints ``nodes <layout>`` then
@@ -10,7 +12,9 @@ except the sums, which are checked to float32 tolerance. Rank 0 prints ``nodes <
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -21,13 +25,19 @@ from executor.comm import (
     abort_on_error,
     allgather,
     allreduce,
+    barrier,
     broadcast,
     chunk_bounds,
     node_layout,
+    oversubscribed,
+    quiet_waits,
+    recv,
     recv_tensor,
     reduce_scatter,
+    send,
     send_tensor,
     tag_of,
+    wait_quietly,
 )
 
 
@@ -102,9 +112,9 @@ def run_checks(comm: MPI.Comm) -> int:
         # a shaped tensor around the ring, string tags hashed the same on every rank
         right, left = (r + 1) % p, (r - 1) % p
         shape = (n // 5, 5) if n % 5 == 0 else (n,)
-        send = (np.arange(n) + 0.25 * r).astype(np.float32).reshape(shape)
+        mine_t = (np.arange(n) + 0.25 * r).astype(np.float32).reshape(shape)
         got, rreq = recv_tensor(comm, shape, left, tag_of(f"act.{left}->{r}"))
-        sreq = send_tensor(comm, send, right, tag_of(f"act.{r}->{right}"))
+        sreq = send_tensor(comm, mine_t, right, tag_of(f"act.{r}->{right}"))
         MPI.Request.Waitall([rreq, sreq])
         ck.close(f"send/recv n={n}", got, (np.arange(n) + 0.25 * left).reshape(shape), True)
 
@@ -112,6 +122,26 @@ def run_checks(comm: MPI.Comm) -> int:
     buf = contribution(3 * 7, r).reshape(3, 7)
     allreduce(comm, buf, "ring")
     ck.close("allreduce 2-D", buf, expected_sum(21, p).reshape(3, 7))
+
+    # blocking send and receive around the ring (even ranks send first: no cycle of sends)
+    right, left = (r + 1) % p, (r - 1) % p
+    got = np.empty(1000, np.float32)
+    for step in (0, 1):
+        if (r % 2 == 0) == (step == 0) and p > 1:
+            send(comm, np.full(1000, r, np.float32), right, 9)
+        elif p > 1:
+            recv(comm, got, left, 9)
+    if p > 1:
+        ck.close("send/recv (blocking)", got, np.full(1000, left, np.float32), True)
+
+    # the barrier holds every rank until the last one enters it
+    if r == 0:
+        time.sleep(0.2)
+    t = MPI.Wtime()
+    barrier(comm)
+    if r != 0 and MPI.Wtime() - t < 0.15:
+        raise AssertionError(f"rank {r} left the barrier before rank 0 entered it")
+    ck.count += 1
 
     tags = [tag_of(name) for name in ("stage0.fwd", "stage1.bwd", "")]
     if comm.allgather(tags) != [tags] * p or not all(
@@ -129,6 +159,16 @@ def main(argv: list[str]) -> None:
                 raise ValueError("injected failure")
             allreduce(comm, np.ones(4, np.float32), "ring")  # would wait forever without Abort
             return
+        if argv[:1] == ["one-core"]:  # every rank on the first core the job may use
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+            if comm.rank == 0:
+                print(f"oversubscribed {oversubscribed(comm)}", flush=True)
+            else:
+                oversubscribed(comm)
+            return
+        wait_quietly(argv[:1] == ["quiet"])
+        if quiet_waits() != (argv[:1] == ["quiet"]):
+            raise AssertionError("wait_quietly did not take")
         layout = node_layout(comm)
         total = run_checks(comm)
         if comm.rank == 0:
