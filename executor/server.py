@@ -93,6 +93,12 @@ class ServerRunner:
         self.k = CpuBackend(parallel=True)
         self.lr, self.momentum = learning_rate, momentum
         self.updater = plan.options.get("updater", "sgd")
+        # compile (or load from Numba's cache) the update now, not inside the first push's
+        # service: that took 0.2-0.3 s on the test machine, counted as busy and making the
+        # workers that pushed first wait
+        one = np.zeros(1, np.float32)
+        (self.k.adagrad(one, one, one.copy(), 0.0) if self.updater == "adagrad"
+         else self.k.sgd_momentum(one, one, one.copy(), 0.0, 0.0))
         self.version = 0
         self.staleness: list[int] = []
         self.busy = 0.0
