@@ -41,7 +41,7 @@ ELEMENTS = [256, 4096, 65536, 262144]
 RBM = [(784, 500), (500, 500), (500, 2000), (256, 256)]
 GRIDS: dict[str, dict[str, Any]] = {
     "tiny": {"batches": (16, 64), "take": 2, "repeats": 3, "min_s": 0.005},
-    "small": {"batches": (32, 128, 256), "take": 5, "repeats": 5, "min_s": 0.03},
+    "small": {"batches": (32, 64, 128, 256), "take": 5, "repeats": 5, "min_s": 0.03},
     "full": {"batches": (16, 64, 128, 256, 512), "take": 99, "repeats": 7, "min_s": 0.1},
 }
 
