@@ -14,7 +14,8 @@ Printed, each as a ratio of two timings taken in the same run:
   CPU backend's one-pass kernel;
 * with 2 or more ranks: rank 0's GEMM alone, and while every other rank waits in a blocking
   ``MPI_Recv`` or ``MPI_Barrier`` (on fewer cores than ranks, whether waiting ranks give up
-  their cores or spin on them).
+  their cores or spin on them), or in the executor's quiet wait (``executor/comm.py``: test the
+  request, sleep, test again), which the executor uses when ranks outnumber cores.
 
 Run it with one BLAS/Numba thread per process (OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1).
 """
@@ -82,7 +83,10 @@ def quiet(comm) -> None:  # noqa: ANN001
 
 
 def waiting(comm) -> None:  # noqa: ANN001
-    """Rank 0's GEMM alone (the others sleep), then while they block in Recv, then Barrier."""
+    """Rank 0's GEMM alone (the others sleep), then while they block in Recv, in Barrier, and
+    in the executor's quiet receive."""
+    from executor import comm as xcomm
+
     a, w = np.ones((256, 1024), F32), np.ones((1024, 1024), F32)
 
     def gemm() -> float:
@@ -105,6 +109,15 @@ def waiting(comm) -> None:  # noqa: ANN001
     quiet(comm)
     in_barrier = gemm() if comm.rank == 0 else 0.0
     comm.Barrier()
+    quiet(comm)
+    xcomm.wait_quietly(True)
+    if comm.rank == 0:
+        in_quiet = gemm()
+        for r in range(1, comm.size):
+            xcomm.send(comm, token, r, 6)
+    else:
+        xcomm.recv(comm, token, 0, 6)
+    xcomm.wait_quietly(False)
     if comm.rank == 0:
         import os
 
@@ -112,7 +125,8 @@ def waiting(comm) -> None:  # noqa: ANN001
         print(f"GEMM on rank 0 with {comm.size - 1} other rank(s) on {cores} core(s): alone "
               f"{alone * 1e3:.2f} ms; others in MPI_Recv {in_recv * 1e3:.2f} ms "
               f"({in_recv / alone:.2f}x); others in MPI_Barrier {in_barrier * 1e3:.2f} ms "
-              f"({in_barrier / alone:.2f}x)")
+              f"({in_barrier / alone:.2f}x); others in the executor's quiet wait "
+              f"{in_quiet * 1e3:.2f} ms ({in_quiet / alone:.2f}x)")
 
 
 def main() -> int:
