@@ -46,7 +46,9 @@ class Network:
     env: simpy.Environment
     capacity: dict[Edge, float]
     record_rates: bool = False
-    flows: set[Flow] = field(default_factory=set)
+    # in the order they started (a dict, not a set: a set of objects iterates by address, and
+    # flows finishing at one instant would succeed in an order that changes from run to run)
+    flows: dict[Flow, None] = field(default_factory=dict)
     stats: dict[Edge, EdgeStats] = field(default_factory=lambda: defaultdict(EdgeStats))
     rate_log: list[tuple[float, Edge, float]] = field(default_factory=list)
     _last: float = 0.0
@@ -70,8 +72,8 @@ class Network:
             done.succeed()
             return
         self._advance()
-        self.flows.add(Flow(route=route, remaining=nbytes, done=done, nbytes=nbytes, tag=tag,
-                            weight=weight))
+        self.flows[Flow(route=route, remaining=nbytes, done=done, nbytes=nbytes, tag=tag,
+                        weight=weight)] = None
         if not self._pending:  # flows starting at one instant share one fair-share pass
             self._pending = True
             self.env.timeout(0).callbacks.append(self._flush)
@@ -113,8 +115,8 @@ class Network:
         for f in self.flows:
             if f.remaining <= EPS * f.nbytes:
                 due.append(f)
-        for f in set(due):
-            self.flows.discard(f)
+        for f in dict.fromkeys(due):
+            self.flows.pop(f, None)
             for e in f.route:
                 self.stats[e].bytes += f.nbytes * f.weight
             f.done.succeed()

@@ -137,3 +137,17 @@ def test_flows_started_together_cost_one_timer(shared):
         env.step()
         steps += 1
     assert steps <= 2  # at most one zero-delay batching event and the one timer
+
+
+def test_flows_finishing_together_complete_in_the_order_they_started():
+    # the order decides, for example, which of two pushes a parameter-server shard takes
+    # first; it must not depend on where the flows happen to sit in memory
+    for _ in range(20):
+        env = simpy.Environment()
+        network = Network(env, {E1: 10.0, E2: 10.0, ("c", "d"): 10.0})
+        order: list[str] = []
+        for name, edge in (("first", E2), ("second", ("c", "d")), ("third", E1)):
+            network.transfer((edge,), 30.0, tag=name).callbacks.append(
+                lambda _e, name=name: order.append(name))
+        env.run()
+        assert order == ["first", "second", "third"]
