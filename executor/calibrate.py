@@ -325,6 +325,10 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
     cal.say("  thread wake-up: " + ", ".join(f"{r['latency_us']:.0f} us at "
                                               f"{r['ranks_per_core']:g} rank(s) per core"
                                               for r in wakeup))
+    message_wakeup = cal.message_wakeup()
+    cal.say("  message wake-up (quiet wait): " + ", ".join(
+        f"{r['latency_us']:.0f} us at {r['ranks_per_core']:g} rank(s) per core"
+        for r in message_wakeup))
     spread = cal.spread()
     cal.say("  rank spread: " + ", ".join(f"{r['std_us']:.0f} us at {r['ranks_per_core']:g} "
                                            "rank(s) per core" for r in spread))
@@ -374,11 +378,14 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
         link_entries[f"{name}_{scope}"] = {
             "scope": scope, "bandwidth_GBps": m["bandwidth_Bps"] / 1e9,
             "latency_us": m["latency_s"] * 1e6, "efficiency": 1.0,
+            "eager_limit_KiB": m["eager_limit_bytes"] / 1024,
             "source": f"{where}: MPI one-way message times, latency of the smallest "
-                      "message, bandwidth fitted over large messages"}
+                      "message, bandwidth fitted over large messages; the eager limit: the "
+                      "largest blocking send that returned before its receiver was there"}
     measured = {"kernels_s": {k: [[f, t] for f, t in v] for k, v in sorted(curves.items())},
                 "memory_bandwidth_GBps": membw / 1e9, "launch_overhead_s": launch,
-                "core_sharing": sharing, "wakeup": wakeup, "spread": spread, "p2p": links,
+                "core_sharing": sharing, "wakeup": wakeup, "message_wakeup": message_wakeup,
+                "spread": spread, "p2p": links,
                 "allreduce": rows}
     if copies:
         measured["host_device_copy"] = copies
@@ -388,6 +395,9 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
                               "slowdown": round(sharing["co_run_slowdown"], 4)},
                    "wakeup": [{"ranks_per_core": r["ranks_per_core"],
                                "latency_us": round(r["latency_us"], 2)} for r in wakeup],
+                   "message_wakeup": [{"ranks_per_core": r["ranks_per_core"],
+                                       "latency_us": round(r["latency_us"], 2)}
+                                      for r in message_wakeup],
                    "spread": [{"ranks_per_core": r["ranks_per_core"],
                                "std_us": round(r["std_us"], 2),
                                "work_us": round(r["work_s"] * 1e6, 1)} for r in spread],
@@ -427,7 +437,7 @@ def summary(device: dict, links: dict, rows: list[dict], sharing: dict, cal: Cal
                    f"{c['flops'][0]:.3g} .. {c['flops'][-1]:.3g} FLOPs")
     for n, lk in links.items():
         out.append(f"  {n}: latency {lk['latency_us']:.2f} us, bandwidth "
-                   f"{lk['bandwidth_GBps']:.2f} GB/s")
+                   f"{lk['bandwidth_GBps']:.2f} GB/s, eager limit {lk['eager_limit_KiB']:g} KiB")
     out.append("  all-reduce ranks per-core      bytes  measured ms   link model   error   fitted"
                "   error")
     for r in rows:

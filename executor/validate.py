@@ -55,7 +55,7 @@ def with_profile(scenario_path: str, profile_path: str) -> Scenario:
 def _same_host(profile: Any) -> dict[str, Any]:
     intra = profile.link("intra")
     return {"scope": "inter", "bandwidth_GBps": intra.bandwidth / 1e9, "latency_us": 0.0,
-            "efficiency": intra.efficiency,
+            "efficiency": intra.efficiency, "eager_limit_KiB": intra.eager_limit / 1024,
             "source": f"one host ({profile.file}): the hop is the intra link's shared memory"}
 
 

@@ -103,6 +103,11 @@ class Cluster:
                 last = link
         return total
 
+    def eager_limit(self, route: tuple[Edge, ...]) -> float:
+        """The largest message a send over ``route`` completes without its receiver (MPI's
+        eager protocol; the smallest limit of the links crossed)."""
+        return min((self.graph.edges[e]["link"].eager_limit for e in route), default=0.0)
+
     def bandwidth(self, edge: Edge) -> float:
         return self.graph.edges[edge]["bandwidth"]
 

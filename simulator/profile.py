@@ -12,6 +12,9 @@ A profile is a YAML file with three parts::
       wakeup:                # read by the simulator: a blocked thread's wake-up latency
         - {ranks_per_core: 1.0, latency_us: 20}
         - {ranks_per_core: 2.0, latency_us: 1300}
+      message_wakeup:        # read by the simulator: a process's, after a quiet wait
+        - {ranks_per_core: 1.0, latency_us: 90}
+        - {ranks_per_core: 2.0, latency_us: 150}
       spread:                # read by the simulator: how unevenly ranks finish equal work
         - {ranks_per_core: 1.0, std_us: 40, work_us: 9000}
         - {ranks_per_core: 2.0, std_us: 1500, work_us: 18000}
@@ -48,7 +51,8 @@ from simulator.schema import Fields, choice, integer, list_of, load_yaml, number
 from simulator.specs import DeviceSpec, LinkSpec, NodeMeasurements
 
 CALIBRATION_KEYS = ("date", "hosts", "ranks", "ranks_per_node", "cores_per_node", "co_run",
-                    "wakeup", "spread", "collectives", "backend", "versions", "measured")
+                    "wakeup", "message_wakeup", "spread", "collectives", "backend", "versions",
+                    "measured")
 ALGORITHMS = ("ring", "tree", "mpi")
 
 
@@ -119,6 +123,7 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
         return value
 
     wakeup = _by_load(cal, "wakeup", wake)
+    message_wakeup = _by_load(cal, "message_wakeup", wake)
     spread = _by_load(cal, "spread", spreads)
     collectives, scope, shared = {}, "intra", {}
     if cal.has("collectives"):
@@ -153,7 +158,7 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     top.done(("calibration", "devices", "links"))
     measured = NodeMeasurements(co_run=co_run, collectives=collectives,
                                 collectives_scope=scope, collectives_shared=shared,
-                                wakeup=wakeup, spread=spread)
+                                wakeup=wakeup, message_wakeup=message_wakeup, spread=spread)
     return Profile(file=file, devices=devices, links=links, cores_per_node=cores,
                    measured=measured, calibration=record)
 

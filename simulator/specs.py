@@ -31,7 +31,9 @@ class DeviceSpec:
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """A link type: per-direction bandwidth of one port, one-way small-message latency."""
+    """A link type: per-direction bandwidth of one port, one-way small-message latency, and
+    MPI's eager limit over it: a send of up to ``eager_limit`` bytes completes without its
+    receiver; a larger one (rendezvous) completes when the receiver has taken it."""
 
     name: str
     scope: str  # intra | inter
@@ -39,7 +41,7 @@ class LinkSpec:
     latency: float  # s
     efficiency: float
     source: str
-
+    eager_limit: float = 16 * 2**10  # bytes
     @property
     def effective_bandwidth(self) -> float:
         return self.bandwidth * self.efficiency
@@ -83,6 +85,10 @@ class NodeMeasurements:
     # a blocked thread's wake-up latency (seconds) by ranks per core: what a rank's stream
     # pays when it waited for another stream, and a parameter server that idled
     wakeup: dict[float, float] = field(default_factory=dict)
+    # a process's wake-up latency (seconds) by ranks per core when it slept in a quiet wait
+    # (executor/comm.py) for a message: what a rank waiting for a message pays on a node with
+    # more ranks than cores, and a parameter-server rank polling for one
+    message_wakeup: dict[float, float] = field(default_factory=dict)
     # the spread of ranks' finish times by ranks per core: (standard deviation, duration of the
     # work it was measured on), seconds; each run of kernels on a device is early or late at
     # random by that much, scaled down for runs shorter than that work

@@ -11,6 +11,7 @@ MS = 1e-3
 GB = 1e9
 GIB = 2**30
 MIB = 2**20
+KIB = 2**10
 TFLOPS = 1e12
 GBIT = 1e9 / 8  # bytes per second in one Gbit/s
 
@@ -23,6 +24,7 @@ SUFFIXES: dict[str, float] = {
     "_s": 1.0,
     "_GiB": GIB,
     "_MiB": MIB,
+    "_KiB": KIB,
     "_TFLOPS": TFLOPS,
     "_GHz": 1e9,
 }

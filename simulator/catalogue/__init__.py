@@ -20,7 +20,7 @@ PRECISIONS = ("fp64", "fp32", "fp16", "bf16", "fp8")
 DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",
                "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
                "comm_sms", "kernels", "source")
-LINK_KEYS = ("scope", "bandwidth_GBps", "latency_us", "efficiency", "source")
+LINK_KEYS = ("scope", "bandwidth_GBps", "latency_us", "efficiency", "source", "eager_limit_KiB")
 
 
 def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceSpec:
@@ -94,6 +94,8 @@ def read_link(name: str, f: Fields, base: LinkSpec | None = None) -> LinkSpec:
         efficiency=get("efficiency", number(maximum=1.0), "efficiency"),
         source=get("source", string, "source") if base is None else f.get("source", string,
                                                                          base.source),
+        eager_limit=f.get("eager_limit_KiB", number(positive=False, minimum=0),
+                          base.eager_limit if base else LinkSpec.eager_limit),
     )
     f.done(LINK_KEYS + (("base",) if base else ()))
     return link

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import simpy
@@ -174,13 +175,20 @@ class ParameterServer:
             yield cpus.transfer(route, seconds)
         self.busy += self.env.now - start
 
-    def apply(self, iteration: int, nbytes: float, seen_version: int):
-        """Process: accept one pushed gradient (after it has crossed the network)."""
+    def apply(self, iteration: int, nbytes: float, seen_version: int,
+              receive: Callable[[], simpy.Event] | None = None,
+              taken: simpy.Event | None = None):
+        """Process: accept one pushed gradient, which has crossed the network, or, with
+        ``receive`` (a message past the eager limit), crosses it once the shard takes it up
+        (then ``taken`` fires: the worker's send is complete)."""
         idle = self.idle()
         with self.lock.request() as req:
             yield req
             if idle and self.wake:
                 yield self.env.timeout(self.wake)
+            if receive is not None:
+                yield receive()
+                taken.succeed()
             if self.sync:
                 t = self._memory_time(3 * nbytes)
                 self.pushes[iteration] += 1

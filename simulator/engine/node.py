@@ -4,9 +4,12 @@ uses (``env``, ``plan``, ``cluster``).
 
 * processor sharing of the node's cores among the runs of kernels going on (``_cpus``), and the
   co-running slowdown of the ranks computing at once (``_core_sharing``);
-* per ranks per core: a blocked thread's wake-up latency, the spread of ranks' finish times,
-  and the all-reduce fit measured at that load (``_wakeup``, ``_spread``, ``_fits_for``);
-* the host-side copies of CPU ranks (``_host_copy``).
+* per ranks per core: a blocked thread's wake-up latency, a process's after a quiet wait for a
+  message, the spread of ranks' finish times, and the all-reduce fit measured at that load
+  (``_wakeup``, ``_message_wakeup``, ``_spread``, ``_fits_for``);
+* the host-side copies of CPU ranks (``_host_copy``), and the work a process does on the
+  shared cores besides kernels: those copies, and the copy that moves a message between two
+  processes of the node (``_on_cores``, ``_message``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,15 @@ class NodeModel:
             return 0.0
         return wakeup[nearest(wakeup, self._load(node))]
 
+    def _message_wakeup(self, node: int | None) -> float:
+        """A process's wake-up latency after it slept in a quiet wait for a message, at
+        ``node``'s ranks per core: the profile's measurement, or the thread wake-up when the
+        profile predates it."""
+        woken = self.cluster.spec.measured.message_wakeup
+        if not woken:
+            return self._wakeup(node)
+        return woken[nearest(woken, self._load(node))]
+
     def _processes_per_node(self) -> dict[int, int]:
         """Per node, the plan's processes on it: its workers, and on a one-node cluster the
         parameter-server ranks as well."""
@@ -105,6 +117,45 @@ class NodeModel:
         if load <= 1.0 and m.collectives:
             return m.collectives
         return m.collectives_shared[nearest(m.collectives_shared, load)]
+
+    def _core_route(self, host: str) -> tuple | None:
+        """The cores a process runs on when they are shared: a worker's own core and its
+        node's, or on a one-node cluster a parameter-server shard's (None: not modelled)."""
+        if self.cpus is None:
+            return None
+        if host.startswith("ps"):
+            return (("core", host), ("cores", 0)) if self.cluster.spec.nodes == 1 else None
+        return (("core", host), ("cores", self.cluster.node_of(host)))
+
+    def _on_cores(self, host: str, seconds: float):
+        """Process steps: ``seconds`` of a process's own work (alone on a core), on its node's
+        shared cores when they are modelled."""
+        if seconds <= 0:
+            return
+        route = self._core_route(host)
+        if route is None:
+            yield self.env.timeout(seconds)
+        else:
+            yield self.cpus.transfer(route, seconds)
+
+    def _message(self, route: tuple, nbytes: float, tag: str, dst: str):
+        """Event: a message over ``route`` to ``dst``. Between two processes of one node whose
+        cores are shared, shared memory carries it and a core copies it: after the route's
+        latency, a flow of core-seconds (bytes over the route's bandwidth, the calibrated
+        one-way rate) on the receiver's cores, which waits for a share of them as a run of
+        kernels does. Elsewhere a flow on the network's links."""
+        latency = self.cluster.latency(route)
+        cores = self._core_route(dst)
+        src_cores = self._core_route(route[0][0]) if route else None
+        if cores is None or src_cores is None or cores[1] != src_cores[1]:  # not one node
+            return self.network.transfer(route, nbytes, latency, tag=tag)
+        seconds = nbytes / min(self.cluster.bandwidth(e) for e in route)
+        return self.env.process(self._copy(cores, latency, seconds))
+
+    def _copy(self, cores: tuple, latency: float, seconds: float):
+        if latency:
+            yield self.env.timeout(latency)
+        yield self.cpus.transfer(cores, seconds)
 
     def _host_copy(self, nbytes: float) -> float:
         """A CPU worker's copy of ``nbytes`` between its tensors and a message (read and

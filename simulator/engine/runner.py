@@ -61,6 +61,9 @@ class Program:
     p2p: list[Op]
     needed: set[int]
     cross_deps: dict[int, tuple[int, ...]]
+    # a parameter-server op -> the one before it: a rank's pushes and pulls are blocking calls
+    # of its main thread, one after another in program order
+    ps_after: dict[int, int]
 
     @staticmethod
     def of(ops: tuple[Op, ...]) -> Program:
@@ -69,13 +72,20 @@ class Program:
         p2p = []
         needed: set[int] = set()
         cross: dict[int, tuple[int, ...]] = {}
+        ps_after: dict[int, int] = {}
+        last_ps = None
         for op in ops:
             s = stream_of[op.id]
             (p2p if s == "p2p" else streams[s]).append(op)
             cd = tuple(d for d in op.deps if stream_of[d] != s or s == "p2p")
             cross[op.id] = cd
             needed.update(cd)
-        return Program(dict(streams), p2p, needed, cross)
+            if isinstance(op, (PSPush, PSPull)):
+                if last_ps is not None:
+                    ps_after[op.id] = last_ps
+                    needed.add(last_ps)
+                last_ps = op.id
+        return Program(dict(streams), p2p, needed, cross, ps_after)
 
 
 @dataclass
@@ -122,9 +132,15 @@ class Engine(NodeModel):
                                         plan.mode) for j, r in enumerate(servers)]
         # a blocked thread's wake-up latency, by the load of its node (profiles measure it)
         self.wake = {r.device: self._wakeup(cluster.node_of(r.device)) for r in workers}
+        # a rank blocked in a message wait on a node with more ranks than cores sleeps between
+        # tests of its request (the executor's quiet waits) and pays a process's wake-up; with
+        # a core each it polls and sees the message at once
+        self.message_wake = {r.device: self._message_wakeup(cluster.node_of(r.device))
+                             if self._load(cluster.node_of(r.device)) > 1 else 0.0
+                             for r in workers}
         for server in self.servers:
-            if cluster.spec.nodes == 1:  # the executor runs them as processes of that node
-                server.wake = self._wakeup(0)
+            if cluster.spec.nodes == 1:  # the executor runs them as processes of that node,
+                server.wake = self._message_wakeup(0)  # polling for messages between sleeps
                 if self.cpus is not None:
                     server.cpu = (self.cpus, (("core", server.host), ("cores", 0)))
             else:
@@ -355,14 +371,26 @@ class Engine(NodeModel):
         server = self.servers[op.shard]
         dev = self.device_of[rank]
         route = self.cluster.route(dev, server.host)
-        pack = self._host_copy(op.bytes)  # the gradients into the push message
-        if pack:
-            yield self.env.timeout(pack)
-        yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
+        # the gradients into the push message
+        yield from self._on_cores(dev, self._host_copy(op.bytes))
+
+        def receive():  # noqa: ANN202 - the message crossing to the shard
+            return self._message(route, op.bytes, op.tag, server.host)
+
         seen = self.seen_version[(rank, op.shard)]
+        if op.bytes <= self.cluster.eager_limit(route):  # sent without waiting for the shard
+            yield receive()
+            taken = None
+        else:  # rendezvous: the send completes once the shard has taken the message
+            taken = self.env.event()
         # one connection per (worker, shard): the shard serves it in order, so a later pull from
         # this worker sees this push applied
-        self.applying[(rank, op.shard)] = self.env.process(server.apply(it, op.bytes, seen))
+        self.applying[(rank, op.shard)] = self.env.process(
+            server.apply(it, op.bytes, seen, receive if taken else None, taken))
+        if taken is not None:
+            yield taken
+            if self.message_wake[dev]:
+                yield self.env.timeout(self.message_wake[dev])
         self._log(rank, it, "ps", start, f"push{op.shard}", COMM)
 
     def _pull(self, rank: int, it: int, op: PSPull):
@@ -385,10 +413,11 @@ class Engine(NodeModel):
                 yield self.env.timeout(server.wake)
             self.seen_version[(rank, op.shard)] = server.version
             yield from server.work(server.copy_time(op.bytes))
-        yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
-        unpack = self._host_copy(op.bytes)  # the message into the worker's parameters
-        if unpack:
-            yield self.env.timeout(unpack)
+        yield self._message(route, op.bytes, op.tag, dev)
+        if self.message_wake[dev]:  # the worker waited for the reply
+            yield self.env.timeout(self.message_wake[dev])
+        # the message into the worker's parameters
+        yield from self._on_cores(dev, self._host_copy(op.bytes))
         self._log(rank, it, "ps", start, f"pull{op.shard}", COMM)
 
     # ---- Sandblaster work portions --------------------------------------------------------------
@@ -396,7 +425,6 @@ class Engine(NodeModel):
         coord = self.coordinator
         dev = self.device_of[rank]
         rtt = 2 * self.cluster.latency(self.cluster.route(dev, coord.host))
-        pushes = []
         while True:
             start = self.env.now
             yield self.env.timeout(rtt)
@@ -405,12 +433,11 @@ class Engine(NodeModel):
                 break
             kernels = [o for o in op.body if isinstance(o, KERNEL_OPS)]
             yield from self._kernels(rank, it, kernels)
-            pushes += [self.env.process(self._push(rank, it, o)) for o in op.body
-                       if isinstance(o, PSPush)]
-        if pushes:
-            start = self.env.now
-            yield simpy.AllOf(self.env, pushes)
-            self._log(rank, it, "ps", start, "drain pushes", COMM)
+            # the portion's pushes: blocking sends, one after another (as the executor's loop);
+            # an eager one returns at once, its shard applying it later
+            for o in op.body:
+                if isinstance(o, PSPush):
+                    yield from self._push(rank, it, o)
 
     # ---- point to point -------------------------------------------------------------------------
     def _box(self, key: tuple) -> list:
@@ -421,6 +448,9 @@ class Engine(NodeModel):
 
     def _p2p(self, rank: int, it: int, op: Op, prog: Program, ev):
         yield from self._wait(op, prog, ev)
+        before = prog.ps_after.get(op.id)
+        if before is not None and not ev[before].triggered:
+            yield ev[before]
         if isinstance(op, PSPush):
             yield from self._push(rank, it, op)
         elif isinstance(op, PSPull):
@@ -429,7 +459,7 @@ class Engine(NodeModel):
             box = self._box((rank, op.peer, op.tag, it))
             box[1] = start = self.env.now
             route = self.cluster.route(self.device_of[rank], self.device_of[op.peer])
-            yield self.network.transfer(route, op.bytes, self.cluster.latency(route), tag=op.tag)
+            yield self._message(route, op.bytes, op.tag, self.device_of[op.peer])
             box[0].succeed()
             self._log(rank, it, "comm", start, f"send {op.tag}", "p2p")
         else:

@@ -53,6 +53,10 @@ def test_calibrate_writes_a_profile_the_simulator_reads(calibrated):
         assert all(0 <= e <= 1 for _, e in curve), key
     intra = p.link("intra")
     assert intra is not None and intra.bandwidth > 0 and intra.latency > 0
+    # MPI sends small messages eagerly and large ones by rendezvous: somewhere between
+    # (MPICH's shared memory: 4 KiB on the test machine)
+    assert 256 <= intra.eager_limit < 4 << 20
+    assert p.calibration["measured"]["p2p"]["intra"]["eager_limit_bytes"] == intra.eager_limit
     assert p.cores_per_node >= 1
     assert p.measured.co_run[0] >= 1 and p.measured.co_run[1] >= 1.0
     assert set(p.measured.collectives) == {"ring", "tree", "mpi"}
@@ -63,6 +67,8 @@ def test_calibrate_writes_a_profile_the_simulator_reads(calibrated):
     assert m.wakeup and all(v >= 0 for v in m.wakeup.values())
     assert m.spread and all(std >= 0 and work > 0 for std, work in m.spread.values())
     assert set(m.wakeup) == set(m.spread)
+    assert m.message_wakeup and set(m.message_wakeup) <= set(m.wakeup)
+    assert all(0 < v < 1.0 for v in m.message_wakeup.values())
     shared = {r["ranks_per_core"] for r in p.calibration["measured"]["allreduce"]} - {1.0}
     assert set(p.measured.collectives_shared) == {x for x in shared if x > 1}
     cal = p.calibration

@@ -50,9 +50,10 @@ def device(*, sms: int = SMS, blocks_per_sm: int = BLOCKS_PER_SM, mem_GBps: floa
             f"blocks_per_sm: {blocks_per_sm}, comm_sms: 0, source: test}}")
 
 
-def link(scope: str, GBps: float = 10, us: float = 5) -> str:
+def link(scope: str, GBps: float = 10, us: float = 5, eager_KiB: float | None = None) -> str:
+    eager = "" if eager_KiB is None else f"eager_limit_KiB: {eager_KiB}, "
     return (f"{{scope: {scope}, bandwidth_GBps: {GBps}, latency_us: {us}, efficiency: 1.0, "
-            "source: test}")
+            f"{eager}source: test}}")
 
 
 def scenario(*, nodes: int = 1, per_node: int = 2, dev: str | None = None,
@@ -177,13 +178,16 @@ PS_MEM = 1000e9  # B/s, PS host memory bandwidth (efficiency 1)
 A_INTRA, A_INTER, A_PS = 1e-6, 1e-6, 10e-6
 
 
-def ps_scenario(workers: int) -> Scenario:
+def ps_scenario(workers: int, eager_KiB: float = 2**20) -> Scenario:
+    """Workers and one parameter-server host behind a slow NIC; pushes up to ``eager_KiB``
+    (default 1 GiB: every push of these tests) are sent without waiting for the shard."""
     ps_dev = ("{kind: cpu, sms: 1, peak_TFLOPS: {fp32: 1}, memory_GiB: 64, "
               "memory_bandwidth_GBps: 1000, launch_overhead_us: 0, compute_efficiency: 1.0, "
               "memory_efficiency: 1.0, blocks_per_sm: 1, comm_sms: 0, source: test}")
-    return scenario(per_node=workers, intra=link("intra", 100, 1), inter=link("inter", 100, 1),
+    return scenario(per_node=workers, intra=link("intra", 100, 1, eager_KiB),
+                    inter=link("inter", 100, 1, eager_KiB),
                     cluster_extra=f"  parameter_servers: {{hosts: 1, device: {ps_dev}, "
-                                  f"nic: {link('inter', 1, 10)}}}")
+                                  f"nic: {link('inter', 1, 10, eager_KiB)}}}")
 
 
 def push_pull(workers: int, nbytes: float):  # noqa: ANN201
@@ -225,6 +229,25 @@ def test_parameter_server_nic_is_the_bottleneck(workers):
     # last, so the mean parameter-server wait is (N-1)/2 reads short of the iteration
     assert pred.entry["breakdown_s"]["ps_wait"] == pytest.approx(
         expected - (workers - 1) / 2 * read, rel=1e-9)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_a_push_past_the_eager_limit_waits_for_the_shard_to_take_it(workers):
+    # MPI's rendezvous: the shard takes one message at a time (receive it, apply it), so the
+    # pushes cross the PS NIC one after another, each alone on it: R = lat + S / B apiece,
+    # and worker k's send completes when its message is in, after k receives and applies
+    s = 10e6
+    lat = A_INTRA + A_INTER + A_PS
+    receive, apply = lat + s / PS_NIC, 3 * s / PS_MEM
+    pushed = [k * (receive + apply) + receive for k in range(workers)]
+    # the last apply also updates (3S more): then every pull is served, as when pushes are eager
+    updated = pushed[-1] + 2 * apply
+    read = 2 * s / PS_MEM
+    expected = updated + read + lat + workers * s / PS_NIC
+    pred = run(ps_scenario(workers, eager_KiB=0), push_pull(workers, s))
+    assert pred.entry["iteration_time_s"] == pytest.approx(expected, rel=1e-9)
+    ends = sorted(log.ps[0][1] for log in pred.engine.logs.values())
+    assert ends == pytest.approx(pushed, rel=1e-9)
 
 
 # ---- one kernel ---------------------------------------------------------------------------------
@@ -288,6 +311,28 @@ def test_ranks_beyond_the_cores_share_them_as_they_compute(cores, expected):
     # the trace's kernel spans last what the shared cores made them last
     spans = sorted((d, t, dur) for d, tid, _, t, dur in pred.engine.spans if tid == "compute")
     assert [t + dur for _, t, dur in spans] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("cores,recv_end,run_end", [
+    (1, 2e-3, 3e-3),  # the copy and the run share the core: both at half speed until 2 ms
+    (3, 1e-3, 2e-3),  # a core each
+])
+def test_a_message_between_processes_of_a_node_is_a_copy_on_its_cores(cores, recv_end, run_end):
+    """Rank 0 sends 10 MB (10 GB/s, no latency: a 1 ms copy) to rank 1 while rank 2 runs 2 ms
+    of kernels, on a node whose cores are shared: the receiver's core copies the message,
+    taking its share of the node's cores as the run does."""
+    def build(cluster: Cluster) -> Plan:
+        b0, b1, b2 = ProgramBuilder(), ProgramBuilder(), ProgramBuilder()
+        b0.add(Send, peer=1, bytes=10e6, tag="x")
+        b1.add(Recv, peer=0, bytes=10e6, tag="x")
+        b2.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0, shards=1,
+               flops=2e-3 * FLOPS, bytes=0.0, blocks=CAPACITY)
+        return hand_plan(cluster, [b0, b1, b2])
+
+    sc = scenario(per_node=3, intra=link("intra", 10, 0),
+                  cluster_extra=f"  cores_per_node: {cores}")
+    ends = [log.ends[0] for _, log in sorted(run(sc, build).engine.logs.items())]
+    assert ends == pytest.approx([recv_end, recv_end, run_end], rel=1e-9)
 
 
 # ---- an exact two-device timeline ---------------------------------------------------------------

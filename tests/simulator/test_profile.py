@@ -612,6 +612,52 @@ def test_a_stream_that_waited_for_another_pays_the_wake_up_at_its_ranks_per_core
     assert with_ - without == pytest.approx(2 * paid, rel=1e-9)
 
 
+DOWNPOUR = """\
+name: downpour on shared cores
+model: {{zoo: mlp, params: {{sizes: [256, 256, 10]}}}}
+cluster:
+  profile: prof.yaml
+  nodes: 1
+  devices_per_node: 3
+  parameter_servers: {{hosts: 1, device: {name}, nic: eth_10g}}
+training: {{batch_size: 48, precision: fp32, iterations: 2, warmup_iterations: 1}}
+strategies:
+  - {{name: downpour, scheme: downpour, workers: 3}}
+"""
+
+
+@pytest.mark.parametrize("cores,rank_pays,server_pays", [(2, 200e-6, 200e-6),
+                                                         (4, 0.0, 50e-6)])
+def test_a_quiet_wait_for_a_message_pays_a_process_s_wake_up(tmp_path: Path, cores: int,
+                                                            rank_pays: float,
+                                                            server_pays: float):
+    """3 workers and a server: 4 processes. On 2 cores they wait quietly and pay the message
+    wake-up measured at 2 ranks per core (not the thread wake-up); on 4 cores a worker polls
+    and pays nothing, and the server, which polls between sleeps, the 1-rank-per-core one."""
+    from simulator.cluster import build_cluster
+    from simulator.engine.simulate import predict
+    from simulator.scenario import build_graph
+    from simulator.strategies import build_plan
+    from simulator.strategies.common import Context
+
+    woken = [{"ranks_per_core": 1.0, "latency_us": 50.0},
+             {"ranks_per_core": 2.0, "latency_us": 200.0}]
+    threads = [{"ranks_per_core": 1.0, "latency_us": 1000.0},
+               {"ranks_per_core": 2.0, "latency_us": 5000.0}]
+    write_profile(tmp_path / "prof.yaml", cal=calibration(cores_per_node=cores, wakeup=threads,
+                                                          message_wakeup=woken))
+    assert load_profile(tmp_path / "prof.yaml").measured.message_wakeup == {
+        1.0: pytest.approx(50e-6), 2.0: pytest.approx(200e-6)}
+    path = tmp_path / "s.yaml"
+    path.write_text(DOWNPOUR.format(name=NAME))
+    sc = load_scenario(path)
+    cluster = build_cluster(sc.cluster)
+    ctx = Context(build_graph(sc.model), cluster, sc.training)
+    engine = predict(build_plan(ctx, sc.strategies[0]), cluster, sc.training).engine
+    assert list(engine.message_wake.values()) == pytest.approx([rank_pays] * 3)
+    assert engine.servers[0].wake == pytest.approx(server_pays)
+
+
 def test_the_spread_moves_runs_of_kernels_early_or_late_in_proportion():
     spec = DeviceSpec(name="d", kind="cpu", sms=1, peak_flops={"fp32": 1e9}, memory=1,
                       memory_bandwidth=1e9, launch_overhead=0.0, compute_efficiency=1.0,
@@ -632,6 +678,8 @@ def test_the_spread_moves_runs_of_kernels_early_or_late_in_proportion():
     ("wakeup", [{"ranks_per_core": 1.0, "latency_us": 5}, {"ranks_per_core": 1.0,
                                                           "latency_us": 6}],
      "wakeup[1].ranks_per_core", "must appear once"),
+    ("message_wakeup", [{"ranks_per_core": 2.0, "latency_us": -1}],
+     "message_wakeup[0].latency_us", "must be at least 0"),
     ("spread", [{"ranks_per_core": 1.0, "std_us": 5}], "spread[0].work_us", "is required"),
     ("spread", [{"ranks_per_core": 1.0, "std_us": -5, "work_us": 1}], "spread[0].std_us",
      "must be at least 0"),

@@ -136,6 +136,9 @@ BAD = [
     pytest.param(edit("  inter_link: ib_hdr", "  inter_link: {base: ib_hdr, latency_us: -1}"),
                  ["cluster.inter_link.latency_us: must be at least 0", "(got -1)"],
                  id="base-override-negative-latency"),
+    pytest.param(edit("  inter_link: ib_hdr", "  inter_link: {base: ib_hdr, eager_limit_KiB: -4}"),
+                 ["cluster.inter_link.eager_limit_KiB: must be at least 0", "(got -4)"],
+                 id="base-override-negative-eager-limit"),
     pytest.param(edit("  inter_link: ib_hdr", "  inter_link: {base: ib_hdr, efficiency: 1.5}"),
                  ["cluster.inter_link.efficiency: must be at most 1.0", "(got 1.5)"],
                  id="efficiency-above-one"),
@@ -697,6 +700,13 @@ def test_inline_device(tmp_path):
     assert (d.memory, d.memory_bandwidth) == (2 * GIB, 100e9)
     assert d.launch_overhead == pytest.approx(5e-6)
     assert d.source == "a made-up test device"
+
+
+def test_a_link_s_eager_limit_is_read_in_kib(tmp_path):
+    s = load_scenario(write(tmp_path, edit("  inter_link: ib_hdr",
+                                           "  inter_link: {base: ib_hdr, eager_limit_KiB: 64}")))
+    assert s.cluster.inter_link.eager_limit == 64 * 1024
+    assert s.cluster.intra_link.eager_limit == 16 * 1024  # the catalogue's default
 
 
 def test_one_node_needs_no_inter_link(tmp_path):
