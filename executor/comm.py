@@ -116,8 +116,8 @@ def node_layout(comm: MPI.Comm) -> tuple[int, int] | None:
 #
 # MPICH waits by polling: a rank blocked in a receive, a send or a barrier keeps running. With a
 # core per rank that is the fastest way to wait; with more ranks than cores it takes the core
-# from a rank that has work (measured: a Downpour worker's pull and push took 7.6 ms per step
-# spinning against 5.6-6.4 ms waiting quietly, 3 workers and a server on 2 cores). So when a
+# from a rank that has work (measured: a Downpour worker's pushes and pulls took 6.9-7.7 ms per
+# step polling against 5.6-6.4 ms waiting quietly, 3 workers and a server on 2 cores). So when a
 # node's ranks outnumber its cores every wait below tests its request and sleeps between tests:
 # the waiting rank leaves its share of the cores, as the simulator's node model assumes.
 

@@ -115,8 +115,9 @@ def efficiency_at(curve: tuple[tuple[float, float], ...], flops: float) -> float
 def core_sharing(cores: int, ranks: int, co_run: tuple[int, float]) -> float:
     """How many times slower a rank's kernels run when ``ranks`` processes live on a node of
     ``cores`` cores (0: a core per device, no sharing). Two effects, both measured by
-    calibration: ranks beyond the cores time-share them (``ranks / cores``; MPI ranks that wait
-    poll, so a waiting rank keeps its share), and ranks computing at once on one node slow each
+    calibration: ranks beyond the cores time-share them (``ranks / cores``, counting every rank
+    as busy; the engine's processor sharing, ``node.py``, shares the cores as ranks actually
+    compute), and ranks computing at once on one node slow each
     other (shared caches, memory bandwidth, clocks): ``co_run = (k, s)`` is the slowdown ``s``
     measured with ``k`` ranks at once, taken linear in the ranks that run at once."""
     if cores <= 0 or ranks <= 1:

@@ -45,9 +45,9 @@ class NodeModel:
         rank computes on one core) and its node's cores (capacity: cores per node), shared
         max-min fairly among the runs going on, as the OS time-shares the ranks that are
         computing. A rank that waits (for a message, a peer, the parameter server) leaves its
-        share to the others. That is an assumption: MPICH's waits on this project's test
-        machine did so in most calibrations (``calibration.measured.core_sharing``) but spun
-        in some launches, taking their share (docs/validation.md, what is left)."""
+        share to the others: the executor waits quietly where ranks outnumber cores
+        (``executor/comm.py``; MPICH's own waits poll and took their share in some launches:
+        ``calibration.measured.core_sharing``)."""
         spec = self.cluster.spec
         if not spec.cores_per_node:
             return None

@@ -148,6 +148,6 @@ def test_flows_finishing_together_complete_in_the_order_they_started():
         order: list[str] = []
         for name, edge in (("first", E2), ("second", ("c", "d")), ("third", E1)):
             network.transfer((edge,), 30.0, tag=name).callbacks.append(
-                lambda _e, name=name: order.append(name))
+                lambda _e, name=name, order=order: order.append(name))
         env.run()
         assert order == ["first", "second", "third"]
