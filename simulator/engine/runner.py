@@ -407,13 +407,17 @@ class Engine(NodeModel):
         # the shard serves one message at a time (as the executor's service loop does): a fetch
         # waits behind the pushes being applied; reading the parameters out is a memory copy
         idle = server.idle()
+        rendezvous = op.bytes > self.cluster.eager_limit(route)
         with server.lock.request() as req:
             yield req
             if idle and server.wake:  # an idle server waits for messages, and wakes up
                 yield self.env.timeout(server.wake)
             self.seen_version[(rank, op.shard)] = server.version
             yield from server.work(server.copy_time(op.bytes))
-        yield self._message(route, op.bytes, op.tag, dev)
+            if rendezvous:  # the reply's send returns once the worker has received it
+                yield self._message(route, op.bytes, op.tag, dev)
+        if not rendezvous:
+            yield self._message(route, op.bytes, op.tag, dev)
         if self.message_wake[dev]:  # the worker waited for the reply
             yield self.env.timeout(self.message_wake[dev])
         # the message into the worker's parameters

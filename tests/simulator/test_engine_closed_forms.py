@@ -232,7 +232,7 @@ def test_parameter_server_nic_is_the_bottleneck(workers):
 
 
 @pytest.mark.parametrize("workers", [1, 2, 4])
-def test_a_push_past_the_eager_limit_waits_for_the_shard_to_take_it(workers):
+def test_messages_past_the_eager_limit_hold_the_shard_until_they_are_across(workers):
     # MPI's rendezvous: the shard takes one message at a time (receive it, apply it), so the
     # pushes cross the PS NIC one after another, each alone on it: R = lat + S / B apiece,
     # and worker k's send completes when its message is in, after k receives and applies
@@ -240,10 +240,11 @@ def test_a_push_past_the_eager_limit_waits_for_the_shard_to_take_it(workers):
     lat = A_INTRA + A_INTER + A_PS
     receive, apply = lat + s / PS_NIC, 3 * s / PS_MEM
     pushed = [k * (receive + apply) + receive for k in range(workers)]
-    # the last apply also updates (3S more): then every pull is served, as when pushes are eager
+    # the last apply also updates (3S more); then the pulls, one at a time too: the shard
+    # copies its parameters into the reply and its send returns once the worker has the reply
     updated = pushed[-1] + 2 * apply
     read = 2 * s / PS_MEM
-    expected = updated + read + lat + workers * s / PS_NIC
+    expected = updated + workers * (read + lat + s / PS_NIC)
     pred = run(ps_scenario(workers, eager_KiB=0), push_pull(workers, s))
     assert pred.entry["iteration_time_s"] == pytest.approx(expected, rel=1e-9)
     ends = sorted(log.ps[0][1] for log in pred.engine.logs.values())
