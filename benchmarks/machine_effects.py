@@ -15,7 +15,10 @@ Printed, each as a ratio of two timings taken in the same run:
 * with 2 or more ranks: rank 0's GEMM alone, and while every other rank waits in a blocking
   ``MPI_Recv`` or ``MPI_Barrier`` (on fewer cores than ranks, whether waiting ranks give up
   their cores or spin on them), or in the executor's quiet wait (``executor/comm.py``: test the
-  request, sleep, test again), which the executor uses when ranks outnumber cores.
+  request, sleep, test again), which the executor uses when ranks outnumber cores;
+* with 3 or more ranks: 3 ranks that each compute about 12 ms, then pause 0, 4 or 8 ms, on the
+  machine's cores (2 on the test machine): their runs' time over the time alone, against what
+  the simulator's processor sharing gives for the same pattern.
 
 Run it with one BLAS/Numba thread per process (OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1).
 """
@@ -129,6 +132,66 @@ def waiting(comm) -> None:  # noqa: ANN001
               f"{in_quiet * 1e3:.2f} ms ({in_quiet / alone:.2f}x)")
 
 
+def fluid_ratio(ranks: int, cores: int, work: float, pause: float) -> float:
+    """What the simulator's processor sharing (its fluid network model) gives for ``ranks``
+    ranks on ``cores`` cores, each running ``work`` seconds of kernels (alone) then pausing
+    0.5-1.5 x ``pause`` (seeded per rank as the measurement is): the mean run over ``work``."""
+    import simpy
+
+    from simulator.engine.network import Network
+
+    env = simpy.Environment()
+    cpus = Network(env, {("cores", 0): float(cores), **{("core", i): 1.0 for i in range(ranks)}})
+    runs: list[float] = []
+
+    def rank(i: int):  # noqa: ANN202
+        rng = np.random.default_rng(i)
+        for _ in range(200):
+            start = env.now
+            yield cpus.transfer((("core", i), ("cores", 0)), work)
+            runs.append(env.now - start)
+            yield env.timeout(pause * rng.uniform(0.5, 1.5))
+
+    for i in range(ranks):
+        env.process(rank(i))
+    env.run()
+    return statistics.fmean(runs) / work
+
+
+def bursts(comm, busy: int, pause: float) -> None:  # noqa: ANN001
+    """``busy`` ranks (the others wait quietly) each run a GEMM loop, then sleep about
+    ``pause`` seconds, for 4 s: the mean run's time over the loop's time alone, against the
+    simulator's processor sharing of the same pattern."""
+    import os
+
+    a, w = np.ones((85, 1024), F32), np.ones((1024, 1024), F32)
+
+    def work() -> None:
+        for _ in range(8):
+            a @ w
+
+    alone = timed(work, lambda: None, 20, 0.0) if comm.rank == 0 else 0.0
+    quiet(comm)
+    runs: list[float] = []
+    if comm.rank < busy:
+        rng = np.random.default_rng(comm.rank)
+        end = time.perf_counter() + 4.0
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            work()
+            runs.append(time.perf_counter() - t)
+            time.sleep(pause * rng.uniform(0.5, 1.5))
+    means = comm.gather(statistics.fmean(runs) if runs else None, root=0)
+    quiet(comm)
+    if comm.rank == 0:
+        cores = len(os.sched_getaffinity(0))
+        measured = statistics.fmean(m for m in means if m is not None) / alone
+        fluid = fluid_ratio(busy, cores, alone, pause)
+        print(f"{busy} ranks on {cores} core(s) computing {alone * 1e3:.1f} ms at a time, pausing "
+              f"{pause * 1e3:.0f} ms: runs take {measured:.3f}x their time alone, processor "
+              f"sharing gives {fluid:.3f}x ({measured / fluid:.3f})")
+
+
 def main() -> int:
     from mpi4py import MPI
 
@@ -138,6 +201,9 @@ def main() -> int:
     quiet(comm)
     if comm.size > 1:
         waiting(comm)
+    if comm.size > 2:  # ranks that compute in bursts on fewer cores than they are
+        for pause in (0.0, 0.004, 0.008):
+            bursts(comm, 3, pause)
     return 0
 
 
