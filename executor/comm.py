@@ -166,6 +166,7 @@ def wait(req: MPI.Request) -> None:
 
 
 def waitall(reqs: list[MPI.Request]) -> None:
+    """``Request.Waitall(reqs)``, quietly when waits are quiet."""
     if not quiet_waits():
         MPI.Request.Waitall(reqs)
         return
@@ -191,6 +192,7 @@ def recv(comm: MPI.Comm, buf: np.ndarray, source: int, tag: int) -> None:
 
 def sendrecv(comm: MPI.Comm, sbuf: np.ndarray, dest: int, rbuf: np.ndarray,
              source: int, tag: int) -> None:
+    """``comm.Sendrecv`` (one tag both ways), waiting as :func:`wait` does."""
     if quiet_waits():
         waitall([comm.Irecv(rbuf, source, tag), comm.Isend(sbuf, dest, tag)])
     else:
@@ -198,6 +200,7 @@ def sendrecv(comm: MPI.Comm, sbuf: np.ndarray, dest: int, rbuf: np.ndarray,
 
 
 def barrier(comm: MPI.Comm) -> None:
+    """``comm.Barrier()``, waiting as :func:`wait` does."""
     if quiet_waits():
         wait(comm.Ibarrier())
     else:
