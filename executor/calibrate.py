@@ -50,10 +50,11 @@ from executor.calibrate_comm import (
     trimmed_mean,
 )
 from executor.calibrate_kernels import GRIDS, measure_kernels, timed
+from executor.calibrate_sharing import SharingCalibration
 from simulator.predict import code_version
 
 F32 = np.float32
-class Calibration(CommCalibration):
+class Calibration(CommCalibration, SharingCalibration):
     def __init__(self, comm: MPI.Comm, backend: Any, grid: str):
         self.comm, self.k, self.grid = comm, backend, grid
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
@@ -325,10 +326,11 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
     cal.say("  thread wake-up: " + ", ".join(f"{r['latency_us']:.0f} us at "
                                               f"{r['ranks_per_core']:g} rank(s) per core"
                                               for r in wakeup))
-    message_wakeup = cal.message_wakeup()
-    cal.say("  message wake-up (quiet wait): " + ", ".join(
-        f"{r['latency_us']:.0f} us at {r['ranks_per_core']:g} rank(s) per core"
-        for r in message_wakeup))
+    message_wakeup, migration = cal.message_wakeup(), cal.migration()
+    for what, rows_ in (("message wake-up (quiet wait)", message_wakeup),
+                        ("a left core idles (migration lag)", migration)):
+        cal.say(f"  {what}: " + ", ".join(f"{r['latency_us']:.0f} us at {r['ranks_per_core']:g} "
+                                         "rank(s) per core" for r in rows_))
     spread = cal.spread()
     cal.say("  rank spread: " + ", ".join(f"{r['std_us']:.0f} us at {r['ranks_per_core']:g} "
                                            "rank(s) per core" for r in spread))
@@ -385,7 +387,7 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
     measured = {"kernels_s": {k: [[f, t] for f, t in v] for k, v in sorted(curves.items())},
                 "memory_bandwidth_GBps": membw / 1e9, "launch_overhead_s": launch,
                 "core_sharing": sharing, "wakeup": wakeup, "message_wakeup": message_wakeup,
-                "spread": spread, "p2p": links,
+                "migration": migration, "spread": spread, "p2p": links,
                 "allreduce": rows}
     if copies:
         measured["host_device_copy"] = copies
@@ -395,9 +397,10 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
                               "slowdown": round(sharing["co_run_slowdown"], 4)},
                    "wakeup": [{"ranks_per_core": r["ranks_per_core"],
                                "latency_us": round(r["latency_us"], 2)} for r in wakeup],
-                   "message_wakeup": [{"ranks_per_core": r["ranks_per_core"],
-                                       "latency_us": round(r["latency_us"], 2)}
-                                      for r in message_wakeup],
+                   **{key: [{"ranks_per_core": r["ranks_per_core"],
+                             "latency_us": round(r["latency_us"], 2)} for r in rows_]
+                      for key, rows_ in (("message_wakeup", message_wakeup),
+                                         ("migration", migration))},
                    "spread": [{"ranks_per_core": r["ranks_per_core"],
                                "std_us": round(r["std_us"], 2),
                                "work_us": round(r["work_s"] * 1e6, 1)} for r in spread],

@@ -121,61 +121,6 @@ class CommCalibration:
         self.comm.Sendrecv(mine, other, 16, got, other, 16)
         return bool(mine[0]) if self.rank == 0 else bool(got[0])
 
-    # ---- quiet waits ----------------------------------------------------------------------------
-    def message_wakeup(self) -> list[dict[str, float]]:
-        """Seconds from a small message's send to its receiver, waiting in the executor's quiet
-        wait (``executor/comm.py``), having it, to a rank on rank 0's node: with nothing else
-        running (1 rank per core), and, when the node has more ranks than cores, while as many
-        of its other ranks as it has cores compute. What a rank that waited for a message pays
-        on time-shared cores, and an idle parameter server polling for one. A process that
-        slept gets a core sooner than a thread handed work inside a busy process (``wakeup``):
-        0.1-0.2 ms against about 1 ms at 2 ranks per core on the test machine."""
-        same = [r for r in range(1, self.size) if self.hosts[r] == self.hosts[0]]
-        if not same:
-            return []
-        peer, rounds = same[0], (8 if self.grid == "tiny" else 40)
-        loads = [1.0] + ([self.ranks_per_node / self.cores]
-                         if self.ranks_per_node > self.cores else [])
-        rows = []
-        for load in loads:
-            busy = same[1:1 + self.cores] if load > 1 else []
-            took = self._quiet_receives(peer, busy, rounds)
-            if self.rank == peer:
-                self.comm.send(took, dest=0, tag=17)
-            elif self.rank == 0:
-                took = self.comm.recv(source=peer, tag=17)
-                rows.append({"ranks_per_core": load, "latency_us": trimmed_mean(took) * 1e6,
-                             "messages": len(took)})
-            quiet_barrier(self.comm)
-        return self.comm.bcast(rows, root=0)
-
-    def _quiet_receives(self, peer: int, busy: list[int], rounds: int) -> list[float]:
-        stamp, stop = np.zeros(1, np.float64), np.zeros(1, F32)
-        took: list[float] = []
-        quiet_barrier(self.comm)
-        if self.rank == 0:
-            rng = np.random.default_rng(0)
-            for _ in range(rounds):
-                time.sleep(float(rng.uniform(0.001, 0.003)))  # while the receiver sleeps
-                stamp[0] = MPI.Wtime()
-                self.comm.Send(stamp, peer, 18)
-            for r in busy:
-                self.comm.Send(stop, r, 19)
-        elif self.rank == peer:
-            xcomm.wait_quietly(True)
-            for _ in range(rounds):
-                xcomm.recv(self.comm, stamp, 0, 18)
-                took.append(MPI.Wtime() - stamp[0])  # one host: one clock
-            xcomm.wait_quietly(False)
-        elif self.rank in busy:
-            n = 256 if self.grid == "tiny" else 1024
-            a, w = self.k.to_device(np.ones((256, n), F32)), self.k.to_device(np.ones((n, n), F32))
-            req = self.comm.Irecv(stop, 0, 19)
-            while not req.Test():
-                self.k.gemm(a, w)
-            self.k.synchronize()
-        return took
-
     # ---- all-reduce ------------------------------------------------------------------------------
     def allreduce(self) -> list[dict[str, Any]]:
         """Every algorithm at every size on the first ``p`` ranks, for p = 2, 4, 8, ... and

@@ -15,6 +15,8 @@ A profile is a YAML file with three parts::
       message_wakeup:        # read by the simulator: a process's, after a quiet wait
         - {ranks_per_core: 1.0, latency_us: 90}
         - {ranks_per_core: 2.0, latency_us: 150}
+      migration:             # read by the simulator: a left core idles that long
+        - {ranks_per_core: 2.0, latency_us: 2000}
       spread:                # read by the simulator: how unevenly ranks finish equal work
         - {ranks_per_core: 1.0, std_us: 40, work_us: 9000}
         - {ranks_per_core: 2.0, std_us: 1500, work_us: 18000}
@@ -51,8 +53,8 @@ from simulator.schema import Fields, choice, integer, list_of, load_yaml, number
 from simulator.specs import DeviceSpec, LinkSpec, NodeMeasurements
 
 CALIBRATION_KEYS = ("date", "hosts", "ranks", "ranks_per_node", "cores_per_node", "co_run",
-                    "wakeup", "message_wakeup", "spread", "collectives", "backend", "versions",
-                    "measured")
+                    "wakeup", "message_wakeup", "migration", "spread", "collectives", "backend",
+                    "versions", "measured")
 ALGORITHMS = ("ring", "tree", "mpi")
 
 
@@ -124,6 +126,13 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
 
     wakeup = _by_load(cal, "wakeup", wake)
     message_wakeup = _by_load(cal, "message_wakeup", wake)
+
+    def lags(e: Fields, load: float) -> float:
+        if load <= 1.0:
+            raise e.error("ranks_per_core", "must be above 1 (more ranks than cores)")
+        return wake(e, load)
+
+    migration = _by_load(cal, "migration", lags)
     spread = _by_load(cal, "spread", spreads)
     collectives, scope, shared = {}, "intra", {}
     if cal.has("collectives"):
@@ -158,7 +167,8 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     top.done(("calibration", "devices", "links"))
     measured = NodeMeasurements(co_run=co_run, collectives=collectives,
                                 collectives_scope=scope, collectives_shared=shared,
-                                wakeup=wakeup, message_wakeup=message_wakeup, spread=spread)
+                                wakeup=wakeup, message_wakeup=message_wakeup, migration=migration,
+                                spread=spread)
     return Profile(file=file, devices=devices, links=links, cores_per_node=cores,
                    measured=measured, calibration=record)
 

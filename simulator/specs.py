@@ -89,6 +89,10 @@ class NodeMeasurements:
     # (executor/comm.py) for a message: what a rank waiting for a message pays on a node with
     # more ranks than cores, and a parameter-server rank polling for one
     message_wakeup: dict[float, float] = field(default_factory=dict)
+    # by ranks per core above 1: how long a core that a rank leaves idles while other ranks
+    # wait in other cores' run queues, until the scheduler moves one (seconds; see
+    # ``simulator.engine.node.bursts``)
+    migration: dict[float, float] = field(default_factory=dict)
     # the spread of ranks' finish times by ranks per core: (standard deviation, duration of the
     # work it was measured on), seconds; each run of kernels on a device is early or late at
     # random by that much, scaled down for runs shorter than that work

@@ -66,6 +66,26 @@ class Network:
             self._start(route, nbytes, done, tag, weight)
         return done
 
+    def active(self, edge: Edge) -> int:
+        """How many flows (weights counted) cross ``edge`` now."""
+        return sum(f.weight for f in self.flows if edge in f.route)
+
+    def hold(self, edge: Edge, amount: float, seconds: float) -> None:
+        """Take ``amount`` of ``edge``'s capacity away for ``seconds`` (never below ``amount``
+        left: a hold that would leave less is not taken)."""
+        if seconds <= 0 or self.capacity[edge] < 2 * amount:
+            return
+        self._advance()
+        self.capacity[edge] -= amount
+        self._reschedule()
+
+        def give_back(_event: simpy.Event) -> None:
+            self._advance()
+            self.capacity[edge] += amount
+            self._reschedule()
+
+        self.env.timeout(seconds).callbacks.append(give_back)
+
     def _start(self, route: tuple[Edge, ...], nbytes: float, done: simpy.Event, tag: str,
                weight: int) -> None:
         if nbytes <= 0 or not route:

@@ -91,6 +91,16 @@ class NodeModel:
             return self._wakeup(node)
         return woken[nearest(woken, self._load(node))]
 
+    def _left_core(self, node: int) -> None:
+        """A run of kernels on ``node`` has ended. If as many runs as cores are still going on,
+        some rank was queued behind another: the OS's run queues are per core, and the core
+        just left idles until the scheduler moves a queued rank to it, the profile's
+        ``migration`` lag at the node's ranks per core (``bursts``)."""
+        m, load = self.cluster.spec.measured, self._load(node)
+        if self.cpus is not None and m.migration and load > 1:
+            left_core(self.cpus, ("cores", node), self.cluster.spec.cores_per_node,
+                      m.migration[nearest(m.migration, load)])
+
     def _processes_per_node(self) -> dict[int, int]:
         """Per node, the plan's processes on it: its workers, and on a one-node cluster the
         parameter-server ranks as well."""
@@ -164,6 +174,43 @@ class NodeModel:
         if spec.kind != "cpu":
             return 0.0
         return 2 * nbytes / (spec.memory_bandwidth * spec.memory_efficiency)
+
+
+def left_core(cpus: Network, edge: tuple, cores: int, lag: float) -> None:
+    """A run on the cores ``edge`` has ended: if as many runs as cores still go on there (some
+    rank waits in a busy core's run queue), one core idles for ``lag``."""
+    if lag and cpus.active(edge) >= cores:
+        cpus.hold(edge, 1.0, lag)
+
+
+def bursts(ranks: int, cores: int, work: float, pause: float, migration: float = 0.0,
+           count: int = 200) -> float:
+    """The engine's model of ``ranks`` ranks on ``cores`` shared cores, each running ``work``
+    core-seconds of kernels, then pausing 0.5-1.5 x ``pause`` (seeded per rank), ``count``
+    times: processor sharing, and a core that a rank leaves while the others still fill every
+    core idles for ``migration`` (``NodeModel._left_core``). Returns the mean run over
+    ``work``; calibrate fits ``migration`` by setting this against the same pattern run for
+    real."""
+    import numpy as np
+    import simpy
+
+    env = simpy.Environment()
+    cpus = Network(env, {("cores", 0): float(cores), **{("core", i): 1.0 for i in range(ranks)}})
+    runs: list[float] = []
+
+    def rank(i: int):  # noqa: ANN202
+        rng = np.random.default_rng(i)
+        for _ in range(count):
+            start = env.now
+            yield cpus.transfer((("core", i), ("cores", 0)), work)
+            runs.append(env.now - start)
+            left_core(cpus, ("cores", 0), cores, migration)
+            yield env.timeout(pause * float(rng.uniform(0.5, 1.5)))
+
+    for i in range(ranks):
+        env.process(rank(i))
+    env.run()
+    return sum(runs) / len(runs) / work
 
 
 def nearest(table: dict[float, object], load: float) -> float:

@@ -243,6 +243,7 @@ class Engine(NodeModel):
         else:
             node = self.cluster.node_of(dev.name)
             yield self.cpus.transfer((("core", dev.name), ("cores", node)), seconds)
+            self._left_core(node)
         if self._measured(it):
             dev.busy += self.env.now - start
             self.logs[rank].compute.append((start, self.env.now))

@@ -68,6 +68,9 @@ def test_calibrate_writes_a_profile_the_simulator_reads(calibrated):
     assert m.spread and all(std >= 0 and work > 0 for std, work in m.spread.values())
     assert set(m.wakeup) == set(m.spread)
     assert m.message_wakeup and set(m.message_wakeup) <= set(m.wakeup)
+    # measured only with more ranks than cores
+    over = p.calibration["ranks_per_node"] > p.cores_per_node
+    assert bool(m.migration) == over and all(v >= 0 for v in m.migration.values())
     assert all(0 < v < 1.0 for v in m.message_wakeup.values())
     shared = {r["ranks_per_core"] for r in p.calibration["measured"]["allreduce"]} - {1.0}
     assert set(p.measured.collectives_shared) == {x for x in shared if x > 1}
@@ -162,3 +165,17 @@ def test_validate_with_a_missing_profile_is_one_clear_line(tmp_path: Path):
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("parasim: error:")
     assert str(missing) in lines[0] and "Traceback" not in done.stderr
+
+
+def test_the_migration_lag_is_fitted_back_from_the_burst_pattern():
+    """calibrate sets the engine's model of ranks computing in bursts against the measured
+    pattern: a ratio the model gives with a known lag fits back to that lag."""
+    from executor.calibrate_sharing import fit_migration
+    from simulator.engine.node import bursts
+
+    work, pause = 13e-3, 6.5e-3
+    shared = bursts(4, 2, work, pause)
+    assert bursts(4, 2, work, pause, 1e-3) > shared  # a lag costs
+    lag, base = fit_migration(4, 2, work, pause, bursts(4, 2, work, pause, 1.5e-3))
+    assert base == pytest.approx(shared) and lag == pytest.approx(1.5e-3, rel=0.02)
+    assert fit_migration(4, 2, work, pause, shared * 0.95) == (0.0, pytest.approx(shared))

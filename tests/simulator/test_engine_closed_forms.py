@@ -314,6 +314,33 @@ def test_ranks_beyond_the_cores_share_them_as_they_compute(cores, expected):
     assert [t + dur for _, t, dur in spans] == pytest.approx(expected, rel=1e-9)
 
 
+def test_a_core_left_while_ranks_queue_idles_for_the_migration_lag():
+    """3 ranks on 2 cores run 1, 3 and 3 ms of kernels: 2/3 of a core each until the first is
+    done at 1.5 ms; then the two others could have a core each, but one waited in the queue of
+    the core it shared, and the core just left idles for the profile's 1 ms migration lag:
+    half a core each until 2.5 ms, then a core each for the 1.5 ms left."""
+    import dataclasses
+
+    from simulator.specs import NodeMeasurements
+
+    def build(cluster: Cluster) -> Plan:
+        progs = []
+        for ms in (1, 3, 3):
+            b = ProgramBuilder()
+            b.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0, shards=1,
+                  flops=ms * 1e-3 * FLOPS, bytes=0.0, blocks=CAPACITY)
+            progs.append(b)
+        return hand_plan(cluster, progs)
+
+    sc = scenario(per_node=3, cluster_extra="  cores_per_node: 2")
+    for lag, expected in ((1e-3, [1.5e-3, 4e-3, 4e-3]), (0.0, [1.5e-3, 3.5e-3, 3.5e-3])):
+        measured = NodeMeasurements(migration={1.5: lag} if lag else {})
+        lagged = dataclasses.replace(sc, cluster=dataclasses.replace(sc.cluster,
+                                                                     measured=measured))
+        ends = [log.ends[0] for _, log in sorted(run(lagged, build).engine.logs.items())]
+        assert ends == pytest.approx(expected, rel=1e-9)
+
+
 @pytest.mark.parametrize("cores,recv_end,run_end", [
     (1, 2e-3, 3e-3),  # the copy and the run share the core: both at half speed until 2 ms
     (3, 1e-3, 2e-3),  # a core each

@@ -151,3 +151,20 @@ def test_flows_finishing_together_complete_in_the_order_they_started():
                 lambda _e, name=name, order=order: order.append(name))
         env.run()
         assert order == ["first", "second", "third"]
+
+
+def test_a_hold_takes_capacity_away_for_a_while():
+    # two flows of 30 B on a 10 B/s edge: 5 B/s each; at 1 s the edge holds 5 B/s back for
+    # 2 s (2.5 B/s each), then gives it back: 5 + 5 done by 3 s, the 20 B left take 4 s more
+    env = simpy.Environment()
+    network = Network(env, {E1: 10.0})
+    done: list[float] = []
+    for name in ("a", "b"):
+        network.transfer((E1,), 30.0, tag=name).callbacks.append(
+            lambda _e, done=done: done.append(env.now))
+    env.timeout(1.0).callbacks.append(lambda _e: network.hold(E1, 5.0, 2.0))
+    env.run()
+    assert done == [pytest.approx(7.0), pytest.approx(7.0)]
+    assert network.capacity[E1] == 10.0
+    network.hold(E1, 6.0, 1.0)  # would leave less than it takes: not taken
+    assert network.capacity[E1] == 10.0

@@ -680,6 +680,8 @@ def test_the_spread_moves_runs_of_kernels_early_or_late_in_proportion():
      "wakeup[1].ranks_per_core", "must appear once"),
     ("message_wakeup", [{"ranks_per_core": 2.0, "latency_us": -1}],
      "message_wakeup[0].latency_us", "must be at least 0"),
+    ("migration", [{"ranks_per_core": 1.0, "latency_us": 500}], "migration[0].ranks_per_core",
+     "must be above 1"),
     ("spread", [{"ranks_per_core": 1.0, "std_us": 5}], "spread[0].work_us", "is required"),
     ("spread", [{"ranks_per_core": 1.0, "std_us": -5, "work_us": 1}], "spread[0].std_us",
      "must be at least 0"),
