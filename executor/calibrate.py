@@ -12,12 +12,15 @@ Run under ``mpiexec`` with at least two ranks. Measured, in this order:
   while the node's other ranks run the same kernel (``co_run``), and, when ranks outnumber
   cores, the slowdown while they wait inside MPI (whether MPI's waits poll);
 * thread wake-up latency, per ranks per core: how long a thread that blocked waits for a core
-  once another thread hands over to it (the executor's comm stream and main thread);
+  once another thread hands over to it (the executor's comm stream and main thread); a
+  process's after the executor's quiet wait for a message, and, when ranks outnumber cores, how
+  long a core a rank leaves idles while the others queue (``executor/calibrate_sharing.py``);
 * point-to-point one-way times (a send and its acknowledgement, less the acknowledgement's way)
   from rank 0 to a rank on its node, and one on another node when there is one, as a training
   step sends (a freshly written message into a receive buffer out of the caches): latency (the
   smallest message) and bandwidth (a least-squares fit of T = latency + S / bandwidth over
-  large messages);
+  large messages), and MPI's eager limit (the largest blocking send that returns before its
+  receiver is there);
 * all-reduce time against size, rank count and ranks per core (ring, tree and MPI's own), as a
   gradient exchange runs it, next to what the simulator predicts for it from the measured link
   and memory bandwidth, and the per-algorithm fit the simulator uses instead.
