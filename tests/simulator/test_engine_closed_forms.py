@@ -287,6 +287,19 @@ def test_one_block_over_a_wave_costs_a_second_wave():
 
 # ---- ranks sharing cores ------------------------------------------------------------------------
 
+def kernels_of(*ms: float):  # noqa: ANN201
+    """One rank per entry, each running a kernel of that many ms alone, and nothing else."""
+    def build(cluster: Cluster) -> Plan:
+        progs = []
+        for t in ms:
+            b = ProgramBuilder()
+            b.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0, shards=1,
+                  flops=t * 1e-3 * FLOPS, bytes=0.0, blocks=CAPACITY)
+            progs.append(b)
+        return hand_plan(cluster, progs)
+    return build
+
+
 @pytest.mark.parametrize("cores,expected", [
     # 3 ranks, 2 cores, kernels of 1, 1 and 2 ms alone: the three run at 2/3 of a core until the
     # short ones finish (1.5 ms), then the long one has a core to itself: 1.5 + (2 - 1) ms, not
@@ -296,17 +309,8 @@ def test_one_block_over_a_wave_costs_a_second_wave():
     (3, [1e-3, 1e-3, 2e-3]),  # a core each: no sharing
 ])
 def test_ranks_beyond_the_cores_share_them_as_they_compute(cores, expected):
-    def build(cluster: Cluster) -> Plan:
-        progs = []
-        for ms in (1, 1, 2):
-            b = ProgramBuilder()
-            b.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0, shards=1,
-                  flops=ms * 1e-3 * FLOPS, bytes=0.0, blocks=CAPACITY)
-            progs.append(b)
-        return hand_plan(cluster, progs)
-
-    pred = run(scenario(per_node=3, cluster_extra=f"  cores_per_node: {cores}"), build,
-               trace=True)
+    pred = run(scenario(per_node=3, cluster_extra=f"  cores_per_node: {cores}"),
+               kernels_of(1, 1, 2), trace=True)
     ends = [log.ends[0] for _, log in sorted(pred.engine.logs.items())]
     assert ends == pytest.approx(expected, rel=1e-9)
     # the trace's kernel spans last what the shared cores made them last
@@ -323,21 +327,13 @@ def test_a_core_left_while_ranks_queue_idles_for_the_migration_lag():
 
     from simulator.specs import NodeMeasurements
 
-    def build(cluster: Cluster) -> Plan:
-        progs = []
-        for ms in (1, 3, 3):
-            b = ProgramBuilder()
-            b.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0, shards=1,
-                  flops=ms * 1e-3 * FLOPS, bytes=0.0, blocks=CAPACITY)
-            progs.append(b)
-        return hand_plan(cluster, progs)
-
     sc = scenario(per_node=3, cluster_extra="  cores_per_node: 2")
     for lag, expected in ((1e-3, [1.5e-3, 4e-3, 4e-3]), (0.0, [1.5e-3, 3.5e-3, 3.5e-3])):
         measured = NodeMeasurements(migration={1.5: lag} if lag else {})
         lagged = dataclasses.replace(sc, cluster=dataclasses.replace(sc.cluster,
                                                                      measured=measured))
-        ends = [log.ends[0] for _, log in sorted(run(lagged, build).engine.logs.items())]
+        logs = run(lagged, kernels_of(1, 3, 3)).engine.logs
+        ends = [log.ends[0] for _, log in sorted(logs.items())]
         assert ends == pytest.approx(expected, rel=1e-9)
 
 
