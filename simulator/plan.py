@@ -165,6 +165,8 @@ class WorkLoop(Op):
     kind: ClassVar[str] = "work_loop"
 
 
+KERNEL_OPS = (Compute, Update)  # ops that run kernels on the rank's device
+
 OP_TYPES: dict[str, type[Op]] = {
     t.kind: t for t in (Compute, Update, Send, Recv, Collective, PSPush, PSPull, Barrier, WorkLoop)
 }
