@@ -29,4 +29,5 @@ SUFFIXES: dict[str, float] = {
     "_GHz": 1e9,
 }
 
-BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8, "fp8": 1}
+# tf32: fp32 storage, matrix products on TF32 tensor cores (the device's tf32 peak, else fp32)
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8, "fp8": 1, "tf32": 4}

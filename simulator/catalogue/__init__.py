@@ -2,6 +2,10 @@
 
 ``devices.yaml`` and ``links.yaml`` beside this file use the same keys a scenario uses to give a
 device or link inline, and a calibration profile writes the same format; one reader serves all.
+
+``peak_TFLOPS`` takes the precisions in ``PRECISIONS``. ``tf32`` is the TF32 tensor-core rate (a
+training precision that stores fp32, see ``simulator.units.BYTES_PER_ELEMENT``); a device without
+a tf32 peak (V100 and older, CPU cores) runs a tf32 scenario at its fp32 peak.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from simulator.schema import Fields, choice, integer, list_of, load_yaml, number
 from simulator.specs import DeviceSpec, LinkSpec
 from simulator.units import TFLOPS
 
-PRECISIONS = ("fp64", "fp32", "fp16", "bf16", "fp8")
+PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8")
 DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",
                "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
                "comm_sms", "kernels", "source")
