@@ -3,7 +3,10 @@
 and ``cuda`` (numba-cuda; runs on the CPU under ``NUMBA_ENABLE_CUDASIM=1``).
 
 Layouts: float32; images NCHW; dense weights (in, out); convolution weights
-(out_channels, in_channels / groups, kh, kw).
+(out_channels, in_channels / groups, kh, kw); transformer activations as rows (batch x sequence,
+hidden), attention's ``qkv (N, S, 3 heads d)`` in Megatron-LM's per-head layout. Each backend's
+transformer methods live in their own modules (``cpu_transformer``, ``cuda_transformer`` and
+``cuda_attention``).
 """
 
 from __future__ import annotations

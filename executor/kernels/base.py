@@ -6,6 +6,15 @@ Conventions: float32 everywhere; ``N`` is the batch. Images NCHW. Dense: ``x (N,
 square ``stride`` and ``pad``; output ``OH = (H + 2 pad - KH) // stride + 1``. Pooling: square
 window ``k``, ``stride``, ``pad`` (max pooling pads with -inf, average pooling counts the padding
 as zeros and divides by k*k, as Caffe does).
+
+Transformer kernels: ``R`` rows (the caller flattens batch x sequence), ``H`` hidden features,
+``S`` sequence positions, ``d`` features per attention head. Attention takes ``qkv (N, S,
+3 heads d)`` in Megatron-LM's per-head layout (columns ``[h 3d, h 3d + d)`` are head h's query,
+then its key, then its value), so a contiguous split of the columns over T devices gives each
+whole heads. Embedding and cross-entropy take a slice of the vocabulary, ids ``[lo, lo + V_local)``
+(vocabulary parallelism, Megatron-LM's ``VocabParallelEmbedding`` and vocab-parallel cross
+entropy): ids and labels outside the slice contribute zeros, and the caller combines the
+devices' results.
 """
 
 from __future__ import annotations
@@ -89,6 +98,84 @@ class Backend(ABC):
     def softmax_xent(self, logits: Array, labels: Array) -> tuple[float, Array]:
         """Mean cross-entropy of ``softmax(logits)`` against integer ``labels`` (N,), and its
         gradient ``(softmax - onehot) / N``. Numerically stable (max subtracted)."""
+
+    # ---- transformer ----------------------------------------------------------------------
+    @abstractmethod
+    def layer_norm_forward(self, x: Array, gamma: Array, beta: Array, eps: float = 1e-5
+                           ) -> tuple[Array, Array, Array]:
+        """Layer normalisation (Ba et al. 2016) of each row of ``x (R, H)`` over its H features,
+        with PyTorch's biased variance: ``mean = sum_j x_j / H``,
+        ``rstd = 1 / sqrt(sum_j (x_j - mean)^2 / H + eps)``,
+        ``y = (x - mean) rstd gamma + beta`` (``gamma``, ``beta`` (H,)). Returns
+        ``(y (R, H), mean (R,), rstd (R,))``; the last two are for the backward."""
+
+    @abstractmethod
+    def layer_norm_backward(self, x: Array, gamma: Array, dy: Array, mean: Array, rstd: Array
+                            ) -> tuple[Array, Array, Array]:
+        """Exact gradients of :meth:`layer_norm_forward`: with ``xhat = (x - mean) rstd`` and
+        ``g = dy gamma``, ``dx = rstd (g - mean_j(g) - xhat mean_j(g xhat))`` (per row),
+        ``dgamma = sum_rows(dy xhat)``, ``dbeta = sum_rows(dy)``. Returns
+        ``(dx (R, H), dgamma (H,), dbeta (H,))``."""
+
+    @abstractmethod
+    def gelu_forward(self, x: Array) -> Array:
+        """GELU, tanh approximation (Hendrycks & Gimpel 2016; GPT-2, Megatron-LM), element-wise
+        on any shape: ``y = 0.5 x (1 + tanh(u))``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``."""
+
+    @abstractmethod
+    def gelu_backward(self, x: Array, dy: Array) -> Array:
+        """From the forward *input* ``x``: ``dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2)
+        sqrt(2/pi) (1 + 3 0.044715 x^2))`` with ``t = tanh(u)``."""
+
+    @abstractmethod
+    def attention_forward(self, qkv: Array, heads: int, causal: bool = True
+                          ) -> tuple[Array, Array]:
+        """Multi-head self-attention without projections (Vaswani et al. 2017). ``qkv`` is
+        ``(N, S, 3 heads d)`` in the per-head layout above. Per head h:
+        ``scores = q k^T / sqrt(d)``; when ``causal``, key j > query i gets probability 0;
+        ``probs = softmax over keys`` (row maximum subtracted);
+        ``out[n, i, h d:(h + 1) d] = probs[n, h, i] @ v``. Returns ``(out (N, S, heads d),
+        probs (N, heads, S, S))``, the probabilities kept for the backward."""
+
+    @abstractmethod
+    def attention_backward(self, qkv: Array, probs: Array, dout: Array, heads: int) -> Array:
+        """Exact gradient of :meth:`attention_forward`, ``dqkv (N, S, 3 heads d)`` in the same
+        layout: ``dv = P^T dO``, ``dP = dO v^T``, ``dS = P (dP - rowsum(P dP)) / sqrt(d)``,
+        ``dq = dS k``, ``dk = dS^T q``. The mask needs no argument: masked P are 0, so their
+        dS are too."""
+
+    @abstractmethod
+    def embedding_forward(self, ids: Array, table: Array, lo: int) -> Array:
+        """Vocabulary-parallel lookup: ``ids (N, S)`` integers, ``table (V_local, H)`` the rows of
+        ids ``[lo, lo + V_local)``; ``y (N, S, H)`` with ``y[n, s] = table[ids[n, s] - lo]`` for
+        ids in the slice and 0 otherwise (summed over the devices, the whole lookup)."""
+
+    @abstractmethod
+    def embedding_backward(self, ids: Array, dy: Array, lo: int, rows: int) -> Array:
+        """``dtable (rows, H)``: ``dy (N, S, H)`` scatter-added into the rows of the ids in
+        ``[lo, lo + rows)``; other ids contribute nothing."""
+
+    @abstractmethod
+    def xent_partial(self, logits: Array, labels: Array, lo: int
+                     ) -> tuple[Array, Array, Array]:
+        """Per-row statistics of a slice of the vocabulary, ``logits (R, V_local)`` for ids
+        ``[lo, lo + V_local)``, ``labels (R,)`` integers: ``mx = max_j logits[r, j]``,
+        ``sumexp = sum_j exp(logits[r, j] - mx)``, ``target = logits[r, labels[r] - lo]`` when
+        the label is in the slice, else 0. Three float32 (R,) arrays. Across slices (Megatron-LM's
+        vocab-parallel cross entropy): ``gmax = max mx``, ``gsum = sum sumexp exp(mx - gmax)``,
+        ``target = sum target``, and the row's loss is ``log(gsum) + gmax - target``."""
+
+    @abstractmethod
+    def xent_partial_grad(self, logits: Array, labels: Array, lo: int, gmax: Array, gsum: Array,
+                          scale: float) -> Array:
+        """This slice's ``(R, V_local)`` part of the cross-entropy gradient from the whole
+        vocabulary's row statistics ``gmax``, ``gsum`` (R,):
+        ``(exp(logits - gmax[:, None]) / gsum[:, None] - onehot(labels - lo)) scale``
+        (``scale = 1 / R`` for a mean over the rows)."""
+
+    @abstractmethod
+    def add(self, a: Array, b: Array) -> Array:
+        """``a + b``, a new array (residual connections); both of one shape."""
 
     # ---- updates ------------------------------------------------------------------------
     @abstractmethod

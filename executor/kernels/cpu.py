@@ -23,6 +23,7 @@ import numpy as np
 
 from executor.kernels import cpu_jit
 from executor.kernels.base import Array, Backend
+from executor.kernels.cpu_transformer import CpuTransformer
 
 F32 = np.float32
 ACTIVATIONS = {"relu": cpu_jit.RELU, "sigmoid": cpu_jit.SIGMOID, "tanh": cpu_jit.TANH}
@@ -83,7 +84,7 @@ class _ConvGeometry:
                       self.oh, self.ow, dx)
 
 
-class CpuBackend(Backend):
+class CpuBackend(CpuTransformer, Backend):
     """Kernels on NumPy arrays; ``parallel`` picks the ``prange`` builds of the Numba kernels."""
 
     name = "cpu"

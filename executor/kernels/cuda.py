@@ -19,6 +19,10 @@ Kernels (launch configuration in brackets; "1-D" is 256 threads a block, a threa
   mean loss and the reconstruction error [one block striding over the data, then a tree].
 * Pooling (``cuda_image``): max forward stores the argmax, avg forward [1-D over outputs];
   backward [1-D over input pixels, each gathering from the windows that cover it: no atomics].
+* Transformer methods (the mixin ``cuda_transformer.CudaTransformer``; attention's kernels in
+  ``cuda_attention``): layer norm, GELU, attention, vocabulary-parallel embedding and partial
+  cross-entropy, ``add``. Row-wise work [a block of 64 threads per row, tree reductions];
+  element-wise work [1-D]. The embedding's backward is the one kernel with atomics.
 
 The only device-to-host copies inside a method are the scalar losses (``softmax_xent``,
 ``rbm_cd1``). Launches queue on the default stream; ``synchronize`` waits for them. Host arrays
@@ -43,6 +47,7 @@ from executor.kernels import cuda_image as img
 from executor.kernels import cuda_ops as ops
 from executor.kernels.base import Backend
 from executor.kernels.cuda_gemm import gemm_shape, sgemm
+from executor.kernels.cuda_transformer import CudaTransformer
 
 F32 = np.float32
 
@@ -77,7 +82,7 @@ def _activation(fn: str) -> int:
     return ops.ACTIVATIONS[fn]
 
 
-class CudaBackend(Backend):
+class CudaBackend(CudaTransformer, Backend):
     name = "cuda"
 
     def __init__(self) -> None:

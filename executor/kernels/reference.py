@@ -8,10 +8,28 @@ import numpy as np
 from executor.kernels.base import Backend
 
 F32 = np.float32
+GELU_C = np.sqrt(2.0 / np.pi)  # GELU's tanh approximation (Hendrycks & Gimpel 2016)
+GELU_A = 0.044715
 
 
 def out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
+
+
+def _split_heads(qkv: np.ndarray, heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q, k, v of ``qkv (N, S, 3 heads d)`` (per-head layout), each (N, heads, S, d) float64."""
+    n, s, width = qkv.shape
+    if heads < 1 or width % (3 * heads):
+        raise ValueError(f"attention: {width} columns do not split into {heads} heads of q, k, v")
+    per = np.asarray(qkv, dtype=np.float64).reshape(n, s, heads, 3, width // (3 * heads))
+    return tuple(per[:, :, :, i].transpose(0, 2, 1, 3) for i in range(3))
+
+
+def _local_labels(labels: np.ndarray, lo: int, v_local: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as indices into a slice ``[lo, lo + v_local)`` (0 outside) and which are inside."""
+    local = np.asarray(labels, dtype=np.int64) - lo
+    inside = (local >= 0) & (local < v_local)
+    return np.where(inside, local, 0), inside
 
 
 class ReferenceBackend(Backend):
@@ -161,6 +179,91 @@ class ReferenceBackend(Backend):
         p[np.arange(n), labels] -= 1.0
         return float(loss), (p / n).astype(F32)
 
+    # ---- transformer: float64 inside, float32 out --------------------------------------------
+    def layer_norm_forward(self, x, gamma, beta, eps=1e-5):  # noqa: ANN001, ANN201
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=1)
+        rstd = 1.0 / np.sqrt(((x - mean[:, None]) ** 2).mean(axis=1) + eps)
+        y = (x - mean[:, None]) * rstd[:, None] * gamma + beta
+        return y.astype(F32), mean.astype(F32), rstd.astype(F32)
+
+    def layer_norm_backward(self, x, gamma, dy, mean, rstd):  # noqa: ANN001, ANN201
+        dy = np.asarray(dy, dtype=np.float64)
+        rstd = np.asarray(rstd, dtype=np.float64)[:, None]
+        xhat = (np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64)[:, None]) \
+            * rstd
+        g = dy * gamma
+        dx = rstd * (g - g.mean(axis=1, keepdims=True)
+                     - xhat * (g * xhat).mean(axis=1, keepdims=True))
+        return dx.astype(F32), (dy * xhat).sum(axis=0).astype(F32), dy.sum(axis=0).astype(F32)
+
+    def gelu_forward(self, x):  # noqa: ANN001, ANN201
+        x = np.asarray(x, dtype=np.float64)
+        return (0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_A * x ** 3)))).astype(F32)
+
+    def gelu_backward(self, x, dy):  # noqa: ANN001, ANN201
+        x = np.asarray(x, dtype=np.float64)
+        t = np.tanh(GELU_C * (x + GELU_A * x ** 3))
+        slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
+        return (dy * slope).astype(F32)
+
+    def attention_forward(self, qkv, heads, causal=True):  # noqa: ANN001, ANN201
+        q, k, v = _split_heads(qkv, heads)  # (N, heads, S, d) each, float64
+        n, _, s, d = q.shape
+        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+        if causal:  # key j > query i: -inf, so probability exactly 0
+            scores = np.where(np.triu(np.ones((s, s), bool), 1), -np.inf, scores)
+        p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        out = (p @ v).transpose(0, 2, 1, 3).reshape(n, s, heads * d)
+        return out.astype(F32), p.astype(F32)
+
+    def attention_backward(self, qkv, probs, dout, heads):  # noqa: ANN001, ANN201
+        q, k, v = _split_heads(qkv, heads)
+        n, _, s, d = q.shape
+        p = np.asarray(probs, dtype=np.float64)
+        do = np.asarray(dout, dtype=np.float64).reshape(n, s, heads, d).transpose(0, 2, 1, 3)
+        dp = do @ v.transpose(0, 1, 3, 2)
+        ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True)) / np.sqrt(d)
+        dqkv = np.stack([ds @ k, ds.transpose(0, 1, 3, 2) @ q, p.transpose(0, 1, 3, 2) @ do],
+                        axis=3)  # (N, heads, S, 3, d)
+        return dqkv.transpose(0, 2, 1, 3, 4).reshape(n, s, 3 * heads * d).astype(F32)
+
+    def embedding_forward(self, ids, table, lo):  # noqa: ANN001, ANN201
+        local = np.asarray(ids, dtype=np.int64) - lo
+        inside = (local >= 0) & (local < table.shape[0])
+        return np.where(inside[..., None], table[np.where(inside, local, 0)], 0).astype(F32)
+
+    def embedding_backward(self, ids, dy, lo, rows):  # noqa: ANN001, ANN201
+        local = np.asarray(ids, dtype=np.int64).reshape(-1) - lo
+        inside = (local >= 0) & (local < rows)
+        dy = np.asarray(dy, dtype=np.float64).reshape(local.size, -1)
+        dtable = np.zeros((rows, dy.shape[1]))
+        np.add.at(dtable, local[inside], dy[inside])
+        return dtable.astype(F32)
+
+    def xent_partial(self, logits, labels, lo):  # noqa: ANN001, ANN201
+        z = np.asarray(logits, dtype=np.float64)
+        mx = z.max(axis=1)
+        local, inside = _local_labels(labels, lo, z.shape[1])
+        target = np.where(inside, z[np.arange(z.shape[0]), local], 0.0)
+        return mx.astype(F32), np.exp(z - mx[:, None]).sum(axis=1).astype(F32), \
+            target.astype(F32)
+
+    def xent_partial_grad(self, logits, labels, lo, gmax, gsum, scale):  # noqa: ANN001, ANN201
+        z = np.asarray(logits, dtype=np.float64)
+        g = np.exp(z - np.asarray(gmax, np.float64)[:, None]) / np.asarray(gsum,
+                                                                          np.float64)[:, None]
+        local, inside = _local_labels(labels, lo, z.shape[1])
+        g[np.arange(z.shape[0])[inside], local[inside]] -= 1.0
+        return (g * scale).astype(F32)
+
+    def add(self, a, b):  # noqa: ANN001, ANN201
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"add: shapes {np.shape(a)} and {np.shape(b)} differ")
+        return (np.asarray(a, np.float64) + b).astype(F32)
+
+    # ---- updates ------------------------------------------------------------------------
     def sgd_momentum(self, w, g, v, lr, momentum, weight_decay=0.0):  # noqa: ANN001, ANN201
         v *= F32(momentum)
         v += g
