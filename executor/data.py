@@ -10,11 +10,16 @@ Formats read:
 - CIFAR-10 binary batches (``data_batch_1.bin``...): 3073-byte records, one label byte then
   1024 red, 1024 green and 1024 blue pixel bytes (CHW, rows top to bottom).
 - ``.npz`` archives holding an image array and a label array (no pickled objects).
+- UTF-8 text, for character-level language models (``load_text``): each distinct character is a
+  token, the sorted characters (by code point) getting ids ``0..C-1``; sample ``j`` is the
+  ``seq_len`` ids from offset ``j * stride`` and its labels are the same window shifted one
+  character on (the next-character targets). ``scenarios/data/kjv_luke.txt`` is a shipped corpus.
 
-Every dataset is ``float32`` images NCHW (or ``(N, features)`` after ``flatten``) and ``int64``
-labels. Byte pixels become ``[0, 1]`` by dividing by 255. Bad input raises ``DataError`` naming
-the file and what is wrong with it. Whole files are read into memory (MNIST is 47 MB, a CIFAR-10
-batch 31 MB); memory mapping and streaming are left out.
+Every image dataset is ``float32`` images NCHW (or ``(N, features)`` after ``flatten``) and
+``int64`` class labels ``(N,)``; a text dataset is ``float32`` token ids ``(N, seq_len)`` and
+``int64`` per-position labels ``(N, seq_len)``. Byte pixels become ``[0, 1]`` by dividing by 255.
+Bad input raises ``DataError`` naming the file and what is wrong with it. Whole files are read
+into memory (MNIST is 47 MB, a CIFAR-10 batch 31 MB); memory mapping and streaming are left out.
 """
 
 from __future__ import annotations
@@ -46,9 +51,12 @@ class DataError(Exception):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """Samples ``x`` (float32, first axis = sample) and their labels ``y`` (int64, 1-D).
+    """Samples ``x`` (float32, ``(N, ...)`` with ndim >= 2) and their labels ``y`` (int64): either
+    ``(N,)``, one class per sample, or ``(N, ...)``, a row of labels per sample (per-position
+    targets such as next tokens). Only the first axes must agree.
 
     The arrays are stored as read-only views so that a frozen Dataset stays what it was.
+    ``shard``, ``batches`` and ``flatten`` slice along the first axis and keep the labels' shape.
     """
 
     x: np.ndarray
@@ -62,8 +70,12 @@ class Dataset:
             raise ValueError(
                 f"{self.name}: x has shape {x.shape}; expected (N, ...) with ndim >= 2"
             )
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"{self.name}: y has shape {y.shape}; expected ({x.shape[0]},)")
+        n = x.shape[0]
+        if y.ndim < 1 or y.shape[0] != n:
+            raise ValueError(
+                f"{self.name}: y has shape {y.shape}; expected ({n},) or ({n}, ...), "
+                "one label or one row of labels per sample"
+            )
         x.flags.writeable = False
         y.flags.writeable = False
         object.__setattr__(self, "x", x)
@@ -80,7 +92,10 @@ class Dataset:
         n = len(self)
         lo = rank * (n // size) + min(rank, n % size)
         hi = lo + n // size + (1 if rank < n % size else 0)
-        return Dataset(self.x[lo:hi], self.y[lo:hi], f"{self.name}[{rank}/{size}]")
+        # replace() keeps a subclass and its extra fields (a TextDataset's vocab)
+        return dataclasses.replace(
+            self, x=self.x[lo:hi], y=self.y[lo:hi], name=f"{self.name}[{rank}/{size}]"
+        )
 
     def batches(
         self, batch: int, start_step: int = 0, steps: int | None = None
@@ -98,12 +113,47 @@ class Dataset:
         step = start_step
         while steps is None or step < start_step + steps:
             index = (np.arange(batch) + (step * batch) % n) % n
-            yield self.x.take(index, axis=0), self.y.take(index)
+            yield self.x.take(index, axis=0), self.y.take(index, axis=0)
             step += 1
 
     def flatten(self) -> Dataset:
         """The same samples as ``(N, features)`` rows, for MLPs."""
-        return Dataset(self.x.reshape(len(self), -1), self.y, self.name)
+        return dataclasses.replace(self, x=self.x.reshape(len(self), -1))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextDataset(Dataset):
+    """Character windows of a text: ``x`` token ids ``(N, seq_len)`` as float32, ``y`` the
+    next-character ids ``(N, seq_len)``; ``vocab[i]`` is the character of id ``i``."""
+
+    vocab: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        vocab = tuple(self.vocab)
+        single = all(isinstance(c, str) and len(c) == 1 for c in vocab)
+        if not single or len(set(vocab)) < len(vocab):
+            raise ValueError(f"{self.name}: vocab must be distinct single characters")
+        object.__setattr__(self, "vocab", vocab)
+
+    def decode(self, ids: Sequence[float] | np.ndarray) -> str:
+        """The text a 1-D sequence of token ids (a row of ``x`` or ``y``) spells."""
+        ids = np.asarray(ids)
+        whole = ids.astype(np.int64)
+        valid = np.all(whole == ids) and np.all((whole >= 0) & (whole < len(self.vocab)))
+        if ids.ndim != 1 or not valid:
+            raise ValueError(
+                f"{self.name}: decode needs a 1-D sequence of whole ids in [0, {len(self.vocab)})"
+            )
+        return "".join(self.vocab[i] for i in whole)
+
+    def encode(self, text: str) -> np.ndarray:
+        """The int64 token ids of ``text`` (every character must be in the vocabulary)."""
+        index = {c: i for i, c in enumerate(self.vocab)}
+        unknown = sorted(set(text) - index.keys())
+        if unknown:
+            raise ValueError(f"{self.name}: characters {unknown} are not in the vocabulary")
+        return np.array([index[c] for c in text], dtype=np.int64)
 
 
 # ---- file readers ------------------------------------------------------------------------------
@@ -247,6 +297,54 @@ def load_npz(path: PathLike, x_key: str = "x", y_key: str = "y", name: str = "np
     return Dataset(x, y, name)
 
 
+def load_text(
+    path: PathLike,
+    seq_len: int,
+    stride: int | None = None,
+    vocab_size: int | None = None,
+    name: str = "text",
+) -> TextDataset:
+    """A UTF-8 text file as next-character samples: ``x[j] = ids[i : i + seq_len]`` and
+    ``y[j] = ids[i + 1 : i + seq_len + 1]`` for ``i = j * stride`` (``stride`` defaults to
+    ``seq_len``: windows that do not overlap) while ``i + seq_len + 1 <= len(text)``; a tail too
+    short for one more window is left out. Ids are the sorted distinct characters' positions;
+    with ``vocab_size`` the text may hold at most that many. No newline translation (a carriage
+    return is a character like any other); a gzipped file is decompressed first."""
+    stride = seq_len if stride is None else stride
+    if seq_len < 1 or stride < 1 or (vocab_size is not None and vocab_size < 1):
+        raise ValueError(
+            f"load_text: seq_len, stride and vocab_size must be at least 1; "
+            f"got {seq_len}, {stride}, {vocab_size}"
+        )
+    raw = _read(path)
+    if not raw:
+        raise DataError(f"{path}: is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
+    if len(text) < seq_len + 1:
+        raise DataError(
+            f"{path}: holds {len(text)} characters; one sample of seq_len {seq_len} "
+            f"needs {seq_len + 1}"
+        )
+    # UTF-32 gives one code point per character; np.unique sorts them as Python sorts str
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    chars, ids = np.unique(codes, return_inverse=True)
+    if vocab_size is not None and len(chars) > vocab_size:
+        raise DataError(
+            f"{path}: holds {len(chars)} distinct characters, more than vocab: {vocab_size}"
+        )
+    # windows are strided views of the id sequence: O(len(text)) memory whatever the stride
+    n = (len(text) - seq_len - 1) // stride + 1
+    windows = np.lib.stride_tricks.sliding_window_view
+    x = windows(ids.astype(np.float32), seq_len)[::stride][:n]
+    y = windows(ids.astype(np.int64)[1:], seq_len)[::stride][:n]
+    return TextDataset(x, y, name, tuple(chr(c) for c in chars))
+
+
 # ---- bundled and generated data ----------------------------------------------------------------
 
 
@@ -294,15 +392,18 @@ _KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "npz": (frozenset({"path"}), frozenset({"x_key", "y_key"})),
     "digits": (frozenset(), frozenset()),
     "synthetic": (frozenset({"samples", "classes", "seed"}), frozenset({"shape"})),
+    "text": (frozenset({"path", "seq_len"}), frozenset({"vocab", "stride"})),
 }
 
 
 def open_dataset(spec: Mapping, base_dir: PathLike = ".", where: str = "dataset") -> Dataset:
     """The dataset a scenario-style mapping describes, e.g. ``{kind: mnist, images: PATH,
     labels: PATH}``, ``{kind: cifar10, batches: [PATH, ...]}``, ``{kind: npz, path: PATH}``,
-    ``{kind: digits}`` or ``{kind: synthetic, samples: N, classes: K, seed: S, shape: [C, H, W]}``
-    (shape optional, default ``[1, 8, 8]``). Relative paths are resolved against ``base_dir``;
-    ``where`` names the spec in error messages (e.g. ``"run.yaml: data"``)."""
+    ``{kind: digits}``, ``{kind: synthetic, samples: N, classes: K, seed: S, shape: [C, H, W]}``
+    (shape optional, default ``[1, 8, 8]``) or ``{kind: text, path: PATH, seq_len: S}`` with
+    optional ``vocab: V`` (at most V distinct characters) and ``stride: K`` (default S).
+    Relative paths are resolved against ``base_dir``; ``where`` names the spec in error messages
+    (e.g. ``"run.yaml: data"``)."""
     if not isinstance(spec, Mapping):
         raise DataError(f"{where}: expected a mapping with a 'kind', got {type(spec).__name__}")
     kind = spec.get("kind")
@@ -344,6 +445,11 @@ def open_dataset(spec: Mapping, base_dir: PathLike = ".", where: str = "dataset"
         return load_npz(path("path", spec["path"]), text("x_key", "x"), text("y_key", "y"))
     if kind == "digits":
         return digits()
+    if kind == "text":
+        seq_len = integer("seq_len", 1)
+        stride = integer("stride", 1) if "stride" in spec else None
+        vocab = integer("vocab", 1) if "vocab" in spec else None
+        return load_text(path("path", spec["path"]), seq_len, stride, vocab)
     shape = spec.get("shape", [1, 8, 8])
     if (
         not isinstance(shape, list | tuple)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import struct
 import subprocess
 import sys
@@ -22,10 +23,12 @@ import pytest
 from executor.data import (
     DataError,
     Dataset,
+    TextDataset,
     digits,
     load_cifar10,
     load_idx,
     load_npz,
+    load_text,
     open_dataset,
     synthetic,
 )
@@ -479,3 +482,202 @@ def test_open_dataset_names_the_resolved_file(tmp_path):
             },
             tmp_path,
         )
+
+
+# ---- text --------------------------------------------------------------------------------------
+
+CORPUS = Path(__file__).resolve().parents[2] / "scenarios" / "data" / "kjv_luke.txt"
+# the 61 characters scenarios/data/README.md lists, in code point order (= token ids 0..60)
+CORPUS_VOCAB = "\n !'(),.:;?ABCDEFGHIJKLMNOPRSTUVWYZabcdefghijklmnopqrstuvwxyz"
+
+# "abracadabra": a=0 b=1 c=2 d=3 r=4, ids 0 1 4 0 2 0 3 0 1 4 0
+ABRACADABRA = [0, 1, 4, 0, 2, 0, 3, 0, 1, 4, 0]
+
+
+def text_file(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def test_shipped_corpus_is_what_its_readme_says():
+    raw = CORPUS.read_bytes()
+    readme = (CORPUS.parent / "README.md").read_text(encoding="utf-8")
+    assert 50_000 <= len(raw) <= 150_000
+    assert hashlib.sha256(raw).hexdigest() in readme
+    assert f"{len(raw):,} bytes" in readme
+    text = raw.decode("ascii")  # plain ASCII, as the README says
+    assert text.startswith("Forasmuch as many have taken in hand to set forth in order")
+    assert text.endswith("praising and blessing God. Amen.\n")
+    d = load_text(CORPUS, seq_len=64)
+    assert "".join(d.vocab) == CORPUS_VOCAB
+    assert f"{len(d.vocab)} distinct characters" in readme and len(d.vocab) == 61
+
+
+def test_shipped_corpus_loads_from_a_scenario_spec_and_decodes_to_its_text():
+    text = CORPUS.read_text(encoding="ascii")
+    spec = {"kind": "text", "path": "data/kjv_luke.txt", "seq_len": 128, "vocab": 64}
+    d = open_dataset(spec, CORPUS.parent.parent, where="gpt.yaml: data")
+    # windows start at 0, 128, ...; the last whole one starts at 1051 * 128 (+ 129 <= 134697)
+    assert isinstance(d, TextDataset) and d.name == "text"
+    assert d.x.shape == d.y.shape == (1052, 128)
+    assert d.x.dtype == np.float32 and d.y.dtype == np.int64
+    assert "".join(d.decode(row) for row in d.x) == text[: 1052 * 128]
+    assert d.decode(d.y[-1]) == text[1051 * 128 + 1 : 1051 * 128 + 129]
+    np.testing.assert_array_equal(d.x[:, 1:], d.y[:, :-1])  # y is x shifted by one
+    np.testing.assert_array_equal(d.encode(text[:128]), d.x[0])
+    assert int(d.y.max()) < 64
+
+
+def test_text_windows_by_hand(tmp_path):
+    path = text_file(tmp_path / "abra.txt", "abracadabra")
+    d = load_text(path, seq_len=4)
+    assert d.vocab == ("a", "b", "c", "d", "r")
+    assert d.x.tolist() == [[0, 1, 4, 0], [2, 0, 3, 0]]  # starts 0, 4; 8 + 5 > 11 is left out
+    assert d.y.tolist() == [[1, 4, 0, 2], [0, 3, 0, 1]]
+    assert [d.decode(row) for row in d.x] == ["abra", "cada"]
+    assert [d.decode(row) for row in d.y] == ["brac", "adab"]
+
+    d = load_text(path, seq_len=4, stride=3)  # starts 0, 3, 6
+    assert d.x.tolist() == [ABRACADABRA[i : i + 4] for i in (0, 3, 6)]
+    assert d.y.tolist() == [ABRACADABRA[i + 1 : i + 5] for i in (0, 3, 6)]
+    d = load_text(path, seq_len=4, stride=1)  # every start 0..6
+    assert d.y.tolist() == [ABRACADABRA[i + 1 : i + 5] for i in range(7)]
+    d = load_text(path, seq_len=10)  # exactly one window: 10 + 1 characters
+    assert d.decode(d.x[0]) == "abracadabr" and d.decode(d.y[0]) == "bracadabra"
+    with pytest.raises(ValueError):
+        d.x[0, 0] = 1.0
+
+
+def test_text_ids_are_sorted_code_points_and_unicode_is_fine(tmp_path):
+    text = "naïve café, Ärger\r\n"
+    d = load_text(text_file(tmp_path / "u.txt", text), seq_len=len(text) - 1, vocab_size=64)
+    assert d.vocab == tuple(sorted(set(text)))
+    assert d.vocab[:3] == ("\n", "\r", " ") and d.vocab[-2:] == ("é", "ï")
+    assert d.decode(d.x[0]) + text[-1] == text
+    gz = text_file(tmp_path / "u.txt.gz", gzip.compress(text.encode("utf-8")))
+    np.testing.assert_array_equal(load_text(gz, seq_len=4).y, load_text(tmp_path / "u.txt", 4).y)
+
+
+def test_text_decode_and_encode_reject_what_is_not_in_the_vocabulary(tmp_path):
+    d = load_text(text_file(tmp_path / "abra.txt", "abracadabra"), seq_len=4)
+    assert d.decode([4, 0]) == "ra" and d.decode([]) == ""
+    assert d.encode("cab").tolist() == [2, 0, 1]
+    for ids in ([5], [-1], [1.5], d.x):  # out of range, negative, not whole, 2-D
+        with pytest.raises(ValueError):
+            d.decode(ids)
+    with pytest.raises(ValueError, match="'z'"):
+        d.encode("zebra")
+
+
+def test_text_vocab_limit(tmp_path):
+    path = text_file(tmp_path / "abra.txt", "abracadabra")
+    assert load_text(path, seq_len=4, vocab_size=5).vocab == ("a", "b", "c", "d", "r")
+    with expect_error(path, "5 distinct characters", "vocab: 4"):
+        load_text(path, seq_len=4, vocab_size=4)
+    with expect_error(path, "5 distinct characters", "vocab: 3"):
+        open_dataset({"kind": "text", "path": "abra.txt", "seq_len": 4, "vocab": 3}, tmp_path)
+
+
+BAD_TEXT = {
+    "empty": (b"", ["is empty"]),
+    "latin-1": ("café au lait".encode("latin-1"), ["not UTF-8", "0xe9", "offset 3"]),
+    "utf-16": ("hello world".encode("utf-16"), ["not UTF-8", "0xff", "offset 0"]),
+    "too short": (b"abc", ["3 characters", "seq_len 3", "needs 4"]),
+    "bad gzip": (b"\x1f\x8b\x08\x00garbage", ["gzip"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TEXT)
+@pytest.mark.parametrize("via", ["load_text", "open_dataset"])
+def test_text_malformed(tmp_path, case, via):
+    data, fragments = BAD_TEXT[case]
+    path = text_file(tmp_path / "corpus.txt", data)
+    with expect_error(path, *fragments):
+        if via == "load_text":
+            load_text(path, seq_len=3)
+        else:
+            open_dataset({"kind": "text", "path": "corpus.txt", "seq_len": 3}, tmp_path)
+
+
+def test_text_missing_file_and_directory(tmp_path):
+    with expect_error("gone.txt", "no such file"):
+        load_text(tmp_path / "gone.txt", seq_len=8)
+    (tmp_path / "texts").mkdir()
+    with expect_error("texts", "directory"):
+        open_dataset({"kind": "text", "path": "texts", "seq_len": 8}, tmp_path)
+
+
+def test_text_errors_are_data_errors_without_a_chained_traceback(tmp_path):
+    # the CLIs print a DataError's message alone; nothing of the UnicodeDecodeError shows
+    text_file(tmp_path / "corpus.txt", "café".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        open_dataset({"kind": "text", "path": "corpus.txt", "seq_len": 2}, tmp_path)
+    assert type(info.value) is DataError
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+BAD_TEXT_SPECS = {
+    "no seq_len": ({"kind": "text", "path": "a.txt"}, ["needs seq_len"]),
+    "no path": ({"kind": "text", "seq_len": 8}, ["needs path"]),
+    "seq_len zero": ({"kind": "text", "path": "a.txt", "seq_len": 0}, ["data.seq_len", ">= 1"]),
+    "seq_len string": ({"kind": "text", "path": "a.txt", "seq_len": "8"}, ["data.seq_len"]),
+    "stride zero": (
+        {"kind": "text", "path": "a.txt", "seq_len": 8, "stride": 0},
+        ["data.stride", ">= 1", "0"],
+    ),
+    "vocab bool": ({"kind": "text", "path": "a.txt", "seq_len": 8, "vocab": True}, ["data.vocab"]),
+    "vocab float": ({"kind": "text", "path": "a.txt", "seq_len": 8, "vocab": 64.0}, ["data.vocab"]),
+    "unknown key": (
+        {"kind": "text", "path": "a.txt", "seq_len": 8, "vocab_size": 64},
+        ["unknown key(s) vocab_size"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TEXT_SPECS)
+def test_open_dataset_bad_text_specs(tmp_path, case):
+    spec, fragments = BAD_TEXT_SPECS[case]
+    text_file(tmp_path / "a.txt", "abracadabra")
+    with expect_error("run.yaml", *fragments):
+        open_dataset(spec, tmp_path, where="run.yaml: data")
+
+
+# ---- per-position labels -----------------------------------------------------------------------
+
+
+def test_dataset_takes_per_position_labels():
+    # sample i: x all i, labels [10 i, 10 i + 1, 10 i + 2]
+    d = Dataset(
+        np.arange(5, dtype=np.float32)[:, None] * np.ones(3), np.arange(15).reshape(5, 3), "seq"
+    )
+    assert d.y.shape == (5, 3) and len(d) == 5
+    assert [s.y.tolist() for s in (d.shard(0, 2), d.shard(1, 2))] == [
+        [[0, 1, 2], [3, 4, 5], [6, 7, 8]],
+        [[9, 10, 11], [12, 13, 14]],
+    ]
+    _, y = next(d.batches(3, start_step=1))  # samples 3, 4, 0
+    assert y.tolist() == [[9, 10, 11], [12, 13, 14], [0, 1, 2]]
+    np.testing.assert_array_equal(d.flatten().y, d.y)
+    for y in (np.zeros((4, 3)), np.zeros(())):  # wrong count, no sample axis
+        with pytest.raises(ValueError):
+            Dataset(np.zeros((5, 3)), y, "bad")
+
+
+def test_text_labels_survive_shard_batches_and_the_executors_indexing(tmp_path):
+    d = load_text(text_file(tmp_path / "abra.txt", "abracadabra"), seq_len=4, stride=1)
+    shards = [d.shard(rank, 2) for rank in range(2)]  # 7 windows: 4 + 3
+    assert all(isinstance(s, TextDataset) and s.vocab == d.vocab for s in shards)
+    assert [s.name for s in shards] == ["text[0/2]", "text[1/2]"]
+    np.testing.assert_array_equal(np.concatenate([s.y for s in shards]), d.y)
+    assert [shards[1].decode(row) for row in shards[1].y] == ["adab", "dabr", "abra"]
+    x, y = next(shards[1].batches(2, start_step=1))  # samples 2, 0 of the shard
+    assert x.shape == y.shape == (2, 4) and x.dtype == np.float32 and y.dtype == np.int64
+    assert [d.decode(r) for r in x] == ["dabr", "cada"]
+    assert [d.decode(r) for r in y] == ["abra", "adab"]
+    flat = d.flatten()
+    assert isinstance(flat, TextDataset) and flat.x.shape == (7, 4) and flat.vocab == d.vocab
+    # executor/execute.py's _period_batch reads a period's samples exactly so
+    idx = (1 * 3 + np.arange(3)) % len(d.y)
+    xb, yb = np.ascontiguousarray(d.x[idx], dtype=np.float32), d.y[idx].astype(np.int64)
+    np.testing.assert_array_equal(xb[:, 1:], yb[:, :-1])
+    assert [d.decode(r) for r in yb] == ["cada", "adab", "dabr"]  # windows 3, 4, 5
