@@ -264,7 +264,7 @@ def _runner_overhead(backend: Any, grid: dict[str, Any]) -> float:
     from simulator.cluster import build_cluster
     from simulator.model import build_custom
     from simulator.specs import ClusterSpec, StrategySpec, TrainingSpec
-    from simulator.strategies import build_plan
+    from simulator.strategies import build_plan, default_options
     from simulator.strategies.common import Context
 
     layers = ([{"kind": "dense", "units": 4}, {"kind": "act", "fn": "relu"}] * 11
@@ -278,8 +278,7 @@ def _runner_overhead(backend: Any, grid: dict[str, Any]) -> float:
                                                optimizer="momentum", iterations=1,
                                                warmup_iterations=0))
     plan = build_plan(ctx, StrategySpec("one", "data_parallel",
-                                        {"devices": 1, "exchange": "ring", "bucket_MiB": 0.0,
-                                         "overlap": False, "local_steps": 1}))
+                                        default_options("data_parallel", devices=1)))
     runner = RankRunner(MPI.COMM_SELF, plan, graph, backend, 0, 0.0, 0.0)
     x = np.ones((batch, 4), F32)
     y = np.zeros(batch, np.int64)

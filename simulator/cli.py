@@ -366,6 +366,8 @@ def _columns(rows: list[tuple[str, ...]], left: int = 1, ragged_last: bool = Fal
 
 
 def format_table(result: dict[str, Any]) -> str:
+    from simulator.plan_report import memory_text
+
     sc = result["scenario"]
     head = (f"{sc['name']}: {sc['devices']} x {sc['device']}, global batch {sc['batch_size']}; "
             f"one device: {sc['one_device_throughput_samples_per_s']:.1f} samples/s")
@@ -386,6 +388,9 @@ def format_table(result: dict[str, Any]) -> str:
                      "yes"))
     out = [head, "(breakdown columns: ms per iteration, averaged over worker devices)"]
     out += _columns(rows, ragged_last=True)
+    for e in result["results"]:
+        for g in e.get("memory_over", ()):
+            out.append(f"{e['strategy']} does not fit on {memory_text(g)}")
     extra = [e for e in result["results"] if "staleness" in e]
     for e in extra:
         st = e["staleness"]

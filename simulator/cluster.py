@@ -55,6 +55,7 @@ class Cluster:
     graph: nx.DiGraph
     slowdown: dict[str, float]
     _routes: dict[tuple[str, str], tuple[Edge, ...]] = field(default_factory=dict, repr=False)
+    _latencies: dict[tuple[Edge, ...], float] = field(default_factory=dict, repr=False)
 
     @property
     def device_spec(self) -> DeviceSpec:
@@ -95,6 +96,12 @@ class Cluster:
         return [x, f"{node}.fabric", self.nic_of(x), SWITCH]
 
     def latency(self, route: tuple[Edge, ...]) -> float:
+        hit = self._latencies.get(route)
+        if hit is None:
+            hit = self._latencies[route] = self._latency(route)
+        return hit
+
+    def _latency(self, route: tuple[Edge, ...]) -> float:
         total, last = 0.0, None
         for e in route:
             link = self.graph.edges[e]["link"]

@@ -74,6 +74,9 @@ class Compute(Op):
     kernels: int = 1
     layer_kind: str = ""  # the model layer's kind (dense, conv, act, ...): its kernel curve
     shape: str = ""  # the layer's per-sample geometry: a kernel curve of that shape, if any
+    # a forward run again before the backward (activation recomputation): it restores what the
+    # layer keeps for backward from the layer's input, and sends nothing
+    recompute: bool = False
     kind: ClassVar[str] = "compute"
 
 
@@ -189,7 +192,14 @@ class RankProgram:
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """Bytes a device needs for this plan, by category; ``capacity`` is what it has."""
+    """Bytes a device needs for this plan, by category; ``capacity`` is what it has.
+
+    ``activations`` are what the device keeps for backward over the micro-batches in flight;
+    ``buffers`` are transient peaks on top (ZeRO-3's gathered parameters, the one block that
+    full recomputation re-runs); ``detail`` names the parts: ``(what, bytes)`` pairs, the
+    activations by tensor (``attention softmax outputs``, ``dropout masks``, ...) and the
+    buffers by name.
+    """
 
     device: str
     weights: float
@@ -197,10 +207,12 @@ class MemoryNeed:
     optimizer: float
     activations: float
     capacity: float
+    buffers: float = 0.0
+    detail: tuple[tuple[str, float], ...] = ()
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.activations + self.buffers
 
     @property
     def fits(self) -> bool:
@@ -219,6 +231,11 @@ class Plan:
     memory: tuple[MemoryNeed, ...] = ()
     portions: int = 0  # Sandblaster: work portions per batch
     options: dict[str, Any] = field(default_factory=dict)
+    # rank permutations the plan is unchanged under (a tensor group's ranks are images of each
+    # other): each maps rank i to mirrors[k][i], programs equal up to shard indices, with peers
+    # and group members mapped. The simulator runs one rank per orbit where nothing in the
+    # cluster breaks the symmetry (``simulator/engine/symmetry.py``); the executor runs all.
+    mirrors: tuple[tuple[int, ...], ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -267,8 +284,11 @@ class Plan:
             strategy=d["strategy"], scheme=d["scheme"], mode=d["mode"],
             samples_per_period=d["samples_per_period"], period_steps=d["period_steps"],
             ranks=ranks, groups={k: tuple(v) for k, v in d["groups"].items()},
-            memory=tuple(MemoryNeed(**m) for m in d["memory"]),
+            memory=tuple(MemoryNeed(**{**m, "detail": tuple(tuple(x) for x in
+                                                        m.get("detail", ()))})
+                         for m in d["memory"]),
             portions=d.get("portions", 0), options=dict(d.get("options", {})),
+            mirrors=tuple(tuple(m) for m in d.get("mirrors", ())),
         )
 
 
@@ -277,6 +297,8 @@ class ProgramBuilder:
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
+        self.named: dict[str, int] = {}  # ops a later phase looks up by name (loss statistics)
+        self.scripts: dict = {}  # phases worked out once, replayed per micro-batch (strategies)
 
     def add(self, cls: type[Op], *, stream: str = COMPUTE, deps: tuple[int, ...] = (),
             **kw: Any) -> int:

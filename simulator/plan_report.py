@@ -42,6 +42,37 @@ def link_bytes(plan: Plan, cluster: Cluster) -> dict[str, float]:
     return dict(out)
 
 
+def memory_groups(plan: Plan, only_over: bool = False) -> list[dict[str, Any]]:
+    """Devices with the same memory need, grouped: their need by part (weights, gradients,
+    optimizer state, activations, buffers) and the detail (activations by tensor, buffers by
+    name), in bytes. ``only_over``: only devices that do not fit."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for m in plan.memory:
+        if only_over and m.fits:
+            continue
+        key = (m.weights, m.gradients, m.optimizer, m.activations, m.buffers, m.detail)
+        g = groups.setdefault(key, {
+            "devices": [], "need_bytes": m.total, "capacity_bytes": m.capacity,
+            "weights": m.weights, "gradients": m.gradients, "optimizer": m.optimizer,
+            "activations": m.activations, "buffers": m.buffers, "detail": dict(m.detail)})
+        g["devices"].append(m.device)
+    return sorted(groups.values(), key=lambda g: -g["need_bytes"])
+
+
+def memory_text(group: dict[str, Any]) -> str:
+    """One line: a group's devices, its need against capacity and its parts in GiB."""
+    gib = 2**30
+    devs = group["devices"]
+    who = devs[0] if len(devs) == 1 else f"{devs[0]} and {len(devs) - 1} more"
+    parts = ", ".join(f"{k} {group[k] / gib:.2f}" for k in ("weights", "gradients", "optimizer",
+                                                            "activations", "buffers")
+                      if group[k])
+    top = sorted(group["detail"].items(), key=lambda kv: -kv[1])
+    detail = "; ".join(f"{k} {v / gib:.2f}" for k, v in top if v >= 0.005 * gib)
+    return (f"{who}: {group['need_bytes'] / gib:.2f} of {group['capacity_bytes'] / gib:.2f} GiB"
+            f" ({parts})" + (f" [{detail}]" if detail else ""))
+
+
 def describe_plan(plan: Plan, cluster: Cluster) -> str:
     gib = 2**30
     lines = [f"plan {plan.strategy!r}: scheme {plan.scheme}, mode {plan.mode}, "
@@ -65,9 +96,21 @@ def describe_plan(plan: Plan, cluster: Cluster) -> str:
                  "= total / capacity")
     for m in plan.memory:
         flag = "" if m.fits else "   DOES NOT FIT"
+        extra = f" + {m.buffers / gib:.2f} buffers" if m.buffers else ""
         lines.append(f"  {m.device:<16} {m.weights / gib:7.2f} + {m.gradients / gib:7.2f} + "
-                     f"{m.optimizer / gib:7.2f} + {m.activations / gib:7.2f} = "
+                     f"{m.optimizer / gib:7.2f} + {m.activations / gib:7.2f}{extra} = "
                      f"{m.total / gib:7.2f} / {m.capacity / gib:.2f}{flag}")
+    groups = [g for g in memory_groups(plan) if g["detail"]]
+    if groups:
+        lines.append("")
+        lines.append("activations kept for backward, by tensor, and transient buffers (GiB), "
+                     "per group of devices with the same need:")
+        for g in groups:
+            devs = g["devices"]
+            lines.append(f"  {devs[0]}" + (f" and {len(devs) - 1} more" if len(devs) > 1
+                                           else ""))
+            for name, size in sorted(g["detail"].items(), key=lambda kv: -kv[1]):
+                lines.append(f"    {name:<60} {size / gib:9.3f}")
     return "\n".join(lines)
 
 
@@ -79,4 +122,5 @@ def summary(plan: Plan, cluster: Cluster) -> dict[str, Any]:
     return {"scheme": plan.scheme, "mode": plan.mode, "ranks": len(plan.ranks),
             "workers": len(plan.workers()), "op_counts": dict(sorted(counts.items())),
             "bytes_per_link_type_per_period": link_bytes(plan, cluster),
-            "options": {k: v for k, v in plan.options.items() if k != "states"}}
+            "options": {k: v for k, v in plan.options.items()
+                        if k not in ("states", "sequence_split")}}

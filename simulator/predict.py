@@ -18,7 +18,7 @@ from simulator.model import summary as model_summary
 from simulator.plan import Plan
 from simulator.scenario import build_graph
 from simulator.specs import Scenario, StrategySpec
-from simulator.strategies import build_plan
+from simulator.strategies import build_plan, default_options
 from simulator.strategies.common import Context
 from simulator.strategies.dbn_pretrain import predicted_pretraining
 
@@ -93,8 +93,7 @@ def _one_device_throughput(ctx: Context) -> float:
                                   compute_jitter=0.0))
     ctx = Context(ctx.graph, clean, ctx.training)
     spec = StrategySpec(name="one device", scheme="data_parallel",
-                        options={"devices": 1, "exchange": "ring", "bucket_MiB": 0.0,
-                                 "overlap": False, "local_steps": 1})
+                        options=default_options("data_parallel", devices=1))
     plan = build_plan(ctx, spec)
     plan = replace(plan, memory=())
     one = replace(ctx.training, warmup_iterations=0, iterations=1)

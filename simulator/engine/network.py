@@ -33,6 +33,14 @@ class Flow:
     nbytes: float = 0.0
     weight: int = 1  # identical flows this one stands for (symmetry); all share the edges
     tag: str = ""
+    # a flow standing for mirror images of itself (``symmetry``): how many of them cross each
+    # edge of its route, and the edges of every image route (whose bytes it carries)
+    weights: dict[Edge, float] | None = None
+    stat_edges: tuple[Edge, ...] | None = None
+
+    def on(self, edge: Edge) -> float:
+        """How many flows this one counts for on ``edge``."""
+        return self.weights[edge] if self.weights is not None else self.weight
 
 
 @dataclass
@@ -56,19 +64,24 @@ class Network:
     _pending: bool = False
 
     def transfer(self, route: tuple[Edge, ...], nbytes: float, latency: float = 0.0,
-                 tag: str = "", weight: int = 1) -> simpy.Event:
-        """An event that fires when ``nbytes`` have crossed ``route`` (after ``latency``)."""
+                 tag: str = "", weight: int = 1,
+                 mirrored: tuple | None = None) -> simpy.Event:
+        """An event that fires when ``nbytes`` have crossed ``route`` (after ``latency``);
+        ``mirrored``: a flow standing for its mirror images (``symmetry.Symmetry.weights``):
+        the route it takes instead (the edges' orbit representatives), its load on each, and
+        the images' own edges."""
         done = self.env.event()
         if latency > 0:
             start = self.env.timeout(latency)
-            start.callbacks.append(lambda _e: self._start(route, nbytes, done, tag, weight))
+            start.callbacks.append(lambda _e: self._start(route, nbytes, done, tag, weight,
+                                                          mirrored))
         else:
-            self._start(route, nbytes, done, tag, weight)
+            self._start(route, nbytes, done, tag, weight, mirrored)
         return done
 
     def active(self, edge: Edge) -> int:
         """How many flows (weights counted) cross ``edge`` now."""
-        return sum(f.weight for f in self.flows if edge in f.route)
+        return sum(f.on(edge) for f in self.flows if edge in f.route)
 
     def hold(self, edge: Edge, amount: float, seconds: float) -> None:
         """Take ``amount`` of ``edge``'s capacity away for ``seconds`` (never below ``amount``
@@ -87,13 +100,17 @@ class Network:
         self.env.timeout(seconds).callbacks.append(give_back)
 
     def _start(self, route: tuple[Edge, ...], nbytes: float, done: simpy.Event, tag: str,
-               weight: int) -> None:
+               weight: int, mirrored: tuple | None = None) -> None:
         if nbytes <= 0 or not route:
             done.succeed()
             return
         self._advance()
+        weights, images = None, None
+        if mirrored is not None:
+            route, weights, images = mirrored
         self.flows[Flow(route=route, remaining=nbytes, done=done, nbytes=nbytes, tag=tag,
-                        weight=weight)] = None
+                        weight=weight, weights=weights,
+                        stat_edges=tuple(images) if images is not None else None)] = None
         if not self._pending:  # flows starting at one instant share one fair-share pass
             self._pending = True
             self.env.timeout(0).callbacks.append(self._flush)
@@ -110,7 +127,7 @@ class Network:
             active: set[Edge] = set()
             for f in self.flows:
                 f.remaining -= f.rate * dt
-                active.update(f.route)
+                active.update(f.route if f.stat_edges is None else f.stat_edges)
             for e in active:
                 self.stats[e].busy += dt
         self._last = now
@@ -137,8 +154,12 @@ class Network:
                 due.append(f)
         for f in dict.fromkeys(due):
             self.flows.pop(f, None)
-            for e in f.route:
-                self.stats[e].bytes += f.nbytes * f.weight
+            if f.stat_edges is not None:
+                for e in f.stat_edges:
+                    self.stats[e].bytes += f.nbytes
+            else:
+                for e in f.route:
+                    self.stats[e].bytes += f.nbytes * f.weight
             f.done.succeed()
         self._reschedule()
 
@@ -149,13 +170,13 @@ class Network:
             for e in f.route:
                 users[e].append(f)
         left = {e: self.capacity[e] for e in users}
-        count = {e: sum(f.weight for f in fs) for e, fs in users.items()}
+        count = {e: sum(f.on(e) for f in fs) for e, fs in users.items()}
         heap = [(left[e] / count[e], e) for e in users]
         heapq.heapify(heap)
         frozen: set[int] = set()
         while heap:
             share, edge = heapq.heappop(heap)
-            if count[edge] <= 0:
+            if count[edge] <= 1e-9:  # fractional mirror loads: float remainders are empty
                 continue
             current = left[edge] / count[edge]
             if current > share * (1 + 1e-12):  # stale entry: the edge got looser
@@ -169,16 +190,17 @@ class Network:
                 frozen.add(id(f))
                 f.rate = share
                 for e in f.route:
-                    left[e] -= share * f.weight
-                    count[e] -= f.weight
+                    w = f.on(e)
+                    left[e] -= share * w
+                    count[e] -= w
                     touched.add(e)
             for e in touched:
-                if count[e] > 0 and e != edge:
+                if count[e] > 1e-9 and e != edge:
                     heapq.heappush(heap, (left[e] / count[e], e))
         if self.record_rates:
             now = self.env.now
             for e, fs in users.items():
-                self.rate_log.append((now, e, sum(f.rate * f.weight for f in fs)))
+                self.rate_log.append((now, e, sum(f.rate * f.on(e) for f in fs)))
             for e in getattr(self, "_prev_edges", set()) - set(users):
                 self.rate_log.append((now, e, 0.0))
             self._prev_edges = set(users)

@@ -148,7 +148,8 @@ class NodeModel:
         else:
             yield self.cpus.transfer(route, seconds)
 
-    def _message(self, route: tuple, nbytes: float, tag: str, dst: str):
+    def _message(self, route: tuple, nbytes: float, tag: str, dst: str,
+                 mirrored: tuple | None = None):
         """Event: a message over ``route`` to ``dst``. Between two processes of one node whose
         cores are shared, shared memory carries it and a core copies it: after the route's
         latency, a flow of core-seconds (bytes over the route's bandwidth, the calibrated
@@ -158,7 +159,7 @@ class NodeModel:
         cores = self._core_route(dst)
         src_cores = self._core_route(route[0][0]) if route else None
         if cores is None or src_cores is None or cores[1] != src_cores[1]:  # not one node
-            return self.network.transfer(route, nbytes, latency, tag=tag)
+            return self.network.transfer(route, nbytes, latency, tag=tag, mirrored=mirrored)
         seconds = nbytes / min(self.cluster.bandwidth(e) for e in route)
         return self.env.process(self._copy(cores, latency, seconds))
 

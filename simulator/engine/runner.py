@@ -31,6 +31,7 @@ from simulator.engine.hardware import Coordinator, Device, ParameterServer
 from simulator.engine.network import Network
 from simulator.engine.node import NodeModel
 from simulator.engine.ps import ParameterServerModel
+from simulator.engine.symmetry import Symmetry
 from simulator.plan import (
     COMM,
     COMPUTE,
@@ -117,6 +118,13 @@ class Engine(NodeModel, ParameterServerModel):
         workers = plan.workers()
         sharing = self._core_sharing()
         self.cpus = self._cpus(workers)
+        # ranks whose timing cannot differ run once (``symmetry``); the rest stand for them
+        self.sym = Symmetry.of(plan, cluster, self.cpus)
+        if self.sym is not None:
+            workers = [r for r in workers if r.rank in self.sym.reps]
+        self.simulated = workers
+        self._mirrored: dict[tuple[int, int], tuple] = {}
+        self._orbits: dict[tuple, list] = {}
         # one generator per device, seeded by (scenario seed, device index): deterministic
         self.devices = {r.device: Device(env, r.device, cluster.spec.device, precision,
                                          cluster.slowdown.get(r.device, 1.0)
@@ -149,6 +157,7 @@ class Engine(NodeModel, ParameterServerModel):
         self.coordinator = (Coordinator(self.servers[0].host, plan.portions)
                             if plan.portions else None)
         self.device_of = {r.rank: r.device for r in plan.ranks}
+        self.rank_of = {r.device: r.rank for r in plan.ranks}
         self.logs = {r.rank: RankLog() for r in workers}
         # trace spans (every iteration, when asked) and the timeline of the first measured
         # iteration on the first TIMELINE_DEVICES workers (always: the report's Gantt chart)
@@ -167,16 +176,40 @@ class Engine(NodeModel, ParameterServerModel):
 
     # ---- driving ------------------------------------------------------------------------------
     def run(self) -> None:
-        for r in self.plan.workers():
+        for r in self.simulated:
             self.env.process(self._rank(r.rank, self.programs[id(r.ops)]))
         self.env.run()
+
+    def _flows_of(self, group: str, pairs: tuple) -> list[tuple[tuple[int, int], tuple | None]]:
+        """The rank pairs of a collective phase's flows to simulate, each with what it stands
+        for (``mirrored``): all of them without symmetry, one per orbit with it."""
+        ranks = [(self.rank_of[a], self.rank_of[b]) for a, b in pairs]
+        if self.sym is None:
+            return [(p, None) for p in ranks]
+        key = (group, tuple(ranks))
+        hit = self._orbits.get(key)
+        if hit is None:
+            hit = self._orbits[key] = self.sym.orbit_pairs(group, ranks, self.mirrored)
+        return hit
+
+    def mirrored(self, a: int, b: int) -> tuple | None:
+        """A transfer from rank a to rank b standing for its images: its per-edge counts and
+        the image routes' edges (``symmetry``); None without symmetry."""
+        if self.sym is None:
+            return None
+        hit = self._mirrored.get((a, b))
+        if hit is None:
+            c, dev = self.cluster, self.device_of
+            hit = self._mirrored[a, b] = self.sym.weights(
+                a, b, lambda x, y: c.route(dev[x], dev[y]))
+        return hit
 
     def _measured(self, it: int) -> bool:
         return it >= self.warmup
 
     def _rank(self, rank: int, prog: Program):
         for it in range(self.warmup + self.iterations):
-            if self.coordinator and rank == self.plan.workers()[0].rank:
+            if self.coordinator and rank == self.simulated[0].rank:
                 self.coordinator.reset()
             ev: dict[int, simpy.Event] = {i: self.env.event() for i in prog.needed}
             procs = [self.env.process(self._stream(rank, it, ops, prog, ev))
@@ -255,7 +288,8 @@ class Engine(NodeModel, ParameterServerModel):
             scale = (self.env.now - start) / total if total else 0.0
             t = start
             for o, d in zip(run, times):
-                name = f"{o.layer}.{o.phase}" if isinstance(o, Compute) else "update"
+                name = (f"{o.layer}.{'recompute' if o.recompute else o.phase}"
+                        if isinstance(o, Compute) else "update")
                 self._span(rank, it, (dev.name, COMPUTE, name, t, d * scale))
                 t += d * scale
 
@@ -274,7 +308,9 @@ class Engine(NodeModel, ParameterServerModel):
         k = (group, key, it)
         rv = self.rendezvous.get(k)
         if rv is None:
-            rv = self.rendezvous[k] = Rendezvous(len(self.plan.groups[group]), self.env.event())
+            size = (len(self.plan.groups[group]) if self.sym is None
+                    else self.sym.members(group))
+            rv = self.rendezvous[k] = Rendezvous(size, self.env.event())
         rv.arrived += 1
         return rv
 
@@ -291,14 +327,15 @@ class Engine(NodeModel, ParameterServerModel):
     def _run_collective(self, rv: Rendezvous, op: Collective):
         rv.start = self.env.now
         devs = [self.device_of[r] for r in self.plan.groups[op.group]]
-        for d in devs:
-            self.devices[d].comm_active += 1
+        busy = [self.devices[d] for d in devs if d in self.devices]  # mirrors are not simulated
+        for d in busy:
+            d.comm_active += 1
         c = self.cluster
         fitted = self._fitted_collective(op, devs)
         if fitted is not None:
             yield self.env.timeout(fitted)
-            for d in devs:
-                self.devices[d].comm_active -= 1
+            for d in busy:
+                d.comm_active -= 1
             rv.done.succeed()
             return
         for ph in collectives.phases(op.collective, op.algorithm, devs, op.bytes, c.node_of):
@@ -306,16 +343,19 @@ class Engine(NodeModel, ParameterServerModel):
             latency = ph.latency_steps * max(c.latency(r) for r in routes)
             if latency:
                 yield self.env.timeout(latency)
-            yield simpy.AllOf(self.env, [self.network.transfer(r, ph.bytes_per_flow, tag=op.key)
-                                         for r in routes])
+            # with mirrors, one flow per orbit of the phase's flows stands for its images
+            yield simpy.AllOf(self.env, [
+                self.network.transfer(c.route(self.device_of[a], self.device_of[b]),
+                                      ph.bytes_per_flow, tag=op.key, mirrored=mirrored)
+                for (a, b), mirrored in self._flows_of(op.group, ph.pairs)])
         spec = c.spec.device
         if spec.kind == "cpu":  # host-side sums (collectives' docstring)
             added = collectives.reduced_bytes(op.collective, op.algorithm, len(devs), op.bytes)
             if added:
                 yield self.env.timeout(3 * added / (spec.memory_bandwidth
                                                     * spec.memory_efficiency))
-        for d in devs:
-            self.devices[d].comm_active -= 1
+        for d in busy:
+            d.comm_active -= 1
         rv.done.succeed()
 
     def _fitted_collective(self, op: Collective, devs: list[str]) -> float | None:
@@ -366,7 +406,8 @@ class Engine(NodeModel, ParameterServerModel):
             box = self._box((rank, op.peer, op.tag, it))
             box[1] = start = self.env.now
             route = self.cluster.route(self.device_of[rank], self.device_of[op.peer])
-            yield self._message(route, op.bytes, op.tag, self.device_of[op.peer])
+            yield self._message(route, op.bytes, op.tag, self.device_of[op.peer],
+                                self.mirrored(rank, op.peer))
             box[0].succeed()
             self._log(rank, it, "comm", start, f"send {op.tag}", "p2p")
         else:

@@ -16,6 +16,7 @@ from simulator.cluster import Cluster
 from simulator.engine.runner import Engine
 from simulator.intervals import length, minus, union
 from simulator.plan import Plan
+from simulator.plan_report import memory_groups
 from simulator.specs import TrainingSpec
 
 
@@ -39,9 +40,15 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
     }
     if not plan.fits:
         worst = max(plan.memory, key=lambda m: m.total)
+        parts = {"weights": worst.weights, "gradients": worst.gradients,
+                 "optimizer state": worst.optimizer, "activations": worst.activations,
+                 "buffers": worst.buffers}
+        big = max(parts, key=parts.__getitem__)
         base.update(iteration_time_s=None, throughput_samples_per_s=None, breakdown_s=None,
                     note=f"does not fit: {worst.device} needs {worst.total / 2**30:.2f} GiB "
-                         f"of {worst.capacity / 2**30:.2f} GiB")
+                         f"of {worst.capacity / 2**30:.2f} GiB, {big} "
+                         f"{parts[big] / 2**30:.2f} GiB",
+                    memory_over=memory_groups(plan, only_over=True))
         return Prediction(base, None)
     eng = Engine(plan, cluster, training.precision, training.optimizer,
                  training.warmup_iterations, training.iterations, record_trace, seed)
@@ -92,7 +99,7 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         iteration_time_s=iteration_time,
         throughput_samples_per_s=throughput,
         breakdown_s=breakdown,
-        utilisation_per_device={d.name: d.busy / window for d in eng.devices.values()},
+        utilisation_per_device=_utilisation(eng, plan, window),
         utilisation_per_link=dict(sorted(link_util.items())),
     )
     if eng.timeline:
@@ -114,6 +121,16 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         base["portions_per_worker"] = {eng.device_of[r]: n
                                        for r, n in sorted(eng.coordinator.handed.items())}
     return Prediction(base, eng)
+
+
+def _utilisation(eng: Engine, plan: Plan, window: float) -> dict[str, float]:
+    """Compute time over the window per worker device; a mirrored rank has its
+    representative's (``symmetry``)."""
+    busy = {d.name: d.busy / window for d in eng.devices.values()}
+    if eng.sym is None:
+        return busy
+    return {plan.ranks[r].device: busy[plan.ranks[eng.sym.rep[r]].device]
+            for r in sorted(eng.sym.rep) if plan.ranks[r].role == "worker"}
 
 
 def _histogram(values: list[int]) -> dict[str, int]:

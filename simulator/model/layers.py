@@ -182,19 +182,29 @@ class GraphBuilder:
                          norm_type=norm_type)
 
     def embedding(self, name: str, vocab: int, hidden: int) -> str:
-        """Token + learned position embedding: token ids (seq,) -> (seq, hidden)."""
+        """Token + learned position embedding: token ids (seq,) -> (seq, hidden).
+
+        Split over a tensor group, the token table is split by vocabulary (Megatron-LM's
+        vocabulary-parallel embedding: ``split_dim`` is the vocabulary) and the position table
+        is not (``unsplit_params``).
+        """
         (seq,) = self._vector("embedding")
         _positive(vocab, "vocab")
         _positive(hidden, "hidden")
         # the table look-ups are gathers (0 FLOPs); the position add is seq * hidden
         return self._add(name, "embedding", (seq, hidden), vocab * hidden + seq * hidden,
-                         seq * hidden, vocab=vocab)
+                         seq * hidden, vocab=vocab, split_dim=vocab, unsplit_params=seq * hidden)
 
-    def attention(self, name: str, heads: int) -> str:
-        """Multi-head self-attention core: packed q, k, v (seq, 3*hidden) -> (seq, hidden).
+    def attention(self, name: str, heads: int, dropout: float = 0.0) -> str:
+        """Multi-head causal self-attention core: packed q, k, v (seq, 3*hidden) -> (seq, hidden).
 
         Counts QK^T and softmax(.)V in full, 2 * seq * seq * hidden multiply-adds each (no
-        causal-mask saving, softmax and scaling ignored).
+        causal-mask saving, softmax and scaling ignored). ``dropout`` is the attention
+        probabilities' dropout rate. ``scratch_elems``: the elements per sample a forward writes
+        and reads between its kernels, as Megatron-LM runs it unfused (QK^T writes the scores,
+        scale-mask-softmax reads them and writes the probabilities, dropout reads those and
+        writes its output and mask, the product with V reads it: 4 passes over heads x seq^2,
+        6 with dropout): the memory side of its roofline, which dominates at long sequences.
         """
         seq, packed = self._vector("attention", ranks=(2,))
         if packed % 3:
@@ -204,8 +214,12 @@ class GraphBuilder:
         _positive(heads, "heads")
         if hidden % heads:
             raise LayerError(f"heads must divide hidden ({hidden})", "heads", heads)
+        if not 0 <= dropout < 1:
+            raise LayerError("dropout must be in [0, 1)", "dropout", dropout)
+        passes = 6 if dropout > 0 else 4
         return self._add(name, "attention", (seq, hidden), 0, 2 * 2 * seq * seq * hidden,
-                         split_dim=heads, heads=heads)
+                         split_dim=heads, heads=heads, dropout=float(dropout), causal=True,
+                         scratch_elems=passes * heads * seq * seq)
 
     # -- weightless layers ---------------------------------------------------------------------
 

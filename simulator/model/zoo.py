@@ -16,7 +16,8 @@ alexnet_2gpu   input_shape ([3, 227, 227]), classes (1000)
 vgg16          input_shape ([3, 224, 224]), classes (1000)
 resnet50       input_shape ([3, 224, 224]), classes (1000)
 inception      input_shape ([3, 224, 224]), classes (1000)
-gpt            layers (12), hidden (768), heads (12), seq_len (1024), vocab (50257)
+gpt            layers (12), hidden (768), heads (12), seq_len (1024), vocab (50257),
+               dropout (0.1)
 =============  ===================================================================
 """
 
@@ -53,8 +54,9 @@ ZOO: dict[str, tuple[Callable[..., nx.DiGraph], dict[str, _Check]]] = {
     "vgg16": (vgg16, _CNN),
     "resnet50": (resnet50, _CNN),
     "inception": (inception, _CNN),
-    "gpt": (gpt, {key: checks.positive_int
-                  for key in ("layers", "hidden", "heads", "seq_len", "vocab")}),
+    "gpt": (gpt, {**{key: checks.positive_int
+                     for key in ("layers", "hidden", "heads", "seq_len", "vocab")},
+                  "dropout": checks.fraction}),
 }
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from simulator.errors import ScenarioError
 from simulator.plan import Plan, ProgramBuilder, RankProgram, Recv, Send
 from simulator.schema import integer
-from simulator.strategies.common import Context, check_devices, compute_op, memory_need, update_op
+from simulator.strategies.common import Context, check_devices, compute_op, update_op
+from simulator.strategies.memory import memory_need
 
 OPTIONS = {"devices": (integer(1), None)}
 

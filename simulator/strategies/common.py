@@ -6,13 +6,15 @@ attention, rbm) launch one thread block per 128x128 output tile; element-wise la
 
 Bytes moved through device memory (the roofline's memory side): forward reads the input and the
 weights and writes the output; backward reads the output gradient, the input and the weights and
-writes the input and weight gradients.
+writes the input and weight gradients; a layer's intermediate tensors between its kernels
+(attention's scores, ``scratch_elems``) are written and read once forward, twice backward.
+Memory per device is ``memory``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -39,6 +41,8 @@ class Context:
     graph: nx.DiGraph
     cluster: Cluster
     training: TrainingSpec
+    # compute_op's costs per (layer, phase, samples, shards, split input, recompute)
+    op_costs: dict = field(default_factory=dict, repr=False)
 
     @cached_property
     def layers(self) -> list[str]:
@@ -63,22 +67,39 @@ class Context:
 
 def compute_op(b: ProgramBuilder, ctx: Context, layer: str, phase: str, samples: int, *,
                micro_batch: int = 0, shard: int = 0, shards: int = 1,
-               deps: tuple[int, ...] = ()) -> int:
+               deps: tuple[int, ...] = (), recompute: bool = False,
+               split_input: bool = False) -> int:
+    """One layer's forward or backward on ``samples`` samples, 1/``shards`` of it (its input
+    split too when ``split_input``); ``recompute`` marks a forward run again before backward."""
+    key = (layer, phase, samples, shards, split_input, recompute)
+    costs = ctx.op_costs.get(key)
+    if costs is None:  # the same for every micro-batch and rank: computed once
+        costs = ctx.op_costs[key] = _costs(ctx, layer, phase, samples, shards, split_input,
+                                           recompute)
+    return b.add(Compute, deps=deps, micro_batch=micro_batch, shard=shard, **costs)
+
+
+def _costs(ctx: Context, layer: str, phase: str, samples: int, shards: int, split_input: bool,
+           recompute: bool) -> dict[str, Any]:
     n = ctx.node(layer)
     flops = (n["fwd_flops"] if phase == "fwd" else n["bwd_flops"]) * samples / shards
-    act = (n["in_elems"] + n["out_elems"] / shards) * samples
+    inputs = n["in_elems"] / (shards if split_input else 1)
+    act = (inputs + n["out_elems"] / shards) * samples
+    # intermediate tensors between the layer's kernels (attention's scores): written and read
+    # once per pass forward, twice as much backward
+    act += n.get("scratch_elems", 0) * samples / shards * (1 if phase == "fwd" else 2)
     if phase == "bwd":
-        act += n["in_elems"] * samples  # input gradient written
+        act += inputs * samples  # input gradient written
         weights = 2 * n["params"] / shards  # read weights, write weight gradients
     else:
         weights = n["params"] / shards
     nbytes = (act + weights) * ctx.bpe
     per_block = GEMM_TILE if n["kind"] in GEMM_KINDS else ELEMENTWISE_BLOCK
     blocks = max(1, math.ceil(n["out_elems"] * samples / shards / per_block))
-    return b.add(Compute, deps=deps, layer=layer, phase=phase, micro_batch=micro_batch,
-                 samples=samples, shard=shard, shards=shards, flops=float(flops),
-                 bytes=float(nbytes), blocks=blocks, layer_kind=kernel_kind(n),
-                 shape=kernel_shape(n, shards))
+    return {"layer": layer, "phase": phase, "samples": samples, "shards": shards,
+            "flops": float(flops), "bytes": float(nbytes), "blocks": blocks,
+            "layer_kind": kernel_kind(n), "shape": kernel_shape(n, shards),
+            "recompute": recompute}
 
 
 def kernel_kind(node: dict) -> str:
@@ -109,28 +130,6 @@ def kernel_shape(node: dict, shards: int = 1) -> str:
     if shards > 1:
         out += f"/{shards}"
     return out
-
-
-def memory_need(ctx: Context, device: str, layers: list[str], *, act_samples: float,
-                shards: dict[str, int] | None = None, keeps_weights: bool = True) -> MemoryNeed:
-    """Weights, gradients, optimizer state and activations kept for backward on one device.
-
-    Mixed precision (fp16/bf16) also keeps an fp32 master copy and fp32 optimizer state
-    (Rajbhandari et al. 2020, ZeRO: 16 bytes per parameter with Adam).
-    """
-    shards = shards or {}
-    params = sum(ctx.node(n)["params"] / shards.get(n, 1) for n in layers)
-    acts = sum(ctx.node(n)["out_elems"] / shards.get(n, 1) for n in layers) * act_samples
-    bpe = ctx.bpe
-    opt_copies = OPTIMIZER_COPIES[ctx.training.optimizer]
-    mixed = bpe < 4
-    weights = params * bpe if keeps_weights else 0.0
-    optimizer = params * (opt_copies * 4 + (4 if mixed else 0)) if keeps_weights else 0.0
-    if not mixed:
-        optimizer = params * opt_copies * bpe if keeps_weights else 0.0
-    return MemoryNeed(device=device, weights=weights, gradients=params * bpe,
-                      optimizer=optimizer, activations=acts * bpe,
-                      capacity=ctx.cluster.device_spec.memory)
 
 
 def buckets(ctx: Context, layers_bwd_order: list[str], bucket_bytes: float,
@@ -178,18 +177,22 @@ def update_op(b: ProgramBuilder, ctx: Context, params: float, deps: tuple[int, .
 
 
 def replicas(ctx: Context, ops: tuple[Op, ...], workers: int, servers: list[str],
-             act_samples: float, per_worker: int = 0
+             act_samples: float, per_worker: int = 0, **need_options: Any
              ) -> tuple[tuple[RankProgram, ...], tuple[MemoryNeed, ...]]:
     """Worker ranks 0..workers-1 all running ``ops`` (one shared tuple), each reading its own
     ``per_worker`` samples, then one server rank per parameter-server host holding an equal
-    shard; every worker holds the whole model."""
+    shard; every worker holds the whole model (its memory: ``memory.memory_need`` with
+    ``need_options``)."""
+    from simulator.strategies.memory import memory_need
+
     total = sum(ctx.node(n)["params"] for n in ctx.layers)
     ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops,
                          inputs=(r * per_worker, per_worker), labels=(r * per_worker, per_worker))
              for r in range(workers)]
     ranks += [RankProgram(rank=workers + j, device=h, role="server",
                           shard_params=total // len(servers)) for j, h in enumerate(servers)]
-    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=act_samples)
+    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=act_samples,
+                       **need_options)
     return tuple(ranks), tuple(replace(need, device=ctx.cluster.devices[r])
                                for r in range(workers))
 

@@ -78,11 +78,11 @@ from simulator.strategies.common import (
     Context,
     check_devices,
     compute_op,
-    memory_need,
     split_batch,
     update_op,
     wgrad_tensor,
 )
+from simulator.strategies.memory import memory_need
 
 EXCHANGES = ("tree", "ring", "mpi", "hierarchical")
 CD1_KERNELS = 5  # three GEMMs (up, down, up) and two outer products

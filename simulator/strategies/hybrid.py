@@ -21,11 +21,11 @@ from simulator.strategies.common import (
     buckets,
     check_devices,
     compute_op,
-    memory_need,
     split_batch,
     update_op,
     wgrad_tensor,
 )
+from simulator.strategies.memory import combine, memory_need
 
 OPTIONS = {
     "devices": (integer(1), None),
@@ -58,8 +58,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     per = batch // k
     cut = split_point(ctx.layers, ctx.graph)
     conv, fc = ctx.layers[:cut], ctx.layers[cut:]
-    st = sharding.states(ctx, fc, {n for n in fc if ctx.node(n)["kind"] == "dense"}, k)
-    sh = sharding.shards(st, k)
+    lay = sharding.layout(ctx, fc, {n for n in fc if ctx.node(n)["kind"] == "dense"}, k)
+    st = lay.states
+    sh = lay.param_shards()
     boundary = ctx.node(conv[-1])["out_elems"]
     params = sum(ctx.node(n)["params"] for n in conv) + sum(ctx.node(n)["params"] / sh[n]
                                                            for n in fc)
@@ -72,9 +73,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
         gather = b.add(Collective, stream=COMM, deps=(b.last(),), collective="allgather",
                        algorithm="ring", group="world", bytes=float(boundary * batch * ctx.bpe),
                        key="conv-out", tensor=f"act:{conv[-1]}", axis="batch")
-        last = sharding.emit(b, ctx, fc, st, k, "fwd", batch, "world", deps=(gather,),
+        last = sharding.emit(b, ctx, fc, lay, "fwd", batch, "world", deps=(gather,),
                              shard=t)
-        last = sharding.emit(b, ctx, fc, st, k, "bwd", batch, "world", deps=(last,),
+        last = sharding.emit(b, ctx, fc, lay, "bwd", batch, "world", deps=(last,),
                              boundary_grad="reduce_scatter", shard=t)
         last_bwd = {}
         for n in reversed(conv):
@@ -97,15 +98,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     ranks = tuple(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker",
                               ops=program(r), inputs=(r * per, per), labels=(0, per * k))
                   for r in range(k))
-    memory = []
-    for r in ranks:
-        mc = memory_need(ctx, r.device, conv, act_samples=per)
-        mf = memory_need(ctx, r.device, fc, act_samples=batch, shards=sh)
-        memory.append(type(mc)(device=r.device, weights=mc.weights + mf.weights,
-                               gradients=mc.gradients + mf.gradients,
-                               optimizer=mc.optimizer + mf.optimizer,
-                               activations=mc.activations + mf.activations,
-                               capacity=mc.capacity))
+    memory = [combine(memory_need(ctx, r.device, conv, act_samples=per),
+                      memory_need(ctx, r.device, fc, act_samples=batch, layout=lay))
+              for r in ranks]
     return Plan(strategy=spec.name, scheme="hybrid", mode="sync", samples_per_period=per * k,
                 period_steps=1, ranks=ranks, groups={"world": tuple(range(k))},
                 memory=tuple(memory), options={**o, "devices": k, "states": st})

@@ -3,13 +3,17 @@
 
 Consecutive layers (in topological order) form stages on consecutive devices; activations go
 forward and gradients backward across stage boundaries, one message per micro-batch. Partitions
-are balanced by compute automatically (contiguous, minimising the slowest stage's FLOPs) or given
-as the first layer of each stage. With ``replicas`` > 1 the pipeline is replicated data-parallel
-and each stage's gradients are all-reduced over its replicas.
+are given as the first layer of each stage, or cut automatically (``stages.partition``: whole
+blocks per stage when they divide evenly, else contiguous stages minimising the slowest stage's
+FLOPs). With ``replicas`` > 1 the pipeline is replicated data-parallel and each stage's
+gradients are all-reduced over its replicas. The programs are ``stages.build``'s, with the
+``techniques`` that apply without tensor parallelism: ``recompute``, ``zero`` (stage 1 with
+several stages) and ``virtual_stages``.
 
-Schedules: GPipe runs every forward, then every backward; 1F1B runs p - s - 1 warm-up forwards on
-stage s, then alternates one forward and one backward. Both have the bubble (p-1)/(m+p-1) with
-uniform stages; 1F1B keeps at most p - s micro-batches of activations instead of m.
+Schedules (``schedules``): GPipe runs every forward, then every backward; 1F1B runs p - s - 1
+warm-up forwards on stage s, then alternates one forward and one backward. Both have the bubble
+(p-1)/(m+p-1) with uniform stages; 1F1B keeps at most p - s micro-batches of activations instead
+of m; interleaved 1F1B (``virtual_stages``) shrinks the bubble V-fold.
 
 A residual edge that skips stages is carried by every stage in between (its bytes are added to
 each boundary it crosses).
@@ -18,17 +22,10 @@ each boundary it crosses).
 from __future__ import annotations
 
 from simulator.errors import ScenarioError
-from simulator.plan import COMM, Collective, Plan, ProgramBuilder, RankProgram, Recv, Send
+from simulator.plan import Plan
 from simulator.schema import choice, integer, list_of, string
-from simulator.strategies.common import (
-    Context,
-    check_devices,
-    compute_op,
-    memory_need,
-    split_batch,
-    update_op,
-    wgrad_tensor,
-)
+from simulator.strategies import techniques
+from simulator.strategies.common import Context, check_devices, split_batch
 
 OPTIONS = {
     "stages": (integer(1), None),
@@ -36,10 +33,15 @@ OPTIONS = {
     "schedule": (choice(("gpipe", "1f1b")), "gpipe"),
     "partition": (list_of(string), None),
     "replicas": (integer(1), 1),
+    "virtual_stages": (integer(1), 1),
+    "recompute": techniques.OPTIONS["recompute"],
+    "zero": techniques.OPTIONS["zero"],
 }
 
 
 def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
+    from simulator.strategies import stages as grid_of
+
     if options["replicas"] > cluster.device_count:
         raise ScenarioError(f"more replicas than the cluster's {cluster.device_count} devices",
                             path=f"{path}.replicas", value=options["replicas"], has_value=True)
@@ -53,8 +55,11 @@ def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
                               "replicas")
     m = options["micro_batches"] or stages
     split_batch(per_replica, m, f"{path}.micro_batches", "micro-batches")
-    if options["partition"] is not None:
-        _explicit(options["partition"], layers, stages, f"{path}.partition")
+    grid = grid_of.Grid(data=options["replicas"], pipeline=stages, tensor=1, micro_batches=m,
+                        schedule=options["schedule"], virtual=options["virtual_stages"],
+                        partition=options["partition"], recompute=options["recompute"],
+                        zero=options["zero"])
+    grid_of.check_grid(options, graph, training, grid, path)
 
 
 def _explicit(firsts: tuple[str, ...], layers: list[str], stages: int, path: str) -> list[int]:
@@ -151,77 +156,25 @@ def boundary_tensor(phase: str, layers: list[str]) -> str:
     return ("act:" if phase == "fwd" else "dout:") + ",".join(layers)
 
 
-def schedule(kind: str, stage: int, stages: int, m: int) -> list[tuple[str, int]]:
-    """The order of (phase, micro-batch) on one stage."""
-    if kind == "gpipe":
-        return [("fwd", i) for i in range(m)] + [("bwd", i) for i in reversed(range(m))]
-    warm = min(stages - stage - 1, m)
-    order = [("fwd", i) for i in range(warm)]
-    f, b = warm, 0
-    while b < m:
-        if f < m:
-            order.append(("fwd", f))
-            f += 1
-        order.append(("bwd", b))
-        b += 1
-    return order
-
-
 def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
+    from simulator.strategies import stages
+
     o = spec.options
     replicas = o["replicas"]
-    stages = o["stages"] or ctx.cluster.spec.device_count // replicas
-    m = o["micro_batches"] or stages
-    per_replica = ctx.training.batch_size // replicas
-    mb = per_replica // m
-    parts = stage_layers(ctx, stages, o["partition"])
-    cross = boundary_elems(ctx, parts)
-    crossing = boundary_layers(ctx, parts)
-    groups = {f"stage{s}": tuple(r * stages + s for r in range(replicas)) for s in range(stages)}
-    ranks, memory = [], []
-    for rep in range(replicas):
-        for s in range(stages):
-            rank = rep * stages + s
-            b = ProgramBuilder()
-            last_compute = {}
-            for phase, i in schedule(o["schedule"], s, stages, m):
-                layers = parts[s] if phase == "fwd" else list(reversed(parts[s]))
-                deps: tuple[int, ...] = ()
-                src = s - 1 if phase == "fwd" else s + 1
-                if 0 <= src < stages:
-                    nbytes = cross[min(s, src)] * mb * ctx.bpe
-                    deps = (b.add(Recv, stream="p2p", peer=rep * stages + src, bytes=nbytes,
-                                  tag=f"{phase}{i}", micro_batch=i,
-                                  tensor=boundary_tensor(phase, crossing[min(s, src)])),)
-                for n in layers:
-                    last_compute[phase, i] = compute_op(b, ctx, n, phase, mb, micro_batch=i,
-                                                        deps=deps)
-                    deps = ()
-                dst = s + 1 if phase == "fwd" else s - 1
-                if 0 <= dst < stages:
-                    nbytes = cross[min(s, dst)] * mb * ctx.bpe
-                    b.add(Send, stream="p2p", deps=(last_compute[phase, i],),
-                          peer=rep * stages + dst, bytes=nbytes, tag=f"{phase}{i}",
-                          micro_batch=i, tensor=boundary_tensor(phase, crossing[min(s, dst)]))
-            params = sum(ctx.node(n)["params"] for n in parts[s])
-            deps = (b.last("compute"),)
-            if replicas > 1:
-                deps = (b.add(Collective, stream=COMM, deps=deps, collective="allreduce",
-                              algorithm="ring", group=f"stage{s}", bytes=params * ctx.bpe,
-                              key=f"grad{s}", tensor=wgrad_tensor(ctx, parts[s])),)
-            update_op(b, ctx, params, deps=deps)
-            device = ctx.cluster.devices[rank]
-            replica_batch = (rep * mb * m, mb * m)
-            ranks.append(RankProgram(rank=rank, device=device, role="worker", ops=tuple(b.ops),
-                                     inputs=replica_batch if s == 0 else (0, 0),
-                                     labels=replica_batch if s == stages - 1 else (0, 0)))
-            kept = m if o["schedule"] == "gpipe" else min(stages - s, m)
-            memory.append(memory_need(ctx, device, parts[s], act_samples=kept * mb))
+    n_stages = o["stages"] or ctx.cluster.spec.device_count // replicas
+    m = o["micro_batches"] or n_stages
+    grid = stages.Grid(data=replicas, pipeline=n_stages, tensor=1, micro_batches=m,
+                       schedule=o["schedule"], virtual=o["virtual_stages"],
+                       partition=o["partition"], recompute=o["recompute"], zero=o["zero"],
+                       dp_group="stage{p}", tp_group="stage{p}.tp", grad_key="grad{p}")
+    ranks, memory, groups, parts, _ = stages.build(ctx, grid)
+    groups = {k: v for k, v in groups.items() if not k.endswith(".tp")}
+    mb = ctx.training.batch_size // replicas // m
     return Plan(strategy=spec.name, scheme="pipeline", mode="sync",
                 samples_per_period=mb * m * replicas, period_steps=1, ranks=tuple(ranks),
                 groups=groups, memory=tuple(memory),
-                options={**o, "stages": stages, "micro_batches": m,
-                         "partition": [p[0] for p in parts]})
+                options={**o, "stages": n_stages, "micro_batches": m,
+                         "partition": [q[0] for q in parts]})
 
 
 def at_scale(raw: dict, devices: int) -> dict | None:

@@ -295,10 +295,11 @@ def test_fine_tuning_memory_is_at_least_the_whole_network_data_parallel():
         "batch_per_rank: 50", "batch_per_rank: 10"))
     need = plan.memory[0]
     # the whole network's weights and gradients (its 553,110 parameters, visible biases
-    # included), no optimizer state with sgd, and 10 samples' outputs of every layer
+    # included), no optimizer state with sgd, and what 10 samples keep for backward: each
+    # RBM's input and output (the first's output is the second's input), the loss's 10
     params = 501500 + 50600 + 1010
     assert (need.weights, need.gradients, need.optimizer) == (params * 4, params * 4, 0.0)
-    assert need.activations == 10 * (500 + 100 + 10 + 10) * 4
+    assert need.activations == 10 * (1000 + 500 + 100 + 10) * 4
 
 
 def test_predicted_fine_tuning_is_steps_times_backprop_allreduce_and_update():

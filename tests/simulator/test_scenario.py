@@ -661,7 +661,8 @@ def test_good_scenario_is_si(tmp_path):
     assert (s.training.precision, s.training.optimizer) == ("fp16", "adam")
     ring, by_ps = s.strategies
     assert ring.options == {"devices": None, "exchange": "ring", "bucket_MiB": 2 * MIB,
-                            "overlap": True, "local_steps": 1}
+                            "overlap": True, "local_steps": 1,
+                            "gradient_accumulation": 1, "recompute": "none", "zero": 0}
     assert (by_ps.options["exchange"], by_ps.options["devices"]) == ("ps", 2)
     assert s.file == str(tmp_path / "scenario.yaml")
 
@@ -677,7 +678,8 @@ def test_defaults(tmp_path):
     assert s.cluster.stragglers == () and s.cluster.degraded_links == ()
     (dp,) = s.strategies
     assert dp.options == {"devices": None, "exchange": "ring", "bucket_MiB": 0.0,
-                          "overlap": False, "local_steps": 1}
+                          "overlap": False, "local_steps": 1,
+                          "gradient_accumulation": 1, "recompute": "none", "zero": 0}
     text = edit("seed: 7\n", "", edit("description: two nodes of two GPUs\n", ""))
     bare = load_scenario(write(tmp_path, text, "bare.yaml"))
     assert (bare.description, bare.seed) == ("", 0)

@@ -356,11 +356,15 @@ def test_tensor_gpt_is_megatron():
                                                  "gelu", "mlp_proj")} == {
             "attn_qkv": "col", "attn": "local", "attn_proj": "row", "mlp_fc": "col",
             "gelu": "local", "mlp_proj": "row"}
+    assert (st["embedding"], st["lm_head"], st["softmax"]) == ("row", "col", "local")
     nbytes = 16 * 64 * batch * 4  # (seq x hidden) per sample, fp32
-    expected = [(f"fwd0:block{i}.{n}", "allreduce", nbytes)
-                for i in range(2) for n in ("attn_proj", "mlp_proj")]
-    # a vocabulary of 128 is below the vocabulary-parallel threshold: the logits are gathered
-    expected += [("fwd0:softmax<lm_head", "allgather", 16 * 128 * batch * 4)]
+    # the vocabulary-parallel embedding's partial sums, then per block Megatron's g operators
+    expected = [("fwd0:embedding", "allreduce", nbytes)]
+    expected += [(f"fwd0:block{i}.{n}", "allreduce", nbytes)
+                 for i in range(2) for n in ("attn_proj", "mlp_proj")]
+    # a language model's loss over its split vocabulary: each token's max, sum of exponentials
+    # and target logit (3 fp32 values) from both devices; no logits are gathered
+    expected += [("fwd0:xent:softmax", "allgather", 3 * 4 * 16 * batch * k)]
     # backward: the vocabulary-split lm_head's input gradient, then per block the input
     # gradients of the column-split mlp_fc and attn_qkv (Megatron's f operator)
     expected += [("bwd0:lm_head", "allreduce", nbytes)]
@@ -421,13 +425,16 @@ def test_parallel_3d_rank_layout_is_tensor_innermost():
     assert [r.device for r in plan.ranks] == [f"node{i // 4}.gpu{i % 4}" for i in range(8)]
     assert plan.groups == {
         "tp0_0": (0, 1), "tp0_1": (2, 3), "tp1_0": (4, 5), "tp1_1": (6, 7),
-        "dp0_0": (0, 4), "dp0_1": (1, 5), "dp1_0": (2, 6), "dp1_1": (3, 7)}
+        "dp0_0": (0, 4), "dp0_1": (1, 5), "dp1_0": (2, 6), "dp1_1": (3, 7),
+        # the embedding on the first stage and the tied output layer's copy on the last
+        # (Megatron-LM's embedding group): one per replica and tensor rank
+        "emb0_0": (0, 2), "emb0_1": (1, 3), "emb1_0": (4, 6), "emb1_1": (5, 7)}
     for d in range(d_):
         for p in range(p_):
             for t in range(t_):
                 r = plan.ranks[rank(d, p, t)]
                 groups = {o.group for o in r.ops if isinstance(o, Collective)}
-                assert groups == {f"tp{d}_{p}", f"dp{p}_{t}"}
+                assert groups == {f"tp{d}_{p}", f"dp{p}_{t}", f"emb{d}_{t}"}
                 peers = {o.peer for o in r.ops if isinstance(o, (Send, Recv))}
                 assert peers == {rank(d, 1 - p, t)}
                 # a tensor group shares a node: tensor parallelism rides the fast links
@@ -466,7 +473,7 @@ def test_branch_places_tower_i_on_device_i_mod_k():
 
 SMALL_MLP = "[{kind: dense, units: 64}, {kind: act, fn: relu}, {kind: dense, units: 10}]"
 SMALL_PARAMS = (32 * 64 + 64) + (64 * 10 + 10)  # 2,762
-SMALL_OUT = 64 + 64 + 10  # output elements per sample of dense, act, dense
+SMALL_KEPT = 32 + 64  # per sample: the first dense layer's input, the ReLU's output
 
 
 @pytest.mark.parametrize("precision, optimizer, weights, optimizer_bytes", [
@@ -487,7 +494,7 @@ def test_data_parallel_memory_is_the_closed_form(precision, optimizer, weights, 
         assert need.weights == SMALL_PARAMS * bpe
         assert need.gradients == SMALL_PARAMS * bpe
         assert need.optimizer == SMALL_PARAMS * optimizer_bytes
-        assert need.activations == SMALL_OUT * per_worker * bpe
+        assert need.activations == SMALL_KEPT * per_worker * bpe
         assert need.capacity == 16 * 2**30
     if precision == "bf16":
         state = plan.memory[0].total - plan.memory[0].activations
@@ -506,7 +513,13 @@ def test_a_plan_that_does_not_fit_is_reported_not_simulated():
     assert entry["iteration_time_s"] is None and entry["throughput_samples_per_s"] is None
     assert entry["memory_bytes_per_device"] == {"node0.gpu0": need, "node0.gpu1": need}
     assert entry["note"] == (f"does not fit: node0.gpu0 needs {need / 2**30:.2f} GiB "
-                             f"of {0.01:.2f} GiB")
+                             f"of {0.01:.2f} GiB, weights {4 * LAYER_BYTES / 2**30:.2f} GiB")
+    # per group of devices with one need: what each part takes, activations by tensor
+    (over,) = entry["memory_over"]
+    assert over["devices"] == ["node0.gpu0", "node0.gpu1"]
+    assert (over["weights"], over["gradients"], over["optimizer"]) == (
+        4 * LAYER_BYTES, 4 * LAYER_BYTES, 0.0)
+    assert over["detail"] == {"linear-layer inputs": 4 * WIDTH * 32 * 4}
     assert engines == []  # nothing was simulated
 
 
@@ -655,5 +668,17 @@ def test_a_large_vocabulary_softmax_stays_split():
     _, plan = plan_of(zoo_scenario("gpt", "{layers: 1, hidden: 64, heads: 4, seq_len: 8, "
                                           "vocab: 5000}", per_node=2, batch=2,
                                    strategies="[{name: tp, scheme: tensor, devices: 2}]"))
-    assert plan.options["states"]["softmax"] == "local"  # vocabulary-parallel, nothing gathered
-    assert not [c for c in collectives(plan.ranks[0].ops) if "softmax" in c[0]]
+    assert plan.options["states"]["softmax"] == "local"  # vocabulary-parallel: no logits
+    # gathered, only each token's three statistics (8 tokens x 2 samples x 2 devices)
+    assert [c for c in collectives(plan.ranks[0].ops) if "softmax" in c[0]] == [
+        ("fwd0:xent:softmax", "allgather", 3 * 4 * 8 * 2 * 2)]
+
+
+def test_a_classifier_softmax_below_the_threshold_is_gathered():
+    # Krizhevsky 2012: a classifier's few logits cross the group; the loss is computed whole
+    _, plan = plan_of(scenario(layers="[{kind: dense, units: 64}, {kind: softmax}]",
+                               input_shape="[32]", batch=8,
+                               strategies="[{name: tp, scheme: tensor, devices: 2}]"))
+    assert plan.options["states"]["softmax1"] == "rep"
+    assert [c for c in collectives(plan.ranks[0].ops) if "softmax" in c[0]] == [
+        ("fwd0:softmax1<dense0", "allgather", 64 * 8 * 4)]

@@ -1,0 +1,195 @@
+"""Ranks whose timing cannot differ, simulated once: the plan's mirrors.
+
+A plan may name rank permutations (``Plan.mirrors``) under which it is unchanged: every rank's
+program is its image's with peers and group members mapped (a tensor group's ranks are images of
+each other: the same ops on other shards). When nothing in the cluster tells the images apart
+(no straggler, compute jitter, measured spread, degraded link, shared CPU cores, parameter
+server or work loop), the engine runs one process per orbit of ranks (its representative, the
+lowest rank) and lets each simulated transfer stand for its images:
+
+* a point-to-point message, and a flow of a collective, stand for their images, which start at
+  the same instant by symmetry (the images of a flow in a ring over the tensor group are the
+  ring's other flows; those of a flow over a data-parallel group are the same flow of the other
+  tensor ranks' groups): on each edge of the simulated flow's route the flow counts as many
+  times as the distinct image routes that cross that edge (a NIC shared by the images carries
+  all of them; a GPU's own port carries one), and the bytes of every image route are counted
+  on its own edges. A phase whose flows' images are not its own flows (a binomial tree over the
+  rotated tensor group) is simulated flow by flow.
+
+This is exact where the symmetry holds: the per-rank path gives the same times
+(``tests/simulator/test_symmetry.py``). Not simulated: the images' own trace spans and timeline
+rows (the representatives stand for them; per-device utilisation is copied from them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from simulator.cluster import Cluster
+from simulator.plan import Collective, Plan, WorkLoop
+
+Edge = tuple[str, str]
+MAX_GROUP = 64  # permutations kept at most (the closure of the plan's generators)
+
+
+class Symmetry:
+    def __init__(self, plan: Plan, perms: list[tuple[int, ...]],
+                 maps: list[dict[str, str]]):
+        self.plan = plan
+        self.perms = perms  # the whole group, identity excluded
+        self.maps = maps  # each permutation on the topology's nodes
+        rep: dict[int, int] = {}
+        for r in range(len(plan.ranks)):
+            rep[r] = min([r] + [p[r] for p in perms])
+        self.rep = rep
+        self.reps = {r for r, s in rep.items() if r == s}
+        self.orbit: dict[int, list[int]] = {}
+        for r, s in rep.items():
+            self.orbit.setdefault(s, []).append(r)
+        self._invariant: dict[str, bool] = {}
+        self._canon: dict[Edge, tuple[Edge, int]] = {}
+
+    @staticmethod
+    def of(plan: Plan, cluster: Cluster, cpus: object | None) -> Symmetry | None:
+        """The plan's symmetry, or None where it cannot be used (module docstring)."""
+        if not plan.mirrors:
+            return None
+        spec = cluster.spec
+        if (spec.stragglers or spec.degraded_links or spec.compute_jitter or cpus is not None
+                or spec.measured.spread or plan.mode != "sync"
+                or any(r.role != "worker" for r in plan.ranks)
+                or any(isinstance(op, WorkLoop) for r in plan.ranks for op in r.ops)):
+            return None
+        perms = closure([tuple(m) for m in plan.mirrors], len(plan.ranks))
+        if perms is None:
+            return None
+        maps = [topology_map(plan, cluster, p) for p in perms]
+        if any(m is None for m in maps):
+            return None
+        sym = Symmetry(plan, perms, maps)  # type: ignore[arg-type]
+        # every group is mapped onto itself or, in its order, onto another group: the images
+        # of its collectives are collectives the plan has
+        ordered = set(plan.groups.values())
+        for g in plan.groups.values():
+            if not all(tuple(p[r] for r in g) in ordered or {p[r] for r in g} == set(g)
+                       for p in perms):
+                return None
+        # the representatives only talk to representatives, and a collective over a group the
+        # mirrors map onto itself is a ring (its flows are each other's images; a binomial
+        # tree's are not)
+        for r in sym.reps:
+            for op in plan.ranks[r].ops:
+                peer = getattr(op, "peer", None)
+                if peer is not None and peer not in sym.reps:
+                    return None
+                if isinstance(op, Collective) and len(plan.groups[op.group]) > 1 and (
+                        op.collective == "broadcast" or op.algorithm != "ring"
+                        and op.collective == "allreduce") and sym.invariant(op.group):
+                    return None
+        return sym
+
+    def members(self, group: str) -> int:
+        """How many of a group's ranks are simulated (its rendezvous size)."""
+        return sum(1 for r in self.plan.groups[group] if r in self.reps)
+
+    def invariant(self, group: str) -> bool:
+        hit = self._invariant.get(group)
+        if hit is None:
+            members = set(self.plan.groups[group])
+            hit = all({p[r] for r in members} == members for p in self.perms)
+            self._invariant[group] = hit
+        return hit
+
+    def orbit_pairs(self, group: str, pairs: list[tuple[int, int]],
+                    mirrored: Callable[[int, int], tuple]
+                    ) -> list[tuple[tuple[int, int], tuple | None]]:
+        """A collective phase's flows (rank pairs) to simulate: one per orbit, standing for its
+        images, which are flows of this phase (a ring over a group the mirrors rotate) or of
+        the image groups' phases (a group they map elsewhere)."""
+        out: list[tuple[tuple[int, int], tuple | None]] = []
+        covered: set[tuple[int, int]] = set()
+        for pair in pairs:
+            if pair in covered:
+                continue
+            covered.update(self.images(*pair))
+            out.append((pair, mirrored(*pair)))
+        return out
+
+    def images(self, a: int, b: int) -> list[tuple[int, int]]:
+        """The distinct images of the rank pair (a, b), itself first."""
+        out = [(a, b)]
+        for p in self.perms:
+            pair = (p[a], p[b])
+            if pair not in out:
+                out.append(pair)
+        return out
+
+    def canonical(self, edge: Edge) -> tuple[Edge, int]:
+        """The representative of an edge's orbit (the least of its images), and the orbit's
+        size: every edge of an orbit carries the same load, one capacity stands for them."""
+        hit = self._canon.get(edge)
+        if hit is None:
+            orbit = {edge} | {(m[edge[0]], m[edge[1]]) for m in self.maps}
+            hit = self._canon[edge] = (min(orbit), len(orbit))
+        return hit
+
+    def weights(self, a: int, b: int, route_of: Callable[[int, int], tuple[Edge, ...]]
+                ) -> tuple[tuple[Edge, ...], dict[Edge, float], list[Edge]]:
+        """A transfer from rank a to rank b standing for its images: its route over the
+        orbits' representative edges, the load it puts on each (image routes crossing the
+        orbit, over the orbit's size), and every image route's edges (for the bytes)."""
+        routes = [route_of(x, y) for x, y in self.images(a, b)]
+        load: dict[Edge, float] = {}
+        for route in routes:
+            for e in route:
+                c, size = self.canonical(e)
+                load[c] = load.get(c, 0.0) + 1.0 / size
+        canon = tuple(dict.fromkeys(self.canonical(e)[0] for e in routes[0]))
+        for r in routes[1:]:  # images crossing orbits the flow itself does not
+            canon += tuple(c for c in dict.fromkeys(self.canonical(e)[0] for e in r)
+                           if c not in canon)
+        return canon, load, [e for r in routes for e in r]
+
+
+def topology_map(plan: Plan, cluster: Cluster, perm: tuple[int, ...]) -> dict[str, str] | None:
+    """A rank permutation as a map of the topology's nodes (devices as their ranks move, each
+    node's fabric and NICs along with its devices, the rest fixed), when it is an automorphism
+    of the topology: every edge onto an edge of the same bandwidth; else None."""
+    g = cluster.graph
+    m = {n: n for n in g.nodes}
+    for r, prog in enumerate(plan.ranks):
+        m[prog.device] = plan.ranks[perm[r]].device
+    placed: dict[str, str] = {}
+    for d in [n for n, a in g.nodes(data=True) if a.get("kind") == "device"]:
+        for x, y in ((f"node{cluster.node_of(d)}.fabric", f"node{cluster.node_of(m[d])}.fabric"),
+                     (cluster.nic_of(d), cluster.nic_of(m[d]))):
+            if placed.setdefault(x, y) != y:
+                return None
+            m[x] = y
+    if len(set(m.values())) != len(m):
+        return None
+    for u, v in g.edges:
+        if not g.has_edge(m[u], m[v]) or cluster.bandwidth((m[u], m[v])) != \
+                cluster.bandwidth((u, v)):
+            return None
+    return m
+def closure(gens: list[tuple[int, ...]], n: int) -> list[tuple[int, ...]] | None:
+    """Every permutation the generators make (identity excluded); None past ``MAX_GROUP`` or
+    for a generator that is not a permutation of the n ranks."""
+    if any(len(g) != n or sorted(g) != list(range(n)) for g in gens):
+        return None
+    ident = tuple(range(n))
+    seen = {ident}
+    frontier = [ident]
+    while frontier:
+        nxt = []
+        for p in frontier:
+            for g in gens:
+                q = tuple(g[i] for i in p)
+                if q not in seen:
+                    seen.add(q)
+                    nxt.append(q)
+                    if len(seen) > MAX_GROUP:
+                        return None
+        frontier = nxt
+    return sorted(seen - {ident})

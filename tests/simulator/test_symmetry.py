@@ -1,0 +1,80 @@
+"""Mirrored ranks (``simulator/engine/symmetry.py``): simulating one rank per tensor group gives
+the per-rank simulation's times to the last digit, on clusters whose NICs are shared by the
+mirrored ranks, one per GPU, or in between, and with every technique; it is not used where
+something tells the ranks apart."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from simulator.engine.runner import Engine
+from simulator.engine.simulate import predict
+from simulator.engine.symmetry import closure
+from simulator.scenario import parse_scenario
+from simulator.schema import load_yaml
+from tests.simulator.test_strategies import plan_of
+
+STRATEGIES = [
+    "tensor: 4, data: 4, micro_batches: 2",
+    "tensor: 2, pipeline: 2, data: 4, micro_batches: 4",
+    "tensor: 4, pipeline: 4, micro_batches: 4, sequence_parallel: true, recompute: full",
+    "tensor: 2, pipeline: 4, data: 2, micro_batches: 4, virtual_stages: 2, zero: 1",
+    "tensor: 4, data: 4, zero: 3, micro_batches: 2",
+]
+
+
+def gpt(nics: int, strategy: str, extra: str = "") -> object:
+    return parse_scenario(load_yaml(f"""
+name: symmetry
+model: {{zoo: gpt, params: {{layers: 8, hidden: 256, heads: 8, seq_len: 128, vocab: 1000}}}}
+cluster: {{nodes: 4, devices_per_node: 4, device: A100, intra_link: nvlink3,
+           inter_link: ib_hdr, nics_per_node: {nics}{extra}}}
+training: {{batch_size: 16, precision: bf16, optimizer: adam, iterations: 2,
+           warmup_iterations: 1}}
+strategies: [{{name: s, scheme: parallel_3d, {strategy}}}]
+"""))
+
+
+@pytest.mark.parametrize("nics", [1, 4])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_one_rank_per_tensor_group_predicts_what_every_rank_does(nics, strategy):
+    sc = gpt(nics, strategy)
+    ctx, plan = plan_of(sc)
+    assert plan.mirrors
+    engine = Engine(plan, ctx.cluster, "bf16", "adam", 1, 2)
+    assert engine.sym is not None and len(engine.simulated) == len(plan.ranks) // int(
+        strategy.split("tensor: ")[1].split(",")[0])
+    mirrored = predict(plan, ctx.cluster, sc.training).entry
+    every = predict(replace(plan, mirrors=()), ctx.cluster, sc.training).entry
+    for key in ("iteration_time_s", "breakdown_s", "utilisation_per_device"):
+        assert mirrored[key] == every[key], key
+    assert mirrored["utilisation_per_link"].keys() == every["utilisation_per_link"].keys()
+    for link, u in every["utilisation_per_link"].items():
+        assert mirrored["utilisation_per_link"][link] == pytest.approx(u, rel=1e-12)
+
+
+def test_nics_shared_unevenly_by_the_mirrors_fall_back_to_every_rank():
+    # 2 NICs for 4 GPUs: rotating the tensor group moves GPU 1 from nic0 to nic1, not an
+    # automorphism of the topology
+    sc = gpt(2, STRATEGIES[0])
+    ctx, plan = plan_of(sc)
+    assert Engine(plan, ctx.cluster, "bf16", "adam", 1, 2).sym is None
+
+
+@pytest.mark.parametrize("extra", [
+    ", stragglers: [{device: 1, slowdown: 1.5}]",
+    ", compute_jitter: 0.05",
+    ", degraded_links: [{element: node0.nic0, factor: 0.5}]",
+])
+def test_anything_that_tells_ranks_apart_turns_mirrors_off(extra):
+    sc = gpt(4, STRATEGIES[0], extra)
+    ctx, plan = plan_of(sc)
+    assert Engine(plan, ctx.cluster, "bf16", "adam", 1, 2).sym is None
+
+
+def test_the_closure_of_a_rotation_is_its_powers():
+    rot = (1, 2, 0, 4, 5, 3)
+    assert closure([rot], 6) == sorted([(1, 2, 0, 4, 5, 3), (2, 0, 1, 5, 3, 4)])
+    assert closure([(0, 0, 1)], 3) is None  # not a permutation
