@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from executor.model import Forward, Layer, init_weights
+from executor.forward import Forward
+from executor.model import Layer, init_weights
 from simulator.model import build_custom
 from simulator.strategies.common import kernel_kind, kernel_shape
 

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from executor import comm as xcomm
-from executor.model import ExecutorError, Forward, Layer
+from executor.forward import Forward
+from executor.model import ExecutorError, Layer
 from executor.runner import RankRunner
 from simulator.plan import Collective, Compute, Plan, RankProgram, Update
 from simulator.strategies.dbn_pretrain import pretraining_length

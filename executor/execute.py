@@ -85,7 +85,26 @@ def prepare(comm: MPI.Comm, scenario: Scenario, names: list[str] | None) -> Prep
     if not plans:
         raise ExecutorError(f"{scenario.file}: no strategy runs on {comm.Get_size()} rank(s): "
                             + "; ".join(skipped))
-    return Prepared(scenario, ctx, plans, skipped, dataset_for(scenario, ctx.graph))
+    data = dataset_for(scenario, ctx.graph)
+    check_tokens(scenario, ctx.graph, data)
+    return Prepared(scenario, ctx, plans, skipped, data)
+
+
+def check_tokens(scenario: Scenario, graph, data: Dataset) -> None:  # noqa: ANN001
+    """A language model reads the text's token ids: its sequence must be the samples' length
+    and its vocabulary hold every id (an id past the table would be trained as nothing)."""
+    first = graph.nodes[sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])[0]]
+    if first["kind"] != "embedding":
+        return
+    seq, vocab = first["in_shape"][0], first["vocab"]
+    where = f"{scenario.file}: model.params"
+    if tuple(data.x.shape[1:]) != (seq,):
+        raise ExecutorError(f"{where}.seq_len is {seq} but the data's samples are "
+                            f"{tuple(data.x.shape[1:])} tokens (data.seq_len)")
+    ids = int(max(data.x.max(), data.y.max())) + 1 if len(data) else 0
+    if ids > vocab:
+        raise ExecutorError(f"{where}.vocab is {vocab} but the data has token ids up to "
+                            f"{ids - 1} ({ids} distinct symbols): give vocab >= {ids}")
 
 
 def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0,

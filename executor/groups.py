@@ -1,6 +1,6 @@
 """Communicators for the plan's groups, and tensors cut into members' parts and put back.
 
-A split tensor is cut along the samples (``batch``) or the features (axis 1, ``feature``) into
+A split tensor is cut along the samples, the features or the sequence (``executor.tensors``) into
 contiguous parts, member r of p holding part r (the first ``total % p`` parts one row longer), as
 the plan's strategies split layers and batches.
 """
@@ -12,6 +12,7 @@ from mpi4py import MPI
 
 from executor import comm as xcomm
 from executor.model import chunk
+from executor.tensors import axis_index
 from simulator.plan import Plan
 
 
@@ -37,19 +38,22 @@ def group_communicators(comm: MPI.Comm, plan: Plan) -> dict[str, MPI.Comm]:
 
 
 def gather_parts(group: MPI.Comm, local: np.ndarray, axis: str, total: int) -> np.ndarray:
-    """Members' parts put back together along the samples (``batch``) or the features (axis
-    1); ``total`` is the whole length of that axis."""
-    moved = local if axis == "batch" else np.ascontiguousarray(np.moveaxis(local, 1, 0))
+    """Members' parts put back together along the samples (``batch``), the features or the
+    sequence (``executor.tensors.axis_index``); ``total`` is the whole length of that axis."""
+    ax = axis_index(axis, local.ndim)
+    moved = np.ascontiguousarray(np.moveaxis(local, ax, 0)) if ax else local
     per_row = int(np.prod(moved.shape[1:]))
     out = xcomm.allgather(group, moved.ravel(), total * per_row, _rows(group, total, per_row))
     full = out.reshape(total, *moved.shape[1:])
-    return full if axis == "batch" else np.ascontiguousarray(np.moveaxis(full, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(full, 0, ax)) if ax else full
 
 
 def scatter_parts(group: MPI.Comm, whole: np.ndarray, axis: str) -> np.ndarray:
-    """The sum over members of a whole tensor, cut to this member's samples or features."""
-    moved = whole if axis == "batch" else np.ascontiguousarray(np.moveaxis(whole, 1, 0))
+    """The sum over members of a whole tensor, cut to this member's samples, features or part
+    of the sequence."""
+    ax = axis_index(axis, whole.ndim)
+    moved = np.ascontiguousarray(np.moveaxis(whole, ax, 0)) if ax else whole
     total, per_row = moved.shape[0], int(np.prod(moved.shape[1:]))
     part = xcomm.reduce_scatter(group, moved.ravel().copy(), _rows(group, total, per_row))
     local = part.reshape(-1, *moved.shape[1:]).copy()
-    return local if axis == "batch" else np.ascontiguousarray(np.moveaxis(local, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(local, 0, ax)) if ax else local

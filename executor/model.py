@@ -8,8 +8,19 @@ a slice of the outputs (neurons / filters), ``row`` a slice of the inputs (its o
 partial sum; only shard 0 adds the bias), ``local`` works on a slice of a split input, ``rep`` is
 whole. Slices are contiguous, rank r of K owning ``chunk_bounds`` r.
 
-Executable layer kinds: dense, conv, pool, act (relu, sigmoid, tanh), flatten, dropout, softmax
-(the loss), rbm (a sigmoid dense layer for fine-tuning). Others are a clear error.
+Executable layer kinds: dense, conv, pool, act (relu, sigmoid, tanh, GELU), flatten, dropout,
+softmax (the loss, over classes or over a sequence's tokens), rbm (a sigmoid dense layer for
+fine-tuning), and the transformer's: embedding (token and position tables), layer norm,
+attention (the causal multi-head core) and add (a residual connection, several inputs). Others
+are a clear error. Transformer tensors are ``(N, seq, features)``: split features are the last
+axis, a split sequence (sequence parallelism) the second.
+
+An embedding's parameters are ``w`` (the token table, ``(vocab, hidden)``; split by vocabulary
+rows, as a ``row`` layer's weight is) and ``b`` (the position table, held whole by shard 0, as a
+``row`` layer's bias is); a layer norm's are ``w`` (gamma) and ``b`` (beta). The output layer tied
+to the embedding (``tied_to``) owns none: it uses the embedding's token table on its rank, or a
+copy of it held on a later pipeline stage (``w`` of its own, kept equal by the plan's ``tied``
+all-reduce).
 """
 
 from __future__ import annotations
@@ -20,7 +31,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-EXECUTABLE = frozenset({"dense", "conv", "pool", "act", "flatten", "dropout", "softmax", "rbm"})
+EXECUTABLE = frozenset({"dense", "conv", "pool", "act", "flatten", "dropout", "softmax", "rbm",
+                        "embedding", "norm", "attention", "add"})
 
 
 class ExecutorError(Exception):
@@ -55,8 +67,13 @@ class Layer:
 
     def out_slice(self) -> tuple[int, int]:
         """The slice of this layer's output features (channels) this rank holds."""
-        full = self.node["out_shape"][0]
+        full = feature_count(self.node["out_shape"])
         return chunk(full, self.shards, self.shard) if self.split else (0, full)
+
+
+def feature_count(shape: tuple[int, ...]) -> int:
+    """Features of a per-sample shape: channels of an image, the last axis of a sequence."""
+    return shape[-1] if len(shape) == 2 else shape[0]
 
 
 def check_executable(graph: nx.DiGraph) -> None:
@@ -64,9 +81,12 @@ def check_executable(graph: nx.DiGraph) -> None:
         if node["kind"] not in EXECUTABLE:
             raise ExecutorError(f"layer {n!r} is a {node['kind']} layer, which the executor "
                                 f"cannot run yet (it runs: {', '.join(sorted(EXECUTABLE))})")
-        if graph.in_degree(n) > 1:
-            raise ExecutorError(f"layer {n!r} has several inputs; the executor runs "
-                                "sequential networks")
+        if node["kind"] == "norm" and node.get("norm_type", "batch") != "layer":
+            raise ExecutorError(f"layer {n!r} is a batch norm, which the executor cannot run "
+                                "yet (it runs layer norms)")
+        if graph.in_degree(n) > 1 and node["kind"] != "add":
+            raise ExecutorError(f"layer {n!r} has several inputs; the executor joins branches "
+                                "only by adding them (residual connections)")
 
 
 def init_weights(graph: nx.DiGraph, order: list[str], seed: int) -> dict[str, dict[str, Any]]:
@@ -77,6 +97,8 @@ def init_weights(graph: nx.DiGraph, order: list[str], seed: int) -> dict[str, di
     for n in order:
         node = graph.nodes[n]
         kind = node["kind"]
+        if node.get("tied_to"):  # uses another layer's weight
+            continue
         if kind == "dense" or kind == "rbm":
             fan_in, fan_out = node["in_shape"][-1], node["out_shape"][-1]
             limit = np.sqrt(6.0 / (fan_in + fan_out))
@@ -91,6 +113,14 @@ def init_weights(graph: nx.DiGraph, order: list[str], seed: int) -> dict[str, di
             limit = np.sqrt(6.0 / fan_in)
             w = rng.uniform(-limit, limit, (oc, cin, kh, kw)).astype(np.float32)
             out[n] = {"w": w, "b": np.zeros(oc, np.float32)}
+        elif kind == "embedding":
+            # GPT-2's initialisation: token table N(0, 0.02), position table N(0, 0.01)
+            (seq, hidden) = node["out_shape"]
+            out[n] = {"w": rng.normal(0, 0.02, (node["vocab"], hidden)).astype(np.float32),
+                      "b": rng.normal(0, 0.01, (seq, hidden)).astype(np.float32)}
+        elif kind == "norm":
+            width = node["out_shape"][-1]
+            out[n] = {"w": np.ones(width, np.float32), "b": np.zeros(width, np.float32)}
     return out
 
 
@@ -115,6 +145,12 @@ def shard_params(layer: Layer, whole: dict[str, Any]) -> dict[str, Any]:
     if kind == "conv" and state in ("col", "local"):
         lo, hi = chunk(w.shape[0], k, s)
         return {"w": w[lo:hi].copy(), "b": b[lo:hi].copy()}
+    if kind == "embedding" and state == "row":  # a slice of the vocabulary
+        lo, hi = chunk(w.shape[0], k, s)
+        out = {"w": w[lo:hi].copy()}
+        if s == 0:
+            out["b"] = b.copy()
+        return out
     raise ExecutorError(f"layer {layer.name!r}: a {kind} layer cannot be split as {state!r}")
 
 
@@ -125,93 +161,3 @@ def pair(v: Any) -> int:
             raise ExecutorError(f"non-square kernel, stride or padding {v} is not supported")
         return int(v[0])
     return int(v)
-
-
-class Forward:
-    """Forward and backward of one layer on one rank through a backend."""
-
-    def __init__(self, backend: Any):
-        self.k = backend
-
-    def forward(self, layer: Layer, x: Any, *, mask: Any = None) -> tuple[Any, Any]:
-        """(output, saved-for-backward)."""
-        k, node, p = self.k, layer.node, layer.params
-        kind = layer.kind
-        if kind in ("dense", "rbm"):
-            x2 = x.reshape(x.shape[0], -1)
-            y = k.gemm(x2, p["w"])
-            if "b" in p:
-                y = y + p["b"]
-            if kind == "rbm":
-                y = k.act_forward(y, "sigmoid")
-            return y, x2
-        if kind == "conv":
-            groups = 1 if layer.state == "local" else node["groups"]
-            y = k.conv_forward(x, p["w"], p["b"], pair(node["stride"]), pair(node["padding"]),
-                               groups)
-            return y, x
-        if kind == "pool":
-            y, argmax = k.pool_forward(x, pair(node["kernel"]), pair(node["stride"]),
-                                       pair(node["padding"]), node["mode"])
-            return y, (x.shape, argmax)
-        if kind == "act":
-            y = k.act_forward(x, node["fn"])
-            return y, y
-        if kind == "flatten":
-            return x.reshape(x.shape[0], -1), x.shape
-        if kind == "dropout":
-            return (x * mask, mask) if mask is not None else (x, None)
-        if kind == "softmax":
-            return x, None  # the loss head: see ``loss``
-        raise ExecutorError(f"cannot run layer kind {kind!r}")
-
-    def backward(self, layer: Layer, dy: Any, saved: Any, y: Any) -> Any:
-        """The input gradient; weight gradients are *added* to ``layer.grads``."""
-        k, node, p = self.k, layer.node, layer.params
-        kind = layer.kind
-        if kind in ("dense", "rbm"):
-            if kind == "rbm":
-                dy = k.act_backward(y, dy, "sigmoid")
-            x2 = saved
-            dx, dw, db = k.dense_backward(x2, p["w"], dy)
-            self._accumulate(layer, "w", dw)
-            if "b" in p:
-                self._accumulate(layer, "b", db)
-            return dx
-        if kind == "conv":
-            groups = 1 if layer.state == "local" else node["groups"]
-            dx, dw, db = k.conv_backward(saved, p["w"], dy, pair(node["stride"]),
-                                         pair(node["padding"]), groups)
-            self._accumulate(layer, "w", dw)
-            self._accumulate(layer, "b", db)
-            return dx
-        if kind == "pool":
-            shape, argmax = saved
-            return k.pool_backward(dy, shape, pair(node["kernel"]), pair(node["stride"]),
-                                   pair(node["padding"]), node["mode"], argmax)
-        if kind == "act":
-            return k.act_backward(saved, dy, node["fn"])
-        if kind == "flatten":
-            return dy.reshape(saved)
-        if kind == "dropout":
-            return dy * saved if saved is not None else dy
-        if kind == "softmax":
-            return dy
-        raise ExecutorError(f"cannot run layer kind {kind!r}")
-
-    def _accumulate(self, layer: Layer, key: str, g: Any) -> None:
-        if key in layer.grads:
-            self.k.axpy(1.0, g, layer.grads[key])
-        else:
-            layer.grads[key] = g
-
-    def loss(self, logits: Any, labels: Any, normaliser: int) -> tuple[float, int, Any]:
-        """Cross-entropy summed over these samples / ``normaliser`` (the global batch, so that
-        every gradient reduction in the plan is a plain sum); returns (loss sum, correct
-        predictions, d logits)."""
-        n = logits.shape[0]
-        mean, grad = self.k.softmax_xent(logits, labels)
-        self.k.scale(n / normaliser, grad)
-        host = np.asarray(self.k.to_host(logits))
-        correct = int((host.argmax(axis=1) == np.asarray(self.k.to_host(labels))).sum())
-        return mean * n, correct, grad

@@ -9,7 +9,9 @@ tensor; collectives run the algorithm the plan names on the group's communicator
 moves comes from the plan's tensor names (``act:L``, ``dout:L``, ``din:L``, ``wgrad:...``, see
 ``simulator/plan.py``).
 
-Every op is timed with ``MPI.Wtime`` into one of the simulator's breakdown phases.
+Every op is timed with ``MPI.Wtime`` into one of the simulator's breakdown phases. What a
+layer computes and reads is ``layer_ops``, what crosses between ranks ``exchange``, ZeRO's
+sharded state ``zero``, the parameter-server client ``ps_client``.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ import numpy as np
 from mpi4py import MPI
 
 from executor import comm as xcomm
+from executor.exchange import TensorExchange
 from executor.faults import slowdown
-from executor.groups import gather_parts, group_communicators, scatter_parts
-from executor.model import ExecutorError, Forward, Layer, chunk, init_weights, shard_params
+from executor.forward import Forward
+from executor.groups import group_communicators
+from executor.layer_ops import LayerOps
+from executor.model import ExecutorError, Layer, chunk, init_weights, shard_params
 from executor.ps_client import ParameterServerClient
 from executor.server import (
     flat_layout,
     push_pull_layout,
 )
+from executor.zero import ZeroState
 from simulator.plan import (
     COMM,
     COMPUTE,
@@ -59,7 +65,7 @@ class Timings:
     phase: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
-class RankRunner(ParameterServerClient):
+class RankRunner(LayerOps, TensorExchange, ParameterServerClient, ZeroState):
     def __init__(self, comm: MPI.Comm, plan: Plan, graph: nx.DiGraph, backend: Any,
                  seed: int, learning_rate: float, momentum: float):
         self.comm, self.plan, self.graph, self.k = comm, plan, graph, backend
@@ -69,9 +75,19 @@ class RankRunner(ParameterServerClient):
         self.lr, self.momentum = learning_rate, momentum
         self.order = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
         self.states: dict[str, str] = plan.options.get("states", {}) or {}
+        self.seq = set(plan.options.get("sequence_split", ()) or ())
+        self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}
         self.layers = self._my_layers(seed)
         self.groups = group_communicators(comm, plan)
         self.step_samples = plan.samples_per_period // plan.period_steps
+        # predictions per sample: one class, or one next token per position of a sequence
+        head = self.graph.nodes[self.order[-1]]["out_shape"]
+        self.per_sample = int(np.prod(head[:-1])) if len(head) == 2 else 1
+        # forwards run again before backward (recomputation): what their layers keep for
+        # backward is dropped after the first forward (``_drop``)
+        self.redo = {(op.layer, op.micro_batch) for op in self._ops()
+                     if isinstance(op, Compute) and op.recompute}
+        self._fwd_done: set[tuple[str, int]] = set()
         self.store: dict[tuple[str, str, int], Any] = {}
         self.pending: dict[tuple[str, str, int], Any] = {}
         self.sends: list[Any] = []
@@ -92,6 +108,7 @@ class RankRunner(ParameterServerClient):
         self._flat_bufs: dict[int, np.ndarray] = {}
         # only a GPU backend has copies worth timing (the CPU's "device" is host memory)
         self.copies_cost = getattr(backend, "name", "") == "cuda"
+        self._zero_setup()
 
     # ---- set-up ---------------------------------------------------------------------------
     def _my_layers(self, seed: int) -> dict[str, Layer]:
@@ -100,14 +117,24 @@ class RankRunner(ParameterServerClient):
         for op in self._ops():
             if isinstance(op, Compute) and op.layer not in layers:
                 state = self.states.get(op.layer, "rep")
-                if op.shards > 1 and state == "rep":
+                if op.shards > 1 and state == "rep" and op.layer not in self.seq:
                     raise ExecutorError(f"layer {op.layer!r} is split over {op.shards} devices "
                                         "but the plan gives no split state")
                 layer = Layer(op.layer, self.graph.nodes[op.layer], state, op.shard, op.shards)
                 layer.params = {k: self.k.to_device(v) for k, v in
                                 shard_params(layer, whole.get(op.layer, {})).items()}
-                layer.velocity = {k: self.k.zeros(v.shape) for k, v in layer.params.items()}
                 layers[op.layer] = layer
+        for layer in layers.values():  # an output layer tied to an embedding elsewhere
+            owner = layer.node.get("tied_to")
+            if owner and owner not in layers:
+                # its copy of the token table: the rows of its vocabulary slice
+                table = whole[owner]["w"]
+                lo, hi = (chunk(table.shape[0], layer.shards, layer.shard) if layer.split
+                          else (0, table.shape[0]))
+                layer.params = {"w": self.k.to_device(table[lo:hi].copy())}
+        for name, layer in layers.items():
+            layer.velocity = {k: self.k.zeros(v.shape) for k, v in layer.params.items()}
+            self.shapes[name] = {k: tuple(v.shape) for k, v in layer.params.items()}
         return layers
 
     def _ops(self) -> list[Op]:
@@ -116,9 +143,12 @@ class RankRunner(ParameterServerClient):
     def whole_weights(self) -> dict[str, dict[str, np.ndarray]] | None:
         """Every layer's whole parameters, put together from all ranks' shards, on rank 0
         (None elsewhere): to compare partitioned and unpartitioned training, or to keep."""
+        self._zero_materialise()
+        # a tied output layer's copy is the embedding's table: not a weight of its own
         mine = [(n, layer.state, layer.shard, layer.shards,
                  {k: np.asarray(self.k.to_host(v)) for k, v in layer.params.items()})
-                for n, layer in self.layers.items() if layer.params]
+                for n, layer in self.layers.items()
+                if layer.params and not layer.node.get("tied_to")]
         parts = self.comm.gather(mine, root=0)
         if parts is None:
             return None
@@ -146,6 +176,7 @@ class RankRunner(ParameterServerClient):
     def run_period(self, x: np.ndarray | None, y: np.ndarray | None) -> tuple[Timings, dict]:
         """Run the program once on this period's inputs and labels (the rank's own samples)."""
         self.store.clear()
+        self._fwd_done.clear()
         self.inputs = None if x is None else self.k.to_device(x)
         self.labels = None if y is None else self.k.to_device(y)
         self.loss_sum, self.correct, self.counted = 0.0, 0, 0
@@ -197,6 +228,8 @@ class RankRunner(ParameterServerClient):
                 stream = (COMPUTE if phase == "compute" else
                           "ps" if isinstance(op, (PSPush, PSPull)) else COMM)
                 t.spans.append((stream, _name(op), start, end))
+                if self.free_after:
+                    self._after_op(op.id)
                 done[op.id].set()
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, re-raised there
             failure.append(e)
@@ -217,7 +250,7 @@ class RankRunner(ParameterServerClient):
             xcomm.barrier(self.groups[op.group])
             return "communication"
         if isinstance(op, Update):
-            self._update()
+            self._zero_update() if self.zero else self._update()
             return "compute"
         if isinstance(op, Send):
             self._send(op)
@@ -235,89 +268,6 @@ class RankRunner(ParameterServerClient):
             self._ps_pull(op)
             return "communication"
         raise ExecutorError(f"the executor cannot run {op.kind!r} ops yet")
-
-    # ---- compute ---------------------------------------------------------------------------
-    def _pred(self, name: str) -> str | None:
-        preds = list(self.graph.predecessors(name))
-        return preds[0] if preds else None
-
-    def _succ(self, name: str) -> str | None:
-        succ = list(self.graph.successors(name))
-        return succ[0] if succ else None
-
-    def _input(self, layer: Layer, op: Compute) -> Any:
-        pred = self._pred(layer.name)
-        if pred is None:
-            lo = op.micro_batch * op.samples
-            return self.inputs[lo:lo + op.samples]
-        # a whole consumer reads the gathered tensor (over features, or over the batch in the
-        # hybrid scheme); a shard-by-shard consumer reads this rank's slice
-        full = ("act_full", pred, op.micro_batch)
-        if layer.state in ("col", "rep") and full in self.store:
-            return self.store[full]
-        return self._get(("act", pred, op.micro_batch), layer.name)
-
-    def _await_inputs(self, op: Compute) -> None:
-        """Complete the receives this compute op reads, before its timed span starts."""
-        mb = op.micro_batch
-        keys = ([("act", self._pred(op.layer), mb)] if op.phase == "fwd" else
-                [("dout", op.layer, mb), ("din", self._succ(op.layer), mb)])
-        for key in keys:
-            if key in self.pending:
-                self._get(key, op.layer)
-
-    def _get(self, key: tuple[str, str, int], who: str) -> Any:
-        if key in self.pending:
-            buf, req = self.pending.pop(key)
-            xcomm.wait(req)
-            self.store[key] = self._to_device(buf)
-        if key not in self.store:
-            raise ExecutorError(f"rank {self.rank}: {who} needs {key[0]}:{key[1]} of micro-batch "
-                                f"{key[2]}, which the plan never produced here")
-        return self.store[key]
-
-    def _forward(self, op: Compute) -> None:
-        layer = self.layers[op.layer]
-        x = self._input(layer, op)
-        mask = self._dropout_mask(layer, op, x) if layer.kind == "dropout" else None
-        y, saved = self.fwd.forward(layer, x, mask=mask)
-        self.store[("act", op.layer, op.micro_batch)] = y
-        self.store[("saved", op.layer, op.micro_batch)] = saved
-        if layer.kind == "softmax":
-            lo = op.micro_batch * op.samples  # labels hold this rank's samples only
-            labels = self.labels[lo:lo + op.samples]
-            loss, correct, grad = self.fwd.loss(y, labels, self.step_samples)
-            self.loss_sum += loss
-            self.correct += correct
-            self.counted += op.samples
-            self.store[("dout", op.layer, op.micro_batch)] = grad
-
-    def _dropout_mask(self, layer: Layer, op: Compute, x: Any) -> Any:
-        """None: the executor trains with dropout as the identity (its inference-time form), so
-        that any partition of the batch computes the same function (docs/executor.md)."""
-        return None
-
-    def _backward(self, op: Compute) -> None:
-        layer = self.layers[op.layer]
-        mb = op.micro_batch
-        if ("dout", op.layer, mb) in self.store or ("dout", op.layer, mb) in self.pending:
-            dy = self._get(("dout", op.layer, mb), op.layer)
-        else:
-            succ = self._succ(op.layer)
-            dy = self._get(("din", succ, mb), op.layer)
-            if layer.split:
-                dy = self._feature_slice(layer, dy)
-        saved = self.store[("saved", op.layer, mb)]
-        y = self.store[("act", op.layer, mb)]
-        dx = self.fwd.backward(layer, dy, saved, y)
-        self.store[("din", op.layer, mb)] = dx
-
-    def _feature_slice(self, layer: Layer, full: Any) -> Any:
-        """This rank's feature slice of a whole gradient (when the consumer was whole)."""
-        lo, hi = layer.out_slice()
-        if full.shape[1] == hi - lo:
-            return full
-        return full[:, lo:hi]
 
     def _update(self) -> None:
         for layer in self.layers.values():
@@ -342,79 +292,6 @@ class RankRunner(ParameterServerClient):
         self.k.synchronize()
         self.timings.spans.append(("copy", "host-device copy", start, MPI.Wtime()))
         return out
-
-    # ---- communication ----------------------------------------------------------------------
-    def _tensor(self, name: str, mb: int) -> tuple[tuple[str, str, int], Any]:
-        kind, _, layers = name.partition(":")
-        first = layers.split(",")[0]
-        if kind == "dout":  # the gradient of L's output is what L's consumer produced
-            key = ("dout", first, mb)
-            if key not in self.store:
-                return key, self._get(("din", self._succ(first), mb), first)
-            return key, self.store[key]
-        key = (kind, first, mb)
-        return key, self._get(key, name)
-
-    def _send(self, op: Send) -> None:
-        _, value = self._tensor(op.tensor, op.micro_batch)
-        host = np.ascontiguousarray(self._to_host(value), dtype=np.float32)
-        self.sends.append(xcomm.send_tensor(self.comm, host, op.peer, xcomm.tag_of(op.tag)))
-
-    def _post_recv(self, op: Recv) -> None:
-        kind, _, layers = op.tensor.partition(":")
-        names = layers.split(",")
-        if len(names) != 1:
-            raise ExecutorError(f"a pipeline boundary carrying several layers' outputs "
-                                f"({layers}) is not supported by the executor")
-        layer = names[0]
-        node = self.graph.nodes[layer]
-        per_sample = node["in_shape"] if kind == "din" else node["out_shape"]
-        samples = int(op.bytes) // 4 // max(1, int(np.prod(per_sample)))  # fp32 on the wire
-        buf, req = xcomm.recv_tensor(self.comm, (samples, *per_sample), op.peer,
-                                     xcomm.tag_of(op.tag))
-        self.pending[(kind, layer, op.micro_batch)] = (buf, req)
-
-    def _collective(self, op: Collective) -> None:
-        group = self.groups[op.group]
-        if op.tensor.startswith("wgrad:"):
-            self._allreduce_grads(group, op)
-            return
-        key, value = self._tensor(op.tensor, op.micro_batch)
-        host = np.ascontiguousarray(self._to_host(value), dtype=np.float32)
-        p = group.Get_size()
-        if op.collective == "allreduce":
-            xcomm.allreduce(group, host, op.algorithm)
-            self.store[key] = self._to_device(host)
-        elif op.collective == "allgather":
-            node = self.graph.nodes[key[1]]
-            total = (host.shape[0] * p if op.axis == "batch" else node["out_shape"][0])
-            self.store[("act_full", key[1], key[2])] = self._to_device(
-                gather_parts(group, host, op.axis, total))
-        elif op.collective == "reduce_scatter":
-            self.store[key] = self._to_device(scatter_parts(group, host, op.axis))
-        else:
-            raise ExecutorError(f"collective {op.collective!r} is not supported")
-
-    def _allreduce_grads(self, group: MPI.Comm, op: Collective) -> None:
-        names = [n for n in op.tensor[len("wgrad:"):].split(",") if n]
-        # an RBM layer's visible bias gets no gradient from back-propagation: not exchanged
-        parts = [(layer, key) for n in names if (layer := self.layers.get(n)) is not None
-                 for key in sorted(layer.params) if key in layer.grads]
-        hosts = [np.asarray(self._to_host(layer.grads[key]), dtype=np.float32).ravel()
-                 for layer, key in parts]
-        size = sum(h.size for h in hosts)
-        flat = self._flat_bufs.get(op.id)
-        if flat is None or flat.size != size:  # kept across periods: no fresh pages each time
-            flat = self._flat_bufs[op.id] = np.empty(size, np.float32)
-        if hosts:
-            np.concatenate(hosts, out=flat)
-        xcomm.allreduce(group, flat, op.algorithm)
-        at = 0
-        for (layer, key), h in zip(parts, hosts):
-            shape = layer.params[key].shape
-            layer.grads[key] = self._to_device(flat[at:at + h.size].reshape(shape))
-            at += h.size
-
 
 def _name(op: Op) -> str:
     if isinstance(op, Compute):
