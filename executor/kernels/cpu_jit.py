@@ -306,11 +306,11 @@ _KERNELS = (im2col_t, col2im_t, pool_max_forward, pool_avg_forward, pool_max_bac
             scale, add_channel_bias, channel_sum, bias_sigmoid, bernoulli, sub_div, mean_diff)
 
 
-def _compile(parallel: bool) -> types.SimpleNamespace:
+def compile_kernels(kernels: tuple, parallel: bool) -> types.SimpleNamespace:
     """One dispatcher per kernel. The parallel copies get their own ``__qualname__`` because
     Numba's on-disk cache is keyed by qualified name and bytecode, not by compile flags."""
     out = {}
-    for fn in _KERNELS:
+    for fn in kernels:
         if parallel:
             fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
                                     fn.__closure__)
@@ -320,5 +320,5 @@ def _compile(parallel: bool) -> types.SimpleNamespace:
     return types.SimpleNamespace(**out)
 
 
-SERIAL = _compile(parallel=False)
-PARALLEL = _compile(parallel=True)
+SERIAL = compile_kernels(_KERNELS, parallel=False)
+PARALLEL = compile_kernels(_KERNELS, parallel=True)

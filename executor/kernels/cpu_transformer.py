@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from executor.kernels.base import Array
-from executor.kernels.cpu_jit import ONE, ZERO
+from executor.kernels.cpu_jit import ONE, ZERO, compile_kernels
 
 COL_BLOCK = 64  # columns per thread in the column reductions: a cache line or four of each row
 F32 = np.float32
@@ -213,21 +213,8 @@ _KERNELS = (layer_norm_forward, layer_norm_backward_dx, layer_norm_param_grads, 
             embedding_backward, xent_partial, xent_partial_grad)
 
 
-def _compile(parallel: bool) -> types.SimpleNamespace:
-    """One dispatcher per kernel, as :func:`executor.kernels.cpu_jit._compile` builds them (the
-    parallel copies renamed: Numba's disk cache is keyed by qualified name, not flags)."""
-    out = {}
-    for fn in _KERNELS:
-        if parallel:
-            fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
-                                    fn.__closure__)
-            fn.__qualname__ = f"{fn.__name__}__parallel"
-        out[fn.__name__] = njit(cache=True, fastmath=False, parallel=parallel, nogil=True)(fn)
-    return types.SimpleNamespace(**out)
-
-
-SERIAL = _compile(parallel=False)
-PARALLEL = _compile(parallel=True)
+SERIAL = compile_kernels(_KERNELS, parallel=False)  # as cpu_jit's: serial and prange builds
+PARALLEL = compile_kernels(_KERNELS, parallel=True)
 
 
 # ---- the backend's methods -------------------------------------------------------------------

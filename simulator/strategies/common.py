@@ -177,22 +177,17 @@ def update_op(b: ProgramBuilder, ctx: Context, params: float, deps: tuple[int, .
 
 
 def replicas(ctx: Context, ops: tuple[Op, ...], workers: int, servers: list[str],
-             act_samples: float, per_worker: int = 0, **need_options: Any
+             need: MemoryNeed, per_worker: int = 0
              ) -> tuple[tuple[RankProgram, ...], tuple[MemoryNeed, ...]]:
     """Worker ranks 0..workers-1 all running ``ops`` (one shared tuple), each reading its own
     ``per_worker`` samples, then one server rank per parameter-server host holding an equal
-    shard; every worker holds the whole model (its memory: ``memory.memory_need`` with
-    ``need_options``)."""
-    from simulator.strategies.memory import memory_need
-
+    shard; every worker holds the whole model and needs ``need``."""
     total = sum(ctx.node(n)["params"] for n in ctx.layers)
     ranks = [RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker", ops=ops,
                          inputs=(r * per_worker, per_worker), labels=(r * per_worker, per_worker))
              for r in range(workers)]
     ranks += [RankProgram(rank=workers + j, device=h, role="server",
                           shard_params=total // len(servers)) for j, h in enumerate(servers)]
-    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=act_samples,
-                       **need_options)
     return tuple(ranks), tuple(replace(need, device=ctx.cluster.devices[r])
                                for r in range(workers))
 

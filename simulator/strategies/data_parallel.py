@@ -34,6 +34,7 @@ from simulator.strategies.common import (
     update_op,
     wgrad_tensor,
 )
+from simulator.strategies.memory import memory_need
 from simulator.strategies.sharding import Layout
 from simulator.strategies.zero import Zero, emit_phase, reduce_gradients
 from simulator.strategies.zero import update as zero_update
@@ -133,9 +134,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     ops = worker_program(ctx, o, per_worker, len(ps_hosts), workers)
     micro = per_worker // o["gradient_accumulation"]
     # a rank reads its per-worker batch for every local step of the period
-    ranks, memory = replicas(ctx, ops, workers, ps_hosts, micro,
-                             per_worker * o["local_steps"], zero=o["zero"], dp=workers,
-                             recompute=o["recompute"])
+    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=micro,
+                       zero=o["zero"], dp=workers, recompute=o["recompute"])
+    ranks, memory = replicas(ctx, ops, workers, ps_hosts, need, per_worker * o["local_steps"])
     return Plan(strategy=spec.name, scheme="data_parallel", mode="sync",
                 samples_per_period=per_worker * workers * o["local_steps"],
                 period_steps=o["local_steps"], ranks=ranks,

@@ -19,6 +19,7 @@ from simulator.errors import ScenarioError
 from simulator.plan import COMM, Plan, ProgramBuilder, PSPull, PSPush
 from simulator.schema import choice, integer
 from simulator.strategies.common import Context, check_devices, compute_op, replicas
+from simulator.strategies.memory import memory_need
 
 OPTIONS = {
     "workers": (integer(1), None),
@@ -66,7 +67,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
             for j in range(len(hosts)):
                 b.add(PSPush, stream=COMM, deps=(end,), shard=j, bytes=shard_bytes,
                       tag=f"grad{j}")
-    ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, per_worker, per_worker * period)
+    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=per_worker)
+    ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, need, per_worker * period)
     return Plan(strategy=spec.name, scheme="downpour", mode="async",
                 samples_per_period=per_worker * workers * period, period_steps=period,
                 ranks=ranks, groups={"world": tuple(range(workers))}, memory=memory,

@@ -27,6 +27,7 @@ from simulator.plan import (
 )
 from simulator.schema import integer
 from simulator.strategies.common import Context, check_devices, compute_op, replicas
+from simulator.strategies.memory import memory_need
 
 OPTIONS = {
     "workers": (integer(1), None),
@@ -69,7 +70,8 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     loop = b.add(WorkLoop, stream=COMM, deps=pulls, coordinator=coordinator,
                  body=tuple(body.ops))
     b.add(Barrier, stream=COMM, deps=(loop,), group="world", key="batch")
-    ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, per_portion)
+    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=per_portion)
+    ranks, memory = replicas(ctx, tuple(b.ops), workers, hosts, need)
     # any worker may be handed any portion: each may read the whole batch
     batch = (0, per_portion * portions)
     ranks = tuple(replace(r, inputs=batch, labels=batch) if r.role == "worker" else r

@@ -7,10 +7,8 @@ Ranks: rank = d x (P x T) + p x T + t (tensor innermost: a tensor group shares a
 links). With V virtual stages (the interleaved schedule) the model is cut into P x V parts and
 device p holds parts c x P + p, c < V.
 
-Partition: the first layer of every part as given, else, when the model has blocks (transformer
-layers) and they divide evenly, the same number of blocks per part with the layers before the
-first block on the first part and those after the last on the last (Megatron-LM), else
-contiguous parts balanced by FLOPs (``pipeline.balance``).
+Partition: ``partition.partition`` (as given; whole blocks per part, Megatron-LM's; or
+contiguous parts balanced by FLOPs).
 
 After the last backward, on the comm stream in this order: the sequence-split layers' gradients
 all-reduced over the tensor group (``sharding``); a tied embedding's gradients all-reduced
@@ -25,9 +23,17 @@ from dataclasses import dataclass
 
 from simulator.errors import ScenarioError
 from simulator.plan import COMM, Collective, MemoryNeed, ProgramBuilder, RankProgram, Recv, Send
-from simulator.strategies import pipeline, schedules, sharding, techniques
+from simulator.strategies import schedules, sharding, techniques
 from simulator.strategies.common import Context, update_op
 from simulator.strategies.memory import layer_params, memory_need
+from simulator.strategies.partition import (
+    blocks_of,
+    boundary_elems,
+    boundary_layers,
+    boundary_tensor,
+    explicit,
+    partition,
+)
 from simulator.strategies.zero import Zero, emit_phase, reduce_gradients
 from simulator.strategies.zero import update as zero_update
 
@@ -54,30 +60,6 @@ class Grid:
 
     def rank(self, d: int, p: int, t: int) -> int:
         return d * self.pipeline * self.tensor + p * self.tensor + t
-
-
-def blocks_of(ctx: Context) -> list[str]:
-    out: list[str] = []
-    for n in ctx.layers:
-        block = ctx.node(n).get("block")
-        if block and block not in out:
-            out.append(block)
-    return out
-
-
-def partition(ctx: Context, parts: int, given: tuple[str, ...] | None) -> list[list[str]]:
-    """The layers of each part (module docstring)."""
-    blocks = blocks_of(ctx)
-    if given is None and blocks and len(blocks) % parts == 0 and len(blocks) >= parts:
-        per = len(blocks) // parts
-        starts = [0]
-        for i in range(1, parts):
-            first = blocks[i * per]
-            starts.append(next(j for j, n in enumerate(ctx.layers)
-                               if ctx.node(n).get("block") == first))
-        bounds = [*starts, len(ctx.layers)]
-        return [ctx.layers[bounds[i]:bounds[i + 1]] for i in range(parts)]
-    return pipeline.stage_layers(ctx, parts, given)
 
 
 def check_grid(options: dict, graph, training, grid: Grid, path: str) -> None:  # noqa: ANN001
@@ -128,7 +110,7 @@ def check_grid(options: dict, graph, training, grid: Grid, path: str) -> None:  
         sharding.sequence_split(ctx, ctx.layers, st, grid.tensor, f"{path}.sequence_parallel")
     if grid.partition is not None:
         layers = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
-        pipeline._explicit(grid.partition, layers, grid.parts, f"{path}.partition")
+        explicit(grid.partition, layers, grid.parts, f"{path}.partition")
 
 
 def tied_params(ctx: Context, owner: str, shards: int) -> float:
@@ -156,8 +138,8 @@ def build(ctx: Context, grid: Grid) -> tuple[list[RankProgram], list[MemoryNeed]
     dd, pp, tt, m, v = grid.data, grid.pipeline, grid.tensor, grid.micro_batches, grid.virtual
     mb = ctx.training.batch_size // dd // m
     parts = partition(ctx, grid.parts, grid.partition)
-    cross = pipeline.boundary_elems(ctx, parts)
-    crossing = pipeline.boundary_layers(ctx, parts)
+    cross = boundary_elems(ctx, parts)
+    crossing = boundary_layers(ctx, parts)
     split = {n for n in ctx.layers if ctx.node(n)["kind"] in sharding.SPLITTABLE}
     lays = [sharding.layout(ctx, part, split, tt, grid.sequence_parallel) for part in parts]
     redo = [techniques.recomputed(ctx, part, grid.recompute) for part in parts]
@@ -205,7 +187,7 @@ def build(ctx: Context, grid: Grid) -> tuple[list[RankProgram], list[MemoryNeed]
                         edge = min(g, src)
                         deps = (b.add(Recv, stream="p2p", peer=rank(d, src % pp, t),
                                       bytes=boundary(edge), tag=tag(phase, i, edge), micro_batch=i,
-                                      tensor=pipeline.boundary_tensor(phase, crossing[edge])),)
+                                      tensor=boundary_tensor(phase, crossing[edge])),)
                     last = emit_phase(b, ctx, parts[g], lays[g], phase, mb, tp, zero,
                                       micro_batch=i, shard=t, deps=deps, recompute=redo[g],
                                       last_bwd=last_bwd if phase == "bwd" else None)
@@ -216,7 +198,7 @@ def build(ctx: Context, grid: Grid) -> tuple[list[RankProgram], list[MemoryNeed]
                         edge = min(g, dst)
                         b.add(Send, stream="p2p", deps=(last,), peer=rank(d, dst % pp, t),
                               bytes=boundary(edge), tag=tag(phase, i, edge), micro_batch=i,
-                              tensor=pipeline.boundary_tensor(phase, crossing[edge]))
+                              tensor=boundary_tensor(phase, crossing[edge]))
                 layers = [n for g in mine for n in parts[g]]
                 lay = sharding.Layout({k: s for g in mine for k, s in lays[g].states.items()},
                                       tt, frozenset().union(*(lays[g].seq for g in mine)))
