@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from executor import comm as xcomm
 from executor.groups import gather_parts, scatter_parts
-from executor.model import ExecutorError
+from executor.model import ExecutorError, feature_count
 from executor.tensors import local_shape
 from simulator.plan import Collective, Recv, Send
 
@@ -106,7 +106,7 @@ class TensorExchange:
             node = self.graph.nodes[key[1]]
             total = (host.shape[0] * p if op.axis == "batch" else
                      node["out_shape"][0] if op.axis == "sequence" else
-                     feature_total(node["out_shape"]))
+                     feature_count(node["out_shape"]))
             whole = self._to_device(gather_parts(group, host, op.axis, total))
             self.store[("dout_full" if kind == "dout" else "act_full", key[1], key[2])] = whole
         elif op.collective == "reduce_scatter":
@@ -148,7 +148,3 @@ class TensorExchange:
             shape = layer.grads[key].shape
             layer.grads[key] = self._to_device(flat[at:at + h.size].reshape(shape))
             at += h.size
-
-
-def feature_total(out_shape: tuple[int, ...]) -> int:
-    return out_shape[-1] if len(out_shape) == 2 else out_shape[0]

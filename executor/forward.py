@@ -92,8 +92,9 @@ class Forward:
             return y, (x, probs, heads)
         if kind == "embedding":
             ids = k.to_device(np.asarray(k.to_host(x)).astype(np.int64))
-            lo = chunk(node["vocab"], layer.shards, layer.shard)[0] if layer.split or \
-                layer.state == "row" else 0
+            # a split embedding holds a slice of the vocabulary's rows (a sequence-split one,
+            # replicated, the whole table)
+            lo = chunk(node["vocab"], layer.shards, layer.shard)[0] if layer.state == "row" else 0
             y = k.embedding_forward(ids, p["w"], lo)
             if "b" in p:  # the position table, on shard 0 (a partial sum elsewhere)
                 y = k.add(y, k.to_device(np.ascontiguousarray(np.broadcast_to(

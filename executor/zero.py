@@ -113,8 +113,9 @@ class ZeroState:
 
     def _zero_gather(self, op: Collective) -> None:
         """All-gather a segment's parameters from every rank's chunk."""
-        s = self.segments[op.tensor.split(":", 1)[1]]
-        group = self.groups[op.group]
+        self._gather(self.segments[op.tensor.split(":", 1)[1]], self.groups[op.group])
+
+    def _gather(self, s: Segment, group: Any) -> None:
         bounds = [chunk(s.size, group.Get_size(), r) for r in range(group.Get_size())]
         local = np.asarray(self._to_host(s.param), np.float32)
         self._unpack(s, xcomm.allgather(group, local, s.size, bounds))
@@ -148,8 +149,5 @@ class ZeroState:
         """Every segment's whole parameters on this rank (stage 3, for ``whole_weights``)."""
         if self.zero < 3:
             return
-        group = self.groups[self.segment_group]
         for s in self.segments.values():
-            bounds = [chunk(s.size, group.Get_size(), r) for r in range(group.Get_size())]
-            local = np.asarray(self._to_host(s.param), np.float32)
-            self._unpack(s, xcomm.allgather(group, local, s.size, bounds))
+            self._gather(s, self.groups[self.segment_group])

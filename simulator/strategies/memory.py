@@ -113,21 +113,18 @@ def activations(ctx: Context, layers: list[str], lay: Layout, samples: dict[str,
 
 def memory_need(ctx: Context, device: str, layers: list[str], *,
                 act_samples: float | dict[str, float], layout: Layout | None = None,
-                shards: dict[str, int] | None = None, keeps_weights: bool = True,
                 zero: int = 0, dp: int = 1, recompute: str = "none",
                 micro_batch: float | None = None, extra_params: float = 0.0) -> MemoryNeed:
     """What ``device`` needs to hold ``layers`` (module docstring).
 
     ``act_samples``: samples whose activations are kept at the peak, for every layer or per
-    layer; ``layout``: their split over a tensor group (none: whole); ``shards``: a split given
-    as shard counts only (splits layers' outputs); ``zero`` over ``dp`` data-parallel ranks;
+    layer; ``layout``: their split over a tensor group (none: whole); ``zero`` over ``dp``
+    data-parallel ranks;
     ``micro_batch``: the samples one recomputation works on; ``extra_params``: parameters held
     besides the layers' own (a tied embedding's copy on the last pipeline stage).
     """
     if layout is None:
-        shards = shards or {}
-        k = max(shards.values(), default=1)
-        layout = Layout({n: ("col" if shards.get(n, 1) > 1 else "rep") for n in layers}, k)
+        layout = Layout({n: "rep" for n in layers}, 1)
     sh = layout.param_shards()
     params = sum(layer_params(ctx, n, sh.get(n, 1)) for n in layers) + extra_params
     samples = (act_samples if isinstance(act_samples, dict)
@@ -135,8 +132,8 @@ def memory_need(ctx: Context, device: str, layers: list[str], *,
     micro = micro_batch if micro_batch is not None else max(samples.values(), default=0.0)
     acts, buffers = activations(ctx, layers, layout, samples, micro, recompute)
     bpe = ctx.bpe
-    weights = params * bpe if keeps_weights else 0.0
-    optimizer = params * optimizer_bytes_per_param(ctx) if keeps_weights else 0.0
+    weights = params * bpe
+    optimizer = params * optimizer_bytes_per_param(ctx)
     gradients = params * bpe
     if zero >= 1:
         optimizer /= dp

@@ -19,7 +19,7 @@ exchange (an all-reduce, or ZeRO's reduce-scatters, ``zero``); then the update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simulator.errors import ScenarioError
 from simulator.plan import COMM, Collective, MemoryNeed, ProgramBuilder, RankProgram, Recv, Send
@@ -113,6 +113,41 @@ def check_grid(options: dict, graph, training, grid: Grid, path: str) -> None:  
         explicit(grid.partition, layers, grid.parts, f"{path}.partition")
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """What every rank of one pipeline stage shares: its schedule, layers and their split,
+    the tied copies it holds, its parameters and its memory need."""
+
+    steps: list
+    layers: list[str]
+    layout: sharding.Layout
+    copies: list[tuple[str, str]]
+    extra: float
+    params: float
+    need: MemoryNeed
+
+    @staticmethod
+    def of(ctx: Context, grid: Grid, p: int, parts: list[list[str]],
+           lays: list[sharding.Layout], tied: dict, mb: int) -> _Stage:
+        pp, tt, v = grid.pipeline, grid.tensor, grid.virtual
+        mine = [c * pp + p for c in range(v)]
+        steps = schedules.order(grid.schedule, p, pp, grid.micro_batches, v)
+        layers = [n for g in mine for n in parts[g]]
+        lay = sharding.Layout({k: s for g in mine for k, s in lays[g].states.items()},
+                              tt, frozenset().union(*(lays[g].seq for g in mine)))
+        sh = lay.param_shards()
+        copies = [(n, owner) for g in mine for n, owner in tied.get(g, [])]
+        extra = sum(tied_params(ctx, owner, tt) for _, owner in copies)
+        params = sum(layer_params(ctx, n, sh.get(n, 1)) for n in layers) + extra
+        weight = {c: sum(ctx.node(n)["out_elems"] for n in parts[c * pp + p]) for c in range(v)}
+        flight = schedules.peak_in_flight(steps, weight)
+        samples = {n: flight.get(c, 0) * mb for c in range(v) for n in parts[c * pp + p]}
+        need = memory_need(ctx, "", layers, act_samples=samples, layout=lay, zero=grid.zero,
+                           dp=grid.data, recompute=grid.recompute, micro_batch=mb,
+                           extra_params=extra)
+        return _Stage(steps, layers, lay, copies, extra, params, need)
+
+
 def tied_params(ctx: Context, owner: str, shards: int) -> float:
     """The shared (split) part of a tied owner's parameters: an embedding's token table."""
     node = ctx.node(owner)
@@ -168,17 +203,19 @@ def build(ctx: Context, grid: Grid) -> tuple[list[RankProgram], list[MemoryNeed]
         split = bool(seq) and all(n in seq for n in crossing[g])
         return cross[g] * mb * ctx.bpe / (tt if split else 1)
 
+    stage = [_Stage.of(ctx, grid, p, parts, lays, tied, mb) for p in range(pp)]
     ranks, memory = [], []
     for d in range(dd):
         for p in range(pp):
-            mine = [c * pp + p for c in range(v)]
+            st = stage[p]
+            steps, layers, lay, copies, extra, params = (st.steps, st.layers, st.layout,
+                                                         st.copies, st.extra, st.params)
             for t in range(tt):
                 tp = grid.tp_group.format(d=d, p=p, t=t)
                 dp = grid.dp_group.format(d=d, p=p, t=t)
                 zero = Zero(grid.zero, dp, dd) if grid.zero else None
                 b = ProgramBuilder()
                 last_bwd: dict[str, int] = {}
-                steps = schedules.order(grid.schedule, p, pp, m, v)
                 for phase, i, c in steps:
                     g = c * pp + p
                     src = g - 1 if phase == "fwd" else g + 1
@@ -199,13 +236,6 @@ def build(ctx: Context, grid: Grid) -> tuple[list[RankProgram], list[MemoryNeed]
                         b.add(Send, stream="p2p", deps=(last,), peer=rank(d, dst % pp, t),
                               bytes=boundary(edge), tag=tag(phase, i, edge), micro_batch=i,
                               tensor=boundary_tensor(phase, crossing[edge]))
-                layers = [n for g in mine for n in parts[g]]
-                lay = sharding.Layout({k: s for g in mine for k, s in lays[g].states.items()},
-                                      tt, frozenset().union(*(lays[g].seq for g in mine)))
-                sh = lay.param_shards()
-                copies = [(n, owner) for g in mine for n, owner in tied.get(g, [])]
-                extra = sum(tied_params(ctx, owner, tt) for _, owner in copies)
-                params = sum(layer_params(ctx, n, sh.get(n, 1)) for n in layers) + extra
                 deps = (b.last("compute"),)
                 sp = sharding.sp_grad_layers(ctx, lay, layers)
                 if sp:
@@ -245,14 +275,7 @@ def build(ctx: Context, grid: Grid) -> tuple[list[RankProgram], list[MemoryNeed]
                 ranks.append(RankProgram(rank=r, device=dev, role="worker", ops=tuple(b.ops),
                                          inputs=replica_batch if p == 0 else (0, 0),
                                          labels=replica_batch if p == pp - 1 else (0, 0)))
-                weight = {c: sum(ctx.node(n)["out_elems"] for n in parts[c * pp + p])
-                          for c in range(v)}
-                flight = schedules.peak_in_flight(steps, weight)
-                samples = {n: flight.get(c, 0) * mb for c in range(v)
-                           for n in parts[c * pp + p]}
-                memory.append(memory_need(ctx, dev, layers, act_samples=samples, layout=lay,
-                                          zero=grid.zero, dp=dd, recompute=grid.recompute,
-                                          micro_batch=mb, extra_params=extra))
+                memory.append(replace(st.need, device=dev))
     split = {"states": {n: st for lay in lays for n, st in lay.states.items() if st != "rep"},
              "sequence_split": sorted(n for lay in lays for n in lay.seq)}
     return sorted(ranks, key=lambda r: r.rank), memory, groups, parts, split
