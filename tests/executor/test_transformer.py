@@ -141,3 +141,11 @@ def test_a_vocabulary_smaller_than_the_text_is_a_clear_error(tmp_path: Path):
     done = launch(1, ["execute", str(path), "--strategy", "one"], timeout=120)
     assert done.returncode == 2
     assert "model.params.vocab is 40" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_model_sequence_unlike_the_datas_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "s.yaml"
+    path.write_text(GPT.replace("seq_len: 16}", "seq_len: 12}"))
+    done = launch(1, ["execute", str(path), "--strategy", "one"], timeout=120)
+    assert done.returncode == 2
+    assert "model.params.seq_len is 16" in done.stderr and "Traceback" not in done.stderr

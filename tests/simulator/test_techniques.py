@@ -310,6 +310,9 @@ def test_a_tied_output_layer_on_another_stage_keeps_a_copy_all_reduced_with_the_
     ("scheme: parallel_3d, data: 2, sequence_parallel: true", "strategies[0].sequence_parallel",
      "needs tensor parallelism"),
     ("scheme: parallel_3d, data: 2, zero: 4", "strategies[0].zero", "must be 0, 1, 2 or 3"),
+    ("scheme: parallel_3d, data: 2, tensor: 2, zero: 2, sequence_parallel: true",
+     "strategies[0].zero", "use stage 1 with sequence parallelism"),
+    ("scheme: parallel_3d, tensor: 3", "strategies[0].tensor", "8 attention heads"),
 ])
 def test_bad_technique_options_name_the_field(strategy, path, message):
     with pytest.raises(ScenarioError) as err:
