@@ -43,6 +43,7 @@ class Forward:
 
     def __init__(self, backend: Any):
         self.k = backend
+        self._pos: dict[tuple[int, int], Any] = {}
 
     def forward(self, layer: Layer, x: Any, *, mask: Any = None,
                 table: Any = None) -> tuple[Any, Any]:
@@ -96,9 +97,9 @@ class Forward:
             # replicated, the whole table)
             lo = chunk(node["vocab"], layer.shards, layer.shard)[0] if layer.state == "row" else 0
             y = k.embedding_forward(ids, p["w"], lo)
-            if "b" in p:  # the position table, on shard 0 (a partial sum elsewhere)
-                y = k.add(y, k.to_device(np.ascontiguousarray(np.broadcast_to(
-                    np.asarray(k.to_host(p["b"])), tuple(y.shape)))))
+            if "b" in p:  # the position table, on shard 0 (a partial sum elsewhere): looked
+                # up by position as the token table is by id, on the device
+                y = k.add(y, k.embedding_forward(self._positions(ids), p["b"], 0))
             return y, (ids, lo)
         if kind == "add":
             y = x[0]
@@ -161,12 +162,19 @@ class Forward:
             ids, lo = saved
             self._accumulate(layer, "w", k.embedding_backward(ids, dy, lo, p["w"].shape[0]))
             if "b" in p:  # the position table's gradient: summed over the batch
-                n = dy.shape[0]
-                ones = k.to_device(np.ones((1, n), np.float32))
-                pos = k.gemm(ones, dy.reshape(n, dy.shape[1] * dy.shape[2]))
-                self._accumulate(layer, "b", pos.reshape(p["b"].shape))
+                self._accumulate(layer, "b", k.embedding_backward(
+                    self._positions(ids), dy, 0, p["b"].shape[0]))
             return None
         raise ExecutorError(f"cannot run layer kind {kind!r}")
+
+    def _positions(self, ids: Any) -> Any:
+        """Every token's position, (N, seq) ids on the device, made once per shape."""
+        shape = (ids.shape[0], ids.shape[1])
+        pos = self._pos.get(shape)
+        if pos is None:
+            pos = self._pos[shape] = self.k.to_device(
+                np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape).copy())
+        return pos
 
     def _accumulate(self, layer: Layer, key: str, g: Any) -> None:
         if key in layer.grads:

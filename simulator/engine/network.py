@@ -189,8 +189,9 @@ class Network:
                     continue
                 frozen.add(id(f))
                 f.rate = share
+                ws = f.weights
                 for e in f.route:
-                    w = f.on(e)
+                    w = f.weight if ws is None else ws[e]
                     left[e] -= share * w
                     count[e] -= w
                     touched.add(e)
