@@ -1,88 +1,149 @@
-"""How the simulator's cost grows with the cluster: one iteration of ResNet-50 synchronous data
-parallel (ring all-reduce) on 8, 64, 512 and 1,024 V100s (8 per node, EDR InfiniBand).
+"""How the simulator's cost grows with the cluster, on the workloads people bring.
 
-Prints, per size: wall time to build the plan and to simulate it, SimPy events processed, events
-per second, and the cost per device relative to the smallest size (flat = linear growth).
-Target (issue): 1,024 GPUs in at most 1 s on a 2-core machine, growing no faster than linearly.
+One row per (workload, devices), each measured in a fresh process so that its CPU time and peak
+memory are its own:
 
-    python benchmarks/sim_scale.py [--sizes 8,64,512,1024] [--repeat 3]
+- ``resnet50-dp-ring``: ResNet-50 synchronous data parallel, one ring all-reduce after backward,
+  V100s 8 per node on EDR InfiniBand, 64 images per GPU, fp16;
+- ``resnet50-dp-per-layer``: the same with one all-reduce per layer overlapping backward
+  (buckets of one layer each: 54 collectives);
+- ``resnet50-dp-degraded``: the ring with 1% of the GPUs' uplinks (every 100th GPU) at half
+  bandwidth;
+- ``gpt175b-3d``: a GPT-3-175B-shaped model (96 layers, hidden 12288, sequence 2048) on A100s in
+  8-GPU NVSwitch nodes with one HDR NIC per GPU, tensor 8 x pipeline 8 x data D, 64
+  micro-batches of one sequence per pipeline, 1F1B, sequence parallelism with selective
+  recomputation (the configuration that fits in 80 GB, Korthikanti et al. 2022);
+- ``downpour-1024``: AlexNet Downpour SGD on 1,024 K40 workers (2 per node, 10 GbE) with a
+  parameter server sharded over 16 hosts.
+
+Columns: ``plan_s`` (build the plan), ``simulate_s`` (run the SimPy model and summarise it),
+``cpu_s`` (the process's CPU time for both: the figure that stays honest on a shared machine),
+``peak_MB`` (the process's peak resident memory, interpreter and libraries included), ``events``
+(SimPy events processed), ``predicted_ms`` (the predicted iteration time), and the JSON size of
+the Result entry (``result_kB``, without a timeline).
+
+    python benchmarks/sim_scale.py [--only WORKLOAD[,WORKLOAD]] [--max-devices N]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import time
 
-import simpy
+ROWS = [
+    ("resnet50-dp-ring", 1024), ("resnet50-dp-ring", 16384), ("resnet50-dp-ring", 65536),
+    ("resnet50-dp-per-layer", 1024), ("resnet50-dp-per-layer", 16384),
+    ("resnet50-dp-degraded", 16384),
+    ("gpt175b-3d", 64), ("gpt175b-3d", 1024), ("gpt175b-3d", 16384),
+    ("downpour-1024", 1024),
+]
 
-from simulator.cluster import build_cluster
-from simulator.engine.simulate import predict
-from simulator.scenario import build_graph, parse_scenario
-from simulator.strategies import build_plan
-from simulator.strategies.common import Context
-
-SCENARIO = """
-name: resnet50 scale
-model: {{zoo: resnet50}}
-cluster: {{nodes: {nodes}, devices_per_node: 8, device: V100, intra_link: nvlink2,
-           inter_link: ib_edr}}
-training: {{batch_size: {batch}, precision: fp16, iterations: 1, warmup_iterations: 0}}
-strategies:
-  - {{name: ring, scheme: data_parallel, exchange: ring}}
-"""
+TARGETS_CPU_S = {("gpt175b-3d", 64): 1, ("gpt175b-3d", 1024): 2, ("gpt175b-3d", 16384): 10,
+                 ("resnet50-dp-ring", 16384): 3, ("resnet50-dp-ring", 65536): 15,
+                 ("resnet50-dp-per-layer", 16384): 10, ("resnet50-dp-degraded", 16384): 10,
+                 ("downpour-1024", 1024): 10}
 
 
-class CountingEnvironment(simpy.Environment):
-    """A SimPy environment that counts the events it processes."""
+def scenario(workload: str, devices: int) -> dict:
+    training = {"precision": "fp16", "iterations": 1, "warmup_iterations": 0}
+    if workload.startswith("resnet50"):
+        cluster = {"nodes": devices // 8, "devices_per_node": 8, "device": "V100",
+                   "intra_link": "nvlink2", "inter_link": "ib_edr"}
+        strategy = {"name": workload, "scheme": "data_parallel", "exchange": "ring"}
+        if workload == "resnet50-dp-per-layer":
+            strategy.update(bucket_MiB=1e-9, overlap=True)
+        if workload == "resnet50-dp-degraded":
+            cluster["degraded_links"] = [
+                {"element": f"node{d // 8}.gpu{d % 8}", "factor": 0.5}
+                for d in range(0, devices, 100)]
+        return {"name": workload, "model": {"zoo": "resnet50"}, "cluster": cluster,
+                "training": {**training, "batch_size": 64 * devices},
+                "strategies": [strategy]}
+    if workload == "gpt175b-3d":
+        data = devices // 64
+        return {"name": workload,
+                "model": {"zoo": "gpt", "params": {"layers": 96, "hidden": 12288, "heads": 96,
+                                                   "seq_len": 2048, "vocab": 51200}},
+                "cluster": {"nodes": devices // 8, "devices_per_node": 8, "device": "A100",
+                            "intra_link": "nvlink3", "inter_link": "ib_hdr",
+                            "nics_per_node": 8},
+                "training": {**training, "precision": "bf16", "optimizer": "adam",
+                             "batch_size": 64 * data},
+                "strategies": [{"name": workload, "scheme": "parallel_3d", "tensor": 8,
+                                "pipeline": 8, "data": data, "micro_batches": 64,
+                                "sequence_parallel": True, "recompute": "selective"}]}
+    if workload == "downpour-1024":
+        return {"name": workload, "model": {"zoo": "alexnet"},
+                "cluster": {"nodes": devices // 2, "devices_per_node": 2, "device": "K40",
+                            "intra_link": "pcie3", "inter_link": "eth_10g",
+                            "parameter_servers": {
+                                "hosts": 16, "nic": "eth_25g",
+                                # a server's socket: 8 channels of DDR4-3200 (Xeon 8380)
+                                "device": {"base": "cpu_core_modern", "sms": 40,
+                                           "memory_bandwidth_GBps": 204.8}}},
+                "training": {"batch_size": 128 * devices, "precision": "fp32",
+                             "optimizer": "momentum", "iterations": 2,
+                             "warmup_iterations": 0},
+                "strategies": [{"name": workload, "scheme": "downpour"}]}
+    raise SystemExit(f"unknown workload {workload!r}")
 
-    processed = 0
 
-    def step(self) -> None:
-        CountingEnvironment.processed += 1
-        super().step()
+def measure(workload: str, devices: int) -> dict:
+    """One row, in this process (the parent runs each row in a fresh one)."""
+    from simulator.cluster import build_cluster
+    from simulator.engine.simulate import predict
+    from simulator.scenario import build_graph, parse_scenario
+    from simulator.strategies import build_plan
+    from simulator.strategies.common import Context
 
-
-def measure(devices: int) -> dict:
-    scenario = parse_scenario(__import__("yaml").safe_load(
-        SCENARIO.format(nodes=devices // 8, batch=64 * devices)))
-    t0 = time.perf_counter()
-    ctx = Context(build_graph(scenario.model), build_cluster(scenario.cluster),
-                  scenario.training)
-    plan = build_plan(ctx, scenario.strategies[0])
+    sc = parse_scenario(scenario(workload, devices))
+    c0, t0 = time.process_time(), time.perf_counter()
+    ctx = Context(build_graph(sc.model), build_cluster(sc.cluster), sc.training)
+    plan = build_plan(ctx, sc.strategies[0])
     t1 = time.perf_counter()
-    simpy_env, CountingEnvironment.processed = simpy.Environment, 0
-    import simulator.engine.runner as runner
-
-    runner.simpy.Environment = CountingEnvironment
-    try:
-        pred = predict(plan, ctx.cluster, scenario.training)
-    finally:
-        runner.simpy.Environment = simpy_env
-    t2 = time.perf_counter()
-    return {"devices": devices, "plan_s": t1 - t0, "simulate_s": t2 - t1,
-            "events": CountingEnvironment.processed,
-            "iteration_ms": pred.entry["iteration_time_s"] * 1e3}
+    pred = predict(plan, ctx.cluster, sc.training)
+    t2, c2 = time.perf_counter(), time.process_time()
+    entry = pred.entry
+    return {"workload": workload, "devices": devices, "plan_s": t1 - t0, "simulate_s": t2 - t1,
+            "cpu_s": c2 - c0,
+            "peak_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "events": pred.engine.events if pred.engine is not None else 0,
+            "predicted_ms": (entry["iteration_time_s"] or 0.0) * 1e3,
+            "result_kB": len(json.dumps(entry)) / 1e3}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="8,64,512,1024")
-    ap.add_argument("--repeat", type=int, default=3, help="best of N runs per size")
+    ap.add_argument("--only", help="comma-separated workloads (default: all)")
+    ap.add_argument("--max-devices", type=int, default=None)
+    ap.add_argument("--row", nargs=2, metavar=("WORKLOAD", "DEVICES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
-    for n in sizes:
-        runs = [measure(n) for _ in range(args.repeat)]
-        rows.append(min(runs, key=lambda r: r["plan_s"] + r["simulate_s"]))
-    base = rows[0]
-    base_per_dev = (base["plan_s"] + base["simulate_s"]) / base["devices"]
-    print(f"{'GPUs':>6} {'plan s':>8} {'simulate s':>11} {'total s':>8} {'events':>8} "
-          f"{'events/s':>10} {'cost/GPU vs first':>18} {'predicted iter ms':>18}")
-    for r in rows:
-        total = r["plan_s"] + r["simulate_s"]
-        print(f"{r['devices']:>6} {r['plan_s']:>8.3f} {r['simulate_s']:>11.3f} {total:>8.3f} "
-              f"{r['events']:>8} {r['events'] / r['simulate_s']:>10.0f} "
-              f"{total / r['devices'] / base_per_dev:>18.2f} {r['iteration_ms']:>18.3f}")
+    if args.row:
+        print(json.dumps(measure(args.row[0], int(args.row[1]))))
+        return
+    only = set(args.only.split(",")) if args.only else None
+    cols = ("workload", "devices", "plan_s", "simulate_s", "cpu_s", "peak_MB", "events",
+            "predicted_ms")
+    print(f"{cols[0]:<22} {cols[1]:>7} {cols[2]:>7} {cols[3]:>10} {cols[4]:>6} {cols[5]:>7} "
+          f"{cols[6]:>9} {cols[7]:>12}  result_kB  target_cpu_s", flush=True)
+    for workload, devices in ROWS:
+        if (only and workload not in only) or (args.max_devices and devices > args.max_devices):
+            continue
+        out = subprocess.run([sys.executable, __file__, "--row", workload, str(devices)],
+                             capture_output=True, text=True, check=False)
+        if out.returncode:
+            print(f"{workload:<22} {devices:>7}  failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        target = TARGETS_CPU_S.get((workload, devices))
+        verdict = "" if target is None else f"<= {target} {'ok' if r['cpu_s'] <= target else 'MISSED'}"
+        print(f"{workload:<22} {devices:>7} {r['plan_s']:>7.2f} {r['simulate_s']:>10.2f} "
+              f"{r['cpu_s']:>6.2f} {r['peak_MB']:>7.0f} {r['events']:>9} "
+              f"{r['predicted_ms']:>12.3f}  {r['result_kB']:>9.0f}  {verdict}", flush=True)
 
 
 if __name__ == "__main__":

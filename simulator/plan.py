@@ -37,6 +37,7 @@ Units: bytes, FLOPs, samples.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -177,6 +178,53 @@ OP_TYPES: dict[str, type[Op]] = {
 ROLES = ("worker", "server", "coordinator")
 
 
+class ImageOps(Sequence):
+    """A rank's ops as the image of another rank's program under the plan's mirrors: the same
+    ops with peers, groups and the shard index moved (``Plan.mirrors``). The ranks of a
+    data x pipeline x tensor grid share their stage's program this way, so a plan's size grows
+    with its stages, not its ranks. Made op by op when first read (then kept); the simulator
+    reads ``source`` and the maps instead and never makes them."""
+
+    __slots__ = ("source", "peers", "groups", "shard", "_made")
+
+    def __init__(self, source: tuple[Op, ...], peers: dict[int, int], groups: dict[str, str],
+                 shard: int | None = None):
+        self.source, self.peers, self.groups, self.shard = source, peers, groups, shard
+        self._made: tuple[Op, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        return self.ops()[i]
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops())
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def ops(self) -> tuple[Op, ...]:
+        if self._made is None:
+            self._made = tuple(self.image(op) for op in self.source)
+        return self._made
+
+    def image(self, op: Op) -> Op:
+        fields_ = dict(op.__dict__)
+        if "peer" in fields_:
+            fields_["peer"] = self.peers.get(fields_["peer"], fields_["peer"])
+        if "group" in fields_:
+            fields_["group"] = self.groups.get(fields_["group"], fields_["group"])
+        if self.shard is not None and isinstance(op, Compute):
+            fields_["shard"] = self.shard
+        # a frozen op from checked fields, without running __init__ again
+        new = object.__new__(type(op))
+        object.__setattr__(new, "__dict__", fields_)
+        return new
+
+
 @dataclass(frozen=True)
 class RankProgram:
     rank: int
@@ -252,9 +300,10 @@ class Plan:
                 d[f.name] = [op_dict(b) for b in v] if f.name == "body" else v
             return d
 
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["memory"] = [asdict(m) for m in self.memory]
         d["ranks"] = [
-            {**{k: v for k, v in asdict(r).items() if k != "ops"},
+            {**{f.name: getattr(r, f.name) for f in fields(r) if f.name != "ops"},
              "ops": [op_dict(op) for op in r.ops]}
             for r in self.ranks
         ]

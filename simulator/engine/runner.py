@@ -39,6 +39,7 @@ from simulator.plan import (
     Barrier,
     Collective,
     Compute,
+    ImageOps,
     Op,
     Plan,
     PSPull,
@@ -50,6 +51,7 @@ from simulator.plan import (
 from simulator.strategies.common import OPTIMIZER_COPIES
 
 TIMELINE_DEVICES = 64
+PROGRESS_EVERY = 20_000  # events between progress reports
 # non-blocking transfers: each runs as soon as its dependencies are done (MPI_Isend-like), so a
 # worker pushes to / pulls from every parameter-server shard at once
 P2P_OPS = (Send, Recv, PSPush, PSPull)
@@ -110,6 +112,7 @@ class Engine(NodeModel, ParameterServerModel):
     def __init__(self, plan: Plan, cluster: Cluster, precision: str, optimizer: str,
                  warmup: int, iterations: int, record_trace: bool = False, seed: int = 0):
         self.env = env = simpy.Environment()
+        self.events = 0  # SimPy events processed
         self.plan, self.cluster = plan, cluster
         self.warmup, self.iterations = warmup, iterations
         self.record_trace = record_trace
@@ -168,17 +171,37 @@ class Engine(NodeModel, ParameterServerModel):
         self.mail: dict[tuple, list] = {}
         self.seen_version: dict[tuple[int, int], int] = defaultdict(int)
         self.applying: dict[tuple[int, int], simpy.Process] = {}
-        self.programs = {}
+        # one analysed Program per distinct op sequence: a rank running another's image
+        # (``ImageOps``) runs its source's, with its own names for peers and groups
+        self.programs: dict[int, Program] = {}
+        self.names: dict[int, tuple[dict[int, int], dict[str, str]]] = {}
         for r in workers:
-            key = id(r.ops)
-            if key not in self.programs:
-                self.programs[key] = Program.of(r.ops)
+            ops = r.ops
+            if isinstance(ops, ImageOps):
+                self.names[r.rank] = (ops.peers, ops.groups)
+                ops = ops.source
+            if id(ops) not in self.programs:
+                self.programs[id(ops)] = Program.of(ops)
 
     # ---- driving ------------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, progress=None) -> None:  # noqa: ANN001
+        """Run to the end; ``progress(events, now)`` is called every ``PROGRESS_EVERY``
+        events when given."""
         for r in self.simulated:
-            self.env.process(self._rank(r.rank, self.programs[id(r.ops)]))
-        self.env.run()
+            ops = r.ops.source if isinstance(r.ops, ImageOps) else r.ops
+            self.env.process(self._rank(r.rank, self.programs[id(ops)]))
+        step, env, n = self.env.step, self.env, 0
+        try:
+            while True:
+                step()
+                n += 1
+                if n == PROGRESS_EVERY:
+                    self.events += n
+                    n = 0
+                    if progress is not None:
+                        progress(self.events, env.now)
+        except simpy.core.EmptySchedule:
+            self.events += n
 
     def _flows_of(self, group: str, pairs: tuple) -> list[tuple[tuple[int, int], tuple | None]]:
         """The rank pairs of a collective phase's flows to simulate, each with what it stands
@@ -314,19 +337,29 @@ class Engine(NodeModel, ParameterServerModel):
         rv.arrived += 1
         return rv
 
+    def _group(self, rank: int, group: str) -> str:
+        """The rank's own name for a group its program names (``ImageOps``)."""
+        names = self.names.get(rank)
+        return group if names is None else names[1].get(group, group)
+
+    def _peer(self, rank: int, peer: int) -> int:
+        names = self.names.get(rank)
+        return peer if names is None else names[0].get(peer, peer)
+
     def _collective(self, rank: int, it: int, op: Collective):
         arrive = self.env.now
-        rv = self._join(op.group, op.key, it)
+        group = self._group(rank, op.group)
+        rv = self._join(group, op.key, it)
         if rv.arrived == rv.size:
-            self.env.process(self._run_collective(rv, op))
+            self.env.process(self._run_collective(rv, op, group))
         yield rv.done
         self._log(rank, it, "comm", rv.start, f"{op.collective}:{op.key}", COMM)
         if rv.start > arrive:
             self._span(rank, it, (self.device_of[rank], COMM, "wait", arrive, rv.start - arrive))
 
-    def _run_collective(self, rv: Rendezvous, op: Collective):
+    def _run_collective(self, rv: Rendezvous, op: Collective, group: str):
         rv.start = self.env.now
-        devs = [self.device_of[r] for r in self.plan.groups[op.group]]
+        devs = [self.device_of[r] for r in self.plan.groups[group]]
         busy = [self.devices[d] for d in devs if d in self.devices]  # mirrors are not simulated
         for d in busy:
             d.comm_active += 1
@@ -347,7 +380,7 @@ class Engine(NodeModel, ParameterServerModel):
             yield simpy.AllOf(self.env, [
                 self.network.transfer(c.route(self.device_of[a], self.device_of[b]),
                                       ph.bytes_per_flow, tag=op.key, mirrored=mirrored)
-                for (a, b), mirrored in self._flows_of(op.group, ph.pairs)])
+                for (a, b), mirrored in self._flows_of(group, ph.pairs)])
         spec = c.spec.device
         if spec.kind == "cpu":  # host-side sums (collectives' docstring)
             added = collectives.reduced_bytes(op.collective, op.algorithm, len(devs), op.bytes)
@@ -380,7 +413,7 @@ class Engine(NodeModel, ParameterServerModel):
         return seconds
 
     def _barrier(self, rank: int, it: int, op: Barrier):
-        rv = self._join(op.group, op.key, it)
+        rv = self._join(self._group(rank, op.group), op.key, it)
         if rv.arrived == rv.size:
             self.env.process(self._batch_step(rv))
         yield rv.done
@@ -403,15 +436,16 @@ class Engine(NodeModel, ParameterServerModel):
         elif isinstance(op, PSPull):
             yield from self._pull(rank, it, op)
         elif isinstance(op, Send):
-            box = self._box((rank, op.peer, op.tag, it))
+            peer = self._peer(rank, op.peer)
+            box = self._box((rank, peer, op.tag, it))
             box[1] = start = self.env.now
-            route = self.cluster.route(self.device_of[rank], self.device_of[op.peer])
-            yield self._message(route, op.bytes, op.tag, self.device_of[op.peer],
-                                self.mirrored(rank, op.peer))
+            route = self.cluster.route(self.device_of[rank], self.device_of[peer])
+            yield self._message(route, op.bytes, op.tag, self.device_of[peer],
+                                self.mirrored(rank, peer))
             box[0].succeed()
             self._log(rank, it, "comm", start, f"send {op.tag}", "p2p")
         else:
-            box = self._box((op.peer, rank, op.tag, it))
+            box = self._box((self._peer(rank, op.peer), rank, op.tag, it))
             posted = self.env.now
             yield box[0]
             self._log(rank, it, "comm", max(posted, box[1]), f"recv {op.tag}", "p2p")

@@ -2,10 +2,11 @@
 
 A plan may name rank permutations (``Plan.mirrors``) under which it is unchanged: every rank's
 program is its image's with peers and group members mapped (a tensor group's ranks are images of
-each other: the same ops on other shards). When nothing in the cluster tells the images apart
-(no straggler, compute jitter, measured spread, degraded link, shared CPU cores, parameter
-server or work loop), the engine runs one process per orbit of ranks (its representative, the
-lowest rank) and lets each simulated transfer stand for its images:
+each other: the same ops on other shards; so are the data-parallel replicas of a stage, and the
+nodes of a data-parallel ring). When nothing in the cluster tells the images apart (no
+straggler, compute jitter, measured spread, degraded link, shared CPU cores, parameter server or
+work loop), the engine runs one process per orbit of ranks (its representative, the lowest rank)
+and lets each simulated transfer stand for its images:
 
 * a point-to-point message, and a flow of a collective, stand for their images, which start at
   the same instant by symmetry (the images of a flow in a ring over the tensor group are the
@@ -15,6 +16,12 @@ lowest rank) and lets each simulated transfer stand for its images:
   all of them; a GPU's own port carries one), and the bytes of every image route are counted
   on its own edges. A phase whose flows' images are not its own flows (a binomial tree over the
   rotated tensor group) is simulated flow by flow.
+
+The permutations are kept as the plan's generators, never multiplied out: orbits of ranks come
+from a union-find over the generators (linear in ranks), the images of a pair of ranks and of a
+topology edge from a search over the generators (linear in the orbit's size, each orbit once).
+A generator that is not an automorphism of the topology (NICs shared unevenly by the ranks it
+moves) is left out; the others still apply.
 
 This is exact where the symmetry holds: the per-rank path gives the same times
 (``tests/simulator/test_symmetry.py``). Not simulated: the images' own trace spans and timeline
@@ -29,23 +36,16 @@ from simulator.cluster import Cluster
 from simulator.plan import Collective, Plan, WorkLoop
 
 Edge = tuple[str, str]
-MAX_GROUP = 64  # permutations kept at most (the closure of the plan's generators)
 
 
 class Symmetry:
-    def __init__(self, plan: Plan, perms: list[tuple[int, ...]],
+    def __init__(self, plan: Plan, gens: list[tuple[int, ...]],
                  maps: list[dict[str, str]]):
         self.plan = plan
-        self.perms = perms  # the whole group, identity excluded
-        self.maps = maps  # each permutation on the topology's nodes
-        rep: dict[int, int] = {}
-        for r in range(len(plan.ranks)):
-            rep[r] = min([r] + [p[r] for p in perms])
-        self.rep = rep
-        self.reps = {r for r, s in rep.items() if r == s}
-        self.orbit: dict[int, list[int]] = {}
-        for r, s in rep.items():
-            self.orbit.setdefault(s, []).append(r)
+        self.gens = gens  # generators of the mirrors' group (permutations of the ranks)
+        self.maps = maps  # each generator on the topology's nodes
+        self.rep = orbits(gens, len(plan.ranks))
+        self.reps = {r for r, s in self.rep.items() if r == s}
         self._invariant: dict[str, bool] = {}
         self._canon: dict[Edge, tuple[Edge, int]] = {}
 
@@ -57,33 +57,35 @@ class Symmetry:
         spec = cluster.spec
         if (spec.stragglers or spec.degraded_links or spec.compute_jitter or cpus is not None
                 or spec.measured.spread or plan.mode != "sync"
-                or any(r.role != "worker" for r in plan.ranks)
-                or any(isinstance(op, WorkLoop) for r in plan.ranks for op in r.ops)):
+                or any(r.role != "worker" for r in plan.ranks)):
             return None
-        perms = closure([tuple(m) for m in plan.mirrors], len(plan.ranks))
-        if perms is None:
+        n = len(plan.ranks)
+        gens = [tuple(m) for m in plan.mirrors]
+        if any(len(g) != n or sorted(g) != list(range(n)) for g in gens):
             return None
-        maps = [topology_map(plan, cluster, p) for p in perms]
-        if any(m is None for m in maps):
+        kept = [(g, m) for g in gens if (m := topology_map(plan, cluster, g)) is not None]
+        if not kept:
             return None
-        sym = Symmetry(plan, perms, maps)  # type: ignore[arg-type]
+        sym = Symmetry(plan, [g for g, _ in kept], [m for _, m in kept])
         # every group is mapped onto itself or, in its order, onto another group: the images
         # of its collectives are collectives the plan has
         ordered = set(plan.groups.values())
         for g in plan.groups.values():
             if not all(tuple(p[r] for r in g) in ordered or {p[r] for r in g} == set(g)
-                       for p in perms):
+                       for p in sym.gens):
                 return None
         # the representatives only talk to representatives, and a collective over a group the
         # mirrors map onto itself is a ring (its flows are each other's images; a binomial
         # tree's are not)
         for r in sym.reps:
             for op in plan.ranks[r].ops:
+                if isinstance(op, WorkLoop):
+                    return None
                 peer = getattr(op, "peer", None)
                 if peer is not None and peer not in sym.reps:
                     return None
                 if isinstance(op, Collective) and len(plan.groups[op.group]) > 1 and (
-                        op.collective == "broadcast" or op.algorithm != "ring"
+                        op.collective == "broadcast" or op.algorithm not in RING_LIKE
                         and op.collective == "allreduce") and sym.invariant(op.group):
                     return None
         return sym
@@ -96,7 +98,7 @@ class Symmetry:
         hit = self._invariant.get(group)
         if hit is None:
             members = set(self.plan.groups[group])
-            hit = all({p[r] for r in members} == members for p in self.perms)
+            hit = all({p[r] for r in members} == members for p in self.gens)
             self._invariant[group] = hit
         return hit
 
@@ -116,21 +118,18 @@ class Symmetry:
         return out
 
     def images(self, a: int, b: int) -> list[tuple[int, int]]:
-        """The distinct images of the rank pair (a, b), itself first."""
-        out = [(a, b)]
-        for p in self.perms:
-            pair = (p[a], p[b])
-            if pair not in out:
-                out.append(pair)
-        return out
+        """The distinct images of the rank pair (a, b) under the group, itself first."""
+        return _orbit((a, b), [lambda x, g=g: (g[x[0]], g[x[1]]) for g in self.gens])
 
     def canonical(self, edge: Edge) -> tuple[Edge, int]:
         """The representative of an edge's orbit (the least of its images), and the orbit's
         size: every edge of an orbit carries the same load, one capacity stands for them."""
         hit = self._canon.get(edge)
         if hit is None:
-            orbit = {edge} | {(m[edge[0]], m[edge[1]]) for m in self.maps}
-            hit = self._canon[edge] = (min(orbit), len(orbit))
+            orbit = _orbit(edge, [lambda e, m=m: (m[e[0]], m[e[1]]) for m in self.maps])
+            hit = (min(orbit), len(orbit))
+            for e in orbit:  # the whole orbit at once: each is searched for once
+                self._canon[e] = hit
         return hit
 
     def weights(self, a: int, b: int, route_of: Callable[[int, int], tuple[Edge, ...]]
@@ -149,6 +148,41 @@ class Symmetry:
             canon += tuple(c for c in dict.fromkeys(self.canonical(e)[0] for e in r)
                            if c not in canon)
         return canon, load, [e for r in routes for e in r]
+
+
+RING_LIKE = ("ring", "mpi", "hierarchical")  # all-reduces whose phases are rings
+
+
+def orbits(gens: list[tuple[int, ...]], n: int) -> dict[int, int]:
+    """Each of n ranks -> the least rank of its orbit under the generators (union-find)."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for g in gens:
+        for r in range(n):
+            a, b = find(r), find(g[r])
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # the root is always the orbit's least rank
+    return {r: find(r) for r in range(n)}
+
+
+def _orbit(x, moves: list[Callable]) -> list:  # noqa: ANN001
+    """x and its distinct images under the group the moves generate, x first."""
+    out, seen = [x], {x}
+    i = 0
+    while i < len(out):
+        for move in moves:
+            y = move(out[i])
+            if y not in seen:
+                seen.add(y)
+                out.append(y)
+        i += 1
+    return out
 
 
 def topology_map(plan: Plan, cluster: Cluster, perm: tuple[int, ...]) -> dict[str, str] | None:
@@ -173,23 +207,3 @@ def topology_map(plan: Plan, cluster: Cluster, perm: tuple[int, ...]) -> dict[st
                 cluster.bandwidth((u, v)):
             return None
     return m
-def closure(gens: list[tuple[int, ...]], n: int) -> list[tuple[int, ...]] | None:
-    """Every permutation the generators make (identity excluded); None past ``MAX_GROUP`` or
-    for a generator that is not a permutation of the n ranks."""
-    if any(len(g) != n or sorted(g) != list(range(n)) for g in gens):
-        return None
-    ident = tuple(range(n))
-    seen = {ident}
-    frontier = [ident]
-    while frontier:
-        nxt = []
-        for p in frontier:
-            for g in gens:
-                q = tuple(g[i] for i in p)
-                if q not in seen:
-                    seen.add(q)
-                    nxt.append(q)
-                    if len(seen) > MAX_GROUP:
-                        return None
-        frontier = nxt
-    return sorted(seen - {ident})

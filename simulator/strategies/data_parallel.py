@@ -141,7 +141,18 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
                 samples_per_period=per_worker * workers * o["local_steps"],
                 period_steps=o["local_steps"], ranks=ranks,
                 groups={"world": tuple(range(workers))}, memory=memory,
+                mirrors=node_shift(workers, ctx.cluster.spec.devices_per_node, ps_hosts),
                 options={**o, "workers": workers})
+
+
+def node_shift(workers: int, per_node: int, servers: list[str]) -> tuple[tuple[int, ...], ...]:
+    """Every worker runs the same program over one ring of all workers: moving each worker
+    to the same GPU of the next node (the last node's to the first) leaves the plan as it is
+    (``Plan.mirrors``): the ring's flows are each other's images node by node. Not with a
+    parameter server (its shards tell the workers apart in time) or a partial node."""
+    if servers or workers % per_node or workers <= per_node:
+        return ()
+    return (tuple((r + per_node) % workers for r in range(workers)),)
 
 
 def at_scale(raw: dict, devices: int) -> dict | None:

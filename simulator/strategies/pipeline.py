@@ -26,7 +26,7 @@ from simulator.plan import Plan
 from simulator.schema import choice, integer, list_of, string
 from simulator.strategies import techniques
 from simulator.strategies.common import Context, check_devices, split_batch
-from simulator.strategies.stages import Grid, check_grid
+from simulator.strategies.stages import Grid, check_grid, mirrors
 from simulator.strategies.stages import build as build_grid
 
 OPTIONS = {
@@ -76,7 +76,7 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     mb = ctx.training.batch_size // replicas // m
     return Plan(strategy=spec.name, scheme="pipeline", mode="sync",
                 samples_per_period=mb * m * replicas, period_steps=1, ranks=tuple(ranks),
-                groups=groups, memory=tuple(memory),
+                groups=groups, memory=tuple(memory), mirrors=mirrors(grid),
                 options={**o, "stages": n_stages, "micro_batches": m,
                          "partition": [q[0] for q in parts]})
 

@@ -22,7 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from simulator.errors import ScenarioError
-from simulator.plan import COMM, Collective, MemoryNeed, ProgramBuilder, RankProgram, Recv, Send
+from simulator.plan import (
+    COMM,
+    Collective,
+    ImageOps,
+    MemoryNeed,
+    ProgramBuilder,
+    RankProgram,
+    Recv,
+    Send,
+)
 from simulator.strategies import schedules, sharding, techniques
 from simulator.strategies.common import Context, update_op
 from simulator.strategies.memory import layer_params, memory_need
@@ -166,10 +175,12 @@ def tied_copies(ctx: Context, parts: list[list[str]]) -> dict[int, list[tuple[st
     return out
 
 
-def build(ctx: Context, grid: Grid) -> tuple[list[RankProgram], list[MemoryNeed],
-                                             dict[str, tuple[int, ...]], list, dict]:
+def build(ctx: Context, grid: Grid, images: bool = True
+          ) -> tuple[list[RankProgram], list[MemoryNeed], dict[str, tuple[int, ...]], list, dict]:
     """(rank programs, memory per device, groups, partition, the split: each split layer's
-    state and the sequence-split layers, for the executor) of the grid."""
+    state and the sequence-split layers, for the executor) of the grid. ``images``: the ranks
+    but (0, p, 0) run the image of its program (else each program is made on its own: the
+    same ops, for tests)."""
     dd, pp, tt, m, v = grid.data, grid.pipeline, grid.tensor, grid.micro_batches, grid.virtual
     mb = ctx.training.batch_size // dd // m
     parts = partition(ctx, grid.parts, grid.partition)
@@ -203,88 +214,111 @@ def build(ctx: Context, grid: Grid) -> tuple[list[RankProgram], list[MemoryNeed]
         split = bool(seq) and all(n in seq for n in crossing[g])
         return cross[g] * mb * ctx.bpe / (tt if split else 1)
 
+    def program(d: int, p: int, t: int) -> tuple:
+        """The ops of rank (d, p, t)."""
+        st = stage[p]
+        steps, layers, lay, copies, extra, params = (st.steps, st.layers, st.layout,
+                                                     st.copies, st.extra, st.params)
+        tp = grid.tp_group.format(d=d, p=p, t=t)
+        dp = grid.dp_group.format(d=d, p=p, t=t)
+        zero = Zero(grid.zero, dp, dd) if grid.zero else None
+        b = ProgramBuilder()
+        last_bwd: dict[str, int] = {}
+        for phase, i, c in steps:
+            g = c * pp + p
+            src = g - 1 if phase == "fwd" else g + 1
+            deps: tuple[int, ...] = ()
+            if 0 <= src < grid.parts:
+                edge = min(g, src)
+                deps = (b.add(Recv, stream="p2p", peer=rank(d, src % pp, t),
+                              bytes=boundary(edge), tag=tag(phase, i, edge), micro_batch=i,
+                              tensor=boundary_tensor(phase, crossing[edge])),)
+            last = emit_phase(b, ctx, parts[g], lays[g], phase, mb, tp, zero,
+                              micro_batch=i, shard=t, deps=deps, recompute=redo[g],
+                              last_bwd=last_bwd if phase == "bwd" else None)
+            if phase == "bwd" and zero is not None and zero.stage == 2 and i < m - 1:
+                reduce_gradients(b, ctx, parts[g], lays[g], zero, last_bwd, b.last(), i)
+            dst = g + 1 if phase == "fwd" else g - 1
+            if 0 <= dst < grid.parts:
+                edge = min(g, dst)
+                b.add(Send, stream="p2p", deps=(last,), peer=rank(d, dst % pp, t),
+                      bytes=boundary(edge), tag=tag(phase, i, edge), micro_batch=i,
+                      tensor=boundary_tensor(phase, crossing[edge]))
+        deps = (b.last("compute"),)
+        sp = sharding.sp_grad_layers(ctx, lay, layers)
+        if sp:
+            deps = (sharding.sp_grad_allreduce(b, ctx, sp, tp, deps),)
+        held = [n for n in layers if n in owners]
+        if copies or held:  # Megatron-LM's embedding group: one table, two places
+            deps = (b.add(Collective, stream=COMM, deps=deps, collective="allreduce",
+                          algorithm="ring", group=f"emb{d}_{t}",
+                          bytes=float(sum(tied_params(ctx, n, tt) for n in held)
+                                      + extra) * ctx.bpe,
+                          key="tied", tensor="tied:" + ",".join(
+                              [n for n, _ in copies] + held)),)
+        grads = [n for n in layers if ctx.node(n)["params"]] + [n for n, _ in copies]
+        if zero is not None:
+            if copies and dd > 1:  # a copy outside ZeRO's segments: reduced whole
+                deps = (b.add(Collective, stream=COMM, deps=deps,
+                              collective="allreduce", algorithm="ring", group=dp,
+                              bytes=extra * ctx.bpe, key="tied-copy",
+                              tensor="wgrad:" + ",".join(n for n, _ in copies)),)
+            if zero.stage < 3:
+                deps = tuple(reduce_gradients(b, ctx, layers, lay, zero, last_bwd,
+                                              deps[0], m - 1))
+            else:  # the last unit's reduce-scatter, on the comm stream, too
+                deps = tuple(x for x in (deps[0], b.last(COMM)) if x is not None)
+            zero_update(b, ctx, layers, lay, zero, params, deps=deps)
+        else:
+            if dd > 1:
+                deps = (b.add(Collective, stream=COMM, deps=deps,
+                              collective="allreduce", algorithm="ring", group=dp,
+                              bytes=params * ctx.bpe,
+                              key=grid.grad_key.format(d=d, p=p, t=t),
+                              tensor="wgrad:" + ",".join(grads)),)
+            update_op(b, ctx, params, deps=deps)
+        return tuple(b.ops)
+
     stage = [_Stage.of(ctx, grid, p, parts, lays, tied, mb) for p in range(pp)]
+    # rank (0, p, 0)'s program; every other rank of stage p runs its image (``ImageOps``):
+    # peers, groups and the shard index moved along the data and tensor axes
+    source = [program(0, p, 0) for p in range(pp)]
     ranks, memory = [], []
     for d in range(dd):
         for p in range(pp):
-            st = stage[p]
-            steps, layers, lay, copies, extra, params = (st.steps, st.layers, st.layout,
-                                                         st.copies, st.extra, st.params)
             for t in range(tt):
-                tp = grid.tp_group.format(d=d, p=p, t=t)
-                dp = grid.dp_group.format(d=d, p=p, t=t)
-                zero = Zero(grid.zero, dp, dd) if grid.zero else None
-                b = ProgramBuilder()
-                last_bwd: dict[str, int] = {}
-                for phase, i, c in steps:
-                    g = c * pp + p
-                    src = g - 1 if phase == "fwd" else g + 1
-                    deps: tuple[int, ...] = ()
-                    if 0 <= src < grid.parts:
-                        edge = min(g, src)
-                        deps = (b.add(Recv, stream="p2p", peer=rank(d, src % pp, t),
-                                      bytes=boundary(edge), tag=tag(phase, i, edge), micro_batch=i,
-                                      tensor=boundary_tensor(phase, crossing[edge])),)
-                    last = emit_phase(b, ctx, parts[g], lays[g], phase, mb, tp, zero,
-                                      micro_batch=i, shard=t, deps=deps, recompute=redo[g],
-                                      last_bwd=last_bwd if phase == "bwd" else None)
-                    if phase == "bwd" and zero is not None and zero.stage == 2 and i < m - 1:
-                        reduce_gradients(b, ctx, parts[g], lays[g], zero, last_bwd, b.last(), i)
-                    dst = g + 1 if phase == "fwd" else g - 1
-                    if 0 <= dst < grid.parts:
-                        edge = min(g, dst)
-                        b.add(Send, stream="p2p", deps=(last,), peer=rank(d, dst % pp, t),
-                              bytes=boundary(edge), tag=tag(phase, i, edge), micro_batch=i,
-                              tensor=boundary_tensor(phase, crossing[edge]))
-                deps = (b.last("compute"),)
-                sp = sharding.sp_grad_layers(ctx, lay, layers)
-                if sp:
-                    deps = (sharding.sp_grad_allreduce(b, ctx, sp, tp, deps),)
-                held = [n for n in layers if n in owners]
-                if copies or held:  # Megatron-LM's embedding group: one table, two places
-                    deps = (b.add(Collective, stream=COMM, deps=deps, collective="allreduce",
-                                  algorithm="ring", group=f"emb{d}_{t}",
-                                  bytes=float(sum(tied_params(ctx, n, tt) for n in held)
-                                              + extra) * ctx.bpe,
-                                  key="tied", tensor="tied:" + ",".join(
-                                      [n for n, _ in copies] + held)),)
-                grads = [n for n in layers if ctx.node(n)["params"]] + [n for n, _ in copies]
-                if zero is not None:
-                    if copies and dd > 1:  # a copy outside ZeRO's segments: reduced whole
-                        deps = (b.add(Collective, stream=COMM, deps=deps,
-                                      collective="allreduce", algorithm="ring", group=dp,
-                                      bytes=extra * ctx.bpe, key="tied-copy",
-                                      tensor="wgrad:" + ",".join(n for n, _ in copies)),)
-                    if zero.stage < 3:
-                        deps = tuple(reduce_gradients(b, ctx, layers, lay, zero, last_bwd,
-                                                      deps[0], m - 1))
-                    else:  # the last unit's reduce-scatter, on the comm stream, too
-                        deps = tuple(x for x in (deps[0], b.last(COMM)) if x is not None)
-                    zero_update(b, ctx, layers, lay, zero, params, deps=deps)
+                if (d, t) == (0, 0):
+                    ops = source[p]
+                elif not images:
+                    ops = program(d, p, t)
                 else:
-                    if dd > 1:
-                        deps = (b.add(Collective, stream=COMM, deps=deps,
-                                      collective="allreduce", algorithm="ring", group=dp,
-                                      bytes=params * ctx.bpe,
-                                      key=grid.grad_key.format(d=d, p=p, t=t),
-                                      tensor="wgrad:" + ",".join(grads)),)
-                    update_op(b, ctx, params, deps=deps)
+                    ops = ImageOps(source[p], {rank(0, q, 0): rank(d, q, t) for q in range(pp)},
+                                   {grid.tp_group.format(d=0, p=p, t=0):
+                                    grid.tp_group.format(d=d, p=p, t=t),
+                                    grid.dp_group.format(d=0, p=p, t=0):
+                                    grid.dp_group.format(d=d, p=p, t=t),
+                                    "emb0_0": f"emb{d}_{t}"}, t)
                 r = rank(d, p, t)
                 dev = ctx.cluster.devices[r]
                 replica_batch = (d * mb * m, mb * m)
-                ranks.append(RankProgram(rank=r, device=dev, role="worker", ops=tuple(b.ops),
+                ranks.append(RankProgram(rank=r, device=dev, role="worker", ops=ops,
                                          inputs=replica_batch if p == 0 else (0, 0),
                                          labels=replica_batch if p == pp - 1 else (0, 0)))
-                memory.append(replace(st.need, device=dev))
+                memory.append(replace(stage[p].need, device=dev))
     split = {"states": {n: st for lay in lays for n, st in lay.states.items() if st != "rep"},
              "sequence_split": sorted(n for lay in lays for n in lay.seq)}
     return sorted(ranks, key=lambda r: r.rank), memory, groups, parts, split
 
 
 def mirrors(grid: Grid) -> tuple[tuple[int, ...], ...]:
-    """The tensor group's rotation, rank (d, p, t) -> (d, p, t + 1 mod T): every program is
-    its image's with the shard index, peers and groups moved along (``Plan.mirrors``)."""
-    if grid.tensor < 2:
-        return ()
+    """The tensor group's rotation, rank (d, p, t) -> (d, p, t + 1 mod T), and the data
+    replicas' shift, (d, p, t) -> (d + 1 mod D, p, t): every program is its image's with the
+    shard index, peers and groups moved along (``Plan.mirrors``)."""
     n = grid.data * grid.pipeline * grid.tensor
-    return (tuple(r - r % grid.tensor + (r + 1) % grid.tensor for r in range(n)),)
+    out = []
+    if grid.tensor > 1:
+        out.append(tuple(r - r % grid.tensor + (r + 1) % grid.tensor for r in range(n)))
+    if grid.data > 1:
+        replica = grid.pipeline * grid.tensor
+        out.append(tuple((r + replica) % n for r in range(n)))
+    return tuple(out)

@@ -11,7 +11,7 @@ import pytest
 
 from simulator.engine.runner import Engine
 from simulator.engine.simulate import predict
-from simulator.engine.symmetry import closure
+from simulator.engine.symmetry import orbits
 from simulator.scenario import parse_scenario
 from simulator.schema import load_yaml
 from tests.simulator.test_strategies import plan_of
@@ -44,8 +44,10 @@ def test_one_rank_per_tensor_group_predicts_what_every_rank_does(nics, strategy)
     ctx, plan = plan_of(sc)
     assert plan.mirrors
     engine = Engine(plan, ctx.cluster, "bf16", "adam", 1, 2)
-    assert engine.sym is not None and len(engine.simulated) == len(plan.ranks) // int(
-        strategy.split("tensor: ")[1].split(",")[0])
+    # one simulated rank per pipeline stage: the tensor groups' ranks and the data replicas
+    # are its images
+    degrees = dict(kv.split(": ") for kv in strategy.split(", "))
+    assert engine.sym is not None and len(engine.simulated) == int(degrees.get("pipeline", 1))
     mirrored = predict(plan, ctx.cluster, sc.training).entry
     every = predict(replace(plan, mirrors=()), ctx.cluster, sc.training).entry
     for key in ("iteration_time_s", "breakdown_s", "utilisation_per_device"):
@@ -55,12 +57,18 @@ def test_one_rank_per_tensor_group_predicts_what_every_rank_does(nics, strategy)
         assert mirrored["utilisation_per_link"][link] == pytest.approx(u, rel=1e-12)
 
 
-def test_nics_shared_unevenly_by_the_mirrors_fall_back_to_every_rank():
+def test_nics_shared_unevenly_leave_the_tensor_rotation_out_and_keep_the_replicas():
     # 2 NICs for 4 GPUs: rotating the tensor group moves GPU 1 from nic0 to nic1, not an
-    # automorphism of the topology
+    # automorphism of the topology; shifting the data replicas node by node still is
     sc = gpt(2, STRATEGIES[0])
     ctx, plan = plan_of(sc)
-    assert Engine(plan, ctx.cluster, "bf16", "adam", 1, 2).sym is None
+    engine = Engine(plan, ctx.cluster, "bf16", "adam", 1, 2)
+    assert engine.sym is not None and len(engine.sym.gens) == 1
+    assert [r.rank for r in engine.simulated] == [0, 1, 2, 3]
+    mirrored = predict(plan, ctx.cluster, sc.training).entry
+    every = predict(replace(plan, mirrors=()), ctx.cluster, sc.training).entry
+    assert mirrored["iteration_time_s"] == every["iteration_time_s"]
+    assert mirrored["breakdown_s"] == every["breakdown_s"]
 
 
 @pytest.mark.parametrize("extra", [
@@ -74,7 +82,57 @@ def test_anything_that_tells_ranks_apart_turns_mirrors_off(extra):
     assert Engine(plan, ctx.cluster, "bf16", "adam", 1, 2).sym is None
 
 
-def test_the_closure_of_a_rotation_is_its_powers():
-    rot = (1, 2, 0, 4, 5, 3)
-    assert closure([rot], 6) == sorted([(1, 2, 0, 4, 5, 3), (2, 0, 1, 5, 3, 4)])
-    assert closure([(0, 0, 1)], 3) is None  # not a permutation
+def test_orbits_of_generators_are_their_least_ranks():
+    rot = (1, 2, 0, 4, 5, 3)  # two 3-cycles
+    assert orbits([rot], 6) == {0: 0, 1: 0, 2: 0, 3: 3, 4: 3, 5: 3}
+    swap = (3, 4, 5, 0, 1, 2)  # joins them
+    assert set(orbits([rot, swap], 6).values()) == {0}
+    assert orbits([], 3) == {0: 0, 1: 1, 2: 2}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_grids_images_are_the_programs_built_rank_by_rank(strategy):
+    from simulator.strategies import stages
+    from simulator.strategies.parallel_3d import grid
+
+    sc = gpt(4, strategy)
+    ctx, plan = plan_of(sc)
+    direct, *_ = stages.build(ctx, grid(sc.strategies[0].options), images=False)
+    assert len(direct) == len(plan.ranks)
+    for a, b in zip(plan.ranks, direct):
+        assert a.rank == b.rank and tuple(a.ops) == tuple(b.ops), a.rank
+
+
+def resnet_dp(nics: int, exchange: str, extra: str = "") -> object:
+    return parse_scenario(load_yaml(f"""
+name: symmetry dp
+model: {{zoo: lenet5}}
+cluster: {{nodes: 4, devices_per_node: 4, device: V100, intra_link: nvlink2,
+           inter_link: ib_edr, nics_per_node: {nics}}}
+training: {{batch_size: 64, precision: fp16, iterations: 2, warmup_iterations: 1}}
+strategies: [{{name: s, scheme: data_parallel, exchange: {exchange}{extra}}}]
+"""))
+
+
+@pytest.mark.parametrize("nics", [1, 2, 4])
+@pytest.mark.parametrize("exchange,extra", [
+    ("ring", ""), ("mpi", ""), ("hierarchical", ""),
+    ("ring", ", bucket_MiB: 0.01, overlap: true"), ("ring", ", zero: 2, overlap: true"),
+])
+def test_data_parallel_one_rank_per_gpu_index_predicts_what_every_rank_does(nics, exchange,
+                                                                            extra):
+    sc = resnet_dp(nics, exchange, extra)
+    ctx, plan = plan_of(sc)
+    engine = Engine(plan, ctx.cluster, "fp16", "sgd", 1, 2)
+    assert engine.sym is not None and [r.rank for r in engine.simulated] == [0, 1, 2, 3]
+    mirrored = predict(plan, ctx.cluster, sc.training).entry
+    every = predict(replace(plan, mirrors=()), ctx.cluster, sc.training).entry
+    for key in ("iteration_time_s", "breakdown_s", "utilisation_per_device"):
+        assert mirrored[key] == every[key], key
+    for link, u in every["utilisation_per_link"].items():
+        assert mirrored["utilisation_per_link"][link] == pytest.approx(u, rel=1e-12)
+
+
+def test_a_binomial_tree_over_every_worker_is_simulated_rank_by_rank():
+    ctx, plan = plan_of(resnet_dp(1, "tree"))
+    assert plan.mirrors and Engine(plan, ctx.cluster, "fp16", "sgd", 1, 2).sym is None
