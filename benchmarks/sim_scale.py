@@ -140,7 +140,8 @@ def main() -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         target = TARGETS_CPU_S.get((workload, devices))
-        verdict = "" if target is None else f"<= {target} {'ok' if r['cpu_s'] <= target else 'MISSED'}"
+        verdict = "" if target is None else (
+            f"<= {target} {'ok' if r['cpu_s'] <= target else 'MISSED'}")
         print(f"{workload:<22} {devices:>7} {r['plan_s']:>7.2f} {r['simulate_s']:>10.2f} "
               f"{r['cpu_s']:>6.2f} {r['peak_MB']:>7.0f} {r['events']:>9} "
               f"{r['predicted_ms']:>12.3f}  {r['result_kB']:>9.0f}  {verdict}", flush=True)

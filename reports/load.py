@@ -41,8 +41,14 @@ def _read(path: str) -> Any:
     if p.is_dir():
         raise ReportError(f"{path}: is a folder, not a Result file")
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        if p.name.endswith(".gz"):  # as ``parasim simulate --json NAME.gz`` writes it
+            import gzip
+
+            with gzip.open(p, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, EOFError) as e:
         raise ReportError(f"{path}: cannot be read ({e})") from None
     try:
         return json.loads(text)

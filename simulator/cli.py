@@ -55,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("scenario")
     sim.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
     sim.add_argument("--json", metavar="FILE", help="write the Result JSON")
-    sim.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto)")
+    sim.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto); "
+                     "gzipped when FILE ends in .gz")
+    sim.add_argument("--timeline", action="store_true",
+                     help="keep every span of the timeline in the Result (by default a large "
+                     "timeline is cut to its first devices' spans)")
     sim.add_argument("--report", metavar="FILE", help="write an HTML comparison report")
     sim.add_argument("--force", action="store_true", help="overwrite output files")
     sim.set_defaults(func=cmd_simulate)
@@ -155,9 +159,19 @@ def _check_outputs(paths: list[str | None], force: bool) -> None:
             raise UsageError(f"{p}: the folder {path.parent} does not exist")
 
 
-def _write_json(path: str, data: Any) -> None:
+def _write_json(path: str, data: Any, compact: bool = False) -> None:
+    """Write JSON through a temporary file (nothing half-written is left under ``path``):
+    ``compact`` without indentation or spaces, gzipped when ``path`` ends in ``.gz``."""
+    text = (json.dumps(data, separators=(",", ":"), default=float) if compact
+            else json.dumps(data, indent=1, default=float)) + "\n"
     tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    if path.endswith(".gz"):
+        import gzip
+
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        tmp.write_text(text)
     tmp.replace(path)
 
 
@@ -187,13 +201,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     scenario = _load(args.scenario, args.strategy)
     _check_outputs([args.json, args.trace, args.report], args.force)
-    result, engines = simulate_scenario(scenario, args.strategy, trace=bool(args.trace))
+    from simulator.progress import factory
+
+    result, engines = simulate_scenario(scenario, args.strategy, trace=bool(args.trace),
+                                        timeline=args.timeline, progress=factory())
     print(format_table(result))
     _write_outputs(result, args)
     if args.trace:
         from simulator.engine.trace import chrome_trace
 
-        _write_json(args.trace, chrome_trace(engines))
+        _write_json(args.trace, chrome_trace(engines), compact=True)
         print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
     return 0
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from simulator.cluster import Cluster
 from simulator.engine.collectives import phases
-from simulator.plan import Collective, Plan, PSPull, PSPush, Send, WorkLoop
+from simulator.plan import Collective, ImageOps, Op, Plan, PSPull, PSPush, Send, WorkLoop
 
 
 def link_bytes(plan: Plan, cluster: Cluster) -> dict[str, float]:
-    """Bytes each link type carries in one period of the plan (no simulation needed)."""
+    """Bytes each link type carries in one period of the plan (no simulation needed). Each
+    distinct program is read once: a rank running another's image (``ImageOps``) moves its
+    source's transfers with its own peers and groups."""
     out: dict[str, float] = defaultdict(float)
     servers = [r.device for r in plan.ranks if r.role == "server"]
 
@@ -19,27 +22,57 @@ def link_bytes(plan: Plan, cluster: Cluster) -> dict[str, float]:
         for e in cluster.route(a, b):
             out[cluster.graph.edges[e]["link"].name] += nbytes
 
-    seen: set[tuple[str, str]] = set()
     workers = max(1, len(plan.workers()))
+    traffic: dict[int, tuple] = {}
+    seen: set[str] = set()  # a collective is counted once, from its group's first member
     for r in plan.ranks:
-        for op in r.ops:
-            ops = getattr(op, "body", None) or (op,)
-            # a work loop's body runs once per portion: portions / workers times per worker
-            times = plan.portions / workers if isinstance(op, WorkLoop) else 1.0
-            for o in ops:
-                if isinstance(o, Send):
-                    carry(r.device, plan.ranks[o.peer].device, o.bytes * times)
-                elif isinstance(o, PSPush):
-                    carry(r.device, servers[o.shard], o.bytes * times)
-                elif isinstance(o, PSPull):
-                    carry(servers[o.shard], r.device, o.bytes * times)
-                elif isinstance(o, Collective) and (o.group, o.key) not in seen:
-                    seen.add((o.group, o.key))
-                    devs = [plan.ranks[i].device for i in plan.groups[o.group]]
-                    for ph in phases(o.collective, o.algorithm, devs, o.bytes, cluster.node_of):
-                        for a, b in ph.pairs:
-                            carry(a, b, ph.bytes_per_flow)
+        ops = r.ops
+        peers, groups = (ops.peers, ops.groups) if isinstance(ops, ImageOps) else ({}, {})
+        src = ops.source if isinstance(ops, ImageOps) else ops
+        t = traffic.get(id(src))
+        if t is None:
+            t = traffic[id(src)] = _traffic(src, plan.portions / workers)
+        sends, pushes, pulls, colls = t
+        for peer, nbytes in sends.items():
+            carry(r.device, plan.ranks[peers.get(peer, peer)].device, nbytes)
+        for shard, nbytes in pushes.items():
+            carry(r.device, servers[shard], nbytes)
+        for shard, nbytes in pulls.items():
+            carry(servers[shard], r.device, nbytes)
+        for group, sizes in colls.items():
+            group = groups.get(group, group)
+            if group in seen:
+                continue
+            seen.add(group)
+            devs = [plan.ranks[i].device for i in plan.groups[group]]
+            for (collective, algorithm, nbytes), n in sizes.items():
+                for ph in phases(collective, algorithm, devs, nbytes, cluster.node_of):
+                    for a, b in ph.pairs:
+                        carry(a, b, ph.bytes_per_flow * n)
     return dict(out)
+
+
+def _traffic(ops: Sequence[Op], loop_times: float) -> tuple:
+    """One program's transfers, summed: bytes per peer sent, per server shard pushed and
+    pulled, and per group the collectives (kind, algorithm, size) -> how many distinct keys."""
+    sends: Counter = Counter()
+    pushes: Counter = Counter()
+    pulls: Counter = Counter()
+    keys: dict[str, dict[tuple, set]] = defaultdict(lambda: defaultdict(set))
+    for op in ops:
+        # a work loop's body runs once per portion: portions / workers times per worker
+        times = loop_times if isinstance(op, WorkLoop) else 1.0
+        for o in getattr(op, "body", None) or (op,):
+            if isinstance(o, Send):
+                sends[o.peer] += o.bytes * times
+            elif isinstance(o, PSPush):
+                pushes[o.shard] += o.bytes * times
+            elif isinstance(o, PSPull):
+                pulls[o.shard] += o.bytes * times
+            elif isinstance(o, Collective):
+                keys[o.group][(o.collective, o.algorithm, o.bytes)].add(o.key)
+    colls = {g: {size: len(k) for size, k in by.items()} for g, by in keys.items()}
+    return sends, pushes, pulls, colls
 
 
 def memory_groups(plan: Plan, only_over: bool = False) -> list[dict[str, Any]]:
@@ -81,7 +114,8 @@ def describe_plan(plan: Plan, cluster: Cluster) -> str:
     lines.append("")
     lines.append(f"{'rank':>5} {'device':<16} {'role':<12} ops")
     for r in plan.ranks:
-        counts = Counter(op.kind for op in r.ops)
+        counts = Counter(op.kind for op in (r.ops.source if isinstance(r.ops, ImageOps)
+                                            else r.ops))
         text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "(serves requests)"
         lines.append(f"{r.rank:>5} {r.device:<16} {r.role:<12} {text}")
     lines.append("")
@@ -117,8 +151,13 @@ def describe_plan(plan: Plan, cluster: Cluster) -> str:
 def summary(plan: Plan, cluster: Cluster) -> dict[str, Any]:
     """A compact record of the plan for the Result file."""
     counts: Counter[str] = Counter()
+    per_program: dict[int, Counter] = {}
     for r in plan.ranks:
-        counts.update(op.kind for op in r.ops)
+        src = r.ops.source if isinstance(r.ops, ImageOps) else r.ops
+        c = per_program.get(id(src))
+        if c is None:
+            c = per_program[id(src)] = Counter(op.kind for op in src)
+        counts.update(c)
     return {"scheme": plan.scheme, "mode": plan.mode, "ranks": len(plan.ranks),
             "workers": len(plan.workers()), "op_counts": dict(sorted(counts.items())),
             "bytes_per_link_type_per_period": link_bytes(plan, cluster),

@@ -13,7 +13,7 @@ from typing import Any
 
 from simulator import __version__, plan_report
 from simulator.cluster import build_cluster
-from simulator.engine.simulate import predict
+from simulator.engine.simulate import bounded, predict
 from simulator.model import summary as model_summary
 from simulator.plan import Plan
 from simulator.scenario import build_graph
@@ -51,19 +51,24 @@ def select(scenario: Scenario, names: list[str] | None) -> list[StrategySpec]:
 
 
 def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
-                      trace: bool = False) -> tuple[dict[str, Any], list]:
-    """The Result for the chosen strategies, and the engines (for a trace)."""
+                      trace: bool = False, timeline: bool = False, progress=None  # noqa: ANN001
+                      ) -> tuple[dict[str, Any], list]:
+    """The Result for the chosen strategies, and the engines (for a trace). Entries are
+    ``bounded`` (every span of the timeline only with ``timeline``); ``progress`` is the
+    engine's progress callback factory, called with each strategy's name."""
     ctx = context(scenario)
     baseline = _one_device_throughput(ctx)
     entries, engines = [], []
     for spec in select(scenario, names):
         plan = build_plan(ctx, spec)
         pred = predict(plan, ctx.cluster, scenario.training, record_trace=trace,
-                       seed=scenario.seed)
+                       seed=scenario.seed,
+                       progress=progress(spec.name, plan) if progress is not None else None)
         entry = pred.entry
         entry["plan"] = plan_report.summary(plan, ctx.cluster)
         if plan.scheme == "dbn_pretrain" and entry.get("timeline"):
             entry["pretraining"] = predicted_pretraining(entry, plan)
+        bounded(entry, timeline)
         tp = entry.get("throughput_samples_per_s")
         entry["speedup_over_one_device"] = tp / baseline if tp else None
         entry["efficiency"] = (tp / baseline / entry["devices"]) if tp else None

@@ -22,6 +22,7 @@ import simpy
 
 Edge = tuple[str, str]
 EPS = 1e-9  # relative: flows this close to done finish together (float noise)
+RATE_LOG = 1_000_000  # link-rate samples a trace keeps at most (the first ones)
 
 
 @dataclass(eq=False)
@@ -36,7 +37,7 @@ class Flow:
     # a flow standing for mirror images of itself (``symmetry``): how many of them cross each
     # edge of its route, and the edges of every image route (whose bytes it carries)
     weights: dict[Edge, float] | None = None
-    stat_edges: tuple[Edge, ...] | None = None
+    stat_edges: list[Edge] | None = None
 
     def on(self, edge: Edge) -> float:
         """How many flows this one counts for on ``edge``."""
@@ -46,7 +47,6 @@ class Flow:
 @dataclass
 class EdgeStats:
     bytes: float = 0.0
-    busy: float = 0.0  # seconds with at least one flow active
 
 
 @dataclass
@@ -57,11 +57,23 @@ class Network:
     # in the order they started (a dict, not a set: a set of objects iterates by address, and
     # flows finishing at one instant would succeed in an order that changes from run to run)
     flows: dict[Flow, None] = field(default_factory=dict)
-    stats: dict[Edge, EdgeStats] = field(default_factory=lambda: defaultdict(EdgeStats))
     rate_log: list[tuple[float, Edge, float]] = field(default_factory=list)
     _last: float = 0.0
     _generation: int = 0
     _pending: bool = False
+    _bytes: dict[Edge, float] = field(default_factory=lambda: defaultdict(float))
+    # mirrored flows' bytes by the image edges they stand for, spread over them when read
+    # (a flow over a data-parallel ring of thousands of nodes stands for thousands of routes)
+    _image_bytes: dict[int, list] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> dict[Edge, EdgeStats]:
+        """Bytes carried per edge so far."""
+        out = defaultdict(float, self._bytes)
+        for edges, nbytes in self._image_bytes.values():
+            for e in edges:
+                out[e] += nbytes
+        return {e: EdgeStats(b) for e, b in out.items()}
 
     def transfer(self, route: tuple[Edge, ...], nbytes: float, latency: float = 0.0,
                  tag: str = "", weight: int = 1,
@@ -109,8 +121,7 @@ class Network:
         if mirrored is not None:
             route, weights, images = mirrored
         self.flows[Flow(route=route, remaining=nbytes, done=done, nbytes=nbytes, tag=tag,
-                        weight=weight, weights=weights,
-                        stat_edges=tuple(images) if images is not None else None)] = None
+                        weight=weight, weights=weights, stat_edges=images)] = None
         if not self._pending:  # flows starting at one instant share one fair-share pass
             self._pending = True
             self.env.timeout(0).callbacks.append(self._flush)
@@ -124,12 +135,8 @@ class Network:
         now = self.env.now
         dt = now - self._last
         if dt > 0:
-            active: set[Edge] = set()
             for f in self.flows:
                 f.remaining -= f.rate * dt
-                active.update(f.route if f.stat_edges is None else f.stat_edges)
-            for e in active:
-                self.stats[e].busy += dt
         self._last = now
 
     def _reschedule(self) -> None:
@@ -155,11 +162,13 @@ class Network:
         for f in dict.fromkeys(due):
             self.flows.pop(f, None)
             if f.stat_edges is not None:
-                for e in f.stat_edges:
-                    self.stats[e].bytes += f.nbytes
+                hit = self._image_bytes.get(id(f.stat_edges))
+                if hit is None:
+                    hit = self._image_bytes[id(f.stat_edges)] = [f.stat_edges, 0.0]
+                hit[1] += f.nbytes
             else:
                 for e in f.route:
-                    self.stats[e].bytes += f.nbytes * f.weight
+                    self._bytes[e] += f.nbytes * f.weight
             f.done.succeed()
         self._reschedule()
 
@@ -198,7 +207,7 @@ class Network:
             for e in touched:
                 if count[e] > 1e-9 and e != edge:
                     heapq.heappush(heap, (left[e] / count[e], e))
-        if self.record_rates:
+        if self.record_rates and len(self.rate_log) < RATE_LOG:
             now = self.env.now
             for e, fs in users.items():
                 self.rate_log.append((now, e, sum(f.rate * f.on(e) for f in fs)))

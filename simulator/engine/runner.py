@@ -52,6 +52,7 @@ from simulator.strategies.common import OPTIMIZER_COPIES
 
 TIMELINE_DEVICES = 64
 PROGRESS_EVERY = 20_000  # events between progress reports
+TRACE_SPANS = 1_000_000  # a trace keeps at most this many spans per strategy (the first ones)
 # non-blocking transfers: each runs as soon as its dependencies are done (MPI_Isend-like), so a
 # worker pushes to / pulls from every parameter-server shard at once
 P2P_OPS = (Send, Recv, PSPush, PSPull)
@@ -128,6 +129,8 @@ class Engine(NodeModel, ParameterServerModel):
         self.simulated = workers
         self._mirrored: dict[tuple[int, int], tuple] = {}
         self._orbits: dict[tuple, list] = {}
+        self._phase_cache: dict[tuple, list] = {}
+        self._members: dict[str, tuple[list, list]] = {}
         # one generator per device, seeded by (scenario seed, device index): deterministic
         self.devices = {r.device: Device(env, r.device, cluster.spec.device, precision,
                                          cluster.slowdown.get(r.device, 1.0)
@@ -165,6 +168,7 @@ class Engine(NodeModel, ParameterServerModel):
         # trace spans (every iteration, when asked) and the timeline of the first measured
         # iteration on the first TIMELINE_DEVICES workers (always: the report's Gantt chart)
         self.spans: list[tuple[str, str, str, float, float]] = []
+        self.spans_left_out = 0
         self.timeline: list[tuple[str, str, str, float, float]] = []
         self.timeline_ranks = {r.rank for r in workers[:TIMELINE_DEVICES]}
         self.rendezvous: dict[tuple, Rendezvous] = {}
@@ -184,6 +188,26 @@ class Engine(NodeModel, ParameterServerModel):
                 self.programs[id(ops)] = Program.of(ops)
 
     # ---- driving ------------------------------------------------------------------------------
+    def estimate(self) -> int:
+        """About how many SimPy events the run takes: per simulated rank and program run, a
+        few per transfer and collective and one per op waited on (within a factor of two on
+        the shipped scenarios and the scale benchmark's workloads)."""
+        per: dict[int, int] = {}
+        total = 0
+        for r in self.simulated:
+            ops = r.ops.source if isinstance(r.ops, ImageOps) else r.ops
+            n = per.get(id(ops))
+            if n is None:
+                prog = self.programs[id(ops)]
+                comm = sum(len(v) for k, v in prog.streams.items() if k != COMPUTE)
+                n = 4 * comm + 6 * len(prog.p2p) + 2 * len(prog.needed) + 4
+                # a work loop runs its body once per portion it is handed
+                n += sum((len(op.body) + 16) * self.plan.portions // max(1, len(self.simulated))
+                         for v in prog.streams.values() for op in v if isinstance(op, WorkLoop))
+                per[id(ops)] = n
+            total += n
+        return total * (self.warmup + self.iterations)
+
     def run(self, progress=None) -> None:  # noqa: ANN001
         """Run to the end; ``progress(events, now)`` is called every ``PROGRESS_EVERY``
         events when given."""
@@ -246,7 +270,7 @@ class Engine(NodeModel, ParameterServerModel):
         then pays ``wake``, its thread's wake-up latency."""
         pending = [ev[d] for d in prog.cross_deps[op.id] if not ev[d].triggered]
         if pending:
-            yield simpy.AllOf(self.env, pending)
+            yield pending[0] if len(pending) == 1 else simpy.AllOf(self.env, pending)
             if wake:
                 yield self.env.timeout(wake)
 
@@ -260,7 +284,10 @@ class Engine(NodeModel, ParameterServerModel):
 
     def _span(self, rank: int, it: int, span: tuple[str, str, str, float, float]) -> None:
         if self.record_trace:
-            self.spans.append(span)
+            if len(self.spans) < TRACE_SPANS:
+                self.spans.append(span)
+            else:
+                self.spans_left_out += 1
         if it == self.warmup and rank in self.timeline_ranks:
             self.timeline.append(span)
 
@@ -350,17 +377,25 @@ class Engine(NodeModel, ParameterServerModel):
         arrive = self.env.now
         group = self._group(rank, op.group)
         rv = self._join(group, op.key, it)
-        if rv.arrived == rv.size:
-            self.env.process(self._run_collective(rv, op, group))
-        yield rv.done
+        if rv.size == 1:  # the only simulated member (the others mirror it): run it here
+            yield from self._run_collective(rv, op, group)
+        else:
+            if rv.arrived == rv.size:
+                self.env.process(self._run_collective(rv, op, group))
+            yield rv.done
         self._log(rank, it, "comm", rv.start, f"{op.collective}:{op.key}", COMM)
         if rv.start > arrive:
             self._span(rank, it, (self.device_of[rank], COMM, "wait", arrive, rv.start - arrive))
 
     def _run_collective(self, rv: Rendezvous, op: Collective, group: str):
         rv.start = self.env.now
-        devs = [self.device_of[r] for r in self.plan.groups[group]]
-        busy = [self.devices[d] for d in devs if d in self.devices]  # mirrors are not simulated
+        hit = self._members.get(group)
+        if hit is None:
+            devs = [self.device_of[r] for r in self.plan.groups[group]]
+            # mirrors are not simulated
+            hit = self._members[group] = (devs, [self.devices[d] for d in devs
+                                                 if d in self.devices])
+        devs, busy = hit
         for d in busy:
             d.comm_active += 1
         c = self.cluster
@@ -369,18 +404,20 @@ class Engine(NodeModel, ParameterServerModel):
             yield self.env.timeout(fitted)
             for d in busy:
                 d.comm_active -= 1
-            rv.done.succeed()
+            if rv.size > 1:
+                rv.done.succeed()
             return
-        for ph in collectives.phases(op.collective, op.algorithm, devs, op.bytes, c.node_of):
-            routes = [c.route(a, b) for a, b in ph.pairs]
-            latency = ph.latency_steps * max(c.latency(r) for r in routes)
+        for latency, per_flow, flows in self._phases(group, op, devs):
             if latency:
                 yield self.env.timeout(latency)
             # with mirrors, one flow per orbit of the phase's flows stands for its images
-            yield simpy.AllOf(self.env, [
-                self.network.transfer(c.route(self.device_of[a], self.device_of[b]),
-                                      ph.bytes_per_flow, tag=op.key, mirrored=mirrored)
-                for (a, b), mirrored in self._flows_of(group, ph.pairs)])
+            if len(flows) == 1:
+                route, mirrored = flows[0]
+                yield self.network.transfer(route, per_flow, tag=op.key, mirrored=mirrored)
+            else:
+                yield simpy.AllOf(self.env, [
+                    self.network.transfer(route, per_flow, tag=op.key, mirrored=mirrored)
+                    for route, mirrored in flows])
         spec = c.spec.device
         if spec.kind == "cpu":  # host-side sums (collectives' docstring)
             added = collectives.reduced_bytes(op.collective, op.algorithm, len(devs), op.bytes)
@@ -389,7 +426,25 @@ class Engine(NodeModel, ParameterServerModel):
                                                     * spec.memory_efficiency))
         for d in busy:
             d.comm_active -= 1
-        rv.done.succeed()
+        if rv.size > 1:  # a lone member runs it in its own stream (``_collective``)
+            rv.done.succeed()
+
+    def _phases(self, group: str, op: Collective, devs: list[str]) -> list[tuple]:
+        """A collective's phases as (latency, bytes per flow, [(route, mirrored)]): worked out
+        once per group and size (a ring over thousands of ranks has thousands of routes)."""
+        key = (group, op.collective, op.algorithm, op.bytes)
+        hit = self._phase_cache.get(key)
+        if hit is None:
+            c, dev = self.cluster, self.device_of
+            hit = []
+            for ph in collectives.phases(op.collective, op.algorithm, devs, op.bytes,
+                                         c.node_of):
+                latency = ph.latency_steps * max(c.latency(c.route(a, b)) for a, b in ph.pairs)
+                flows = [(c.route(dev[a], dev[b]), mirrored)
+                         for (a, b), mirrored in self._flows_of(group, ph.pairs)]
+                hit.append((latency, ph.bytes_per_flow, flows))
+            self._phase_cache[key] = hit
+        return hit
 
     def _fitted_collective(self, op: Collective, devs: list[str]) -> float | None:
         """An all-reduce's time from the profile's measured fit (steps x latency + volume /

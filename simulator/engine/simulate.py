@@ -27,7 +27,9 @@ class Prediction:
 
 
 def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
-            record_trace: bool = False, seed: int = 0) -> Prediction:
+            record_trace: bool = False, seed: int = 0, progress=None) -> Prediction:  # noqa: ANN001
+    """``progress``: an object told ``start(estimated events)``, called with (events, simulated
+    time) as the run goes, and told ``close()`` (the command line's progress bar)."""
     base = {
         "strategy": plan.strategy,
         "scheme": plan.scheme,
@@ -52,7 +54,14 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         return Prediction(base, None)
     eng = Engine(plan, cluster, training.precision, training.optimizer,
                  training.warmup_iterations, training.iterations, record_trace, seed)
-    eng.run()
+    if progress is None:
+        eng.run()
+    else:
+        progress.start(eng.estimate())
+        try:
+            eng.run(progress)
+        finally:
+            progress.close()
     iters = training.iterations
     logs = eng.logs
     warm = training.warmup_iterations
@@ -121,6 +130,50 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         base["portions_per_worker"] = {eng.device_of[r]: n
                                        for r, n in sorted(eng.coordinator.handed.items())}
     return Prediction(base, eng)
+
+
+TIMELINE_SPANS = 20_000  # spans a Result keeps of the timeline without --timeline
+MAP_ENTRIES = 256  # per-device and per-link maps above this are summarised
+BUSIEST = 64  # entries such a map keeps: the largest
+
+
+def bounded(entry: dict, timeline: bool = False) -> dict:
+    """The entry with a size that does not grow with the cluster: the timeline (the first
+    measured iteration of up to 64 simulated devices) cut to ``TIMELINE_SPANS`` spans, whole
+    devices first, unless ``timeline``; per-device and per-link maps of more than
+    ``MAP_ENTRIES`` keys cut to the ``BUSIEST`` largest values, with the distribution of all
+    of them beside (``<key>_summary``: count, min, percentiles, max, mean)."""
+    tl = entry.get("timeline")
+    if tl is not None and not timeline and len(tl["spans"]) > TIMELINE_SPANS:
+        by_device: dict[str, list] = {}
+        for span in tl["spans"]:
+            by_device.setdefault(span[0], []).append(span)
+        kept: list = []
+        for spans in by_device.values():
+            if kept and len(kept) + len(spans) > TIMELINE_SPANS:
+                break
+            kept += spans[:TIMELINE_SPANS]
+        entry["timeline"] = {**tl, "devices_shown": len({s[0] for s in kept}), "spans": kept,
+                             "spans_left_out": len(tl["spans"]) - len(kept)}
+    for key in ("memory_bytes_per_device", "utilisation_per_device", "utilisation_per_link"):
+        values = entry.get(key)
+        if values and len(values) > MAP_ENTRIES:
+            entry[f"{key}_summary"] = _distribution(list(values.values()))
+            top = sorted(values.items(), key=lambda kv: -kv[1])[:BUSIEST]
+            entry[key] = dict(sorted(top))
+    return entry
+
+
+def _distribution(values: list[float]) -> dict[str, float]:
+    v = sorted(values)
+    n = len(v)
+
+    def pct(q: float) -> float:
+        return v[min(n - 1, int(q * (n - 1) + 0.5))]
+
+    return {"count": n, "min": v[0], "p10": pct(0.1), "p50": pct(0.5), "p90": pct(0.9),
+            "p99": pct(0.99), "max": v[-1], "mean": statistics.fmean(v),
+            "shown": min(n, BUSIEST)}
 
 
 def _utilisation(eng: Engine, plan: Plan, window: float) -> dict[str, float]:

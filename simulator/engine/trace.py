@@ -2,6 +2,8 @@
 
 One process per device (threads: the compute stream, the communication stream, point-to-point)
 and one counter track per link edge showing the bandwidth in use (GB/s). Times in microseconds.
+Bounded: at most ``TRACE_SPANS`` spans and ``RATE_LOG`` link samples per strategy (the first
+ones; ``otherData.spans_left_out`` counts what was left out).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ THREADS = {"compute": 0, "comm": 1, "p2p": 2}
 def chrome_trace(runs: list[tuple[str, Engine]]) -> dict[str, Any]:
     """Trace events for several simulated strategies, each under its own name prefix."""
     events: list[dict[str, Any]] = []
+    left_out: dict[str, int] = {}
     pid = 0
     for strategy, eng in runs:
         pids: dict[str, int] = {}
@@ -36,7 +39,12 @@ def chrome_trace(runs: list[tuple[str, Engine]]) -> dict[str, Any]:
         for t, (u, v), rate in eng.network.rate_log:
             events.append({"ph": "C", "name": f"{u}->{v}", "pid": pid, "ts": t * 1e6,
                            "args": {"GBps": rate / 1e9}})
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
+        if eng.spans_left_out:
+            left_out[strategy] = eng.spans_left_out
+    out: dict[str, Any] = {"traceEvents": events, "displayTimeUnit": "ms"}
+    if left_out:  # bounded: the first spans of each strategy are kept
+        out["otherData"] = {"spans_left_out": left_out}
+    return out
 
 
 def _natural(name: str) -> tuple:
