@@ -7,8 +7,8 @@ memory are its own:
   V100s 8 per node on EDR InfiniBand, 64 images per GPU, fp16;
 - ``resnet50-dp-per-layer``: the same with one all-reduce per layer overlapping backward
   (buckets of one layer each: 54 collectives);
-- ``resnet50-dp-degraded``: the ring with 1% of the GPUs' uplinks (every 100th GPU) at half
-  bandwidth;
+- ``resnet50-dp-degraded``: the ring with 1% of the nodes' NIC uplinks (every 100th node's) at
+  half bandwidth;
 - ``gpt175b-3d``: a GPT-3-175B-shaped model (96 layers, hidden 12288, sequence 2048) on A100s in
   8-GPU NVSwitch nodes with one HDR NIC per GPU, tensor 8 x pipeline 8 x data D, 64
   micro-batches of one sequence per pipeline, 1F1B, sequence parallelism with selective
@@ -20,7 +20,7 @@ Columns: ``plan_s`` (build the plan), ``simulate_s`` (run the SimPy model and su
 ``cpu_s`` (the process's CPU time for both: the figure that stays honest on a shared machine),
 ``peak_MB`` (the process's peak resident memory, interpreter and libraries included), ``events``
 (SimPy events processed), ``predicted_ms`` (the predicted iteration time), and the JSON size of
-the Result entry (``result_kB``, without a timeline).
+the Result entry as ``parasim simulate`` writes it without ``--timeline`` (``result_kB``).
 
     python benchmarks/sim_scale.py [--only WORKLOAD[,WORKLOAD]] [--max-devices N]
 """
@@ -57,9 +57,8 @@ def scenario(workload: str, devices: int) -> dict:
         if workload == "resnet50-dp-per-layer":
             strategy.update(bucket_MiB=1e-9, overlap=True)
         if workload == "resnet50-dp-degraded":
-            cluster["degraded_links"] = [
-                {"element": f"node{d // 8}.gpu{d % 8}", "factor": 0.5}
-                for d in range(0, devices, 100)]
+            cluster["degraded_links"] = [  # the NIC uplinks of every 100th node
+                {"element": f"node{n}.nic0", "factor": 0.5} for n in range(0, devices // 8, 100)]
         return {"name": workload, "model": {"zoo": "resnet50"}, "cluster": cluster,
                 "training": {**training, "batch_size": 64 * devices},
                 "strategies": [strategy]}
@@ -95,7 +94,7 @@ def scenario(workload: str, devices: int) -> dict:
 def measure(workload: str, devices: int) -> dict:
     """One row, in this process (the parent runs each row in a fresh one)."""
     from simulator.cluster import build_cluster
-    from simulator.engine.simulate import predict
+    from simulator.engine.simulate import bounded, predict
     from simulator.scenario import build_graph, parse_scenario
     from simulator.strategies import build_plan
     from simulator.strategies.common import Context
@@ -113,7 +112,7 @@ def measure(workload: str, devices: int) -> dict:
             "peak_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "events": pred.engine.events if pred.engine is not None else 0,
             "predicted_ms": (entry["iteration_time_s"] or 0.0) * 1e3,
-            "result_kB": len(json.dumps(entry)) / 1e3}
+            "result_kB": len(json.dumps(bounded(entry))) / 1e3}
 
 
 def main() -> None:
