@@ -132,7 +132,7 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
     return Prediction(base, eng)
 
 
-TIMELINE_SPANS = 20_000  # spans a Result keeps of the timeline without --timeline
+TIMELINE_SPANS = 5_000  # spans a Result entry keeps of the timeline without --timeline
 MAP_ENTRIES = 256  # per-device and per-link maps above this are summarised
 BUSIEST = 64  # entries such a map keeps: the largest
 

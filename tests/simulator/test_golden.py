@@ -7,6 +7,7 @@ A change that moves a prediction shows up here as a diff to review. To accept ne
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def test_scenarios_are_shipped():
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_scenario_matches_its_golden_summary(path: Path):
     result, _ = simulate_scenario(load_scenario(path))
+    # the Result file stays small without --timeline (the scale issue's bound)
+    assert len(json.dumps(result, indent=1)) <= 5e6
     summary = format_table(result) + "\n"
     golden = ROOT / "scenarios" / "expected" / f"{path.stem}.txt"
     if os.environ.get("PARASIM_UPDATE_GOLDEN"):
