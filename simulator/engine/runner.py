@@ -190,8 +190,8 @@ class Engine(NodeModel, ParameterServerModel):
     # ---- driving ------------------------------------------------------------------------------
     def estimate(self) -> int:
         """About how many SimPy events the run takes: per simulated rank and program run, a
-        few per transfer and collective and one per op waited on (within a factor of two on
-        the shipped scenarios and the scale benchmark's workloads)."""
+        few per transfer, collective and work portion, and two per op waited on (within a
+        factor of three of the count on the shipped scenarios, ``tests/simulator/test_scale``)."""
         per: dict[int, int] = {}
         total = 0
         for r in self.simulated:
