@@ -69,7 +69,7 @@ def scenario(workload: str, devices: int) -> dict:
                                                    "seq_len": 2048, "vocab": 51200}},
                 "cluster": {"nodes": devices // 8, "devices_per_node": 8, "device": "A100",
                             "intra_link": "nvlink3", "inter_link": "ib_hdr",
-                            "nics_per_node": 8},
+                            "nics_per_node": 8, "host_link": "pcie4"},
                 "training": {**training, "precision": "bf16", "optimizer": "adam",
                              "batch_size": 64 * data},
                 "strategies": [{"name": workload, "scheme": "parallel_3d", "tensor": 8,
@@ -94,7 +94,7 @@ def scenario(workload: str, devices: int) -> dict:
 def measure(workload: str, devices: int) -> dict:
     """One row, in this process (the parent runs each row in a fresh one)."""
     from simulator.cluster import build_cluster
-    from simulator.engine.simulate import bounded, predict
+    from simulator.engine.simulate import TIMELINE_SPANS, bounded, predict
     from simulator.scenario import build_graph, parse_scenario
     from simulator.strategies import build_plan
     from simulator.strategies.common import Context
@@ -104,7 +104,7 @@ def measure(workload: str, devices: int) -> dict:
     ctx = Context(build_graph(sc.model), build_cluster(sc.cluster), sc.training)
     plan = build_plan(ctx, sc.strategies[0])
     t1 = time.perf_counter()
-    pred = predict(plan, ctx.cluster, sc.training)
+    pred = predict(plan, ctx.cluster, sc.training, timeline_spans=TIMELINE_SPANS)  # as simulate
     t2, c2 = time.perf_counter(), time.process_time()
     entry = pred.entry
     return {"workload": workload, "devices": devices, "plan_s": t1 - t0, "simulate_s": t2 - t1,

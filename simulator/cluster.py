@@ -9,6 +9,14 @@ Topology (a two-level tree, as in a DGX-style or classic MPI cluster)::
   memory system for CPU cores). Every device has its own full-duplex port on it, so a transfer
   inside a node crosses the sender's up-port and the receiver's down-port.
 * Devices use the node's NICs round-robin in blocks (GPUs 0-3 on nic0, 4-7 on nic1 for 2 NICs).
+* With a ``host_link`` (PCIe), each device has its own link to its NIC instead, as a GPU and its
+  NIC under one PCIe switch talk by GPUDirect RDMA (the DGX A100 System Architecture
+  whitepaper, 2020: each A100 shares a PCIe 4 switch with its HDR NIC)::
+
+      node{n}.gpu{i} ──intra── node{n}.fabric        (traffic inside the node)
+      node{n}.gpu{i} ──host─── node{n}.nic{k} ──inter── switch   (traffic between nodes)
+
+  so traffic between nodes does not cross the device's NVLink port.
 * One non-blocking core ``switch`` joins the NICs and the parameter-server hosts (no
   oversubscription inside the network is modelled; the NIC ports are the shared resources).
 * Every edge is directed (full duplex): ``(u, v)`` and ``(v, u)`` are separate capacities.
@@ -81,7 +89,7 @@ class Cluster:
         hit = self._routes.get(key)
         if hit is not None:
             return hit
-        up, down = self._chain(a), self._chain(b)
+        up, down = self._host_chain(a, b), self._host_chain(b, a)
         lca = next(x for x in up if x in down)
         up, down = up[:up.index(lca) + 1], down[:down.index(lca) + 1]
         route = tuple(zip(up, up[1:])) + tuple(zip(down[::-1], down[-2::-1]))
@@ -94,6 +102,14 @@ class Cluster:
             return [x, SWITCH]
         node = x.split(".", 1)[0]
         return [x, f"{node}.fabric", self.nic_of(x), SWITCH]
+
+    def _host_chain(self, x: str, other: str) -> list[str]:
+        """``x``'s elements up to the core switch on the way to ``other``: with a host link,
+        a device reaches another node straight through its NIC."""
+        if (self.spec.host_link is not None and ".nic" not in x and not x.startswith("ps")
+                and not other.startswith(x.split(".", 1)[0] + ".")):
+            return [x, self.nic_of(x), SWITCH]
+        return self._chain(x)
 
     def latency(self, route: tuple[Edge, ...]) -> float:
         hit = self._latencies.get(route)
@@ -137,11 +153,14 @@ def build_cluster(spec: ClusterSpec) -> Cluster:
             nic = f"node{n}.nic{k}"
             g.add_node(nic, kind="nic", node=n)
             connect(nic, SWITCH, spec.inter_link)
-            connect(f"node{n}.fabric", nic, spec.inter_link)
+            if spec.host_link is None:
+                connect(f"node{n}.fabric", nic, spec.inter_link)
     for i, d in enumerate(devices):
         node, local = divmod(i, spec.devices_per_node)
         g.add_node(d, kind="device", node=node, index=i, nic=local // per_nic)
         connect(d, f"node{node}.fabric", spec.intra_link)
+        if spec.host_link is not None:
+            connect(d, f"node{node}.nic{local // per_nic}", spec.host_link)
     if spec.parameter_servers:
         for j in range(spec.parameter_servers.hosts):
             g.add_node(f"ps{j}", kind="ps")

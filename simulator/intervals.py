@@ -8,13 +8,22 @@ Interval = tuple[float, float]
 
 def union(intervals: list[Interval], lo: float, hi: float) -> list[Interval]:
     out: list[Interval] = []
-    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in intervals):
+    end = None  # the last merged interval's end
+    # clipping to [lo, hi] keeps the sorted order (it is monotone in both ends)
+    for a, b in sorted(intervals):
+        if a < lo:
+            a = lo
+        if b > hi:
+            b = hi
         if b <= a:
             continue
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
+        if end is not None and a <= end:
+            if b > end:
+                end = b
+                out[-1] = (out[-1][0], b)
         else:
             out.append((a, b))
+            end = b
     return out
 
 

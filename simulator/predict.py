@@ -13,7 +13,7 @@ from typing import Any
 
 from simulator import __version__, plan_report
 from simulator.cluster import build_cluster
-from simulator.engine.simulate import bounded, predict
+from simulator.engine.simulate import TIMELINE_SPANS, bounded, predict
 from simulator.model import summary as model_summary
 from simulator.plan import Plan
 from simulator.scenario import build_graph
@@ -61,8 +61,10 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
     entries, engines = [], []
     for spec in select(scenario, names):
         plan = build_plan(ctx, spec)
+        # the timeline a Result keeps (``bounded``), unless all of it is asked for or read
+        cap = None if timeline or plan.scheme == "dbn_pretrain" else TIMELINE_SPANS
         pred = predict(plan, ctx.cluster, scenario.training, record_trace=trace,
-                       seed=scenario.seed,
+                       seed=scenario.seed, timeline_spans=cap,
                        progress=progress(spec.name, plan) if progress is not None else None)
         entry = pred.entry
         entry["plan"] = plan_report.summary(plan, ctx.cluster)
@@ -111,6 +113,7 @@ def _cluster_record(scenario: Scenario) -> dict[str, Any]:
     return {"nodes": c.nodes, "devices_per_node": c.devices_per_node, "device": c.device.name,
             "device_memory_bytes": c.device.memory, "intra_link": c.intra_link.name,
             "inter_link": c.inter_link.name, "nics_per_node": c.nics_per_node,
+            **({"host_link": c.host_link.name} if c.host_link else {}),
             "parameter_server_hosts": ps.hosts if ps else 0,
             "stragglers": [{"device": s.device, "slowdown": s.slowdown} for s in c.stragglers],
             "degraded_links": [{"element": d.element, "factor": d.factor}

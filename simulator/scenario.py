@@ -183,6 +183,7 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
     inter = (link_field(f, "inter_link", "inter", profile) if has_inter or nodes > 1
              else None)
     nics = f.get("nics_per_node", integer(1), 1)
+    host = link_field(f, "host_link", "intra", profile) if f.has("host_link") else None
     jitter = f.get("compute_jitter", number(positive=False, minimum=0.0, maximum=1.0), 0.0)
     cores = f.get("cores_per_node", integer(1), profile.cores_per_node if profile else 0)
     ps = None
@@ -200,12 +201,14 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
     degraded = tuple(_degraded(s) for s in degraded_fields)
     _unique(degraded_fields, "element", "degraded_links entry")
     f.done(("nodes", "devices_per_node", "device", "intra_link", "inter_link", "nics_per_node",
+            "host_link",
             "parameter_servers", "stragglers", "degraded_links", "compute_jitter",
             "cores_per_node", "profile"))
     if inter is None:  # one node and no inter-node link given: the NIC still exists for PS traffic
         inter = ps.nic if ps else catalogue.links()["eth_10g"]
     spec = ClusterSpec(nodes=nodes, devices_per_node=per_node, device=device, intra_link=intra,
-                       inter_link=inter, nics_per_node=nics, parameter_servers=ps,
+                       inter_link=inter, nics_per_node=nics, host_link=host,
+                       parameter_servers=ps,
                        stragglers=stragglers, degraded_links=degraded,
                        compute_jitter=jitter, cores_per_node=cores,
                        profile=profile.file if profile else "",

@@ -107,6 +107,10 @@ class ClusterSpec:
     intra_link: LinkSpec
     inter_link: LinkSpec
     nics_per_node: int = 1
+    # each device's own link to its NIC (a GPU and its NIC under one PCIe switch, GPUDirect
+    # RDMA): traffic between nodes then leaves the node fabric alone; None: it crosses the
+    # device's fabric port and the fabric's link to the NIC
+    host_link: LinkSpec | None = None
     parameter_servers: ParameterServerSpec | None = None
     stragglers: tuple[Straggler, ...] = ()
     degraded_links: tuple[DegradedLink, ...] = ()

@@ -161,16 +161,37 @@ class Network:
                 due.append(f)
         for f in dict.fromkeys(due):
             self.flows.pop(f, None)
-            if f.stat_edges is not None:
-                hit = self._image_bytes.get(id(f.stat_edges))
-                if hit is None:
-                    hit = self._image_bytes[id(f.stat_edges)] = [f.stat_edges, 0.0]
-                hit[1] += f.nbytes
-            else:
-                for e in f.route:
-                    self._bytes[e] += f.nbytes * f.weight
+            self._carried(f.route, f.nbytes, f.weight, f.stat_edges)
             f.done.succeed()
         self._reschedule()
+
+    def _carried(self, route: tuple[Edge, ...], nbytes: float, weight: int,
+                 images: list[Edge] | None) -> None:
+        if images is not None:
+            hit = self._image_bytes.get(id(images))
+            if hit is None:
+                hit = self._image_bytes[id(images)] = [images, 0.0]
+            hit[1] += nbytes
+        else:
+            for e in route:
+                self._bytes[e] += nbytes * weight
+
+    def alone(self, route: tuple[Edge, ...], mirrored: tuple | None = None) -> float:
+        """The rate of a flow over ``route`` with no other flow on its edges (what
+        ``transfer`` gives it then, to the last digit: the tightest edge's share). For a flow
+        known to meet nothing (``fold``), whose bytes its caller counts (``carried``)."""
+        if mirrored is None:
+            return min(self.capacity[e] for e in route)
+        route, weights, _images = mirrored
+        return min(self.capacity[e] / weights[e] for e in route if weights[e] > 1e-9)
+
+    def carried(self, route: tuple[Edge, ...], nbytes: float,
+                mirrored: tuple | None = None) -> None:
+        """Count ``nbytes`` as carried over ``route`` (or the images ``mirrored`` stands for)."""
+        if mirrored is None:
+            self._carried(route, nbytes, 1, None)
+        else:
+            self._carried(mirrored[0], nbytes, 1, mirrored[2])
 
     def _fair_share(self) -> None:
         """Max-min fair rates by progressive filling, the tightest edge first (a heap)."""

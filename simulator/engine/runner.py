@@ -19,6 +19,7 @@ parameter-server work, and waits; the summary turns them into the breakdown.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ import simpy
 
 from simulator.cluster import Cluster
 from simulator.engine import collectives
+from simulator.engine.fold import FoldModel
 from simulator.engine.hardware import Coordinator, Device, ParameterServer
 from simulator.engine.network import Network
 from simulator.engine.node import NodeModel
@@ -50,6 +52,7 @@ from simulator.plan import (
 )
 from simulator.strategies.common import OPTIMIZER_COPIES
 
+KERNELS, FOLDED, ONE = "kernels", "folded", "one"  # what a step of a stream plays (``_runs``)
 TIMELINE_DEVICES = 64
 PROGRESS_EVERY = 20_000  # events between progress reports
 TRACE_SPANS = 1_000_000  # a trace keeps at most this many spans per strategy (the first ones)
@@ -70,9 +73,20 @@ class Program:
     # of its main thread, one after another in program order
     ps_after: dict[int, int]
 
+    # collectives played inside the compute stream's runs of kernels (``fold``)
+    folded: frozenset[int] = frozenset()
+    runs: dict[str, list[tuple]] = field(default_factory=dict)  # per stream (``_runs``)
+
     @staticmethod
-    def of(ops: tuple[Op, ...]) -> Program:
-        stream_of = {op.id: ("p2p" if isinstance(op, P2P_OPS) else op.stream) for op in ops}
+    def of(ops: tuple[Op, ...], fold: dict[int, int] | None = None) -> Program:
+        """``fold``: collectives to play in the compute stream, each after the compute op it
+        names (``fold.fold_points``)."""
+        fold = fold or {}
+        p2p_types = set(P2P_OPS)
+        stream_of = {op.id: ("p2p" if type(op) in p2p_types
+                             else COMPUTE if op.id in fold else op.stream) for op in ops}
+        after = {x: c for c, x in fold.items()}
+        by_id = {op.id: op for op in ops} if fold else {}
         streams: dict[str, list[Op]] = defaultdict(list)
         p2p = []
         needed: set[int] = set()
@@ -80,17 +94,83 @@ class Program:
         ps_after: dict[int, int] = {}
         last_ps = None
         for op in ops:
-            s = stream_of[op.id]
-            (p2p if s == "p2p" else streams[s]).append(op)
-            cd = tuple(d for d in op.deps if stream_of[d] != s or s == "p2p")
-            cross[op.id] = cd
-            needed.update(cd)
-            if isinstance(op, (PSPush, PSPull)):
-                if last_ps is not None:
-                    ps_after[op.id] = last_ps
-                    needed.add(last_ps)
-                last_ps = op.id
-        return Program(dict(streams), p2p, needed, cross, ps_after)
+            i = op.id
+            s = stream_of[i]
+            if s == "p2p":
+                p2p.append(op)
+                cd = op.deps
+                if type(op) is PSPush or type(op) is PSPull:
+                    if last_ps is not None:
+                        ps_after[i] = last_ps
+                        needed.add(last_ps)
+                    last_ps = i
+            else:
+                if i not in fold:
+                    streams[s].append(op)
+                if i in after:
+                    streams[COMPUTE].append(by_id[after[i]])
+                deps = op.deps
+                if not deps:
+                    cd = ()
+                elif len(deps) == 1:
+                    cd = () if stream_of[deps[0]] == s else deps
+                else:
+                    cd = tuple(d for d in deps if stream_of[d] != s)
+            cross[i] = cd
+            if cd:
+                needed.update(cd)
+        if fold:
+            # the comm stream's first op that does not fold waited for the last that does
+            last = next(reversed(fold))  # in the comm stream's order
+            rest = streams.get(COMM)
+            if rest:
+                cross[rest[0].id] += (last,)
+                needed.add(last)
+            else:
+                streams.pop(COMM, None)
+        prog = Program(dict(streams), p2p, needed, cross, ps_after, frozenset(fold))
+        prog.runs = {name: prog._runs(ops) for name, ops in prog.streams.items()}
+        return prog
+
+    def _runs(self, ops: list[Op]) -> list[tuple]:
+        """A stream cut into what it plays as one step: (first, end, mode, signature, the op
+        whose end another stream waits for or None). Consecutive kernels (and folded
+        collectives) form one run until an op another stream waits for, or one that waits
+        for another stream; the signature (the script ops a folded run was replayed from,
+        ``sharding.Script``) lets the engine price a run once per micro-batch pattern."""
+        needed, cross, folded = self.needed, self.cross_deps, self.folded
+        kernel = set(KERNEL_OPS)
+        out = []
+        i, n = 0, len(ops)
+        while i < n:
+            op = ops[i]
+            if type(op) in kernel or op.id in folded:
+                j = i + 1
+                has_fold = op.id in folded
+                last = op.id
+                if last not in needed:
+                    while j < n:
+                        nxt = ops[j]
+                        k = nxt.id
+                        f = k in folded
+                        if (not f and type(nxt) not in kernel) or cross[k]:
+                            break
+                        has_fold = has_fold or f
+                        j += 1
+                        last = k
+                        if k in needed:
+                            break
+                if has_fold:
+                    sig = tuple([o.__dict__.get("_t") for o in ops[i:j]])
+                    out.append((i, j, FOLDED, None if None in sig else sig,
+                                last if last in needed else None))
+                else:
+                    out.append((i, j, KERNELS, None, last if last in needed else None))
+                i = j
+            else:
+                out.append((i, i + 1, ONE, None, op.id if op.id in needed else None))
+                i += 1
+        return out
 
 
 @dataclass
@@ -109,10 +189,12 @@ class RankLog:
     ends: list[float] = field(default_factory=list)
 
 
-class Engine(NodeModel, ParameterServerModel):
+class Engine(NodeModel, ParameterServerModel, FoldModel):
     def __init__(self, plan: Plan, cluster: Cluster, precision: str, optimizer: str,
-                 warmup: int, iterations: int, record_trace: bool = False, seed: int = 0):
+                 warmup: int, iterations: int, record_trace: bool = False, seed: int = 0,
+                 fold: bool = True, timeline_spans: int | None = None):
         self.env = env = simpy.Environment()
+        self.fold = fold
         self.events = 0  # SimPy events processed
         self.plan, self.cluster = plan, cluster
         self.warmup, self.iterations = warmup, iterations
@@ -131,6 +213,10 @@ class Engine(NodeModel, ParameterServerModel):
         self._orbits: dict[tuple, list] = {}
         self._phase_cache: dict[tuple, list] = {}
         self._members: dict[str, tuple[list, list]] = {}
+        self._foldable: dict[tuple, bool] = {}
+        self._fold_phases: dict[tuple, list] = {}
+        self._source_contacts: dict[int, tuple] = {}
+        self._runs: dict[tuple, tuple] = {}
         # one generator per device, seeded by (scenario seed, device index): deterministic
         self.devices = {r.device: Device(env, r.device, cluster.spec.device, precision,
                                          cluster.slowdown.get(r.device, 1.0)
@@ -171,21 +257,44 @@ class Engine(NodeModel, ParameterServerModel):
         self.spans_left_out = 0
         self.timeline: list[tuple[str, str, str, float, float]] = []
         self.timeline_ranks = {r.rank for r in workers[:TIMELINE_DEVICES]}
+        # at most this many timeline spans per device (None: all), and how many were not kept
+        self.timeline_cap = timeline_spans
+        self.timeline_kept: dict[str, int] = defaultdict(int)
+        self.timeline_left_out = 0
         self.rendezvous: dict[tuple, Rendezvous] = {}
         self.mail: dict[tuple, list] = {}
         self.seen_version: dict[tuple[int, int], int] = defaultdict(int)
         self.applying: dict[tuple[int, int], simpy.Process] = {}
         # one analysed Program per distinct op sequence: a rank running another's image
         # (``ImageOps``) runs its source's, with its own names for peers and groups
-        self.programs: dict[int, Program] = {}
+        self.programs: dict[tuple, Program] = {}
+        self.program_of: dict[int, Program] = {}
         self.names: dict[int, tuple[dict[int, int], dict[str, str]]] = {}
+        fold_on = self._fold_on()
+        # the analysed programs are many small objects without reference cycles: the cycle
+        # collector is paused while they are made and leaves them out of its later passes
+        # (as the plan's ops, ``strategies.build_plan``)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._analyse(workers, fold_on)
+        finally:
+            if enabled:
+                gc.enable()
+        gc.freeze()
+
+    def _analyse(self, workers: list, fold_on: bool) -> None:
         for r in workers:
             ops = r.ops
             if isinstance(ops, ImageOps):
                 self.names[r.rank] = (ops.peers, ops.groups)
                 ops = ops.source
-            if id(ops) not in self.programs:
-                self.programs[id(ops)] = Program.of(ops)
+            fold = self._fold_points(r.rank, ops) if fold_on else {}
+            key = (id(ops), tuple(fold.items()))
+            prog = self.programs.get(key)
+            if prog is None:
+                prog = self.programs[key] = Program.of(ops, fold)
+            self.program_of[r.rank] = prog
 
     # ---- driving ------------------------------------------------------------------------------
     def estimate(self) -> int:
@@ -195,16 +304,15 @@ class Engine(NodeModel, ParameterServerModel):
         per: dict[int, int] = {}
         total = 0
         for r in self.simulated:
-            ops = r.ops.source if isinstance(r.ops, ImageOps) else r.ops
-            n = per.get(id(ops))
+            prog = self.program_of[r.rank]
+            n = per.get(id(prog))
             if n is None:
-                prog = self.programs[id(ops)]
                 comm = sum(len(v) for k, v in prog.streams.items() if k != COMPUTE)
                 n = 4 * comm + 6 * len(prog.p2p) + 2 * len(prog.needed) + 4
                 # a work loop runs its body once per portion it is handed
                 n += sum((len(op.body) + 16) * self.plan.portions // max(1, len(self.simulated))
                          for v in prog.streams.values() for op in v if isinstance(op, WorkLoop))
-                per[id(ops)] = n
+                per[id(prog)] = n
             total += n
         return total * (self.warmup + self.iterations)
 
@@ -212,8 +320,7 @@ class Engine(NodeModel, ParameterServerModel):
         """Run to the end; ``progress(events, now)`` is called every ``PROGRESS_EVERY``
         events when given."""
         for r in self.simulated:
-            ops = r.ops.source if isinstance(r.ops, ImageOps) else r.ops
-            self.env.process(self._rank(r.rank, self.programs[id(ops)]))
+            self.env.process(self._rank(r.rank, self.program_of[r.rank]))
         step, env, n = self.env.step, self.env, 0
         try:
             while True:
@@ -226,6 +333,7 @@ class Engine(NodeModel, ParameterServerModel):
                         progress(self.events, env.now)
         except simpy.core.EmptySchedule:
             self.events += n
+        self._fold_carried()
 
     def _flows_of(self, group: str, pairs: tuple) -> list[tuple[tuple[int, int], tuple | None]]:
         """The rank pairs of a collective phase's flows to simulate, each with what it stands
@@ -259,8 +367,8 @@ class Engine(NodeModel, ParameterServerModel):
             if self.coordinator and rank == self.simulated[0].rank:
                 self.coordinator.reset()
             ev: dict[int, simpy.Event] = {i: self.env.event() for i in prog.needed}
-            procs = [self.env.process(self._stream(rank, it, ops, prog, ev))
-                     for ops in prog.streams.values()]
+            procs = [self.env.process(self._stream(rank, it, ops, prog, ev, prog.runs[name]))
+                     for name, ops in prog.streams.items()]
             procs += [self.env.process(self._p2p(rank, it, op, prog, ev)) for op in prog.p2p]
             yield simpy.AllOf(self.env, procs)
             self.logs[rank].ends.append(self.env.now)
@@ -289,32 +397,26 @@ class Engine(NodeModel, ParameterServerModel):
             else:
                 self.spans_left_out += 1
         if it == self.warmup and rank in self.timeline_ranks:
+            if self.timeline_cap is not None:
+                if self.timeline_kept[span[0]] >= self.timeline_cap:
+                    self.timeline_left_out += 1
+                    return
+                self.timeline_kept[span[0]] += 1
             self.timeline.append(span)
 
     # ---- streams ------------------------------------------------------------------------------
-    def _stream(self, rank: int, it: int, ops: list[Op], prog: Program, ev):
-        i, n = 0, len(ops)
+    def _stream(self, rank: int, it: int, ops: list[Op], prog: Program, ev, runs: list):
         wake = self.wake[self.device_of[rank]]
-        while i < n:
-            op = ops[i]
-            yield from self._wait(op, prog, ev, wake)
-            if isinstance(op, KERNEL_OPS):
-                j = i + 1
-                while (op.id not in prog.needed and j < n and isinstance(ops[j], KERNEL_OPS)
-                       and not prog.cross_deps[ops[j].id]):
-                    j += 1
-                    if ops[j - 1].id in prog.needed:
-                        break
+        for i, j, mode, sig, last in runs:
+            yield from self._wait(ops[i], prog, ev, wake)  # (the rest of a run waits for none)
+            if mode is KERNELS:
                 yield from self._kernels(rank, it, ops[i:j])
-                done = ops[i:j]
-                i = j
+            elif mode is FOLDED:
+                yield from self._folded_run(rank, it, ops[i:j], prog.folded, sig)
             else:
-                yield from self._comm_op(rank, it, op)
-                done = [op]
-                i += 1
-            for o in done:
-                if o.id in ev:
-                    ev[o.id].succeed()
+                yield from self._comm_op(rank, it, ops[i])
+            if last is not None:
+                ev[last].succeed()
 
     def _kernels(self, rank: int, it: int, run: list[Op]):
         dev = self.devices[self.device_of[rank]]
@@ -342,6 +444,73 @@ class Engine(NodeModel, ParameterServerModel):
                         if isinstance(o, Compute) else "update")
                 self._span(rank, it, (dev.name, COMPUTE, name, t, d * scale))
                 t += d * scale
+
+    def _folded_run(self, rank: int, it: int, run: list[Op], folded: frozenset[int],
+                    sig: tuple | None):
+        """A run of kernels with collectives folded in (``fold``): one timeout, the kernels
+        and collectives logged at the times they take inside it. Priced once per sequence of
+        replayed ops (a micro-batch's layers), device and SM share."""
+        dev = self.devices[self.device_of[rank]]
+        key = (rank, dev.comm_active, sig) if sig is not None else None
+        hit = self._runs.get(key) if key is not None else None
+        if hit is None:
+            times = [self._fold_time(rank, o) if o.id in folded else dev.kernel_time(o)
+                     for o in run]
+            # stretches of kernels and the collectives between them: (offset, seconds, op
+            # index or -1 for kernels)
+            parts = []
+            t = 0.0
+            for k, (o, d) in enumerate(zip(run, times)):
+                if o.id in folded:
+                    parts.append((t, d, k))
+                elif parts and parts[-1][2] < 0:
+                    parts[-1] = (parts[-1][0], parts[-1][1] + d, -1)
+                else:
+                    parts.append((t, d, -1))
+                t += d
+            # how many of each folded collective the run holds (their bytes are counted)
+            counts: dict[int, list] = {}
+            for _offset, _d, k in parts:
+                if k >= 0:
+                    entry = self._fold_entry(rank, run[k])
+                    counts.setdefault(id(entry), [entry, 0])[1] += 1
+            hit = (t, times, parts, list(counts.values()))
+            if key is not None:
+                self._runs[key] = hit
+        else:
+            for entry, n in hit[3]:
+                entry[2] += n
+        total, times, parts, _counts = hit
+        start = self.env.now
+        yield self.env.timeout(total)
+        measured = self._measured(it)
+        log = self.logs[rank]
+        if measured:
+            for offset, d, k in parts:
+                if d > 0:
+                    t = start + offset
+                    if k < 0:
+                        dev.busy += d
+                        log.compute.append((t, t + d))
+                    else:
+                        log.comm.append((t, t + d))
+        if it != self.warmup or rank not in self.timeline_ranks:  # (no trace while folding)
+            return
+        if (self.timeline_cap is not None
+                and self.timeline_kept[dev.name] >= self.timeline_cap):
+            self.timeline_left_out += sum(1 for d in times if d > 0)
+        else:
+            t = start
+            for o, d in zip(run, times):
+                if d <= 0:
+                    pass
+                elif o.id in folded:
+                    self._span(rank, it, (dev.name, COMM, f"{o.collective}:{o.key}", t, d))
+                else:
+                    name = (f"{o.layer}.{'recompute' if o.recompute else o.phase}"
+                            if isinstance(o, Compute) else "update")
+                    self._span(rank, it, (dev.name, COMPUTE, name, t, d))
+                t += d
 
     def _comm_op(self, rank: int, it: int, op: Op):
         if isinstance(op, Collective):

@@ -27,9 +27,13 @@ class Prediction:
 
 
 def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
-            record_trace: bool = False, seed: int = 0, progress=None) -> Prediction:  # noqa: ANN001
+            record_trace: bool = False, seed: int = 0, progress=None,  # noqa: ANN001
+            fold: bool = True, timeline_spans: int | None = None) -> Prediction:
     """``progress``: an object told ``start(estimated events)``, called with (events, simulated
-    time) as the run goes, and told ``close()`` (the command line's progress bar)."""
+    time) as the run goes, and told ``close()`` (the command line's progress bar); ``fold``:
+    let collectives that meet nothing fold into runs of kernels (``engine/fold.py``; off to
+    compare); ``timeline_spans``: keep at most this many timeline spans per device (None: all;
+    what ``bounded`` keeps is the same)."""
     base = {
         "strategy": plan.strategy,
         "scheme": plan.scheme,
@@ -53,7 +57,8 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
                     memory_over=memory_groups(plan, only_over=True))
         return Prediction(base, None)
     eng = Engine(plan, cluster, training.precision, training.optimizer,
-                 training.warmup_iterations, training.iterations, record_trace, seed)
+                 training.warmup_iterations, training.iterations, record_trace, seed, fold,
+                 timeline_spans)
     if progress is None:
         eng.run()
     else:
@@ -116,6 +121,7 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         base["timeline"] = {
             "iteration": warm,
             "devices_shown": len({s[0] for s in eng.timeline}),
+            **({"spans_left_out": eng.timeline_left_out} if eng.timeline_left_out else {}),
             "spans": [[d, stream, name, start - t_start, dur]
                       for d, stream, name, start, dur in eng.timeline],
         }
@@ -154,7 +160,8 @@ def bounded(entry: dict, timeline: bool = False) -> dict:
                 break
             kept += spans[:TIMELINE_SPANS]
         entry["timeline"] = {**tl, "devices_shown": len({s[0] for s in kept}), "spans": kept,
-                             "spans_left_out": len(tl["spans"]) - len(kept)}
+                             "spans_left_out": len(tl["spans"]) - len(kept)
+                             + tl.get("spans_left_out", 0)}
     for key in ("memory_bytes_per_device", "utilisation_per_device", "utilisation_per_link"):
         values = entry.get(key)
         if values and len(values) > MAP_ENTRIES:

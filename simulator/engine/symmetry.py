@@ -33,7 +33,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from simulator.cluster import Cluster
-from simulator.plan import Collective, Plan, WorkLoop
+from simulator.plan import KERNEL_OPS, Collective, ImageOps, Plan, WorkLoop
+
+KERNEL_TYPES = frozenset(KERNEL_OPS)
 
 Edge = tuple[str, str]
 
@@ -77,8 +79,21 @@ class Symmetry:
         # the representatives only talk to representatives, and a collective over a group the
         # mirrors map onto itself is a ring (its flows are each other's images; a binomial
         # tree's are not)
+        seen_ops: set[int] = set()
         for r in sym.reps:
-            for op in plan.ranks[r].ops:
+            ops = plan.ranks[r].ops
+            names = None
+            if isinstance(ops, ImageOps):
+                names, ops = ops, ops.source
+            elif id(ops) in seen_ops:
+                continue
+            else:
+                seen_ops.add(id(ops))
+            for op in ops:
+                if type(op) in KERNEL_TYPES:
+                    continue
+                if names is not None:
+                    op = names.image(op)
                 if isinstance(op, WorkLoop):
                     return None
                 peer = getattr(op, "peer", None)

@@ -30,6 +30,7 @@ sums over the sequence, all-reduced over the group once per step (``sp_grads``).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from simulator.errors import ScenarioError
@@ -164,6 +165,9 @@ def emit(b: ProgramBuilder, ctx: Context, layers: list[str], lay: Layout, phase:
     return script.replay(b, micro_batch, deps)
 
 
+_TEMPLATES = itertools.count()
+
+
 class Script:
     """A phase's ops recorded with symbolic ids (``("op", i)`` for its i-th op, ``("dep", j)``
     for the phase's j-th dependency, ``("named", key)`` for an op another phase named), and the
@@ -175,6 +179,7 @@ class Script:
         self.named: dict[str, tuple] = {}
         self.reads: _Named = _Named()
         self.last: tuple | None = None
+        self._made: list[tuple] | None = None
 
     def add(self, cls, *, stream: str = "compute", deps: tuple = (), **kw):  # noqa: ANN001, ANN201
         key = kw.get("key")
@@ -182,37 +187,57 @@ class Script:
             kw["key"] = key.split("-1:", 1)  # (prefix, rest): the micro-batch goes between
         # the op's fields but its id and deps, as a made op holds them
         proto = dict(cls(id=0, stream=stream, deps=(), **kw).__dict__)
+        # not a field: which script op an op was replayed from, so that the engine can price
+        # a run of replayed ops once for every micro-batch (``runner._folded_run``)
+        proto["_t"] = next(_TEMPLATES)
         self.ops.append((cls, deps, proto))
         return ("op", len(self.ops) - 1)
 
+    def _compiled(self) -> list[tuple]:
+        """Per op: (index, class, prototype, offsets of its dependencies when all are ops of
+        this phase else None, its references, whether it has a micro-batch, its key parts)."""
+        if self._made is None or len(self._made) != len(self.ops):
+            self._made = [
+                (k, cls, proto,
+                 tuple(x for _kind, x in refs) if refs and all(r[0] == "op" for r in refs)
+                 else None,
+                 refs, "micro_batch" in proto, proto.get("key"))
+                for k, (cls, refs, proto) in enumerate(self.ops)]
+        return self._made
+
     def replay(self, b: ProgramBuilder, mb: int, deps: tuple[int, ...]) -> int | None:
-        ids: list[int] = []
+        ops = b.ops
+        base = len(ops)  # the phase's ops take the next ids in order
+        named = b.named
 
         def real(ref: tuple) -> int | None:
             kind, x = ref
             if kind == "op":
-                return ids[x]
+                return base + x
             if kind == "dep":
                 return deps[x]
-            return b.named.get(f"{x[0]}{mb}:{x[1]}")
+            return named.get(f"{x[0]}{mb}:{x[1]}")
 
-        ops = b.ops
-        for cls, refs, proto in self.ops:
-            fields = dict(proto)
-            fields["id"] = len(ops)
-            fields["deps"] = tuple(d for d in map(real, refs) if d is not None)
-            if "micro_batch" in fields:
+        new, put = object.__new__, object.__setattr__
+        for k, cls, proto, local, refs, has_mb, key in self._compiled():
+            fields = proto.copy()
+            fields["id"] = base + k
+            if local is not None:  # every dependency is an op of this phase
+                fields["deps"] = ((base + local[0],) if len(local) == 1
+                                  else tuple([base + x for x in local]))
+            elif refs:
+                fields["deps"] = tuple(d for d in map(real, refs) if d is not None)
+            if has_mb:
                 fields["micro_batch"] = mb
-            if "key" in fields:
-                fields["key"] = f"{fields['key'][0]}{mb}:{fields['key'][1]}"
+            if key is not None:
+                fields["key"] = f"{key[0]}{mb}:{key[1]}"
             # a frozen op made from its fields without running __init__ again: the fields
             # were checked when the prototype was made (plan building is per-op bound)
-            op = object.__new__(cls)
-            object.__setattr__(op, "__dict__", fields)
+            op = new(cls)
+            put(op, "__dict__", fields)
             ops.append(op)
-            ids.append(fields["id"])
         for name, ref in self.named.items():
-            b.named[f"{name[0]}{mb}:{name[1]}"] = real(ref)
+            named[f"{name[0]}{mb}:{name[1]}"] = real(ref)
         return None if self.last is None else real(self.last)
 
 
