@@ -148,9 +148,14 @@ class FoldModel:
         source = ops
         hit = self._source_contacts.get(id(source))
         if hit is None:
-            hit = self._source_contacts[id(source)] = (
-                {op.peer for op in source if isinstance(op, (Send, Recv))},
-                {op.group for op in source if isinstance(op, Collective)})
+            peers, groups = set(), set()
+            for op in source:
+                t = type(op)
+                if t is Collective:
+                    groups.add(op.group)
+                elif t is Send or t is Recv:
+                    peers.add(op.peer)
+            hit = self._source_contacts[id(source)] = (peers, groups)
         peers, groups = hit
         return ({self._peer(rank, p) for p in peers}, {self._group(rank, g) for g in groups})
 

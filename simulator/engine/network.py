@@ -3,8 +3,10 @@
 What is modelled: every transfer is a *flow* over a route of directed edges (full-duplex ports).
 Concurrent flows share each edge's bandwidth max-min fairly (progressive filling, Bertsekas &
 Gallager, *Data Networks*, 6.5.2): a flow's rate is its fair share at its most contended edge.
-Rates are recomputed whenever a flow starts or ends. Each transfer first pays its latency, then
-moves its bytes at its (changing) rate.
+Rates are recomputed whenever a flow starts or ends, for the flows that share edges with it
+directly or through other flows (its connected component: max-min shares of flows that share
+no edge, even indirectly, do not depend on each other, so the others keep their rates and finish
+times). Each transfer first pays its latency, then moves its bytes at its (changing) rate.
 
 What is ignored: packetisation, congestion control dynamics, switch buffers, the per-message
 protocol overheads beyond the latency term, and head-of-line blocking.
@@ -15,6 +17,8 @@ Units: bytes, bytes/s, seconds.
 from __future__ import annotations
 
 import heapq
+import itertools
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -28,7 +32,7 @@ RATE_LOG = 1_000_000  # link-rate samples a trace keeps at most (the first ones)
 @dataclass(eq=False)
 class Flow:
     route: tuple[Edge, ...]
-    remaining: float
+    remaining: float  # bytes left at time t0
     done: simpy.Event
     rate: float = 0.0
     nbytes: float = 0.0
@@ -38,6 +42,10 @@ class Flow:
     # edge of its route, and the edges of every image route (whose bytes it carries)
     weights: dict[Edge, float] | None = None
     stat_edges: list[Edge] | None = None
+    t0: float = 0.0  # when ``remaining`` was last brought up to date
+    finish: float = math.inf  # when it ends at its current rate
+    seq: int = 0  # start order: flows ending at one instant end in it (deterministic)
+    version: int = 0  # its finish-time entries older than this are stale
 
     def on(self, edge: Edge) -> float:
         """How many flows this one counts for on ``edge``."""
@@ -58,9 +66,16 @@ class Network:
     # flows finishing at one instant would succeed in an order that changes from run to run)
     flows: dict[Flow, None] = field(default_factory=dict)
     rate_log: list[tuple[float, Edge, float]] = field(default_factory=list)
-    _last: float = 0.0
-    _generation: int = 0
+    # the flows on each edge now, in start order
+    users: dict[Edge, dict[Flow, None]] = field(default_factory=dict)
+    _heap: list = field(default_factory=list)  # (finish, seq, version, flow)
+    _timer: int = 0  # the token of the one finish timer that counts
+    _timer_at: float = math.inf
     _pending: bool = False
+    # edges whose flows changed at this instant (a dict: iterated in a fixed order, so that
+    # float sums run in the same order from run to run)
+    _changed: dict = field(default_factory=dict)
+    _seq: itertools.count = field(default_factory=itertools.count)
     _bytes: dict[Edge, float] = field(default_factory=lambda: defaultdict(float))
     # mirrored flows' bytes by the image edges they stand for, spread over them when read
     # (a flow over a data-parallel ring of thousands of nodes stands for thousands of routes)
@@ -93,21 +108,19 @@ class Network:
 
     def active(self, edge: Edge) -> int:
         """How many flows (weights counted) cross ``edge`` now."""
-        return sum(f.on(edge) for f in self.flows if edge in f.route)
+        return sum(f.on(edge) for f in self.users.get(edge, ()))
 
     def hold(self, edge: Edge, amount: float, seconds: float) -> None:
         """Take ``amount`` of ``edge``'s capacity away for ``seconds`` (never below ``amount``
         left: a hold that would leave less is not taken)."""
         if seconds <= 0 or self.capacity[edge] < 2 * amount:
             return
-        self._advance()
         self.capacity[edge] -= amount
-        self._reschedule()
+        self._share({edge: None})
 
         def give_back(_event: simpy.Event) -> None:
-            self._advance()
             self.capacity[edge] += amount
-            self._reschedule()
+            self._share({edge: None})
 
         self.env.timeout(seconds).callbacks.append(give_back)
 
@@ -116,54 +129,111 @@ class Network:
         if nbytes <= 0 or not route:
             done.succeed()
             return
-        self._advance()
         weights, images = None, None
         if mirrored is not None:
             route, weights, images = mirrored
-        self.flows[Flow(route=route, remaining=nbytes, done=done, nbytes=nbytes, tag=tag,
-                        weight=weight, weights=weights, stat_edges=images)] = None
+        f = Flow(route=route, remaining=nbytes, done=done, nbytes=nbytes, tag=tag,
+                 weight=weight, weights=weights, stat_edges=images, t0=self.env.now,
+                 seq=next(self._seq))
+        self.flows[f] = None
+        users = self.users
+        for e in route:
+            on = users.get(e)
+            if on is None:
+                on = users[e] = {}
+            on[f] = None
+        self._changed.update(dict.fromkeys(route))
         if not self._pending:  # flows starting at one instant share one fair-share pass
             self._pending = True
             self.env.timeout(0).callbacks.append(self._flush)
 
     def _flush(self, _event: simpy.Event) -> None:
         self._pending = False
-        self._advance()
-        self._reschedule()
+        changed, self._changed = self._changed, {}
+        self._share(changed)
 
-    def _advance(self) -> None:
+    def _share(self, edges: dict[Edge, None]) -> None:
+        """New max-min rates for the flows connected to ``edges``, and their finish times."""
+        users = self.users
+        comp: dict[Flow, None] = {}
+        seen = dict(edges)
+        stack = list(edges)
+        while stack:
+            e = stack.pop()
+            for f in users.get(e, ()):
+                if f not in comp:
+                    comp[f] = None
+                    for e2 in f.route:
+                        if e2 not in seen:
+                            seen[e2] = None
+                            stack.append(e2)
         now = self.env.now
-        dt = now - self._last
-        if dt > 0:
-            for f in self.flows:
-                f.remaining -= f.rate * dt
-        self._last = now
+        for f in comp:
+            if f.rate:
+                f.remaining -= f.rate * (now - f.t0)
+            f.t0 = now
+        self._fair_share(comp, seen)
+        heap = self._heap
+        for f in comp:
+            f.version += 1
+            f.finish = now + max(f.remaining, 0.0) / f.rate
+            heapq.heappush(heap, (f.finish, f.seq, f.version, f))
+        self._arm()
+        if self.record_rates and len(self.rate_log) < RATE_LOG:
+            for e in seen:
+                on = users.get(e)
+                self.rate_log.append((now, e, sum(f.rate * f.on(e) for f in on) if on else 0.0))
 
-    def _reschedule(self) -> None:
-        self._fair_share()
-        self._generation += 1
-        if not self.flows:
+    def _arm(self) -> None:
+        """A finish timer at the earliest finish time, unless one is set for then already."""
+        heap = self._heap
+        while heap and (heap[0][3].version != heap[0][2] or heap[0][3] not in self.flows):
+            heapq.heappop(heap)  # stale
+        if not heap or heap[0][0] >= self._timer_at:
             return
-        gen = self._generation
-        eta = {f: max(f.remaining, 0.0) / f.rate for f in self.flows}
-        dt = min(eta.values())
-        # flows due within float noise of the first one finish with it (no zero-length timers)
-        due = [f for f, t in eta.items() if t <= dt * (1 + EPS) + 1e-15]
-        ev = self.env.timeout(dt)
-        ev.callbacks.append(lambda _e: self._on_timer(gen, due))
+        at = heap[0][0]
+        self._timer += 1
+        self._timer_at = at
+        token = self._timer
+        self.env.timeout(max(at - self.env.now, 0.0)).callbacks.append(
+            lambda _e: self._on_timer(token))
 
-    def _on_timer(self, gen: int, due: list[Flow]) -> None:
-        if gen != self._generation:
-            return  # superseded by a later start/finish
-        self._advance()
-        for f in self.flows:
-            if f.remaining <= EPS * f.nbytes:
+    def _on_timer(self, token: int) -> None:
+        if token != self._timer:
+            return  # superseded by an earlier finish
+        self._timer_at = math.inf
+        now = self.env.now
+        heap, flows = self._heap, self.flows
+        due: list[Flow] = []
+        # flows due within float noise of now finish now (no zero-length timers)
+        while heap:
+            finish, _seq, version, f = heap[0]
+            if f.version != version or f not in flows:
+                heapq.heappop(heap)
+                continue
+            left = f.remaining - f.rate * (now - f.t0)
+            if finish <= now + EPS * (now - f.t0) + 4 * math.ulp(now) or \
+                    left <= EPS * f.nbytes:
+                heapq.heappop(heap)
                 due.append(f)
-        for f in dict.fromkeys(due):
-            self.flows.pop(f, None)
+            else:
+                break
+        changed: dict[Edge, None] = {}
+        users = self.users
+        for f in sorted(due, key=lambda f: f.seq):
+            del flows[f]
+            for e in f.route:
+                on = users[e]
+                del on[f]
+                if not on:
+                    del users[e]
+            changed.update(dict.fromkeys(f.route))
             self._carried(f.route, f.nbytes, f.weight, f.stat_edges)
             f.done.succeed()
-        self._reschedule()
+        if changed:
+            self._share(changed)
+        else:
+            self._arm()
 
     def _carried(self, route: tuple[Edge, ...], nbytes: float, weight: int,
                  images: list[Edge] | None) -> None:
@@ -193,15 +263,18 @@ class Network:
         else:
             self._carried(mirrored[0], nbytes, 1, mirrored[2])
 
-    def _fair_share(self) -> None:
-        """Max-min fair rates by progressive filling, the tightest edge first (a heap)."""
-        users: dict[Edge, list[Flow]] = defaultdict(list)
-        for f in self.flows:
-            for e in f.route:
-                users[e].append(f)
-        left = {e: self.capacity[e] for e in users}
-        count = {e: sum(f.on(e) for f in fs) for e, fs in users.items()}
-        heap = [(left[e] / count[e], e) for e in users]
+    def _fair_share(self, flows: dict[Flow, None], edges: dict[Edge, None]) -> None:
+        """Max-min fair rates of ``flows`` (a connected component: every edge they cross is in
+        ``edges``) by progressive filling, the tightest edge first (a heap)."""
+        users = self.users
+        left = {}
+        count = {}
+        for e in edges:
+            on = users.get(e)
+            if on:
+                left[e] = self.capacity[e]
+                count[e] = sum(f.on(e) for f in on)
+        heap = [(left[e] / count[e], e) for e in left if count[e] > 1e-9]
         heapq.heapify(heap)
         frozen: set[int] = set()
         while heap:
@@ -228,10 +301,3 @@ class Network:
             for e in touched:
                 if count[e] > 1e-9 and e != edge:
                     heapq.heappush(heap, (left[e] / count[e], e))
-        if self.record_rates and len(self.rate_log) < RATE_LOG:
-            now = self.env.now
-            for e, fs in users.items():
-                self.rate_log.append((now, e, sum(f.rate * f.on(e) for f in fs)))
-            for e in getattr(self, "_prev_edges", set()) - set(users):
-                self.rate_log.append((now, e, 0.0))
-            self._prev_edges = set(users)

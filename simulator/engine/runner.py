@@ -68,7 +68,7 @@ class Program:
     streams: dict[str, list[Op]]
     p2p: list[Op]
     needed: set[int]
-    cross_deps: dict[int, tuple[int, ...]]
+    cross_deps: dict[int, tuple[int, ...]]  # the deps on other streams, of ops that have some
     # a parameter-server op -> the one before it: a rank's pushes and pulls are blocking calls
     # of its main thread, one after another in program order
     ps_after: dict[int, int]
@@ -86,7 +86,9 @@ class Program:
         stream_of = {op.id: ("p2p" if type(op) in p2p_types
                              else COMPUTE if op.id in fold else op.stream) for op in ops}
         after = {x: c for c, x in fold.items()}
-        by_id = {op.id: op for op in ops} if fold else {}
+        # plans number ops by their place in the program; look them up so where that holds
+        by_id = ({c: ops[c] for c in fold} if all(c < len(ops) and ops[c].id == c for c in fold)
+                 else {op.id: op for op in ops if op.id in fold})
         streams: dict[str, list[Op]] = defaultdict(list)
         p2p = []
         needed: set[int] = set()
@@ -111,20 +113,22 @@ class Program:
                     streams[COMPUTE].append(by_id[after[i]])
                 deps = op.deps
                 if not deps:
-                    cd = ()
-                elif len(deps) == 1:
-                    cd = () if stream_of[deps[0]] == s else deps
+                    continue
+                if len(deps) == 1:
+                    if stream_of[deps[0]] == s:
+                        continue
+                    cd = deps
                 else:
                     cd = tuple(d for d in deps if stream_of[d] != s)
-            cross[i] = cd
             if cd:
+                cross[i] = cd  # (only ops that wait for another stream)
                 needed.update(cd)
         if fold:
             # the comm stream's first op that does not fold waited for the last that does
             last = next(reversed(fold))  # in the comm stream's order
             rest = streams.get(COMM)
             if rest:
-                cross[rest[0].id] += (last,)
+                cross[rest[0].id] = cross.get(rest[0].id, ()) + (last,)
                 needed.add(last)
             else:
                 streams.pop(COMM, None)
@@ -153,7 +157,7 @@ class Program:
                         nxt = ops[j]
                         k = nxt.id
                         f = k in folded
-                        if (not f and type(nxt) not in kernel) or cross[k]:
+                        if (not f and type(nxt) not in kernel) or k in cross:
                             break
                         has_fold = has_fold or f
                         j += 1
@@ -376,7 +380,7 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
     def _wait(self, op: Op, prog: Program, ev: dict[int, simpy.Event], wake: float = 0.0):
         """Until ``op``'s dependencies on other streams are done; a stream that had to block
         then pays ``wake``, its thread's wake-up latency."""
-        pending = [ev[d] for d in prog.cross_deps[op.id] if not ev[d].triggered]
+        pending = [ev[d] for d in prog.cross_deps.get(op.id, ()) if not ev[d].triggered]
         if pending:
             yield pending[0] if len(pending) == 1 else simpy.AllOf(self.env, pending)
             if wake:
@@ -474,26 +478,23 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
                 if k >= 0:
                     entry = self._fold_entry(rank, run[k])
                     counts.setdefault(id(entry), [entry, 0])[1] += 1
-            hit = (t, times, parts, list(counts.values()))
+            compute = [(a, a + d) for a, d, k in parts if k < 0 and d > 0]
+            comm = [(a, a + d) for a, d, k in parts if k >= 0 and d > 0]
+            busy = sum(d for _a, d, k in parts if k < 0 and d > 0)
+            hit = (t, times, compute, comm, busy, list(counts.values()))
             if key is not None:
                 self._runs[key] = hit
         else:
-            for entry, n in hit[3]:
+            for entry, n in hit[5]:
                 entry[2] += n
-        total, times, parts, _counts = hit
+        total, times, compute, comm, busy, _counts = hit
         start = self.env.now
         yield self.env.timeout(total)
-        measured = self._measured(it)
-        log = self.logs[rank]
-        if measured:
-            for offset, d, k in parts:
-                if d > 0:
-                    t = start + offset
-                    if k < 0:
-                        dev.busy += d
-                        log.compute.append((t, t + d))
-                    else:
-                        log.comm.append((t, t + d))
+        if self._measured(it):
+            log = self.logs[rank]
+            dev.busy += busy
+            log.compute += [(start + a, start + b) for a, b in compute]
+            log.comm += [(start + a, start + b) for a, b in comm]
         if it != self.warmup or rank not in self.timeline_ranks:  # (no trace while folding)
             return
         if (self.timeline_cap is not None

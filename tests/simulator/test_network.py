@@ -167,3 +167,37 @@ def test_a_hold_takes_capacity_away_for_a_while():
     assert network.capacity[E1] == 10.0
     network.hold(E1, 6.0, 1.0)  # would leave less than it takes: not taken
     assert network.capacity[E1] == 10.0
+
+
+def test_a_flow_elsewhere_leaves_other_flows_rates_and_finish_times_alone():
+    # a on e1 and b on e2 share nothing: b starting and ending does not touch a's rate or
+    # finish time (they are worked out per connected component), and both end on paper
+    env = simpy.Environment()
+    network = Network(env, {E1: 2.0, E2: 4.0, ("c", "d"): 1.0})
+    a = network.transfer((E1,), 10.0, tag="a")
+    env.step()
+    (fa,) = network.flows
+    finish = fa.finish
+    assert (fa.rate, finish) == (2.0, 5.0)
+    done = run_flows({E1: 2.0, E2: 4.0}, {"a": (0, (E1,), 10.0, 0.0),
+                                          "b": (1, (E2,), 4.0, 0.0)})
+    assert done == {"a": 5.0, "b": 2.0}
+    network.transfer((E2,), 4.0, tag="b")
+    env.step()
+    assert fa.finish == finish and fa.version == 1  # not recomputed
+    env.run()
+    assert a.triggered and env.now == 5.0
+
+
+def test_rates_follow_a_chain_of_shared_edges():
+    # a (e1) and b (e1, e2) and c (e2): one component through b; c starting at 1 s changes
+    # a's rate through b: e2 (cap 1) splits b and c at 1/2, so a gets 2 - 1/2 on e1
+    env = simpy.Environment()
+    network = Network(env, {E1: 2.0, E2: 1.0})
+    network.transfer((E1,), 100.0, tag="a")
+    network.transfer((E1, E2), 100.0, tag="b")
+    env.step()
+    assert {f.tag: f.rate for f in network.flows} == {"a": 1.0, "b": 1.0}
+    network.transfer((E2,), 100.0, tag="c")
+    env.step()
+    assert {f.tag: f.rate for f in network.flows} == {"a": 1.5, "b": 0.5, "c": 0.5}
