@@ -10,7 +10,8 @@ memory are its own:
 - ``resnet50-dp-degraded``: the ring with 1% of the nodes' NIC uplinks (every 100th node's) at
   half bandwidth;
 - ``gpt175b-3d``: a GPT-3-175B-shaped model (96 layers, hidden 12288, sequence 2048) on A100s in
-  8-GPU NVSwitch nodes with one HDR NIC per GPU, tensor 8 x pipeline 8 x data D, 64
+  8-GPU NVSwitch nodes with one HDR NIC per GPU on the GPU's PCIe 4 switch (``host_link``, as
+  the DGX A100 System Architecture whitepaper draws it), tensor 8 x pipeline 8 x data D, 64
   micro-batches of one sequence per pipeline, 1F1B, sequence parallelism with selective
   recomputation (the configuration that fits in 80 GB, Korthikanti et al. 2022);
 - ``downpour-1024``: AlexNet Downpour SGD on 1,024 K40 workers (2 per node, 10 GbE) with a
