@@ -9,6 +9,8 @@ memory are its own:
   (buckets of one layer each: 54 collectives);
 - ``resnet50-dp-degraded``: the ring with 1% of the nodes' NIC uplinks (every 100th node's) at
   half bandwidth;
+- ``resnet50-dp-straggler``: the ring with one GPU computing 1.5x slower (no target: it shows
+  that a straggler costs the ranks it touches, not the cluster);
 - ``gpt175b-3d``: a GPT-3-175B-shaped model (96 layers, hidden 12288, sequence 2048) on A100s in
   8-GPU NVSwitch nodes with one HDR NIC per GPU on the GPU's PCIe 4 switch (``host_link``, as
   the DGX A100 System Architecture whitepaper draws it), tensor 8 x pipeline 8 x data D, 64
@@ -38,7 +40,7 @@ import time
 ROWS = [
     ("resnet50-dp-ring", 1024), ("resnet50-dp-ring", 16384), ("resnet50-dp-ring", 65536),
     ("resnet50-dp-per-layer", 1024), ("resnet50-dp-per-layer", 16384),
-    ("resnet50-dp-degraded", 16384),
+    ("resnet50-dp-degraded", 16384), ("resnet50-dp-straggler", 16384),
     ("gpt175b-3d", 64), ("gpt175b-3d", 1024), ("gpt175b-3d", 16384),
     ("downpour-1024", 1024),
 ]
@@ -60,6 +62,8 @@ def scenario(workload: str, devices: int) -> dict:
         if workload == "resnet50-dp-degraded":
             cluster["degraded_links"] = [  # the NIC uplinks of every 100th node
                 {"element": f"node{n}.nic0", "factor": 0.5} for n in range(0, devices // 8, 100)]
+        if workload == "resnet50-dp-straggler":
+            cluster["stragglers"] = [{"device": 1000, "slowdown": 1.5}]
         return {"name": workload, "model": {"zoo": "resnet50"}, "cluster": cluster,
                 "training": {**training, "batch_size": 64 * devices},
                 "strategies": [strategy]}

@@ -134,6 +134,10 @@ class Cluster:
     def bandwidth(self, edge: Edge) -> float:
         return self.graph.edges[edge]["bandwidth"]
 
+    def rated(self, edge: Edge) -> float:
+        """The edge's bandwidth before any ``degraded_links`` factor."""
+        return self.graph.edges[edge]["link"].effective_bandwidth
+
 
 def build_cluster(spec: ClusterSpec) -> Cluster:
     g = nx.DiGraph()

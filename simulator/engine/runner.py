@@ -348,7 +348,14 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
         key = (group, tuple(ranks))
         hit = self._orbits.get(key)
         if hit is None:
-            hit = self._orbits[key] = self.sym.orbit_pairs(group, ranks, self.mirrored)
+            c, dev = self.cluster, self.device_of
+            hit = self._orbits[key] = self.sym.orbit_pairs(
+                group, ranks, self.mirrored, lambda x, y: c.route(dev[x], dev[y]))
+            capacity = self.network.capacity
+            for _pair, mirrored in hit:  # edges standing for an orbit's (``symmetry``)
+                for e in mirrored[0] if mirrored is not None else ():
+                    if e not in capacity:
+                        capacity[e] = c.rated(e[1])
         return hit
 
     def mirrored(self, a: int, b: int) -> tuple | None:

@@ -95,7 +95,14 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         parts["ps_wait"].append(ps)
         parts["idle"].append(max(0.0, span - compute - exposed - ps))
     steps = iters * plan.period_steps
-    breakdown = {k: statistics.fmean(v) / steps for k, v in parts.items()}
+    # each simulated rank stands for its orbit (``symmetry``); orbits differ in size where
+    # some ranks are simulated apart (stragglers)
+    weights = _stands_for(eng)
+    if len(set(weights)) <= 1:
+        breakdown = {k: statistics.fmean(v) / steps for k, v in parts.items()}
+    else:
+        breakdown = {k: sum(w * x for w, x in zip(weights, v)) / sum(weights) / steps
+                     for k, v in parts.items()}
     if asynchronous:
         # workers run on their own clocks: throughput is the sum of each worker's own rate,
         # the iteration time the mean time of one worker step
@@ -191,6 +198,17 @@ def _utilisation(eng: Engine, plan: Plan, window: float) -> dict[str, float]:
         return busy
     return {plan.ranks[r].device: busy[plan.ranks[eng.sym.rep[r]].device]
             for r in sorted(eng.sym.rep) if plan.ranks[r].role == "worker"}
+
+
+def _stands_for(eng: Engine) -> list[int]:
+    """How many worker ranks each simulated rank's log stands for, in the logs' order."""
+    if eng.sym is None:
+        return [1] * len(eng.logs)
+    count: dict[int, int] = {}
+    for r, rep in eng.sym.rep.items():
+        if eng.plan.ranks[r].role == "worker":
+            count[rep] = count.get(rep, 0) + 1
+    return [count.get(r, 1) for r in eng.logs]
 
 
 def _histogram(values: list[int]) -> dict[str, int]:

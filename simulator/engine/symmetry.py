@@ -4,9 +4,9 @@ A plan may name rank permutations (``Plan.mirrors``) under which it is unchanged
 program is its image's with peers and group members mapped (a tensor group's ranks are images of
 each other: the same ops on other shards; so are the data-parallel replicas of a stage, and the
 nodes of a data-parallel ring). When nothing in the cluster tells the images apart (no
-straggler, compute jitter, measured spread, degraded link, shared CPU cores, parameter server or
-work loop), the engine runs one process per orbit of ranks (its representative, the lowest rank)
-and lets each simulated transfer stand for its images:
+compute jitter, measured spread, shared CPU cores, parameter server or work loop), the engine
+runs one process per orbit of ranks (its representative, the lowest rank) and lets each
+simulated transfer stand for its images:
 
 * a point-to-point message, and a flow of a collective, stand for their images, which start at
   the same instant by symmetry (the images of a flow in a ring over the tensor group are the
@@ -16,6 +16,16 @@ and lets each simulated transfer stand for its images:
   all of them; a GPU's own port carries one), and the bytes of every image route are counted
   on its own edges. A phase whose flows' images are not its own flows (a binomial tree over the
   rotated tensor group) is simulated flow by flow.
+
+Stragglers and degraded links cost what they touch where every rank waits for every other at
+each collective (no point-to-point messages, every group mapped onto itself: data parallel):
+ranks then differ only until the next collective, so a straggler is simulated beside its
+orbit's representative (the orbit's least rank that is not a straggler), and the breakdown
+weighs each simulated rank by the ranks it stands for; a collective phase's image flows over a
+degraded edge, and those sharing an edge with them, are simulated one by one on their own routes,
+while one of each orbit's other images stands for the rest on edges of their own (``("~", edge)``
+at the rated capacity), which nothing simulated apart touches. Elsewhere (pipelines, tensor
+groups mapped onto each other) they turn the mirrors off.
 
 The permutations are kept as the plan's generators, never multiplied out: orbits of ranks come
 from a union-find over the generators (linear in ranks), the images of a pair of ranks and of a
@@ -42,12 +52,25 @@ Edge = tuple[str, str]
 
 class Symmetry:
     def __init__(self, plan: Plan, gens: list[tuple[int, ...]],
-                 maps: list[dict[str, str]]):
+                 maps: list[dict[str, str]], touched: frozenset[int] = frozenset(),
+                 degraded: dict[Edge, float] | None = None):
         self.plan = plan
         self.gens = gens  # generators of the mirrors' group (permutations of the ranks)
         self.maps = maps  # each generator on the topology's nodes
+        # ranks something tells apart (stragglers) stand for themselves; each orbit's
+        # representative is its least rank that is not one of them
         self.rep = orbits(gens, len(plan.ranks))
+        if touched:
+            best: dict[int, int] = {}
+            for r in sorted(self.rep):
+                if r not in touched:
+                    best.setdefault(self.rep[r], r)
+            self.rep = {r: r if r in touched else best[s] for r, s in self.rep.items()}
         self.reps = {r for r, s in self.rep.items() if r == s}
+        # degraded edges -> their rated capacity: flows over them (and flows sharing edges with
+        # those) are simulated on their own, the rest stand for their images on edges of
+        # their own (``orbit_pairs``)
+        self.degraded = degraded or {}
         self._invariant: dict[str, bool] = {}
         self._canon: dict[Edge, tuple[Edge, int]] = {}
 
@@ -57,10 +80,17 @@ class Symmetry:
         if not plan.mirrors:
             return None
         spec = cluster.spec
-        if (spec.stragglers or spec.degraded_links or spec.compute_jitter or cpus is not None
-                or spec.measured.spread or plan.mode != "sync"
-                or any(r.role != "worker" for r in plan.ranks)):
+        if (spec.compute_jitter or cpus is not None or spec.measured.spread
+                or plan.mode != "sync" or any(r.role != "worker" for r in plan.ranks)):
             return None
+        # a straggler or a degraded link: kept where every rank waits for every other at each
+        # collective (no point-to-point messages, every group mapped onto itself), so ranks
+        # differ only until the next collective: the stragglers are simulated on their own,
+        # so are the flows over degraded links
+        partial = bool(spec.stragglers or spec.degraded_links)
+        touched = frozenset(r.rank for r in plan.ranks if r.device in cluster.slowdown)
+        degraded = {e: cluster.rated(e) for e in cluster.graph.edges
+                    if cluster.bandwidth(e) != cluster.rated(e)}
         n = len(plan.ranks)
         gens = [tuple(m) for m in plan.mirrors]
         if any(len(g) != n or sorted(g) != list(range(n)) for g in gens):
@@ -68,13 +98,15 @@ class Symmetry:
         kept = [(g, m) for g in gens if (m := topology_map(plan, cluster, g)) is not None]
         if not kept:
             return None
-        sym = Symmetry(plan, [g for g, _ in kept], [m for _, m in kept])
+        sym = Symmetry(plan, [g for g, _ in kept], [m for _, m in kept], touched, degraded)
         # every group is mapped onto itself or, in its order, onto another group: the images
         # of its collectives are collectives the plan has
         ordered = set(plan.groups.values())
-        for g in plan.groups.values():
+        for name, g in plan.groups.items():
             if not all(tuple(p[r] for r in g) in ordered or {p[r] for r in g} == set(g)
                        for p in sym.gens):
+                return None
+            if partial and len(g) > 1 and not sym.invariant(name):
                 return None
         # the representatives only talk to representatives, and a collective over a group the
         # mirrors map onto itself is a ring (its flows are each other's images; a binomial
@@ -97,7 +129,7 @@ class Symmetry:
                 if isinstance(op, WorkLoop):
                     return None
                 peer = getattr(op, "peer", None)
-                if peer is not None and peer not in sym.reps:
+                if peer is not None and (partial or peer not in sym.reps):
                     return None
                 if isinstance(op, Collective) and len(plan.groups[op.group]) > 1 and (
                         op.collective == "broadcast" or op.algorithm not in RING_LIKE
@@ -118,11 +150,14 @@ class Symmetry:
         return hit
 
     def orbit_pairs(self, group: str, pairs: list[tuple[int, int]],
-                    mirrored: Callable[[int, int], tuple]
+                    mirrored: Callable[[int, int], tuple],
+                    route_of: Callable[[int, int], tuple[Edge, ...]] | None = None
                     ) -> list[tuple[tuple[int, int], tuple | None]]:
         """A collective phase's flows (rank pairs) to simulate: one per orbit, standing for its
         images, which are flows of this phase (a ring over a group the mirrors rotate) or of
         the image groups' phases (a group they map elsewhere)."""
+        if self.degraded:
+            return self._split_pairs(pairs, route_of)
         out: list[tuple[tuple[int, int], tuple | None]] = []
         covered: set[tuple[int, int]] = set()
         for pair in pairs:
@@ -130,6 +165,41 @@ class Symmetry:
                 continue
             covered.update(self.images(*pair))
             out.append((pair, mirrored(*pair)))
+        return out
+
+    def _split_pairs(self, pairs: list[tuple[int, int]],
+                     route_of: Callable[[int, int], tuple[Edge, ...]]
+                     ) -> list[tuple[tuple[int, int], tuple | None]]:
+        """``orbit_pairs`` with degraded links: the phase's image flows over a degraded edge,
+        and those sharing an edge with them (to a fixed point), are simulated one by one on
+        their own routes; of each orbit's other images one stands for them on edges of their
+        own (``weights`` with ``apart``), so it shares nothing with those simulated apart."""
+        orbits_: list[list[tuple[int, int]]] = []
+        covered: set[tuple[int, int]] = set()
+        for pair in pairs:
+            if pair not in covered:
+                images = self.images(*pair)
+                covered.update(images)
+                orbits_.append(images)
+        routes = {q: route_of(*q) for images in orbits_ for q in images}
+        users: dict[Edge, list[tuple[int, int]]] = {}
+        for q, route in routes.items():
+            for e in route:
+                users.setdefault(e, []).append(q)
+        apart = {q for q, route in routes.items() if any(e in self.degraded for e in route)}
+        stack = list(apart)
+        while stack:
+            for e in routes[stack.pop()]:
+                for q in users[e]:
+                    if q not in apart:
+                        apart.add(q)
+                        stack.append(q)
+        out: list[tuple[tuple[int, int], tuple | None]] = []
+        for images in orbits_:
+            rest = [q for q in images if q not in apart]
+            if rest:
+                out.append((rest[0], self.weights(*rest[0], route_of, apart)))
+            out += [(q, None) for q in images if q in apart]
         return out
 
     def images(self, a: int, b: int) -> list[tuple[int, int]]:
@@ -147,21 +217,37 @@ class Symmetry:
                 self._canon[e] = hit
         return hit
 
-    def weights(self, a: int, b: int, route_of: Callable[[int, int], tuple[Edge, ...]]
+    def weights(self, a: int, b: int, route_of: Callable[[int, int], tuple[Edge, ...]],
+                apart: set[tuple[int, int]] | None = None
                 ) -> tuple[tuple[Edge, ...], dict[Edge, float], list[Edge]]:
         """A transfer from rank a to rank b standing for its images: its route over the
         orbits' representative edges, the load it puts on each (image routes crossing the
         orbit, over the orbit's size), and every image route's edges (for the bytes)."""
-        routes = [route_of(x, y) for x, y in self.images(a, b)]
-        load: dict[Edge, float] = {}
-        for route in routes:
-            for e in route:
-                c, size = self.canonical(e)
-                load[c] = load.get(c, 0.0) + 1.0 / size
-        canon = tuple(dict.fromkeys(self.canonical(e)[0] for e in routes[0]))
+        if apart is None:
+            routes = [route_of(x, y) for x, y in self.images(a, b)]
+            load: dict[Edge, float] = {}
+            for route in routes:
+                for e in route:
+                    c, size = self.canonical(e)
+                    load[c] = load.get(c, 0.0) + 1.0 / size
+        else:
+            # the images not simulated apart, on edges of their own: each orbit of edges as
+            # one ``("~", representative)`` at its rated capacity, loaded by these images'
+            # crossings over the orbit's edges they cross
+            routes = [route_of(x, y) for x, y in self.images(a, b) if (x, y) not in apart]
+            crossings: dict[Edge, int] = {}
+            edges: dict[Edge, set] = {}
+            for route in routes:
+                for e in route:
+                    c = ("~", self.canonical(e)[0])
+                    crossings[c] = crossings.get(c, 0) + 1
+                    edges.setdefault(c, set()).add(e)
+            load = {c: n / len(edges[c]) for c, n in crossings.items()}
+        key = (lambda e: self.canonical(e)[0]) if apart is None else (
+            lambda e: ("~", self.canonical(e)[0]))
+        canon = tuple(dict.fromkeys(key(e) for e in routes[0]))
         for r in routes[1:]:  # images crossing orbits the flow itself does not
-            canon += tuple(c for c in dict.fromkeys(self.canonical(e)[0] for e in r)
-                           if c not in canon)
+            canon += tuple(c for c in dict.fromkeys(key(e) for e in r) if c not in canon)
         return canon, load, [e for r in routes for e in r]
 
 
@@ -217,8 +303,7 @@ def topology_map(plan: Plan, cluster: Cluster, perm: tuple[int, ...]) -> dict[st
             m[x] = y
     if len(set(m.values())) != len(m):
         return None
-    for u, v in g.edges:
-        if not g.has_edge(m[u], m[v]) or cluster.bandwidth((m[u], m[v])) != \
-                cluster.bandwidth((u, v)):
+    for u, v in g.edges:  # (rated capacities: degraded links are split off, orbit_pairs)
+        if not g.has_edge(m[u], m[v]) or cluster.rated((m[u], m[v])) != cluster.rated((u, v)):
             return None
     return m

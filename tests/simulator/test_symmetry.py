@@ -136,3 +136,52 @@ def test_data_parallel_one_rank_per_gpu_index_predicts_what_every_rank_does(nics
 def test_a_binomial_tree_over_every_worker_is_simulated_rank_by_rank():
     ctx, plan = plan_of(resnet_dp(1, "tree"))
     assert plan.mirrors and Engine(plan, ctx.cluster, "fp16", "sgd", 1, 2).sym is None
+
+
+def dp_with(nics: int, exchange: str, extra: str, cluster: str) -> object:
+    return parse_scenario(load_yaml(f"""
+name: symmetry dp, something tells ranks apart
+model: {{zoo: lenet5}}
+cluster: {{nodes: 6, devices_per_node: 4, device: V100, intra_link: nvlink2,
+           inter_link: ib_edr, nics_per_node: {nics}{cluster}}}
+training: {{batch_size: 96, precision: fp16, iterations: 2, warmup_iterations: 1}}
+strategies: [{{name: s, scheme: data_parallel, exchange: {exchange}{extra}}}]
+"""))
+
+
+APART = [
+    ", degraded_links: [{element: node2.nic0, factor: 0.25}]",
+    ", degraded_links: [{element: node0.nic0, factor: 0.5}, {element: node0.gpu3, factor: 0.1}]",
+    ", degraded_links: [{element: node4.fabric, factor: 0.3}]",
+    ", stragglers: [{device: 5, slowdown: 1.7}]",
+    ", stragglers: [{device: 0, slowdown: 3.0}], "
+    "degraded_links: [{element: node3.gpu1, factor: 0.05}]",
+]
+
+
+@pytest.mark.parametrize("nics", [1, 2, 4])
+@pytest.mark.parametrize("exchange,extra", [
+    ("ring", ""), ("mpi", ""), ("hierarchical", ""),
+    ("ring", ", bucket_MiB: 0.01, overlap: true"),
+])
+@pytest.mark.parametrize("cluster", APART)
+def test_stragglers_and_degraded_links_cost_the_ranks_and_flows_they_touch(nics, exchange,
+                                                                           extra, cluster):
+    # every rank waits for every other at each all-reduce, so a straggler differs from its
+    # images only until then: it is simulated beside its orbit's representative; flows over a
+    # degraded link (and those sharing an edge with them) are simulated on their own
+    sc = dp_with(nics, exchange, extra, cluster)
+    ctx, plan = plan_of(sc)
+    engine = Engine(plan, ctx.cluster, "fp16", "sgd", 1, 2)
+    stragglers = {s.device for s in sc.cluster.stragglers}
+    assert engine.sym is not None
+    assert len(engine.simulated) == 4 + len(stragglers)
+    shared = predict(plan, ctx.cluster, sc.training)
+    every = predict(replace(plan, mirrors=()), ctx.cluster, sc.training).entry
+    assert shared.engine.sym is not None
+    assert shared.entry["iteration_time_s"] == pytest.approx(every["iteration_time_s"],
+                                                             rel=1e-12)
+    for key in ("breakdown_s", "utilisation_per_device", "utilisation_per_link"):
+        assert shared.entry[key].keys() == every[key].keys(), key
+        for k, v in every[key].items():
+            assert shared.entry[key][k] == pytest.approx(v, rel=1e-9, abs=1e-15), (key, k)
