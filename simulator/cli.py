@@ -77,6 +77,32 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--report", metavar="FILE", help="write an HTML report with scaling curves")
     sw.add_argument("--force", action="store_true", help="overwrite output files")
     sw.set_defaults(func=cmd_sweep)
+    se = sub.add_parser("search", help="find the fastest plan that fits, and say why it wins",
+                        description="Generate every plan the model and cluster allow, prune "
+                        "by rule and by memory, rank by an analytical estimate, and simulate "
+                        "the best --top. Constraints come from the scenario's 'search' block; "
+                        "these options override them. Runs on local processes, or over MPI "
+                        "when launched as: mpiexec -n N python -m mpi4py.futures -m "
+                        "simulator.cli search ... (docs/search.md)")
+    se.add_argument("scenario", help="a scenario YAML file (its strategies are not needed "
+                    "by the search; its model, cluster and training are)")
+    se.add_argument("--top", type=int, metavar="K", help="simulate the best K by estimate "
+                    "(default 20)")
+    se.add_argument("--devices", type=int, metavar="N", help="use at most N devices")
+    se.add_argument("--batch", type=_int_list, metavar="B,B,...",
+                    help="global batches to try (default: the scenario's)")
+    se.add_argument("--headroom", type=float, metavar="F",
+                    help="fraction of device memory to leave free (default 0)")
+    se.add_argument("--exclude", metavar="SCHEME,...",
+                    help="schemes to leave out: " + ", ".join(_families()))
+    se.add_argument("--synchronous", action="store_true",
+                    help="synchronous schemes only (no Downpour, no Sandblaster)")
+    se.add_argument("--cross-node-tensor", action="store_true",
+                    help="let tensor groups span nodes")
+    se.add_argument("--json", metavar="FILE", help="write the Result JSON (each entry carries "
+                    "the strategy entry that reproduces it)")
+    se.add_argument("--force", action="store_true", help="overwrite output files")
+    se.set_defaults(func=cmd_search)
     ex = sub.add_parser("execute", help="run strategies for real under MPI and measure them",
                         description="Run under mpiexec: mpiexec -n N parasim execute SCENARIO. "
                         "Without --strategy, every strategy whose plan needs exactly N ranks "
@@ -241,6 +267,54 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(scenario, args.devices, args.strong)
     print(format_sweep(result))
     _write_outputs(result, args)
+    return 0
+
+
+def _families() -> tuple[str, ...]:
+    from simulator.search.space import SCHEME_FAMILIES
+
+    return SCHEME_FAMILIES
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from simulator.search import format_search, run_search
+    from simulator.search.space import Constraints
+
+    scenario = _load(args.scenario, None)
+    _check_outputs([args.json], args.force)
+    given = dict(scenario.search)
+    exclude = [x.strip() for x in (args.exclude or "").split(",") if x.strip()]
+    for x in exclude:
+        if x not in _families():
+            raise UsageError(f"--exclude: no scheme {x!r} to leave out (the search's schemes: "
+                             f"{', '.join(_families())})")
+    for name, value in (("top", args.top), ("devices", args.devices),
+                        ("batch", args.batch), ("headroom", args.headroom)):
+        if value is not None:
+            given[name] = value
+    if args.top is not None and args.top < 1:
+        raise UsageError(f"--top must be at least 1, not {args.top}")
+    if args.devices is not None and args.devices < 1:
+        raise UsageError(f"--devices must be at least 1, not {args.devices}")
+    if args.headroom is not None and not 0 <= args.headroom <= 0.9:
+        raise UsageError(f"--headroom must be between 0 and 0.9, not {args.headroom}")
+    if exclude:
+        given["exclude"] = exclude
+    if args.synchronous:
+        given["synchronous_only"] = True
+    if args.cross_node_tensor:
+        given["cross_node_tensor"] = True
+    constraints = Constraints(
+        top=given.get("top", 20), devices=given.get("devices"),
+        batch=tuple(given["batch"]) if given.get("batch") else None,
+        headroom=given.get("headroom", 0.0), exclude=tuple(given.get("exclude", ())),
+        synchronous_only=given.get("synchronous_only", False),
+        cross_node_tensor=given.get("cross_node_tensor", False))
+    result = run_search(scenario, constraints)
+    print(format_search(result))
+    if args.json:
+        _write_json(args.json, result)
+        print(f"result written to {args.json}")
     return 0
 
 

@@ -22,7 +22,9 @@ Topology (a two-level tree, as in a DGX-style or classic MPI cluster)::
 * Every edge is directed (full duplex): ``(u, v)`` and ``(v, u)`` are separate capacities.
 
 Latency of a route: each maximal run of edges of one link type pays that type's latency once
-(the catalogue gives end-to-end small-message latency per link type, switch included).
+(the catalogue gives end-to-end small-message latency per link type, switch included); a host
+link on the way to another node pays none (the inter link's end-to-end latency has the hosts'
+PCIe in it).
 Bandwidth: an edge's effective bandwidth (bandwidth x efficiency x any degradation factor).
 """
 
@@ -119,8 +121,13 @@ class Cluster:
 
     def _latency(self, route: tuple[Edge, ...]) -> float:
         total, last = 0.0, None
+        host = self.spec.host_link
         for e in route:
             link = self.graph.edges[e]["link"]
+            if host is not None and link is host and len(route) > 2:
+                # the inter link's latency is end to end (MPI level), the hosts' PCIe
+                # included: a host link between a device and its NIC adds no latency of its own
+                continue
             if link is not last:
                 total += link.latency
                 last = link

@@ -19,6 +19,7 @@ from simulator.profile import Profile, load_profile
 from simulator.schema import (
     Fields,
     any_string,
+    boolean,
     choice,
     integer,
     join,
@@ -44,7 +45,7 @@ from simulator.specs import (
 from simulator.units import BYTES_PER_ELEMENT
 
 TOP_KEYS = ("name", "description", "seed", "model", "cluster", "training", "strategies",
-            "sweep", "data")
+            "sweep", "search", "data")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -81,11 +82,12 @@ def _scenario(data: Any, file: str) -> Scenario:
     training = _training(top.sub("training"))
     strategies = _strategies(top, cluster)
     sweep = _sweep(top.sub("sweep")) if top.has("sweep") else ()
+    search = _search(top.sub("search")) if top.has("search") else {}
     data = _data(top)
     top.done(TOP_KEYS)
     scenario = Scenario(name=name, description=description, seed=seed, model=model,
                         cluster=cluster, training=training, strategies=strategies, file=file,
-                        sweep=sweep, data=data)
+                        sweep=sweep, search=search, data=data)
     _check_against_graph(scenario)
     return scenario
 
@@ -335,6 +337,24 @@ def _sweep(f: Fields) -> tuple[tuple[str, tuple], ...]:
         raise ScenarioError("must name at least one field to sweep", path="sweep")
     f.done()
     return tuple(axes)
+
+
+def _search(f: Fields) -> dict[str, Any]:
+    """``search``: the constraints of ``parasim search`` (its command-line options override
+    them), see docs/search.md."""
+    from simulator.search.space import SCHEME_FAMILIES
+
+    out = {
+        "top": f.get("top", integer(1), 20),
+        "devices": f.get("devices", integer(1), None),
+        "batch": f.get("batch", list_of(integer(1)), None),
+        "headroom": f.get("headroom", number(positive=False, minimum=0.0, maximum=0.9), 0.0),
+        "exclude": f.get("exclude", list_of(choice(SCHEME_FAMILIES)), []),
+        "synchronous_only": f.get("synchronous_only", boolean, False),
+        "cross_node_tensor": f.get("cross_node_tensor", boolean, False),
+    }
+    f.done(tuple(out))
+    return out
 
 
 def _data(top: Fields) -> dict[str, Any]:

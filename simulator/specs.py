@@ -162,4 +162,5 @@ class Scenario:
     strategies: tuple[StrategySpec, ...]
     file: str = "<scenario>"
     sweep: tuple[tuple[str, tuple], ...] = ()  # (field path or "devices", values) per axis
+    search: dict[str, Any] = field(default_factory=dict)  # ``parasim search`` constraints
     data: dict[str, Any] = field(default_factory=dict)  # the executor's dataset, as written

@@ -142,10 +142,11 @@ def memory_need(ctx: Context, device: str, layers: list[str], *,
     if zero >= 3:
         weights /= dp
         unit_params: dict[str, float] = defaultdict(float)
-        for n, u in units(ctx, layers).items():
+        unit_of = units(ctx, layers)
+        for n, u in unit_of.items():
             unit_params[u] += layer_params(ctx, n, sh.get(n, 1))
         for n in layers:
-            if n not in units(ctx, layers):
+            if n not in unit_of:
                 unit_params[n] += layer_params(ctx, n, sh.get(n, 1))
         largest = max(unit_params.values(), default=0.0) * bpe
         buffers["ZeRO-3 gathered parameters (unit computing + unit prefetched)"] = 2 * largest

@@ -157,6 +157,43 @@ class _Stage:
         return _Stage(steps, layers, lay, copies, extra, params, need)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What a grid's programs are made from, without the programs: the model cut into parts
+    (``grid.parts``: stages x virtual stages), each part's split over the tensor group, its
+    recomputed layers, what crosses each cut, and the tied copies (the plan search's estimate
+    reads it too, ``simulator/search``)."""
+
+    grid: Grid
+    parts: list[list[str]]
+    cross: list[float]
+    crossing: list[list[str]]
+    lays: list[sharding.Layout]
+    redo: list[dict[str, str]]
+    tied: dict[int, list[tuple[str, str]]]
+
+    @staticmethod
+    def of(ctx: Context, grid: Grid) -> Shape:
+        parts = partition(ctx, grid.parts, grid.partition)
+        split = {n for n in ctx.layers if ctx.node(n)["kind"] in sharding.SPLITTABLE}
+        return Shape(grid, parts, boundary_elems(ctx, parts), boundary_layers(ctx, parts),
+                     [sharding.layout(ctx, part, split, grid.tensor, grid.sequence_parallel)
+                      for part in parts],
+                     [techniques.recomputed(ctx, part, grid.recompute) for part in parts],
+                     tied_copies(ctx, parts))
+
+    def boundary(self, ctx: Context, g: int, mb: int) -> float:
+        """Bytes of one micro-batch of ``mb`` samples crossing from part g to g + 1 (per
+        device)."""
+        seq = self.lays[g].seq
+        split = bool(seq) and all(n in seq for n in self.crossing[g])
+        return self.cross[g] * mb * ctx.bpe / (self.grid.tensor if split else 1)
+
+    def stages(self, ctx: Context, mb: int) -> list[_Stage]:
+        return [_Stage.of(ctx, self.grid, p, self.parts, self.lays, self.tied, mb)
+                for p in range(self.grid.pipeline)]
+
+
 def tied_params(ctx: Context, owner: str, shards: int) -> float:
     """The shared (split) part of a tied owner's parameters: an embedding's token table."""
     node = ctx.node(owner)
@@ -183,13 +220,9 @@ def build(ctx: Context, grid: Grid, images: bool = True
     same ops, for tests)."""
     dd, pp, tt, m, v = grid.data, grid.pipeline, grid.tensor, grid.micro_batches, grid.virtual
     mb = ctx.training.batch_size // dd // m
-    parts = partition(ctx, grid.parts, grid.partition)
-    cross = boundary_elems(ctx, parts)
-    crossing = boundary_layers(ctx, parts)
-    split = {n for n in ctx.layers if ctx.node(n)["kind"] in sharding.SPLITTABLE}
-    lays = [sharding.layout(ctx, part, split, tt, grid.sequence_parallel) for part in parts]
-    redo = [techniques.recomputed(ctx, part, grid.recompute) for part in parts]
-    tied = tied_copies(ctx, parts)
+    shape = Shape.of(ctx, grid)
+    parts, crossing, lays, redo, tied = (shape.parts, shape.crossing, shape.lays, shape.redo,
+                                         shape.tied)
     rank = grid.rank
     groups: dict[str, tuple[int, ...]] = {}
     for d in range(dd):
@@ -209,10 +242,7 @@ def build(ctx: Context, grid: Grid, images: bool = True
         return f"{phase}{i}" if v == 1 else f"{phase}{i}@{edge}"
 
     def boundary(g: int) -> float:
-        """Bytes of one micro-batch crossing from part g to g + 1 (per device)."""
-        seq = lays[g].seq
-        split = bool(seq) and all(n in seq for n in crossing[g])
-        return cross[g] * mb * ctx.bpe / (tt if split else 1)
+        return shape.boundary(ctx, g, mb)
 
     def program(d: int, p: int, t: int) -> tuple:
         """The ops of rank (d, p, t)."""
@@ -279,7 +309,7 @@ def build(ctx: Context, grid: Grid, images: bool = True
             update_op(b, ctx, params, deps=deps)
         return tuple(b.ops)
 
-    stage = [_Stage.of(ctx, grid, p, parts, lays, tied, mb) for p in range(pp)]
+    stage = shape.stages(ctx, mb)
     # rank (0, p, 0)'s program; every other rank of stage p runs its image (``ImageOps``):
     # peers, groups and the shard index moved along the data and tensor axes
     source = [program(0, p, 0) for p in range(pp)]

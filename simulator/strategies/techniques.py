@@ -78,10 +78,22 @@ def check_heads(graph, tensor: int, path: str) -> None:  # noqa: ANN001
 def units(ctx: Context, layers: list[str]) -> dict[str, str]:
     """Each layer's checkpoint unit (its block); layers outside blocks are left out, unless
     the model has no blocks at all, when every layer is its own unit."""
-    blocks = {n: ctx.node(n).get("block") for n in ctx.layers}
-    if not any(blocks.values()):
+    if not _has_blocks(ctx):
         return {n: n for n in layers}
-    return {n: blocks[n] for n in layers if blocks[n]}
+    out = {}
+    for n in layers:
+        block = ctx.node(n).get("block")
+        if block:
+            out[n] = block
+    return out
+
+
+def _has_blocks(ctx: Context) -> bool:
+    graph = ctx.graph
+    hit = graph.graph.get("_has_blocks")  # the same for every call on one model
+    if hit is None:
+        hit = graph.graph["_has_blocks"] = any(ctx.node(n).get("block") for n in ctx.layers)
+    return hit
 
 
 def recomputed(ctx: Context, layers: list[str], mode: str) -> dict[str, str]:
