@@ -15,6 +15,7 @@ from reports.compare import Pair, pairs, phases
 from reports.html import CSP, SCRIPT, STYLE, chart, esc, script_json, table
 from reports.load import Entry, entries
 from reports.scenario_section import scenario_section, sources_section
+from reports.search_section import search_section
 
 PER_ENTRY = (("timeline", "Timeline of one iteration",
               "no timeline in this entry (a sweep's Result leaves timelines out)"),
@@ -37,6 +38,9 @@ def build_report(results: list[dict[str, Any]], sources: list[str]) -> str:
         blocks.append(script_json(fid, fig))
         return chart(fid, css)
 
+    searched = search_section(results)
+    if searched:
+        add("search", "Plan search", searched)
     add("summary", "Summary", summary_table(rows, len(results) > 1))
     scaling = figures.scaling(rows)
     if scaling:

@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="let tensor groups span nodes")
     se.add_argument("--json", metavar="FILE", help="write the Result JSON (each entry carries "
                     "the strategy entry that reproduces it)")
+    se.add_argument("--report", metavar="FILE", help="write an HTML report with the winner "
+                    "marked")
     se.add_argument("--force", action="store_true", help="overwrite output files")
     se.set_defaults(func=cmd_search)
     ex = sub.add_parser("execute", help="run strategies for real under MPI and measure them",
@@ -281,7 +283,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from simulator.search.space import Constraints
 
     scenario = _load(args.scenario, None)
-    _check_outputs([args.json], args.force)
+    _check_outputs([args.json, args.report], args.force)
     given = dict(scenario.search)
     exclude = [x.strip() for x in (args.exclude or "").split(",") if x.strip()]
     for x in exclude:
@@ -312,9 +314,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         cross_node_tensor=given.get("cross_node_tensor", False))
     result = run_search(scenario, constraints)
     print(format_search(result))
-    if args.json:
-        _write_json(args.json, result)
-        print(f"result written to {args.json}")
+    _write_outputs(result, args)
     return 0
 
 

@@ -25,6 +25,9 @@ from simulator.search.space import Constraints, candidates, label
 from simulator.specs import Scenario, StrategySpec
 
 
+WHY = 4  # plans whose lead over the next one the search explains
+
+
 @dataclass
 class Candidate:
     name: str
@@ -73,8 +76,8 @@ def run_search(scenario: Scenario, constraints: Constraints, out=None) -> dict[s
 
                     e = est.plan(build_plan(ctx, StrategySpec(name, scheme, options)))
             except (ScenarioError, PlanError) as err:
-                why = getattr(err, "message", str(err)).split(":")[0][:60]
-                rule[why] = rule.get(why, 0) + 1
+                reason = getattr(err, "message", str(err)).split(":")[0][:60]
+                rule[reason] = rule.get(reason, 0) + 1
                 continue
             if e.memory > room:
                 memory_pruned += 1
@@ -113,6 +116,7 @@ def run_search(scenario: Scenario, constraints: Constraints, out=None) -> dict[s
                    "rules": dict(sorted(rule.items(), key=lambda kv: -kv[1])),
                    "pruned_by_memory": memory_pruned, "fitting": len(fitting),
                    "simulated": len(entries), "ran_on": where,
+                   "why": why(entries[:WHY]),
                    "constraints": {k: v for k, v in constraints.__dict__.items()}},
         "results": entries,
     }
@@ -177,6 +181,10 @@ def why(entries: list[dict]) -> list[str]:
         key = max(gains, key=lambda k: gains[k])
         loss = min(gains, key=lambda k: gains[k])
         delta = (b["iteration_time_s"] - a["iteration_time_s"]) * 1e3
+        if delta < 5e-4:  # the same to the printed digit
+            out.append(f"{a['strategy']} ties with {b['strategy']} "
+                       f"({a['iteration_time_s'] * 1e3:.3f} ms per iteration)")
+            continue
         line = (f"{a['strategy']} beats {b['strategy']} by {delta:.3f} ms per iteration: "
                 f"{names[key]} ({gains[key] * 1e3:.3f} ms)")
         if gains[loss] < 0 and -gains[loss] > 0.1 * gains[key]:
@@ -208,5 +216,5 @@ def format_search(result: dict[str, Any]) -> str:
                      f"{bd['idle'] * 1e3:.3f}",
                      f"{mem / 2**30:.1f}/{e['memory_capacity_bytes'] / 2**30:.0f}"))
     lines += _columns(rows, left=2)
-    lines += why(result["results"][:4])
+    lines += result["search"].get("why") or why(result["results"][:WHY])
     return "\n".join(lines)
