@@ -24,7 +24,6 @@ from simulator.search.estimate import Estimate, Estimator
 from simulator.search.space import Constraints, candidates, label
 from simulator.specs import Scenario, StrategySpec
 
-
 WHY = 4  # plans whose lead over the next one the search explains
 
 
