@@ -103,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
                     "the strategy entry that reproduces it)")
     se.add_argument("--report", metavar="FILE", help="write an HTML report with the winner "
                     "marked")
+    se.add_argument("--validate", type=int, metavar="N",
+                    help="under mpiexec -n R: execute the top N simulated plans that run on R "
+                    "ranks (and two lower-ranked ones) and print predicted against measured "
+                    "order")
+    se.add_argument("--backend", choices=("cpu", "cuda", "reference"), default="cpu",
+                    help="the executor's kernels for --validate (default cpu)")
+    se.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                    help="--validate: abort a run that makes no progress for S seconds")
     se.add_argument("--force", action="store_true", help="overwrite output files")
     se.set_defaults(func=cmd_search)
     ex = sub.add_parser("execute", help="run strategies for real under MPI and measure them",
@@ -312,8 +320,67 @@ def cmd_search(args: argparse.Namespace) -> int:
         headroom=given.get("headroom", 0.0), exclude=tuple(given.get("exclude", ())),
         synchronous_only=given.get("synchronous_only", False),
         cross_node_tensor=given.get("cross_node_tensor", False))
+    if args.validate is not None:
+        return _search_and_validate(scenario, constraints, args)
     result = run_search(scenario, constraints)
     print(format_search(result))
+    _write_outputs(result, args)
+    return 0
+
+
+def _search_and_validate(scenario, constraints, args: argparse.Namespace) -> int:  # noqa: ANN001
+    """``search --validate N`` under mpiexec (``executor/search_validate.py``)."""
+    from executor.commands import _agree, _backend, _mpi
+
+    comm = _mpi().COMM_WORLD
+    from executor.comm import abort_on_error
+    from executor.execute import execute, prepare
+    from executor.search_validate import (
+        compare,
+        format_validation,
+        picks,
+        quiet_barrier,
+        scenario_of,
+    )
+    from simulator.search import format_search, run_search
+
+    rank0 = comm.Get_rank() == 0
+    failure, result, chosen = None, None, None
+    if args.validate < 1:
+        failure = f"--validate must be at least 1, not {args.validate}"
+    elif rank0:
+        try:
+            result = run_search(scenario, constraints, local=True)
+            chosen = picks(result, comm.Get_size(), args.validate)
+            if not chosen:
+                failure = (f"--validate: none of the {len(result['results'])} simulated plans "
+                           f"runs on {comm.Get_size()} ranks (launch as many ranks as a plan "
+                           "has devices, or search with --devices)")
+        except _user_errors() as e:
+            failure = str(e)
+    quiet_barrier(comm)  # (an Ibarrier on every rank: it does not match a blocking one)
+    failure = comm.bcast(failure)
+    if failure:
+        if rank0:
+            print(f"parasim: error: {failure}", file=sys.stderr)
+        return 2
+    chosen = comm.bcast(chosen)
+    failure = None
+    try:
+        backend = _backend(args.backend)
+        prepared = prepare(comm, scenario_of(scenario, chosen), None)
+    except _user_errors() as e:
+        failure = str(e)
+    if not _agree(comm, failure):
+        return 2
+    with abort_on_error(comm):
+        measured = execute(comm, prepared, backend, args.timeout)
+    if not rank0:
+        return 0
+    print(format_search(result))
+    check = compare(chosen, measured)
+    result["validation"] = {**check, "measured": measured}
+    print(format_validation(check))
     _write_outputs(result, args)
     return 0
 

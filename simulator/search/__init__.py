@@ -38,8 +38,10 @@ class Candidate:
         return {"name": self.name, "scheme": self.scheme, **self.options}
 
 
-def run_search(scenario: Scenario, constraints: Constraints, out=None) -> dict[str, Any]:  # noqa: ANN001
-    """The search's Result: the simulated candidates ranked, and what was considered."""
+def run_search(scenario: Scenario, constraints: Constraints, out=None,  # noqa: ANN001
+               local: bool = False) -> dict[str, Any]:
+    """The search's Result: the simulated candidates ranked, and what was considered;
+    ``local``: simulate in this process (under mpiexec, where the ranks run the executor)."""
     from simulator.predict import code_version, context
     from simulator.strategies import default_options, scheme_module
     from simulator.strategies.stages import Grid
@@ -98,7 +100,7 @@ def run_search(scenario: Scenario, constraints: Constraints, out=None) -> dict[s
                             path="search")
     fitting.sort(key=lambda c: (c.estimate.seconds, c.name))
     chosen = fitting[:constraints.top]
-    pool, where = executor(len(chosen))
+    pool, where = (None, "this process") if local else executor(len(chosen))
     print(f"search: {considered} candidates, {sum(rule.values())} pruned by rule, "
           f"{memory_pruned} by memory; simulating the best {len(chosen)} by estimate on "
           f"{where}", file=out, flush=True)
