@@ -80,6 +80,8 @@ class Network:
     # mirrored flows' bytes by the image edges they stand for, spread over them when read
     # (a flow over a data-parallel ring of thousands of nodes stands for thousands of routes)
     _image_bytes: dict[int, list] = field(default_factory=dict)
+    # edges watched by folded runs (``fold``): a flow starting on one succeeds their events
+    _watch: dict[Edge, dict[simpy.Event, None]] = field(default_factory=dict)
 
     @property
     def stats(self) -> dict[Edge, EdgeStats]:
@@ -146,6 +148,30 @@ class Network:
         if not self._pending:  # flows starting at one instant share one fair-share pass
             self._pending = True
             self.env.timeout(0).callbacks.append(self._flush)
+        if self._watch:
+            for e in route:
+                on = self._watch.get(e)
+                if on:
+                    for event in on:
+                        if not event.triggered:
+                            event.succeed(True)
+
+    def watch(self, edges: tuple[Edge, ...], event: simpy.Event) -> None:
+        """Succeed ``event`` (with True) when a flow starts on any of ``edges``, until
+        ``unwatch``: a folded run's collectives assume nothing else crosses their links
+        (``fold``)."""
+        for e in edges:
+            on = self._watch.get(e)
+            if on is None:
+                on = self._watch[e] = {}
+            on[event] = None
+
+    def unwatch(self, edges: tuple[Edge, ...], event: simpy.Event) -> None:
+        for e in edges:
+            on = self._watch[e]
+            del on[event]
+            if not on:
+                del self._watch[e]
 
     def _flush(self, _event: simpy.Event) -> None:
         self._pending = False

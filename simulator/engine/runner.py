@@ -220,7 +220,8 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
         self._foldable: dict[tuple, bool] = {}
         self._fold_phases: dict[tuple, list] = {}
         self._source_contacts: dict[int, tuple] = {}
-        self._runs: dict[tuple, tuple] = {}
+        self._runs: dict[tuple, object] = {}
+        self.fold_breaks = 0  # watched folded runs a flow reached mid-run (``fold``)
         # one generator per device, seeded by (scenario seed, device index): deterministic
         self.devices = {r.device: Device(env, r.device, cluster.spec.device, precision,
                                          cluster.slowdown.get(r.device, 1.0)
@@ -455,70 +456,6 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
                         if isinstance(o, Compute) else "update")
                 self._span(rank, it, (dev.name, COMPUTE, name, t, d * scale))
                 t += d * scale
-
-    def _folded_run(self, rank: int, it: int, run: list[Op], folded: frozenset[int],
-                    sig: tuple | None):
-        """A run of kernels with collectives folded in (``fold``): one timeout, the kernels
-        and collectives logged at the times they take inside it. Priced once per sequence of
-        replayed ops (a micro-batch's layers), device and SM share."""
-        dev = self.devices[self.device_of[rank]]
-        key = (rank, dev.comm_active, sig) if sig is not None else None
-        hit = self._runs.get(key) if key is not None else None
-        if hit is None:
-            times = [self._fold_time(rank, o) if o.id in folded else dev.kernel_time(o)
-                     for o in run]
-            # stretches of kernels and the collectives between them: (offset, seconds, op
-            # index or -1 for kernels)
-            parts = []
-            t = 0.0
-            for k, (o, d) in enumerate(zip(run, times)):
-                if o.id in folded:
-                    parts.append((t, d, k))
-                elif parts and parts[-1][2] < 0:
-                    parts[-1] = (parts[-1][0], parts[-1][1] + d, -1)
-                else:
-                    parts.append((t, d, -1))
-                t += d
-            # how many of each folded collective the run holds (their bytes are counted)
-            counts: dict[int, list] = {}
-            for _offset, _d, k in parts:
-                if k >= 0:
-                    entry = self._fold_entry(rank, run[k])
-                    counts.setdefault(id(entry), [entry, 0])[1] += 1
-            compute = [(a, a + d) for a, d, k in parts if k < 0 and d > 0]
-            comm = [(a, a + d) for a, d, k in parts if k >= 0 and d > 0]
-            busy = sum(d for _a, d, k in parts if k < 0 and d > 0)
-            hit = (t, times, compute, comm, busy, list(counts.values()))
-            if key is not None:
-                self._runs[key] = hit
-        else:
-            for entry, n in hit[5]:
-                entry[2] += n
-        total, times, compute, comm, busy, _counts = hit
-        start = self.env.now
-        yield self.env.timeout(total)
-        if self._measured(it):
-            log = self.logs[rank]
-            dev.busy += busy
-            log.compute += [(start + a, start + b) for a, b in compute]
-            log.comm += [(start + a, start + b) for a, b in comm]
-        if it != self.warmup or rank not in self.timeline_ranks:  # (no trace while folding)
-            return
-        if (self.timeline_cap is not None
-                and self.timeline_kept[dev.name] >= self.timeline_cap):
-            self.timeline_left_out += sum(1 for d in times if d > 0)
-        else:
-            t = start
-            for o, d in zip(run, times):
-                if d <= 0:
-                    pass
-                elif o.id in folded:
-                    self._span(rank, it, (dev.name, COMM, f"{o.collective}:{o.key}", t, d))
-                else:
-                    name = (f"{o.layer}.{'recompute' if o.recompute else o.phase}"
-                            if isinstance(o, Compute) else "update")
-                    self._span(rank, it, (dev.name, COMPUTE, name, t, d))
-                t += d
 
     def _comm_op(self, rank: int, it: int, op: Op):
         if isinstance(op, Collective):
