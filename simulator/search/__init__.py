@@ -15,6 +15,7 @@ simulator is deterministic for a scenario's seed.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
@@ -75,7 +76,12 @@ def run_search(scenario: Scenario, constraints: Constraints, out=None,  # noqa: 
                 else:
                     from simulator.strategies import build_plan
 
-                    e = est.plan(build_plan(ctx, StrategySpec(name, scheme, options)))
+                    # a scheme that can say a device's need before its plan is built (a
+                    # lower bound: the plan may add its inputs) is pruned without building
+                    first = getattr(scheme_module(scheme), "need", None)
+                    low = first(ctx, options).total if first is not None else 0.0
+                    e = (Estimate(math.inf, {}, low, sc.cluster.device.memory) if low > room
+                         else est.plan(build_plan(ctx, StrategySpec(name, scheme, options))))
             except (ScenarioError, PlanError) as err:
                 reason = getattr(err, "message", str(err)).split(":")[0][:60]
                 rule[reason] = rule.get(reason, 0) + 1

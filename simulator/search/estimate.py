@@ -74,6 +74,7 @@ class Estimator:
         spec = ctx.cluster.spec
         self.device = Device(None, "estimate", spec.device, ctx.training.precision)
         self._shapes: dict[tuple, stages.Shape] = {}
+        self._shape_memo: dict[tuple, object] = {}
         self._phases: dict[tuple, tuple[float, float]] = {}
         self._base: dict[tuple, tuple[float, float]] = {}
         self._layouts: dict[tuple, object] = {}
@@ -81,6 +82,7 @@ class Estimator:
         self._sigs: dict[tuple, tuple] = {}
         self._links: dict[tuple, tuple[float, float]] = {}
         self._flights: dict[tuple, dict] = {}
+        self._weights: dict[tuple, dict] = {}
 
     # ---- links ---------------------------------------------------------------------------------
     def link(self, devs: list[str]) -> tuple[float, float]:
@@ -203,7 +205,7 @@ class Estimator:
         key = (g.pipeline, g.virtual, g.tensor, g.sequence_parallel, g.recompute)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = self._shapes[key] = stages.Shape.of(ctx, g)
+            shape = self._shapes[key] = stages.Shape.of(ctx, g, self._shape_memo)
         needs = self._needs(shape, key, g, mb)
         memory = max(st.total for st in needs)
         if memory > room:
@@ -300,20 +302,35 @@ class Estimator:
             sigs = tuple(self._sig(shape, key, q) for q in mine)
             tied = tuple(tuple(shape.tied.get(q, ())) for q in mine)
             bkey = (sigs, tied, any(o in layers for pairs in shape.tied.values()
-                                    for _, o in pairs), g.zero, g.data, mb)
+                                    for _, o in pairs))
             base = self._base.get(bkey)
             if base is None:
                 copies = [(n, owner) for q in mine for n, owner in shape.tied.get(q, [])]
                 extra = sum(stages.tied_params(ctx, owner, g.tensor) for _, owner in copies)
                 sh = lay.param_shards()
                 params = sum(layer_params(ctx, n, sh.get(n, 1)) for n in layers) + extra
-                need = memory_need(ctx, "", layers, act_samples={n: 0.0 for n in layers},
-                                   layout=lay, zero=g.zero, dp=g.data, recompute=g.recompute,
-                                   micro_batch=mb, extra_params=extra)
-                base = self._base[bkey] = (params, need.total)
-            params, total = base
-            weight = {c: sum(ctx.node(n)["out_elems"] for n in shape.parts[q])
-                      for c, q in enumerate(mine)}
+
+                def need(zero: int, dp: int, micro: float, layers=layers, lay=lay,  # noqa: ANN001
+                         extra=extra):  # noqa: ANN202
+                    return memory_need(ctx, "", layers, act_samples={n: 0.0 for n in layers},
+                                       layout=lay, zero=zero, dp=dp, recompute=g.recompute,
+                                       micro_batch=micro, extra_params=extra)
+
+                one = need(0, 1, 1.0)
+                base = self._base[bkey] = (params, one, need)
+            params, one, need = base
+            if g.zero >= 3:  # (its buffers are the units' parameters)
+                total = need(g.zero, g.data, mb).total
+            else:
+                # the model states divided as ZeRO does, and the recomputation buffers (one
+                # micro-batch's tensors: linear in its samples)
+                total = (one.weights + one.gradients / (g.data if g.zero >= 2 else 1)
+                         + one.optimizer / (g.data if g.zero >= 1 else 1) + one.buffers * mb)
+            weight = self._weights.get((key, p))
+            if weight is None:
+                weight = self._weights[(key, p)] = {
+                    c: sum(ctx.node(n)["out_elems"] for n in shape.parts[q])
+                    for c, q in enumerate(mine)}
             fkey = (g.schedule, p, g.pipeline, g.micro_batches, g.virtual,
                     tuple(weight.values()))
             flight = self._flights.get(fkey)

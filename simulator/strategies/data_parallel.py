@@ -18,6 +18,7 @@ from simulator.errors import ScenarioError
 from simulator.plan import (
     COMM,
     Collective,
+    MemoryNeed,
     Plan,
     ProgramBuilder,
     PSPull,
@@ -126,17 +127,24 @@ def worker_program(ctx: Context, o: dict, per_worker: int, shards: int, workers:
     return tuple(b.ops)
 
 
+def need(ctx: Context, o: dict) -> MemoryNeed:
+    """A worker's memory for the model (its batch's inputs come on top, ``replicas``): what a
+    plan search checks before it builds the plan."""
+    workers = o["devices"] or ctx.cluster.spec.device_count
+    micro = ctx.training.batch_size // workers // o["gradient_accumulation"]
+    return memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=micro,
+                       zero=o["zero"], dp=workers, recompute=o["recompute"])
+
+
 def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     o = spec.options
     workers = o["devices"] or ctx.cluster.spec.device_count
     per_worker = ctx.training.batch_size // workers
     ps_hosts = ctx.cluster.ps_hosts() if o["exchange"] == "ps" else []
     ops = worker_program(ctx, o, per_worker, len(ps_hosts), workers)
-    micro = per_worker // o["gradient_accumulation"]
     # a rank reads its per-worker batch for every local step of the period
-    need = memory_need(ctx, ctx.cluster.devices[0], ctx.layers, act_samples=micro,
-                       zero=o["zero"], dp=workers, recompute=o["recompute"])
-    ranks, memory = replicas(ctx, ops, workers, ps_hosts, need, per_worker * o["local_steps"])
+    ranks, memory = replicas(ctx, ops, workers, ps_hosts, need(ctx, o),
+                             per_worker * o["local_steps"])
     return Plan(strategy=spec.name, scheme="data_parallel", mode="sync",
                 samples_per_period=per_worker * workers * o["local_steps"],
                 period_steps=o["local_steps"], ranks=ranks,

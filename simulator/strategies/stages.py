@@ -90,7 +90,7 @@ def check_grid(options: dict, graph, training, grid: Grid, path: str) -> None:  
                                 f"stages ({grid.pipeline}), as Megatron-LM does",
                                 path=f"{path}.virtual_stages", value=v, has_value=True)
         ctx = techniques.graph_context(graph, training)
-        blocks = blocks_of(ctx)
+        blocks = techniques.per_model(graph, ("blocks",), lambda: blocks_of(ctx))
         if grid.partition is None and blocks and len(blocks) % grid.parts:
             raise ScenarioError(f"{grid.pipeline} stages x {v} virtual stages = {grid.parts} "
                                 f"model chunks do not divide the model's {len(blocks)} blocks "
@@ -113,13 +113,26 @@ def check_grid(options: dict, graph, training, grid: Grid, path: str) -> None:  
                             has_value=True)
     techniques.check_heads(graph, grid.tensor, f"{path}.tensor")
     if grid.sequence_parallel:
-        ctx = techniques.graph_context(graph, training)
-        split = {n for n in ctx.layers if ctx.node(n)["kind"] in sharding.SPLITTABLE}
-        st = sharding.states(ctx, ctx.layers, split, grid.tensor)
-        sharding.sequence_split(ctx, ctx.layers, st, grid.tensor, f"{path}.sequence_parallel")
+        def split_ok() -> bool:
+            try:
+                sequence_split(graph, training, grid.tensor, "")
+            except ScenarioError:
+                return False
+            return True
+
+        if not techniques.per_model(graph, ("sequence_split", grid.tensor), split_ok):
+            sequence_split(graph, training, grid.tensor, f"{path}.sequence_parallel")
     if grid.partition is not None:
         layers = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
         explicit(grid.partition, layers, grid.parts, f"{path}.partition")
+
+
+def sequence_split(graph, training, tensor: int, path: str) -> None:  # noqa: ANN001
+    """Sequence parallelism's check of the whole model split over ``tensor`` devices."""
+    ctx = techniques.graph_context(graph, training)
+    split = {n for n in ctx.layers if ctx.node(n)["kind"] in sharding.SPLITTABLE}
+    st = sharding.states(ctx, ctx.layers, split, tensor)
+    sharding.sequence_split(ctx, ctx.layers, st, tensor, path)
 
 
 @dataclass(frozen=True)
@@ -173,14 +186,30 @@ class Shape:
     tied: dict[int, list[tuple[str, str]]]
 
     @staticmethod
-    def of(ctx: Context, grid: Grid) -> Shape:
-        parts = partition(ctx, grid.parts, grid.partition)
-        split = {n for n in ctx.layers if ctx.node(n)["kind"] in sharding.SPLITTABLE}
-        return Shape(grid, parts, boundary_elems(ctx, parts), boundary_layers(ctx, parts),
-                     [sharding.layout(ctx, part, split, grid.tensor, grid.sequence_parallel)
+    def of(ctx: Context, grid: Grid, memo: dict | None = None) -> Shape:
+        """``memo``: what shapes of other grids of this model worked out already (the cut
+        for a number of parts, a part's split and recomputed layers), reused (a plan search
+        makes hundreds)."""
+        memo = {} if memo is None else memo
+
+        def once(key: tuple, fn):  # noqa: ANN001, ANN202
+            if key not in memo:
+                memo[key] = fn()
+            return memo[key]
+
+        parts, cross, crossing, tied = once(("parts", grid.parts, grid.partition), lambda: (
+            (p := partition(ctx, grid.parts, grid.partition)), boundary_elems(ctx, p),
+            boundary_layers(ctx, p), tied_copies(ctx, p)))
+        split = once(("split",), lambda: {n for n in ctx.layers
+                                          if ctx.node(n)["kind"] in sharding.SPLITTABLE})
+        t, sp, rec = grid.tensor, grid.sequence_parallel, grid.recompute
+        return Shape(grid, parts, cross, crossing,
+                     [once(("layout", part[0], part[-1], t, sp),
+                           lambda part=part: sharding.layout(ctx, part, split, t, sp))
                       for part in parts],
-                     [techniques.recomputed(ctx, part, grid.recompute) for part in parts],
-                     tied_copies(ctx, parts))
+                     [once(("redo", part[0], part[-1], rec),
+                           lambda part=part: techniques.recomputed(ctx, part, rec))
+                      for part in parts], tied)
 
     def boundary(self, ctx: Context, g: int, mb: int) -> float:
         """Bytes of one micro-batch of ``mb`` samples crossing from part g to g + 1 (per

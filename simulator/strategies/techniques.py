@@ -26,11 +26,29 @@ same on every scheme that takes them):
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+from typing import Any
+
 from simulator.errors import ScenarioError
 from simulator.schema import boolean, choice, integer
 from simulator.strategies.common import Context
 
 RECOMPUTE = ("none", "selective", "full")
+
+# facts about a model graph that every check and plan of it asks again (``per_model``)
+_MODEL_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def per_model(graph, key: tuple, fn: Callable[[], Any]) -> Any:  # noqa: ANN001
+    """``fn()``, worked out once per model graph and ``key`` (a plan search checks thousands
+    of candidates against one model); forgotten with the graph."""
+    facts = _MODEL_FACTS.get(graph)
+    if facts is None:
+        facts = _MODEL_FACTS[graph] = {}
+    if key not in facts:
+        facts[key] = fn()
+    return facts[key]
 
 OPTIONS = {
     "recompute": (choice(RECOMPUTE), "none"),
@@ -58,8 +76,9 @@ def check_sequence_parallel(options: dict, tensor_degree: int, path: str) -> Non
 
 
 def check_recompute(options: dict, graph, path: str) -> None:  # noqa: ANN001
-    if options.get("recompute") == "selective" and not any(
-            d["kind"] == "attention" for _, d in graph.nodes(data=True)):
+    if options.get("recompute") == "selective" and not per_model(
+            graph, ("attention",),
+            lambda: any(d["kind"] == "attention" for _, d in graph.nodes(data=True))):
         raise ScenarioError("selective recomputation recomputes the attention core; this model "
                             "has no attention layer (use full)", path=f"{path}.recompute",
                             value="selective", has_value=True)
@@ -68,8 +87,12 @@ def check_recompute(options: dict, graph, path: str) -> None:  # noqa: ANN001
 def check_heads(graph, tensor: int, path: str) -> None:  # noqa: ANN001
     """Tensor parallelism gives each device whole attention heads (Megatron-LM requires the
     heads to divide by the tensor-parallel size)."""
-    for name, d in graph.nodes(data=True):
-        if tensor > 1 and d["kind"] == "attention" and d["heads"] % tensor:
+    if tensor < 2:
+        return
+    heads = per_model(graph, ("heads",), lambda: [
+        (name, d) for name, d in graph.nodes(data=True) if d["kind"] == "attention"])
+    for name, d in heads:
+        if d["heads"] % tensor:
             raise ScenarioError(f"layer {name!r} has {d['heads']} attention heads, which "
                                 f"{tensor} tensor-parallel devices cannot share whole",
                                 path=path, value=tensor, has_value=True)
@@ -89,11 +112,8 @@ def units(ctx: Context, layers: list[str]) -> dict[str, str]:
 
 
 def _has_blocks(ctx: Context) -> bool:
-    graph = ctx.graph
-    hit = graph.graph.get("_has_blocks")  # the same for every call on one model
-    if hit is None:
-        hit = graph.graph["_has_blocks"] = any(ctx.node(n).get("block") for n in ctx.layers)
-    return hit
+    return per_model(ctx.graph, ("has_blocks",),
+                     lambda: any(ctx.node(n).get("block") for n in ctx.layers))
 
 
 def recomputed(ctx: Context, layers: list[str], mode: str) -> dict[str, str]:
