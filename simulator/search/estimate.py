@@ -334,7 +334,12 @@ class Estimator:
             fkey = (g.schedule, p, g.pipeline, g.micro_batches, g.virtual,
                     tuple(weight.values()))
             flight = self._flights.get(fkey)
-            if flight is None:
+            if flight is None and g.virtual == 1:
+                # one chunk: GPipe holds every micro-batch, 1F1B the stages from here to the
+                # last (its warm-up and one more), as ``schedules.order`` runs them
+                flight = self._flights[fkey] = {0: g.micro_batches if g.schedule == "gpipe"
+                                                else min(g.pipeline - p, g.micro_batches)}
+            elif flight is None:
                 steps = schedules.order(g.schedule, p, g.pipeline, g.micro_batches, g.virtual)
                 flight = self._flights[fkey] = schedules.peak_in_flight(steps, weight)
             for c, q in enumerate(mine):

@@ -11,7 +11,8 @@ scenario could hold, so that the search's pick can be pasted into one.
   pipeline, as DeepSpeed runs them);
 * data parallel (``data_parallel``): every all-reduce algorithm, once after backward and in
   25 MiB buckets overlapping it (PyTorch DDP's default bucket), the parameter server when the
-  cluster has one, ZeRO stages 1-3;
+  cluster has one, ZeRO stages 1-3; with recomputation, the ring (plain, overlapped, ZeRO).
+  A grid of one stage and no tensor split is data parallel: it is left to this scheme;
 * a deep belief net whose scenario pre-trains it (every strategy ``dbn_pretrain``): each
   entry's pre-training under every exchange (how many epochs a layer takes depends on its ranks
   and batch, which the entries' measured ``expected_epochs`` say: the search keeps them);
@@ -77,14 +78,20 @@ def candidates(scenario: Scenario, graph, constraints: Constraints,  # noqa: ANN
         out += _grids(scenario, graph, constraints, ctx, limit, kinds)
     if "data_parallel" not in skip:
         for n in _sizes(c, limit):
-            for exchange in ("ring", "tree", "hierarchical", "mpi") + (
-                    ("ps",) if c.parameter_servers else ()):
-                out.append(("data_parallel", {"devices": n, "exchange": exchange}))
-                if exchange != "ps":
-                    out.append(("data_parallel", {"devices": n, "exchange": exchange,
-                                                  "bucket_MiB": BUCKET_MIB, "overlap": True}))
-            for zero in (1, 2, 3):
-                out.append(("data_parallel", {"devices": n, "exchange": "ring", "zero": zero}))
+            for rec in _recomputes(kinds):
+                more = {} if rec == "none" else {"recompute": rec}
+                for exchange in ("ring", "tree", "hierarchical", "mpi") + (
+                        ("ps",) if c.parameter_servers and rec == "none" else ()):
+                    if rec != "none" and exchange != "ring":
+                        continue  # (recomputation is for memory: with the one exchange)
+                    out.append(("data_parallel", {"devices": n, "exchange": exchange, **more}))
+                    if exchange != "ps":
+                        out.append(("data_parallel", {"devices": n, "exchange": exchange,
+                                                      "bucket_MiB": BUCKET_MIB,
+                                                      "overlap": True, **more}))
+                for zero in (1, 2, 3):
+                    out.append(("data_parallel", {"devices": n, "exchange": "ring",
+                                                  "zero": zero, **more}))
     if "hybrid" not in skip and "conv" in kinds and "dense" in kinds:
         for n in _sizes(c, limit):
             if n > 1:
@@ -102,6 +109,11 @@ def candidates(scenario: Scenario, graph, constraints: Constraints,  # noqa: ANN
             if "sandblaster" not in skip and n > 1:
                 out.append(("sandblaster", {"workers": n}))
     return out
+
+
+def _recomputes(kinds: set[str]) -> tuple[str, ...]:
+    """Recomputation modes for a model: selective needs attention."""
+    return ("none", "selective", "full") if "attention" in kinds else ("none", "full")
 
 
 def _sizes(c, limit: int) -> list[int]:  # noqa: ANN001
@@ -123,12 +135,14 @@ def _grids(scenario: Scenario, graph, constraints: Constraints, ctx, limit: int,
     batch = scenario.training.batch_size
     tensors = [t for t in divisors(limit)
                if t <= (limit if constraints.cross_node_tensor else c.devices_per_node)]
-    recomputes = ("none", "selective", "full") if "attention" in kinds else ("none", "full")
+    recomputes = _recomputes(kinds)
     out = []
     for t in tensors:
         for p in divisors(limit // t):
             if p > blocks:
                 continue
+            if p == t == 1 and "data_parallel" not in constraints.exclude:
+                continue  # data parallel's own candidates (ring, with ZeRO and recomputation)
             d = limit // (t * p)
             if batch % d:
                 continue
@@ -180,6 +194,8 @@ def label(scheme: str, options: dict) -> str:
         return f"{o['from']}-{o['exchange']}"
     if o.get("overlap"):
         parts.append("overlap")
+    if o.get("recompute", "none") != "none":
+        parts.append(f"rc-{o['recompute']}")
     if o.get("zero"):
         parts.append(f"z{o['zero']}")
     return "-".join(parts)

@@ -22,7 +22,7 @@ import networkx as nx
 
 from simulator.cluster import Cluster
 from simulator.errors import ScenarioError
-from simulator.plan import Compute, MemoryNeed, Op, ProgramBuilder, RankProgram
+from simulator.plan import COMPUTE, Compute, MemoryNeed, Op, ProgramBuilder, RankProgram
 from simulator.specs import TrainingSpec
 from simulator.units import BYTES_PER_ELEMENT
 
@@ -43,6 +43,8 @@ class Context:
     training: TrainingSpec
     # compute_op's costs per (layer, phase, samples, shards, split input, recompute)
     op_costs: dict = field(default_factory=dict, repr=False)
+    # the Compute ops made so far, by costs, place, deps, micro-batch and shard (``compute_op``)
+    ops_made: dict = field(default_factory=dict, repr=False)
 
     @cached_property
     def layers(self) -> list[str]:
@@ -76,7 +78,17 @@ def compute_op(b: ProgramBuilder, ctx: Context, layer: str, phase: str, samples:
     if costs is None:  # the same for every micro-batch and rank: computed once
         costs = ctx.op_costs[key] = _costs(ctx, layer, phase, samples, shards, split_input,
                                            recompute)
-    return b.add(Compute, deps=deps, micro_batch=micro_batch, shard=shard, **costs)
+    if type(b) is not ProgramBuilder:  # a script recording a phase (``sharding.Script``)
+        return b.add(Compute, deps=deps, micro_batch=micro_batch, shard=shard, **costs)
+    # ops are immutable: ranks whose programs hold the same op at the same place share it
+    op_id = len(b.ops)
+    whole = (key, op_id, deps, micro_batch, shard)
+    op = ctx.ops_made.get(whole)
+    if op is None:
+        op = ctx.ops_made[whole] = Compute(id=op_id, stream=COMPUTE, deps=tuple(deps),
+                                           micro_batch=micro_batch, shard=shard, **costs)
+    b.ops.append(op)
+    return op_id
 
 
 def _costs(ctx: Context, layer: str, phase: str, samples: int, shards: int, split_input: bool,

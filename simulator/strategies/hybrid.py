@@ -12,6 +12,8 @@ The split point is the first dense layer (everything before it is "convolutional
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from simulator.errors import ScenarioError
 from simulator.plan import COMM, Collective, Plan, ProgramBuilder, RankProgram
 from simulator.schema import boolean, integer, number
@@ -65,6 +67,11 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     params = sum(ctx.node(n)["params"] for n in conv) + sum(ctx.node(n)["params"] / sh[n]
                                                            for n in fc)
 
+    # the convolutions' gradient buckets, the same on every rank
+    grads = ([(bucket, ctx.param_bytes(bucket), wgrad_tensor(ctx, bucket))
+              for bucket in buckets(ctx, list(reversed(conv)), o["bucket_MiB"])]
+             if k > 1 else [])
+
     def program(t: int) -> tuple:
         """Device t: its samples through the convolutions, shard t of the dense layers."""
         b = ProgramBuilder()
@@ -84,13 +91,11 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
             last = None
         end = b.last()
         colls = []
-        if k > 1:
-            for i, bucket in enumerate(buckets(ctx, list(reversed(conv)), o["bucket_MiB"])):
-                dep = last_bwd[bucket[-1]] if o["overlap"] else end
-                colls.append(b.add(Collective, stream=COMM, deps=(dep,),
-                                   collective="allreduce", algorithm="ring", group="world",
-                                   bytes=ctx.param_bytes(bucket), key=f"conv-grad{i}",
-                                   tensor=wgrad_tensor(ctx, bucket)))
+        for i, (bucket, nbytes, tensor) in enumerate(grads):
+            dep = last_bwd[bucket[-1]] if o["overlap"] else end
+            colls.append(b.add(Collective, stream=COMM, deps=(dep,), collective="allreduce",
+                               algorithm="ring", group="world", bytes=nbytes,
+                               key=f"conv-grad{i}", tensor=tensor))
         update_op(b, ctx, params, deps=tuple(colls))
         return tuple(b.ops)
 
@@ -98,9 +103,9 @@ def build(ctx: Context, spec) -> Plan:  # noqa: ANN001
     ranks = tuple(RankProgram(rank=r, device=ctx.cluster.devices[r], role="worker",
                               ops=program(r), inputs=(r * per, per), labels=(0, per * k))
                   for r in range(k))
-    memory = [combine(memory_need(ctx, r.device, conv, act_samples=per),
-                      memory_need(ctx, r.device, fc, act_samples=batch, layout=lay))
-              for r in ranks]
+    need = combine(memory_need(ctx, ranks[0].device, conv, act_samples=per),
+                   memory_need(ctx, ranks[0].device, fc, act_samples=batch, layout=lay))
+    memory = [replace(need, device=r.device) for r in ranks]
     return Plan(strategy=spec.name, scheme="hybrid", mode="sync", samples_per_period=per * k,
                 period_steps=1, ranks=ranks, groups={"world": tuple(range(k))},
                 memory=tuple(memory), options={**o, "devices": k, "states": st})

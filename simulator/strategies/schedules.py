@@ -60,9 +60,20 @@ def peak_in_flight(steps: list[Step], weight: dict[int, float] | None = None) ->
     held: dict[int, int] = defaultdict(int)
     best: dict[int, int] = {}
     best_total = -1.0
+    w = weight or {}
+    # whole-number weights (elements per micro-batch) add up exactly: the total is kept as
+    # it changes, and only a forward can raise it
+    exact = all(float(x).is_integer() and abs(x) < 2**52 for x in w.values())
+    total = 0.0
     for phase, _, c in steps:
-        held[c] += 1 if phase == "fwd" else -1
-        total = sum(n * (weight or {}).get(ch, 1.0) for ch, n in held.items())
+        fwd = phase == "fwd"
+        held[c] += 1 if fwd else -1
+        if exact:
+            total += w.get(c, 1.0) if fwd else -w.get(c, 1.0)
+            if not fwd:
+                continue
+        else:
+            total = sum(n * w.get(ch, 1.0) for ch, n in held.items())
         if total > best_total:
             best_total, best = total, dict(held)
     return best

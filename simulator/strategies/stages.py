@@ -113,15 +113,17 @@ def check_grid(options: dict, graph, training, grid: Grid, path: str) -> None:  
                             has_value=True)
     techniques.check_heads(graph, grid.tensor, f"{path}.tensor")
     if grid.sequence_parallel:
-        def split_ok() -> bool:
+        def split_ok() -> str | None:
             try:
                 sequence_split(graph, training, grid.tensor, "")
-            except ScenarioError:
-                return False
-            return True
+            except ScenarioError as e:
+                return e.message
+            return None
 
-        if not techniques.per_model(graph, ("sequence_split", grid.tensor), split_ok):
-            sequence_split(graph, training, grid.tensor, f"{path}.sequence_parallel")
+        refused = techniques.per_model(graph, ("sequence_split", grid.tensor), split_ok)
+        if refused is not None:
+            raise ScenarioError(refused, path=f"{path}.sequence_parallel", value=True,
+                                has_value=True)
     if grid.partition is not None:
         layers = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
         explicit(grid.partition, layers, grid.parts, f"{path}.partition")

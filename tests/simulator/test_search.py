@@ -120,6 +120,29 @@ def test_the_estimates_closed_forms():
         2 * math.ceil(math.log2(2)) * a2 + s / b2)
 
 
+@pytest.mark.parametrize("grid", [
+    {"data": 8}, {"data": 4, "zero": 2}, {"data": 2, "tensor": 4, "zero": 3},
+    {"data": 2, "pipeline": 4, "micro_batches": 8, "schedule": "gpipe"},
+    {"data": 2, "pipeline": 4, "micro_batches": 4, "recompute": "full", "zero": 1},
+    {"data": 2, "pipeline": 2, "micro_batches": 2},
+    {"pipeline": 2, "tensor": 4, "micro_batches": 4, "virtual_stages": 2,
+     "sequence_parallel": True, "recompute": "selective"},
+])
+def test_the_estimates_memory_is_the_plans(grid):
+    # the estimate's accounting (model states divided as ZeRO does, activations linear in the
+    # samples in flight, the schedule's peak) against the built plan's, device by device
+    from simulator.specs import StrategySpec
+    from simulator.strategies import build_plan, default_options
+    from simulator.strategies.parallel_3d import grid as grid_of
+
+    sc = small_gpt()
+    ctx = context(sc)
+    opts = default_options("parallel_3d", **grid)
+    plan = build_plan(ctx, StrategySpec("g", "parallel_3d", opts))
+    e = Estimator(ctx).grid(grid_of(opts), sc.training.batch_size)
+    assert e.memory == pytest.approx(max(m.total for m in plan.memory), rel=1e-9)
+
+
 def test_nothing_fits_names_the_closest_plan_and_its_shortfall(tmp_path):
     path = tmp_path / "tiny.yaml"
     data = load_yaml((ROOT / "scenarios" / "executor_gpt.yaml").read_text())
