@@ -120,7 +120,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failure = None
     try:
         from executor.execute import prepare
-        from executor.validate import with_profile
+        from simulator.scenario import with_profile
 
         scenario = with_profile(args.scenario, args.profile)
         if rank0:

@@ -1,62 +1,20 @@
 """``parasim validate``: predict with a calibration profile, run the same plans, show the error.
 
 Every rank loads the scenario with the profile in place of the cluster's device and links
-(``with_profile``), builds the plans, and runs the strategies that fit the launched ranks; rank 0
-simulates the same strategies and prints, per strategy, predicted and measured iteration time,
-throughput and per-phase breakdown with the relative error ``(predicted - measured) /
-measured``. Both Results are returned for the caller to write (and to report side by side).
+(``simulator.scenario.with_profile``), builds the plans, and runs the strategies that fit the
+launched ranks; rank 0 simulates the same strategies and prints, per strategy, predicted and
+measured iteration time, throughput and per-phase breakdown with the relative error
+``(predicted - measured) / measured``. Both Results are returned for the caller to write (and
+to report side by side).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from simulator.errors import ScenarioError
-from simulator.profile import load_profile
-from simulator.scenario import parse_scenario
-from simulator.schema import load_yaml
 from simulator.specs import Scenario
 
 PHASES = ("compute", "exposed_communication", "ps_wait", "idle")
-
-
-def with_profile(scenario_path: str, profile_path: str) -> Scenario:
-    """The scenario with ``cluster.profile`` set to the profile (absolute) and the cluster's
-    own device and link names dropped, so the measured ones apply. On a profile of one host
-    (no inter-node link measured), the inter-node link and parameter-server NICs are the host
-    itself: the intra link's bandwidth with no latency of their own (one shared-memory hop)."""
-    path = Path(scenario_path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ScenarioError(f"cannot read the scenario: {e.strerror}", file=str(path)) from None
-    profile = load_profile(profile_path)
-    try:
-        data = load_yaml(text)
-        cluster = data.get("cluster") if isinstance(data, dict) else None
-        if isinstance(cluster, dict):
-            for key in ("device", "intra_link", "inter_link", "profile"):
-                cluster.pop(key, None)
-            cluster["profile"] = os.path.abspath(profile_path)
-            if profile.link("inter") is None:
-                cluster["inter_link"] = _same_host(profile)
-            ps = cluster.get("parameter_servers")
-            if isinstance(ps, dict):
-                ps["device"] = profile.device.name
-                ps["nic"] = profile.link("inter").name if profile.link("inter") else (
-                    _same_host(profile))
-        return parse_scenario(data, str(path))
-    except ScenarioError as e:
-        raise (e if e.file else e.with_file(str(path))) from None
-
-
-def _same_host(profile: Any) -> dict[str, Any]:
-    intra = profile.link("intra")
-    return {"scope": "inter", "bandwidth_GBps": intra.bandwidth / 1e9, "latency_us": 0.0,
-            "efficiency": intra.efficiency, "eager_limit_KiB": intra.eager_limit / 1024,
-            "source": f"one host ({profile.file}): the hop is the intra link's shared memory"}
 
 
 def compare(predicted: dict[str, Any], measured: dict[str, Any]) -> list[dict[str, Any]]:

@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="the executor's kernels for --validate (default cpu)")
     se.add_argument("--timeout", type=float, default=600.0, metavar="S",
                     help="--validate: abort a run that makes no progress for S seconds")
+    se.add_argument("--profile", metavar="FILE", help="a profile written by parasim "
+                    "calibrate, in place of the cluster's device and links (search the "
+                    "machine as measured; with --validate, the comparison means something)")
     se.add_argument("--force", action="store_true", help="overwrite output files")
     se.set_defaults(func=cmd_search)
     ex = sub.add_parser("execute", help="run strategies for real under MPI and measure them",
@@ -290,7 +293,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from simulator.search import format_search, run_search
     from simulator.search.space import Constraints
 
-    scenario = _load(args.scenario, None)
+    if args.profile:
+        from simulator.scenario import with_profile
+
+        scenario = with_profile(args.scenario, args.profile)
+    else:
+        scenario = _load(args.scenario, None)
     _check_outputs([args.json, args.report], args.force)
     given = dict(scenario.search)
     exclude = [x.strip() for x in (args.exclude or "").split(",") if x.strip()]

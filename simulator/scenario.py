@@ -8,6 +8,7 @@ bad value. Units live in key names and become SI here. ``docs/scenarios.md`` lis
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +368,40 @@ def _data(top: Fields) -> dict[str, Any]:
         raise top.error("data", "must be a mapping with a 'kind' (mnist, fashion_mnist, cifar10, "
                         "npz, digits, synthetic)")
     return dict(raw)
+
+
+def with_profile(scenario_path: str, profile_path: str) -> Scenario:
+    """The scenario with ``cluster.profile`` set to the profile (absolute) and the cluster's
+    own device and link names dropped, so the measured ones apply. On a profile of one host
+    (no inter-node link measured), the inter-node link and parameter-server NICs are the host
+    itself: the intra link's bandwidth with no latency of their own (one shared-memory hop)."""
+    path = Path(scenario_path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ScenarioError(f"cannot read the scenario: {e.strerror}", file=str(path)) from None
+    profile = load_profile(profile_path)
+    try:
+        data = load_yaml(text)
+        cluster = data.get("cluster") if isinstance(data, dict) else None
+        if isinstance(cluster, dict):
+            for key in ("device", "intra_link", "inter_link", "profile"):
+                cluster.pop(key, None)
+            cluster["profile"] = os.path.abspath(profile_path)
+            if profile.link("inter") is None:
+                cluster["inter_link"] = _same_host(profile)
+            ps = cluster.get("parameter_servers")
+            if isinstance(ps, dict):
+                ps["device"] = profile.device.name
+                ps["nic"] = profile.link("inter").name if profile.link("inter") else (
+                    _same_host(profile))
+        return parse_scenario(data, str(path))
+    except ScenarioError as e:
+        raise (e if e.file else e.with_file(str(path))) from None
+
+
+def _same_host(profile: Any) -> dict[str, Any]:
+    intra = profile.link("intra")
+    return {"scope": "inter", "bandwidth_GBps": intra.bandwidth / 1e9, "latency_us": 0.0,
+            "efficiency": intra.efficiency, "eager_limit_KiB": intra.eager_limit / 1024,
+            "source": f"one host ({profile.file}): the hop is the intra link's shared memory"}

@@ -17,8 +17,10 @@ scenario could hold, so that the search's pick can be pasted into one.
   entry's pre-training under every exchange (how many epochs a layer takes depends on its ranks
   and batch, which the entries' measured ``expected_epochs`` say: the search keeps them);
 * the conv-DP / FC-MP hybrid (``hybrid``) for models with convolutions and dense layers, branch
-  placement (``branch``) for models with branches, Downpour and Sandblaster when asynchronous
-  training is allowed and the cluster has parameter servers.
+  placement (``branch``) for models with branches, Downpour (fetching and pushing every step
+  and every 4 steps) and Sandblaster (2, 4 and 8 portions per worker) when asynchronous
+  training is allowed and the cluster has parameter servers. Asynchronous plans are ranked by
+  throughput like the others: what their staleness costs in accuracy per sample is not in it.
 
 Rules a candidate breaks (a batch that does not split, heads a tensor group cannot share whole,
 a schedule the techniques forbid) are the schemes' own load-time checks (``check``), so the
@@ -35,6 +37,12 @@ from simulator.strategies.partition import blocks_of
 SCHEME_FAMILIES = ("parallel_3d", "data_parallel", "hybrid", "branch", "downpour",
                    "sandblaster", "dbn_pretrain")
 BUCKET_MIB = 25.0  # PyTorch DistributedDataParallel's default bucket_cap_mb
+# Downpour's fetch and push intervals: every step, and every 4 steps (Dean et al. 2012 name
+# n_fetch and n_push as the knobs that trade communication for staleness)
+DOWNPOUR_EVERY = (1, 4)
+# Sandblaster's portions per worker: its coordinator hands out many more portions than workers
+# so that fast workers take more (Dean et al. 2012, section 4.2); 4 is the scheme's default
+SANDBLASTER_PORTIONS = (2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -105,9 +113,12 @@ def candidates(scenario: Scenario, graph, constraints: Constraints,  # noqa: ANN
     if c.parameter_servers and not constraints.synchronous_only:
         for n in _sizes(c, limit):
             if "downpour" not in skip:
-                out.append(("downpour", {"workers": n}))
+                for every in DOWNPOUR_EVERY:
+                    out.append(("downpour", {"workers": n} if every == 1 else
+                                {"workers": n, "n_fetch": every, "n_push": every}))
             if "sandblaster" not in skip and n > 1:
-                out.append(("sandblaster", {"workers": n}))
+                for per in SANDBLASTER_PORTIONS:
+                    out.append(("sandblaster", {"workers": n, "portions": per * n}))
     return out
 
 
@@ -190,6 +201,10 @@ def label(scheme: str, options: dict) -> str:
     for key in ("devices", "workers", "exchange"):
         if key in o:
             parts.append(str(o[key]))
+    if o.get("n_push", 1) > 1 or o.get("n_fetch", 1) > 1:
+        parts.append(f"fetch{o.get('n_fetch', 1)}-push{o.get('n_push', 1)}")
+    if "portions" in o:
+        parts.append(f"portions{o['portions']}")
     if scheme == "dbn_pretrain":
         return f"{o['from']}-{o['exchange']}"
     if o.get("overlap"):
