@@ -156,6 +156,27 @@ class Network:
                         if not event.triggered:
                             event.succeed(True)
 
+    def spin(self, route: tuple[Edge, ...]) -> Flow:
+        """A flow with no end over ``route`` (a process polling a core), until ``stop``."""
+        done = self.env.event()
+        self._start(route, math.inf, done, "spin", 1)
+        return next(reversed(self.flows))
+
+    def stop(self, f: Flow) -> None:
+        """End a ``spin`` flow now: the others share what it held."""
+        if f not in self.flows:
+            return
+        del self.flows[f]
+        for e in f.route:
+            on = self.users[e]
+            del on[f]
+            if not on:
+                del self.users[e]
+        self._changed.update(dict.fromkeys(f.route))
+        if not self._pending:
+            self._pending = True
+            self.env.timeout(0).callbacks.append(self._flush)
+
     def watch(self, edges: tuple[Edge, ...], event: simpy.Event) -> None:
         """Succeed ``event`` (with True) when a flow starts on any of ``edges``, until
         ``unwatch``: a folded run's collectives assume nothing else crosses their links

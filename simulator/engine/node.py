@@ -57,7 +57,20 @@ class NodeModel:
                              if r.role == "server"})
         capacity.update({("cores", n): float(spec.cores_per_node)
                          for n in range(spec.nodes)})
+        # the thread that runs a rank's MPI all-reduce, polling (``_polling``)
+        capacity.update({("poll", r.device): 1.0 for r in workers})
         return Network(self.env, capacity)
+
+    def _polling(self, rank: int, op) -> object | None:  # noqa: ANN001
+        """MPI's own all-reduce (``algorithm: mpi``: MPICH's blocking ``MPI_Allreduce``) polls
+        from the moment its rank enters it until it ends, on a core of its own, even where the
+        executor's waits are quiet (``executor/comm.py``): on shared cores that takes a share
+        from the ranks still computing. Returns the polling flow on the node's cores (to
+        ``stop``), or None where cores are not modelled or the collective waits quietly."""
+        if self.cpus is None or op.algorithm != "mpi" or op.collective != "allreduce":
+            return None
+        dev = self.device_of[rank]
+        return self.cpus.spin((("poll", dev), ("cores", self.cluster.node_of(dev))))
 
     def _spread(self, node: int) -> tuple[float, float]:
         """The profile's spread of finish times at the node's ranks per core, with the

@@ -491,12 +491,15 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
         arrive = self.env.now
         group = self._group(rank, op.group)
         rv = self._join(group, op.key, it)
+        polling = self._polling(rank, op)
         if rv.size == 1:  # the only simulated member (the others mirror it): run it here
             yield from self._run_collective(rv, op, group)
         else:
             if rv.arrived == rv.size:
                 self.env.process(self._run_collective(rv, op, group))
             yield rv.done
+        if polling is not None:
+            self.cpus.stop(polling)
         self._log(rank, it, "comm", rv.start, f"{op.collective}:{op.key}", COMM)
         if rv.start > arrive:
             self._span(rank, it, (self.device_of[rank], COMM, "wait", arrive, rv.start - arrive))
@@ -562,10 +565,13 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
 
     def _fitted_collective(self, op: Collective, devs: list[str]) -> float | None:
         """An all-reduce's time from the profile's measured fit (steps x latency + volume /
-        bandwidth), when the profile has one for this algorithm and this group's scope."""
+        bandwidth), when the profile has one for this algorithm and this group's scope; a
+        ring reduce-scatter's or all-gather's from the ring fit, as half of a ring all-reduce."""
         spec, m = self.cluster.spec, self.cluster.spec.measured
-        if op.collective != "allreduce" or not (m.collectives or m.collectives_shared) \
-                or len(devs) < 2:
+        halves = ("reduce_scatter", "allgather")
+        if (op.collective != "allreduce" and not (op.collective in halves
+                                                  and op.algorithm == "ring")) \
+                or not (m.collectives or m.collectives_shared) or len(devs) < 2:
             return None
         nodes = {self.cluster.node_of(d) for d in devs}
         algorithm = "ring" if op.algorithm == "hierarchical" and len(nodes) == 1 else (
@@ -574,6 +580,11 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
         if fit is None or (m.collectives_scope == "intra" and len(nodes) > 1):
             return None
         steps, volume = collectives.allreduce_terms(algorithm, len(devs), op.bytes)
+        if op.collective in halves:
+            # the executor's ring all-reduce is its ring reduce-scatter then its ring
+            # all-gather (``executor/comm.py``): each is half of the fitted ring's steps and
+            # volume, at the fit's per-step latency and bandwidth
+            steps, volume = steps // 2, volume / 2
         seconds = steps * fit[0] + volume / fit[1]
         if op.tensor.startswith("wgrad:") and spec.device.kind == "cpu":
             # the executor packs a bucket's gradients into one buffer first (read + write)

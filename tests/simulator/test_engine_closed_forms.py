@@ -318,6 +318,30 @@ def test_ranks_beyond_the_cores_share_them_as_they_compute(cores, expected):
     assert [t + dur for _, t, dur in spans] == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("algorithm,compute_end", [
+    # rank 0 runs 1 ms of kernels, rank 1 2 ms, on one core: half a core each until rank 0 is
+    # done at 2 ms; MPI's own all-reduce polls from then on and keeps half the core, so rank 1's
+    # last 1 ms takes 2 ms; the executor's ring waits quietly and leaves rank 1 the core
+    ("mpi", 4e-3), ("ring", 3e-3),
+])
+def test_mpis_own_all_reduce_polls_its_core_while_it_waits(algorithm, compute_end):
+    def build(cluster: Cluster) -> Plan:
+        progs = []
+        for ms in (1, 2):
+            b = ProgramBuilder()
+            c = b.add(Compute, layer="l", phase="fwd", micro_batch=0, samples=1, shard=0,
+                      shards=1, flops=ms * 1e-3 * FLOPS, bytes=0.0, blocks=CAPACITY)
+            b.add(Collective, stream=COMM, deps=(c,), collective="allreduce",
+                  algorithm=algorithm, group="world", bytes=0.0, key="g")
+            progs.append(b)
+        return hand_plan(cluster, progs)
+
+    pred = run(scenario(per_node=2, cluster_extra="  cores_per_node: 1"), build)
+    compute = pred.engine.logs[1].compute
+    assert compute[-1][1] == pytest.approx(compute_end, rel=1e-9)
+    assert not pred.engine.cpus.flows  # the polling ended with the all-reduce
+
+
 def test_a_core_left_while_ranks_queue_idles_for_the_migration_lag():
     """3 ranks on 2 cores run 1, 3 and 3 ms of kernels: 2/3 of a core each until the first is
     done at 1.5 ms; then the two others could have a core each, but one waited in the queue of
