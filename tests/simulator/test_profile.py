@@ -692,3 +692,19 @@ def test_bad_wake_up_and_spread_entries_name_the_entry(key: str, entries: Any, w
         parse_profile(load_yaml(profile_text(cal=calibration(**{key: entries}))), "p.yaml")
     assert f"calibration.{where}" in str(e.value)
     assert message in str(e.value)
+
+
+def test_search_with_a_profile_searches_the_machine_it_measured(tmp_path: Path, capsys):
+    # a scenario written for a catalogue CPU: --profile puts the measured device in its place
+    write_profile(tmp_path / "prof.yaml")
+    path = tmp_path / "plain.yaml"
+    path.write_text(SCENARIO.replace("  profile: {profile}\n", "  device: cpu_core_modern\n"
+                                     "  intra_link: shm\n").format(
+        nodes=1, per_node=2, extra="", exchange="ring"))
+    assert main(["search", str(path), "--top", "2", "--synchronous",
+                 "--profile", str(tmp_path / "prof.yaml")]) == 0
+    out, _err = capsys.readouterr()
+    assert f"search over 2 x {NAME}" in out
+    assert main(["search", str(path), "--profile", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("parasim: error:") and "missing.yaml" in err[0]
