@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from fidelity import positive, run  # (the benchmarks' folder is on the path when run)
 
 MODELS = {"mlp": {"zoo": "mlp", "params": {"sizes": [784, 1024, 1024, 10]}},
           "lenet": {"zoo": "lenet5", "params": {"input_shape": [1, 32, 32]}}}
 RANKS = 4
 WITHIN = 0.10
-ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-       "NUMBA_NUM_THREADS": "1"}
 
 
 def scenario(model: str) -> dict:
@@ -48,21 +45,6 @@ def scenario(model: str) -> dict:
             # the search reads the model, cluster and training; this entry is a yardstick
             "strategies": [{"name": "dp-ring", "scheme": "data_parallel", "exchange": "ring"}],
             "search": {"synchronous_only": True}}
-
-
-def run(cmd: list[str], timeout: float) -> str:
-    env = {**os.environ, **ENV}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
-
-
-def positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """``parasim search --validate N`` with real ranks: rank 0 searches while the others sleep, every
 rank executes the picks that run on the launched ranks, rank 0 prints predicted against measured
 order and writes both into the Result. (Whether the orders agree is a property of the prediction,
-calibrated or not, and of a quiet machine: ``benchmarks/search.py`` territory, not this test's.)
+calibrated or not, and of a quiet machine: ``benchmarks/search_validate.py`` territory, not this
+test's.)
 Every job runs in its own session and is killed as a group on timeout."""
 
 from __future__ import annotations
