@@ -71,7 +71,7 @@ def compare(predicted: list[dict[str, Any]], measured: dict[str, Any]) -> dict[s
 
 
 def format_validation(v: dict[str, Any]) -> str:
-    from simulator.cli import _columns
+    from simulator.console import columns
 
     rows = [("predicted rank", "plan", "predicted samples/s", "measured samples/s",
              "measured rank")]
@@ -84,4 +84,4 @@ def format_validation(v: dict[str, Any]) -> str:
                f"the measured fastest, {v['measured_fastest']}, beats the search's pick by "
                "more than 10%")
     return "\n".join(["validation: the executed plans, predicted against measured",
-                      *_columns(rows, left=2), verdict])
+                      *columns(rows, left=2), verdict])

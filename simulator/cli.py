@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from simulator.console import columns
 from simulator.errors import PlanError, ScenarioError
 
 
@@ -464,7 +465,7 @@ def format_measured(result: dict[str, Any]) -> str:
                                                        "ps_wait", "host_device_copy", "idle")),
                      f"{tr['loss'][-1]:.4f}",
                      f"{tr['accuracy'][-1]:.1%}" if tr.get("accuracy") else "-"))
-    lines += _columns(rows)
+    lines += columns(rows)
     for e in result["results"]:
         if "staleness" in e:
             st = e["staleness"]
@@ -511,24 +512,10 @@ def format_sweep(result: dict[str, Any]) -> str:
                      f"{e['speedup_over_one_device']:.2f}x", f"{e['efficiency']:.1%}"))
     lines = [f"{result['scenario']['name']}: sweep of {result['sweep']['points']} point(s), "
              f"{result['sweep']['scaling']} scaling"]
-    lines += _columns(rows, left=2)
+    lines += columns(rows, left=2)
     for point, names in result["sweep"]["skipped"].items():
         lines.append(f"skipped at {point}: {', '.join(names)} (cannot run at that size)")
     return "\n".join(lines)
-
-
-def _columns(rows: list[tuple[str, ...]], left: int = 1, ragged_last: bool = False
-             ) -> list[str]:
-    """Rows as aligned text: the first ``left`` columns left-aligned, the rest right-aligned;
-    with ``ragged_last`` the last column (free text) is not padded."""
-    n = len(rows[0]) - (1 if ragged_last else 0)
-    widths = [max(len(r[i]) for r in rows) for i in range(n)]
-    out = []
-    for r in rows:
-        line = "  ".join(c.ljust(w) if i < left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(r[:n], widths)))
-        out.append(line + ("  " + r[-1] if ragged_last else ""))
-    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -553,7 +540,7 @@ def format_table(result: dict[str, Any]) -> str:
                                                        "ps_wait", "idle")),
                      "yes"))
     out = [head, "(breakdown columns: ms per iteration, averaged over worker devices)"]
-    out += _columns(rows, ragged_last=True)
+    out += columns(rows, ragged_last=True)
     for e in result["results"]:
         for g in e.get("memory_over", ()):
             out.append(f"{e['strategy']} does not fit on {memory_text(g)}")

@@ -202,7 +202,7 @@ def why(entries: list[dict]) -> list[str]:
 
 
 def format_search(result: dict[str, Any]) -> str:
-    from simulator.cli import _columns
+    from simulator.console import columns
 
     s = result["search"]
     sc = result["scenario"]
@@ -222,6 +222,6 @@ def format_search(result: dict[str, Any]) -> str:
                      f"{bd['compute'] * 1e3:.3f}", f"{bd['exposed_communication'] * 1e3:.3f}",
                      f"{bd['idle'] * 1e3:.3f}",
                      f"{mem / 2**30:.1f}/{e['memory_capacity_bytes'] / 2**30:.0f}"))
-    lines += _columns(rows, left=2)
+    lines += columns(rows, left=2)
     lines += result["search"].get("why") or why(result["results"][:WHY])
     return "\n".join(lines)
