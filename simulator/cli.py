@@ -178,13 +178,14 @@ def _int_list(text: str) -> list[int]:
 
 def _load(path: str, strategies: list[str] | None):  # noqa: ANN202
     from simulator.scenario import load_scenario
+    from simulator.schema import did_you_mean
 
     scenario = load_scenario(path)
     known = [s.name for s in scenario.strategies]
     for name in strategies or []:
         if name not in known:
-            raise UsageError(f"{path}: no strategy named {name!r} (the scenario has: "
-                             f"{', '.join(known)})")
+            raise UsageError(f"{path}: no strategy named {name!r}{did_you_mean(name, known)} "
+                             f"(the scenario has: {', '.join(known)})")
     return scenario
 
 
@@ -291,6 +292,7 @@ def _families() -> tuple[str, ...]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from simulator.schema import did_you_mean
     from simulator.search import format_search, run_search
     from simulator.search.space import Constraints
 
@@ -305,7 +307,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     exclude = [x.strip() for x in (args.exclude or "").split(",") if x.strip()]
     for x in exclude:
         if x not in _families():
-            raise UsageError(f"--exclude: no scheme {x!r} to leave out (the search's schemes: "
+            raise UsageError(f"--exclude: no scheme {x!r} to leave out"
+                             f"{did_you_mean(x, _families())} (the search's schemes: "
                              f"{', '.join(_families())})")
     for name, value in (("top", args.top), ("devices", args.devices),
                         ("batch", args.batch), ("headroom", args.headroom)):

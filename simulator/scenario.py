@@ -22,6 +22,7 @@ from simulator.schema import (
     any_string,
     boolean,
     choice,
+    did_you_mean,
     integer,
     join,
     line_of,
@@ -133,13 +134,15 @@ def _named_or_inline(f: Fields, key: str, table: dict, reader, kind: str,  # noq
     value = f.raw(key)
     if isinstance(value, str):
         if value not in table:
-            raise f.error(key, f"unknown {kind} (catalogue has: {', '.join(sorted(table))})")
+            raise f.error(key, f"unknown {kind}{did_you_mean(value, table)} (catalogue has: "
+                               f"{', '.join(sorted(table))})")
         return table[value]
     sub = f.sub(key)
     if sub.has("base"):
         base_name = sub.get("base", string)
         if base_name not in table:
-            raise sub.error("base", f"unknown {kind} (catalogue has: {', '.join(sorted(table))})")
+            raise sub.error("base", f"unknown {kind}{did_you_mean(base_name, table)} (catalogue "
+                                    f"has: {', '.join(sorted(table))})")
         return reader(f"{base_name}*", sub, table[base_name])
     return reader("inline", sub)
 

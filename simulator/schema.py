@@ -8,6 +8,7 @@ the line of every key, so errors can point at it.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -199,12 +200,22 @@ def boolean(v: Any, path: str) -> bool:
     return v
 
 
+def did_you_mean(word: Any, options: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` when one of ``options`` is close to ``word`` (a typo), else
+    an empty string."""
+    if not isinstance(word, str):
+        return ""
+    # (a letter swapped or wrong in a three-letter name is a ratio of 2/3)
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def choice(options: Iterable[str]) -> Check:
     opts = tuple(options)
 
     def check(v: Any, path: str) -> str:
         if not isinstance(v, str) or v not in opts:
-            raise _bad(f"must be one of {', '.join(opts)}", path, v)
+            raise _bad(f"must be one of {', '.join(opts)}{did_you_mean(v, opts)}", path, v)
         return v
     return check
 
@@ -247,13 +258,23 @@ class Fields:
         self.seen.add(key)
         return self.data.get(key)
 
+    def _missing(self, key: str) -> ScenarioError:
+        """A required key is absent: if a key of the mapping looks like a typo of it, the
+        error names that key, its line, and the fix."""
+        typo = difflib.get_close_matches(key, [k for k in self.data if isinstance(k, str)
+                                               and k not in self.seen], n=1, cutoff=0.75)
+        if typo:
+            return ScenarioError(f"is required; the unknown key {typo[0]!r} looks like it: "
+                                 f"did you mean {key!r}?", path=join(self.path, key),
+                                 line=self.line(typo[0]))
+        return ScenarioError("is required", path=join(self.path, key), line=self.start_line)
+
     def get(self, key: str, check: Check, default: Any = ...) -> Any:
         """The value of ``key`` checked by ``check``; SI-converted if the key names a unit."""
         self.seen.add(key)
         if key not in self.data:
             if default is ...:
-                raise ScenarioError("is required", path=join(self.path, key),
-                                    line=self.start_line)
+                raise self._missing(key)
             return default
         try:
             value = check(self.data[key], join(self.path, key))
@@ -264,7 +285,7 @@ class Fields:
     def sub(self, key: str) -> Fields:
         self.seen.add(key)
         if key not in self.data:
-            raise ScenarioError("is required", path=join(self.path, key), line=self.start_line)
+            raise self._missing(key)
         return Fields(self.data[key], join(self.path, key), self.line(key))
 
     def error(self, key: str, message: str, value: Any = ..., has_value: bool = True
@@ -277,7 +298,8 @@ class Fields:
         extra = [k for k in self.data if k not in self.seen]
         if extra:
             known = sorted(allowed_hint if allowed_hint is not None else self.seen)
-            raise ScenarioError(f"unknown key (known here: {', '.join(known)})",
+            raise ScenarioError(f"unknown key{did_you_mean(extra[0], known)} (known here: "
+                                f"{', '.join(known)})",
                                 path=join(self.path, extra[0]), value=extra[0],
                                 has_value=True, line=self.line(extra[0]))
 

@@ -35,6 +35,7 @@ from simulator.model.zoo_imagenet import alexnet, alexnet_2gpu, vgg16
 from simulator.model.zoo_inception import inception
 from simulator.model.zoo_resnet import resnet50
 from simulator.model.zoo_small import dbn, lenet5, mlp
+from simulator.schema import did_you_mean
 
 _Check = Callable[[object, str], object]
 
@@ -63,7 +64,8 @@ ZOO: dict[str, tuple[Callable[..., nx.DiGraph], dict[str, _Check]]] = {
 def build_zoo(name: str, params: dict | None = None, path: str = "model") -> nx.DiGraph:
     """Build the named zoo model; ``path`` is where the model sits in the scenario."""
     if not isinstance(name, str) or name not in ZOO:
-        raise ScenarioError(f"unknown model {name!r} (known: {', '.join(sorted(ZOO))})",
+        raise ScenarioError(f"unknown model {name!r}{did_you_mean(name, ZOO)} (known: "
+                            f"{', '.join(sorted(ZOO))})",
                             path=f"{path}.zoo", value=name, has_value=True)
     params = {} if params is None else params
     if not isinstance(params, dict):

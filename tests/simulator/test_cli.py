@@ -189,6 +189,9 @@ def test_unknown_strategy_exits_2(scenario_file, command):
     assert "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1
     assert "no strategy named 'nope'" in r.stderr and "dp, downpour, sandblaster" in r.stderr
+    assert "did you mean" not in r.stderr
+    r = cli(command, str(scenario_file), "--strategy", "downpor")
+    assert r.returncode == 2 and "did you mean 'downpour'?" in r.stderr
 
 
 def test_missing_scenario_file_exits_2(tmp_path):

@@ -785,3 +785,29 @@ def test_loader_plan_and_strategies_import_no_engine_or_executor():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("old,new,path,line,fix", [
+    # a required key misspelt: the error names the typo's line and the key it should be
+    ("  devices_per_node: 2", "  device_per_node: 2", "cluster.devices_per_node", 10,
+     "the unknown key 'device_per_node' looks like it: did you mean 'devices_per_node'?"),
+    # an optional key misspelt: unknown, with the key it is close to
+    ("  batch_size: 8", "  batch_size: 8\n  warmup_iteration: 1", "training.warmup_iteration",
+     16, "did you mean 'warmup_iterations'?"),
+    # names from a list: a scheme, a zoo model, a catalogue device and link
+    ("scheme: data_parallel", "scheme: data_paralel", "strategies[0].scheme", 18,
+     "did you mean 'data_parallel'?"),
+    ("zoo: mlp", "zoo: mpl", "model.zoo", 5, "did you mean 'mlp'?"),
+    ("device: V100", "device: V10O", "cluster.device", 11, "did you mean 'V100'?"),
+    ("intra_link: nvlink2", "intra_link: nvlnik2", "cluster.intra_link", 12,
+     "did you mean 'nvlink2'?"),
+])
+def test_a_typo_gets_the_name_it_was_meant_to_be(tmp_path, old, new, path, line, fix):
+    where, e = load_error(tmp_path, edit(old, new))
+    assert e.path == path and e.line == line and fix in e.message, (e.path, e.line, e.message)
+    assert str(where) in str(e)
+
+
+def test_a_name_close_to_nothing_gets_no_guess(tmp_path):
+    _, e = load_error(tmp_path, edit("zoo: mlp", "zoo: transformer_xl"))
+    assert "did you mean" not in e.message

@@ -157,6 +157,7 @@ def test_nothing_fits_names_the_closest_plan_and_its_shortfall(tmp_path):
 def test_bad_options_are_one_line_and_exit_2(tmp_path):
     path = str(ROOT / "scenarios" / "executor_mlp.yaml")
     for args, says in ((("--exclude", "pipelines"), "no scheme 'pipelines'"),
+                       (("--exclude", "data_paralel"), "did you mean 'data_parallel'?"),
                        (("--top", "0"), "--top must be at least 1"),
                        (("--headroom", "2"), "--headroom must be between"),
                        (("--devices", "0"), "--devices must be at least 1")):
