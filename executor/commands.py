@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from simulator.console import SCENARIO_HELP
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     cal = sub.add_parser(
@@ -25,7 +27,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--grid", choices=("tiny", "small", "full"), default="small",
                      help="how many shapes and repeats (tiny: seconds, for tests; full: "
                      "about a minute per rank count)")
-    cal.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    cal.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                     help="the kernels to time: cpu (Numba on the cores) or cuda (numba-cuda on "
+                     "the GPUs; default cpu)")
     cal.add_argument("--name", default="calibrated",
                      help="the device's name in the profile (links get _intra / _inter)")
     cal.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
@@ -36,11 +40,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "Simulates and executes every strategy of the scenario that runs on N "
                     "ranks, prints predicted against measured with the relative error, and "
                     "writes both Results.")
-    val.add_argument("scenario")
+    val.add_argument("scenario", help=SCENARIO_HELP)
     val.add_argument("--profile", required=True, metavar="FILE",
                      help="a profile written by parasim calibrate")
     val.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
-    val.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    val.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                     help="the executor's kernels: cpu (Numba on the cores) or cuda "
+                     "(numba-cuda on the GPUs); default cpu")
     val.add_argument("--predicted", metavar="FILE", help="write the predicted Result JSON")
     val.add_argument("--measured", metavar="FILE", help="write the measured Result JSON")
     val.add_argument("--report", metavar="FILE", help="write an HTML report of both")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulator.console import columns
+from simulator.console import BACKEND_HELP, SCENARIO_HELP, columns
 from simulator.errors import PlanError, ScenarioError
 
 
@@ -42,18 +42,30 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return errors
 
 
+class _Version(argparse.Action):
+    """``--version``: worked out when asked (a checkout's commit takes a ``git`` call)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001, ANN204
+        from simulator.predict import code_version
+
+        print(f"parasim {code_version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parasim", description="Predict (and later measure) the "
                                 "throughput of parallel training plans.")
+    p.add_argument("--version", action=_Version, nargs=0,
+                   help="print parasim's version (and the commit of a checkout) and exit")
     sub = p.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="print the plan of one strategy")
-    plan.add_argument("scenario")
+    plan.add_argument("scenario", help=SCENARIO_HELP)
     plan.add_argument("--strategy", required=True, help="a strategy name from the scenario")
     plan.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
     plan.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     plan.set_defaults(func=cmd_plan)
     sim = sub.add_parser("simulate", help="predict every strategy of a scenario")
-    sim.add_argument("scenario")
+    sim.add_argument("scenario", help=SCENARIO_HELP)
     sim.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
     sim.add_argument("--json", metavar="FILE", help="write the Result JSON")
     sim.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto); "
@@ -69,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                         "scenario's 'sweep' block. Runs on local processes, or over MPI when "
                         "launched as: mpiexec -n N python -m mpi4py.futures -m simulator.cli "
                         "sweep ...")
-    sw.add_argument("scenario")
+    sw.add_argument("scenario", help=SCENARIO_HELP)
     sw.add_argument("--devices", type=_int_list, metavar="N,N,...",
                     help="total device counts (whole nodes), e.g. 8,16,32")
     sw.add_argument("--strong", action="store_true",
@@ -121,9 +133,10 @@ def _parser() -> argparse.ArgumentParser:
                         description="Run under mpiexec: mpiexec -n N parasim execute SCENARIO. "
                         "Without --strategy, every strategy whose plan needs exactly N ranks "
                         "runs in turn.")
-    ex.add_argument("scenario")
+    ex.add_argument("scenario", help=SCENARIO_HELP)
     ex.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
-    ex.add_argument("--backend", choices=("cpu", "cuda", "reference"), default="cpu")
+    ex.add_argument("--backend", choices=("cpu", "cuda", "reference"), default="cpu",
+                    help=BACKEND_HELP)
     ex.add_argument("--timeout", type=float, default=600.0, metavar="S",
                     help="abort a run that makes no progress for S seconds (default 600)")
     ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)")

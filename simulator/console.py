@@ -14,3 +14,9 @@ def columns(rows: list[tuple[str, ...]], left: int = 1, ragged_last: bool = Fals
                          for i, (c, w) in enumerate(zip(r[:n], widths)))
         out.append(line + ("  " + r[-1] if ragged_last else ""))
     return out
+
+
+# help texts that several commands share
+SCENARIO_HELP = "a scenario YAML file: model, cluster, training, strategies (docs/scenarios.md)"
+BACKEND_HELP = ("the executor's kernels: cpu (Numba on the cores), cuda (numba-cuda on the "
+                "GPUs), reference (NumPy, the slow ground truth); default cpu")

@@ -202,3 +202,24 @@ def test_missing_scenario_file_exits_2(tmp_path):
     assert r.stderr.startswith(f"parasim: error: {missing}")
     assert "cannot read the scenario" in r.stderr
     assert r.stdout == ""
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    import argparse
+
+    from simulator.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [(name, a.dest) for name, p in [("parasim", parser), *sub.choices.items()]
+               for a in p._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+               and not (a.help or "").strip()]
+    assert len(sub.choices) >= 8 and missing == []
+
+
+def test_version_prints_the_package_version():
+    from simulator import __version__
+
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith(f"parasim {__version__}")
