@@ -52,6 +52,10 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+STDOUT = "-"  # an output written to standard output instead of a file
+JSON_OUT = " (- for standard output; gzipped when FILE ends in .gz)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parasim", description="Predict (and later measure) the "
                                 "throughput of parallel training plans.")
@@ -61,19 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print the plan of one strategy")
     plan.add_argument("scenario", help=SCENARIO_HELP)
     plan.add_argument("--strategy", required=True, help="a strategy name from the scenario")
-    plan.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
+    plan.add_argument("--json", metavar="FILE", help="also write the plan as JSON" + JSON_OUT)
     plan.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     plan.set_defaults(func=cmd_plan)
     sim = sub.add_parser("simulate", help="predict every strategy of a scenario")
     sim.add_argument("scenario", help=SCENARIO_HELP)
     sim.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
-    sim.add_argument("--json", metavar="FILE", help="write the Result JSON")
+    sim.add_argument("--json", metavar="FILE", help="write the Result JSON" + JSON_OUT)
     sim.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto); "
                      "gzipped when FILE ends in .gz")
     sim.add_argument("--timeline", action="store_true",
                      help="keep every span of the timeline in the Result (by default a large "
                      "timeline is cut to its first devices' spans)")
-    sim.add_argument("--report", metavar="FILE", help="write an HTML comparison report")
+    sim.add_argument("--report", metavar="FILE", help="write an HTML comparison report"
+                     " (- for standard output)")
     sim.add_argument("--force", action="store_true", help="overwrite output files")
     sim.set_defaults(func=cmd_simulate)
     sw = sub.add_parser("sweep", help="simulate a grid of cluster sizes or field values",
@@ -86,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="total device counts (whole nodes), e.g. 8,16,32")
     sw.add_argument("--strong", action="store_true",
                     help="keep the global batch (default: keep the batch per device)")
-    sw.add_argument("--json", metavar="FILE", help="write the Result JSON")
+    sw.add_argument("--json", metavar="FILE", help="write the Result JSON" + JSON_OUT)
     sw.add_argument("--report", metavar="FILE", help="write an HTML report with scaling curves")
     sw.add_argument("--force", action="store_true", help="overwrite output files")
     sw.set_defaults(func=cmd_sweep)
@@ -113,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--cross-node-tensor", action="store_true",
                     help="let tensor groups span nodes")
     se.add_argument("--json", metavar="FILE", help="write the Result JSON (each entry carries "
-                    "the strategy entry that reproduces it)")
+                    "the strategy entry that reproduces it)" + JSON_OUT)
     se.add_argument("--report", metavar="FILE", help="write an HTML report with the winner "
                     "marked")
     se.add_argument("--validate", type=int, metavar="N",
@@ -139,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
                     help=BACKEND_HELP)
     ex.add_argument("--timeout", type=float, default=600.0, metavar="S",
                     help="abort a run that makes no progress for S seconds (default 600)")
-    ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)")
+    ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)" + JSON_OUT)
     ex.add_argument("--trace", metavar="FILE", help="write a Chrome trace of every rank")
     ex.add_argument("--report", metavar="FILE", help="write an HTML report")
     ex.add_argument("--lost-after", type=float, default=10.0, metavar="S",
@@ -202,9 +207,20 @@ def _load(path: str, strategies: list[str] | None):  # noqa: ANN202
     return scenario
 
 
+
+
+def _human(args: argparse.Namespace):  # noqa: ANN202
+    """Where the tables and messages go: standard error when an output is standard output
+    (``--json -``), so that what is piped is that output alone."""
+    outs = [getattr(args, k, None) for k in ("json", "trace", "report")]
+    return sys.stderr if STDOUT in outs else sys.stdout
+
+
 def _check_outputs(paths: list[str | None], force: bool) -> None:
+    if sum(p == STDOUT for p in paths) > 1:
+        raise UsageError("only one output can be standard output (-)")
     for p in paths:
-        if p is None:
+        if p is None or p == STDOUT:
             continue
         path = Path(p)
         if path.exists() and not force:
@@ -218,6 +234,10 @@ def _write_json(path: str, data: Any, compact: bool = False) -> None:
     ``compact`` without indentation or spaces, gzipped when ``path`` ends in ``.gz``."""
     text = (json.dumps(data, separators=(",", ":"), default=float) if compact
             else json.dumps(data, indent=1, default=float)) + "\n"
+    if path == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     tmp = Path(path + ".tmp")
     if path.endswith(".gz"):
         import gzip
@@ -241,10 +261,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     ctx = context(scenario)
     spec = next(s for s in scenario.strategies if s.name == args.strategy)
     plan = build_plan(ctx, spec)
-    print(describe_plan(plan, ctx.cluster))
+    print(describe_plan(plan, ctx.cluster), file=_human(args))
     if args.json:
         _write_json(args.json, plan.to_dict())
-        print(f"plan written to {args.json}")
+        _written("plan", args.json, args)
     return 0
 
 
@@ -259,29 +279,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     result, engines = simulate_scenario(scenario, args.strategy, trace=bool(args.trace),
                                         timeline=args.timeline, progress=factory())
-    print(format_table(result))
+    print(format_table(result), file=_human(args))
     _write_outputs(result, args)
     if args.trace:
         from simulator.engine.trace import chrome_trace
 
         _write_json(args.trace, chrome_trace(engines), compact=True)
-        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
+        _written("trace", args.trace, args, " (open it in https://ui.perfetto.dev)")
     return 0
 
 
 def _write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json:
         _write_json(args.json, result)
-        print(f"result written to {args.json}")
+        _written("result", args.json, args)
     if args.report:
         from reports import build_report
 
-        source = args.json or "(in memory)"
+        source = args.json if args.json not in (None, STDOUT) else "(in memory)"
         _write_text(args.report, build_report([result], [source]))
-        print(f"report written to {args.report}")
+        _written("report", args.report, args)
+
+
+def _written(what: str, path: str, args: argparse.Namespace, extra: str = "") -> None:
+    if path != STDOUT:
+        print(f"{what} written to {path}{extra}", file=_human(args))
 
 
 def _write_text(path: str, text: str) -> None:
+    if path == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     tmp = Path(path + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -293,7 +322,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     scenario = _load(args.scenario, None)
     _check_outputs([args.json, args.report], args.force)
     result = run_sweep(scenario, args.devices, args.strong)
-    print(format_sweep(result))
+    print(format_sweep(result), file=_human(args))
     _write_outputs(result, args)
     return 0
 
@@ -348,7 +377,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.validate is not None:
         return _search_and_validate(scenario, constraints, args)
     result = run_search(scenario, constraints)
-    print(format_search(result))
+    print(format_search(result), file=_human(args))
     _write_outputs(result, args)
     return 0
 
@@ -402,10 +431,10 @@ def _search_and_validate(scenario, constraints, args: argparse.Namespace) -> int
         measured = execute(comm, prepared, backend, args.timeout)
     if not rank0:
         return 0
-    print(format_search(result))
+    print(format_search(result), file=_human(args))
     check = compare(chosen, measured)
     result["validation"] = {**check, "measured": measured}
-    print(format_validation(check))
+    print(format_validation(check), file=_human(args))
     _write_outputs(result, args)
     return 0
 
@@ -444,12 +473,12 @@ def cmd_execute(args: argparse.Namespace) -> int:
                 for layer, params in layers.items() for k, v in params.items()}
         with open(args.weights, "wb") as fh:
             np.savez(fh, **flat)
-        print(f"weights written to {args.weights}")
-    print(format_measured(result))
+        print(f"weights written to {args.weights}", file=_human(args))
+    print(format_measured(result), file=_human(args))
     _write_outputs(result, args)
     if args.trace:
         _write_json(args.trace, measured_trace(result))
-        print(f"trace written to {args.trace}")
+        _written("trace", args.trace, args)
     if lost:
         return _exit_without_finalize()
     return 0

@@ -223,3 +223,22 @@ def test_version_prints_the_package_version():
 
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.startswith(f"parasim {__version__}")
+
+
+def test_json_to_standard_output_leaves_the_table_on_standard_error(scenario_file, tmp_path):
+    r = cli("simulate", str(scenario_file), "--strategy", "dp", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"][0]["strategy"] == "dp"
+    assert "samples/s" in r.stderr and not (Path.cwd() / "-").exists()
+    r = cli("simulate", str(scenario_file), "--json", "-", "--report", "-")
+    assert r.returncode == 2 and "only one output can be standard output" in r.stderr
+
+
+def test_a_json_file_ending_in_gz_is_gzipped(scenario_file, tmp_path):
+    import gzip
+
+    out = tmp_path / "r.json.gz"
+    r = cli("simulate", str(scenario_file), "--strategy", "dp", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    with gzip.open(out, "rt") as f:
+        assert json.load(f)["results"][0]["strategy"] == "dp"
