@@ -1,4 +1,5 @@
-"""``parasim calibrate`` and ``parasim validate``: the commands that run under ``mpiexec``.
+"""``parasim calibrate``, ``parasim validate`` and ``parasim pretrain``: commands that run under
+``mpiexec``.
 
 Bad input (too few ranks, an output that exists, a bad scenario or profile) is one line from
 rank 0 and exit 2 on every rank, as for ``parasim execute``.
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulator.console import SCENARIO_HELP
+from simulator.console import BACKEND_HELP, SCENARIO_HELP
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,36 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="abort a run that makes no progress for S seconds (default 600)")
     val.add_argument("--force", action="store_true", help="overwrite output files")
     val.set_defaults(func=cmd_validate)
+    pre = sub.add_parser(
+        "pretrain", help="pre-train a deep belief net layer by layer (under mpiexec)",
+        description="Run under mpiexec: mpiexec -n N parasim pretrain SCENARIO. Runs the "
+                    "scenario's dbn_pretrain strategies that need N ranks, prints each "
+                    "layer's epochs and reconstruction error, and with --target the seconds "
+                    "until the first layer's error reached it (docs/dbn.md).")
+    pretrain_arguments(pre)
+    pre.set_defaults(func=cmd_pretrain)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from executor.dbn_cli import cmd_pretrain as run
+
+    _mpi()  # (a missing mpi4py or numba: one line naming the extra)
+    return run(args)
+
+
+def pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``parasim pretrain`` (and of ``python -m executor.dbn``)."""
+    p.add_argument("scenario", help=SCENARIO_HELP)
+    p.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
+    p.add_argument("--backend", choices=("cpu", "reference", "cuda"), default="cpu",
+                   help=BACKEND_HELP)
+    p.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)")
+    p.add_argument("--weights", metavar="FILE", help="write the trained weights (.npz)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="abort a run that makes no progress for S seconds (default 600)")
+    p.add_argument("--force", action="store_true", help="overwrite output files")
+    p.add_argument("--target", type=float, metavar="ERR",
+                   help="also print the seconds until the first layer's error reached ERR")
 
 
 def _mpi():  # noqa: ANN202

@@ -32,7 +32,6 @@ Run: ``mpiexec -n K python -m executor.dbn SCENARIO --strategy NAME --json OUT``
 from __future__ import annotations
 
 import statistics
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,14 +293,3 @@ def time_to_error(entry: dict[str, Any], target: float, layer: int = 0) -> float
         if err <= target:
             return entry["training"]["wall_time_s"][before + i]
     return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m executor.dbn`` (the command line lives in executor/dbn_cli.py)."""
-    from executor.dbn_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

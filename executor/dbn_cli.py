@@ -1,5 +1,5 @@
-"""``python -m executor.dbn``: DBN pre-training on its own under mpiexec (``parasim execute``
-runs the same ``run_dbn`` for every strategy of a scenario)."""
+"""``parasim pretrain``: DBN pre-training on its own under mpiexec, with the time to a target
+error (``parasim execute`` runs the same ``run_dbn`` for every strategy of a scenario)."""
 
 from __future__ import annotations
 
@@ -124,26 +124,11 @@ def format_result(result: dict[str, Any], target: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m executor.dbn",
-                                description="Run a scenario's dbn_pretrain strategies for real.")
-    p.add_argument("scenario")
-    p.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
-    p.add_argument("--backend", choices=("cpu", "reference", "cuda"), default="cpu")
-    p.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)")
-    p.add_argument("--weights", metavar="FILE", help="write the trained weights (.npz)")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="abort a run that makes no progress for this many seconds")
-    p.add_argument("--force", action="store_true", help="overwrite output files")
-    p.add_argument("--target", type=float, metavar="ERR",
-                   help="also print the seconds until the first layer's error reached ERR")
-    return p
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Under mpiexec: every rank checks the input alike, then runs the strategies."""
+    from executor.commands import _mpi
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from mpi4py import MPI
-
+    MPI = _mpi()
     from executor.comm import abort_on_error
     from executor.data import DataError
     from executor.kernels import get_backend
@@ -187,7 +172,3 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(args.json)
         print(f"result written to {args.json}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

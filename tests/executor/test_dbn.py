@@ -44,8 +44,9 @@ strategies:
 """
 def launch(ranks: int, args: list[str], timeout: float = 240, code: str | None = None
            ) -> subprocess.CompletedProcess:
-    """``mpiexec -n RANKS python -m executor.dbn ARGS`` (or ``python -c CODE ARGS``)."""
-    return run_ranks(ranks, args, timeout=timeout, module="executor.dbn", code=code)
+    """``mpiexec -n RANKS parasim pretrain ARGS`` (or ``python -c CODE ARGS``)."""
+    return run_ranks(ranks, args if code else ["pretrain", *args], timeout=timeout,
+                     module="simulator.cli", code=code)
 
 
 @pytest.fixture(scope="module")
