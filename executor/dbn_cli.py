@@ -125,10 +125,10 @@ def format_result(result: dict[str, Any], target: float | None = None) -> str:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Under mpiexec: every rank checks the input alike, then runs the strategies."""
-    from executor.commands import _mpi
+    """Under mpiexec: every rank checks the input alike, then runs the strategies (the
+    command checked that MPI is there)."""
+    from mpi4py import MPI
 
-    MPI = _mpi()
     from executor.comm import abort_on_error
     from executor.data import DataError
     from executor.kernels import get_backend
