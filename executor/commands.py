@@ -87,6 +87,16 @@ def pretrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="also print the seconds until the first layer's error reached ERR")
 
 
+def _warn_uncalibrated(predicted: dict[str, Any], measured: dict[str, Any]) -> None:
+    """Say so on the console when the prediction compared did not use a calibration of the
+    machine that measured (the report carries the same warning as a banner)."""
+    from reports.compare import calibration_warning
+
+    why = calibration_warning(predicted, measured)
+    if why:
+        print(f"parasim: warning: {why}", file=sys.stderr)
+
+
 def _mpi():  # noqa: ANN202
     from simulator.cli import UsageError
 
@@ -184,6 +194,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     title = (f"{scenario.name}: predicted with {args.profile} against measured on "
              f"{comm.Get_size()} rank(s) ({', '.join(measured['scenario']['hosts'])})")
     print(format_comparison(rows, title))
+    _warn_uncalibrated(predicted, measured)
     for path, result in ((args.predicted, predicted), (args.measured, measured)):
         if path:
             _write_json(path, result)

@@ -1,14 +1,19 @@
 """Predicted against measured: pair each measured entry with the prediction of the same plan and
 compute the relative errors the report shows.
 
-Relative error is ``(measured - predicted) / measured``: positive when the simulator predicted
-less than was measured (for a time: it was optimistic; for a throughput: pessimistic). It is
-undefined (None) where either side is missing or the measured value is zero.
+Relative error is ``(predicted - measured) / measured``, as ``parasim validate`` prints it:
+positive when the simulator predicted more than was measured (for a time: it was pessimistic;
+for a throughput: optimistic). It is undefined (None) where either side is missing or the
+measured value is zero.
+
+A comparison means something only when the prediction used a calibration of the machine that
+measured: ``calibration_warning`` says when it did not (the console and the report's banner).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from reports.load import Entry
 
@@ -18,7 +23,25 @@ PHASES = ("compute", "exposed_communication", "ps_wait", "idle")
 def relative_error(predicted: float | None, measured: float | None) -> float | None:
     if predicted is None or measured is None or measured == 0:
         return None
-    return (measured - predicted) / measured
+    return (predicted - measured) / measured
+
+
+def calibration_warning(predicted: dict[str, Any], measured: dict[str, Any]) -> str | None:
+    """Why a predicted Result's figures are not those of the machine a measured Result ran on,
+    or None when they are: no profile (the catalogue's figures), or a profile calibrated on
+    other hosts."""
+    cluster = (predicted.get("scenario") or {}).get("cluster") or {}
+    hosts = sorted((measured.get("scenario") or {}).get("hosts") or [])
+    where = f" ({', '.join(hosts)})" if hosts else ""
+    if not cluster.get("profile") and not predicted.get("profile"):
+        return ("the prediction used the catalogue's figures, not a calibration of the machine "
+                f"that measured{where}: run parasim calibrate there and predict with the "
+                "profile (--profile)")
+    calibrated = set(cluster.get("profile_hosts") or [])
+    if calibrated and hosts and not calibrated & set(hosts):
+        return (f"the prediction used a profile calibrated on {', '.join(sorted(calibrated))}, "
+                f"not on the machine that measured{where}")
+    return None
 
 
 def phases(entries: list[Entry]) -> list[str]:

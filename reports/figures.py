@@ -139,7 +139,7 @@ def comparison(pairs: list[Pair]) -> list[Figure] | None:
                                            "strategy", "time per iteration (ms)",
                                            barmode="stack")},
         {"data": errors, "layout": layout(
-            "Relative error, (measured − predicted) / measured", "strategy",
+            "Relative error, (predicted − measured) / measured", "strategy",
             "relative error (%)", barmode="group", yaxis={"tickformat": ".0%"})}]
 
 

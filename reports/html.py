@@ -75,6 +75,8 @@ STYLE = """
 body { margin: 0; color: var(--ink); background: #fff;
   font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
 header { background: #243b53; color: #fff; padding: 22px 32px 14px; }
+.banner { background: #fff4e5; border-bottom: 2px solid #d97706; color: #7c2d12;
+  padding: 10px 32px; }
 header h1 { margin: 0 0 4px; font-size: 24px; font-weight: 600; overflow-wrap: anywhere; }
 header p { margin: 0; color: #d9e2ec; }
 nav { margin-top: 12px; display: flex; flex-wrap: wrap; gap: 6px 16px; }

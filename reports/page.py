@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reports import figures, gantt
-from reports.compare import Pair, pairs, phases
+from reports.compare import Pair, calibration_warning, pairs, phases
 from reports.html import CSP, SCRIPT, STYLE, chart, esc, script_json, table
 from reports.load import Entry, entries
 from reports.scenario_section import scenario_section, sources_section
@@ -66,7 +66,19 @@ def build_report(results: list[dict[str, Any]], sources: list[str]) -> str:
         add("staleness", "Gradient staleness (asynchronous)", figure(stale))
     add("scenario", "Scenario", scenario_section(results, sources))
     add("sources", "Result files", sources_section(results, sources))
-    return page(title(results), sections, blocks, len(results))
+    return page(title(results), sections, blocks, len(results), banners(pairs(rows)))
+
+
+def banners(found: list[Pair]) -> list[str]:
+    """A warning for each distinct reason a compared prediction did not use a calibration of
+    the machine that measured (``compare.calibration_warning``)."""
+    out: list[str] = []
+    for p in found:
+        why = calibration_warning({"scenario": p.predicted.scenario},
+                                  {"scenario": p.measured.scenario})
+        if why and why not in out:
+            out.append(why)
+    return out
 
 
 def title(results: list[dict[str, Any]]) -> str:
@@ -125,8 +137,9 @@ def measured_section(found: list[Pair], figure: Callable[[dict[str, Any]], str])
                    _num(err, "{:+.1%}")]
                   for p in found for name, pred, meas, err in p.phase_rows(names)]
     figs = figures.comparison(found) or []
-    return ("<p class=lead>Relative error = (measured − predicted) / measured. A phase the "
-            "simulator does not model counts as predicted 0 ms.</p>"
+    return ("<p class=lead>Relative error = (predicted − measured) / measured: positive "
+            "where the prediction is above the measurement. A phase the simulator does not "
+            "model counts as predicted 0 ms.</p>"
             + table(head, body, numeric={1, 2, 3, 4, 5, 6, 7})
             + "<div class=row>" + "".join(map(figure, figs)) + "</div>"
             + "<h3>Per phase (time per iteration)</h3>"
@@ -152,7 +165,7 @@ def per_entry_section(charted: list[Entry], blocks: list[str]) -> str:
 
 
 def page(heading: str, sections: list[tuple[str, str, str]], blocks: list[str],
-         files: int) -> str:
+         files: int, warnings: list[str] | None = None) -> str:
     from plotly.offline import get_plotlyjs
 
     nav = "".join(f'<a href="#{sid}">{esc(h)}</a>' for sid, h, _ in sections)
@@ -165,7 +178,10 @@ def page(heading: str, sections: list[tuple[str, str, str]], blocks: list[str],
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{esc(heading)} · parasim report</title><style>{STYLE}</style></head><body>"
         f"<header><h1>{esc(heading)}</h1><p>parasim comparison report from {files} Result "
-        f"file{'s' * (files != 1)}</p><nav>{nav}</nav></header><main>{body}"
+        f"file{'s' * (files != 1)}</p><nav>{nav}</nav></header>"
+        + "".join(f"<div class=banner role=alert><b>Predicted against measured, "
+                  f"uncalibrated:</b> {esc(w)}.</div>" for w in warnings or [])
+        + f"<main>{body}"
         "<footer>Built by <code>parasim report</code>; works offline (plotly.js is embedded)."
         "</footer></main>"
         f"<script>{plotly_js}</script>{''.join(blocks)}<script>{SCRIPT}</script>"

@@ -435,6 +435,9 @@ def _search_and_validate(scenario, constraints, args: argparse.Namespace) -> int
     check = compare(chosen, measured)
     result["validation"] = {**check, "measured": measured}
     print(format_validation(check), file=_human(args))
+    from executor.commands import _warn_uncalibrated
+
+    _warn_uncalibrated(result, measured)
     _write_outputs(result, args)
     return 0
 

@@ -85,7 +85,7 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
                      "batch_size": scenario.training.batch_size,
                      "one_device_throughput_samples_per_s": baseline,
                      "model": {"name": ctx.graph.graph["name"], **model_summary(ctx.graph)},
-                     "cluster": _cluster_record(scenario),
+                     "cluster": cluster_record(scenario),
                      "yaml": _text(scenario.file)},
         "code_version": code_version(),
         "results": entries,
@@ -107,7 +107,7 @@ def _one_device_throughput(ctx: Context) -> float:
     return predict(plan, ctx.cluster, one).entry["throughput_samples_per_s"]
 
 
-def _cluster_record(scenario: Scenario) -> dict[str, Any]:
+def cluster_record(scenario: Scenario) -> dict[str, Any]:
     c = scenario.cluster
     ps = c.parameter_servers
     return {"nodes": c.nodes, "devices_per_node": c.devices_per_node, "device": c.device.name,
@@ -118,7 +118,10 @@ def _cluster_record(scenario: Scenario) -> dict[str, Any]:
             "stragglers": [{"device": s.device, "slowdown": s.slowdown} for s in c.stragglers],
             "degraded_links": [{"element": d.element, "factor": d.factor}
                                for d in c.degraded_links],
-            "compute_jitter": c.compute_jitter}
+            "compute_jitter": c.compute_jitter,
+            # what the device and link figures are: a calibration of some hosts, or the
+            # catalogue's (``reports.compare.calibration_warning`` reads it)
+            "profile": c.profile or None, "profile_hosts": list(c.profile_hosts)}
 
 
 def _text(path: str) -> str | None:

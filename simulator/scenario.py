@@ -218,6 +218,8 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
                        stragglers=stragglers, degraded_links=degraded,
                        compute_jitter=jitter, cores_per_node=cores,
                        profile=profile.file if profile else "",
+                       profile_hosts=tuple(profile.calibration.get("hosts", ())) if profile
+                       else (),
                        measured=profile.measured if profile else NodeMeasurements())
     from simulator.cluster import topology_elements
 

@@ -118,6 +118,7 @@ class ClusterSpec:
     # core sharing (CPU ranks): the cores a node has (0: one per device, no sharing)
     cores_per_node: int = 0
     profile: str = ""  # the calibration profile the device and links came from, if any
+    profile_hosts: tuple[str, ...] = ()  # the hosts that profile was measured on
     measured: NodeMeasurements = field(default_factory=lambda: NodeMeasurements())
 
     @property

@@ -43,7 +43,7 @@ def run_search(scenario: Scenario, constraints: Constraints, out=None,  # noqa: 
                local: bool = False) -> dict[str, Any]:
     """The search's Result: the simulated candidates ranked, and what was considered;
     ``local``: simulate in this process (under mpiexec, where the ranks run the executor)."""
-    from simulator.predict import code_version, context
+    from simulator.predict import cluster_record, code_version, context
     from simulator.strategies import default_options, scheme_module
     from simulator.strategies.stages import Grid
     from simulator.sweep import executor
@@ -117,7 +117,8 @@ def run_search(scenario: Scenario, constraints: Constraints, out=None,  # noqa: 
                      "file": scenario.file, "seed": scenario.seed,
                      "devices": scenario.cluster.device_count,
                      "device": scenario.cluster.device.name,
-                     "batch_size": scenario.training.batch_size},
+                     "batch_size": scenario.training.batch_size,
+                     "cluster": cluster_record(scenario)},
         "code_version": code_version(),
         "search": {"considered": considered, "pruned_by_rule": sum(rule.values()),
                    "rules": dict(sorted(rule.items(), key=lambda kv: -kv[1])),

@@ -126,6 +126,8 @@ def test_validate_predicts_runs_and_compares(calibrated, tmp_path: Path):
                       str(pred), "--measured", str(meas), "--report", str(report)],
                   timeout=300)
     assert done.returncode == 0, done.stderr
+    # calibrated on this machine and measured on it: no warning, and the report has no banner
+    assert "warning" not in done.stderr and "class=banner" not in report.read_text()
     rows = {ln.split()[0]: ln for ln in done.stdout.splitlines() if ln.split()}
     assert {"dp", "pp"} <= rows.keys()
     assert "%" in rows["dp"] and "%" in rows["pp"]

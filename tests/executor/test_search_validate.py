@@ -47,6 +47,8 @@ def test_validate_executes_the_picks_and_compares_the_orders(tmp_path):
                 "--timeout", "60", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert "validation: the executed plans, predicted against measured" in r.stdout
+    # searched without a profile: the console says the comparison is uncalibrated
+    assert "parasim: warning: the prediction used the catalogue's figures" in r.stderr
     result = json.loads(out.read_text())
     v = result["validation"]
     executed = [p["strategy"] for p in v["plans"]]

@@ -64,7 +64,7 @@ def test_comparison_figures():
     compute = stacked["data"][0]
     assert compute["x"] == [["ring", "ring"], ["predicted", "measured"]]
     assert compute["y"] == pytest.approx([300, 300])
-    assert [t["y"] for t in errors["data"]] == [[pytest.approx(0.2)], [pytest.approx(-0.25)]]
+    assert [t["y"] for t in errors["data"]] == [[pytest.approx(-0.2)], [pytest.approx(0.25)]]
     assert figures.comparison([]) is None
 
 

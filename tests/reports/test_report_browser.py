@@ -118,6 +118,8 @@ def test_report_renders_offline_and_safely(report: Path) -> None:
             sections = page.evaluate("Array.from(document.querySelectorAll('section'))"
                                      ".map(s => s.id)")
             body = page.inner_text("body")
+            banner = page.evaluate("Array.from(document.querySelectorAll('.banner'))"
+                                   ".map(b => [b.textContent, b.getBoundingClientRect().height])")
             ticks = page.evaluate("Array.from(document.querySelectorAll('#breakdown .xtick'))"
                                   ".map(t => t.textContent)")
             options = page.evaluate("Array.from(document.querySelectorAll('#entry-select "
@@ -138,6 +140,8 @@ def test_report_renders_offline_and_safely(report: Path) -> None:
     for chart in charts + [c for s in switched for c in s]:
         assert chart["traces"] > 0 and chart["svg"], chart
     assert EVIL in body
+    # the prediction used the catalogue's figures: the page says so above everything
+    assert len(banner) == 1 and "catalogue's figures" in banner[0][0] and banner[0][1] > 0
     assert f"{BOLD} (measured)" in ticks, ticks  # plotly shows it literally, not in bold
     assert options[:2] == [f"{BOLD} · 4 devices", "downpour · 4 devices"]
     assert time.monotonic() - started < 45
