@@ -84,7 +84,8 @@ class Pair:
 
 
 def pairs(entries: list[Entry]) -> list[Pair]:
-    """Measured entries that have a prediction of the same strategy, possibly from another file.
+    """Measured entries that have a prediction of the same strategy of the same scenario,
+    possibly from another file.
     The prediction with the same sweep point wins, then the same device count; a measured entry
     whose strategy was never predicted at that size has no pair. Both must have numbers."""
     predicted = [e for e in entries if not e.measured and e.charted]
@@ -92,9 +93,36 @@ def pairs(entries: list[Entry]) -> list[Pair]:
     for m in entries:
         if not m.measured or not m.charted:
             continue
-        same = [p for p in predicted if p.strategy == m.strategy and p.devices == m.devices]
+        same = [p for p in predicted if p.strategy == m.strategy and p.devices == m.devices
+                and p.group == m.group]
         exact = [p for p in same if m.sweep_point and p.sweep_point == m.sweep_point]
         best = (exact or same)[:1]
         if best:
             out.append(Pair(best[0], m))
     return out
+
+
+NAMES = {"compute": "less computation", "exposed_communication": "less exposed communication",
+         "ps_wait": "less parameter-server waiting",
+         "idle": "less idle time (pipeline bubbles, waiting for the slowest)"}
+
+
+def why_faster(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why entry ``a`` beats entry ``b`` (Result entries with ``breakdown_s``): the part of the
+    breakdown that differs most in its favour, and what it pays for it when that is more than
+    a tenth of the gain; None when they cannot be told apart."""
+    da, db = a.get("breakdown_s") or {}, b.get("breakdown_s") or {}
+    gains = {k: db[k] - da[k] for k in NAMES if k in da and k in db}
+    ta, tb = a.get("iteration_time_s"), b.get("iteration_time_s")
+    if not gains or ta is None or tb is None:
+        return None
+    delta = (tb - ta) * 1e3
+    if delta < 5e-4:  # the same to the printed digit
+        return f"{a['strategy']} ties with {b['strategy']} ({ta * 1e3:.3f} ms per iteration)"
+    key = max(gains, key=lambda k: gains[k])
+    loss = min(gains, key=lambda k: gains[k])
+    line = (f"{a['strategy']} beats {b['strategy']} by {delta:.3f} ms per iteration: "
+            f"{NAMES[key]} ({gains[key] * 1e3:.3f} ms)")
+    if gains[loss] < 0 and -gains[loss] > 0.1 * gains[key]:
+        line += f" against {NAMES[loss].replace('less', 'more', 1)} ({-gains[loss] * 1e3:.3f} ms)"
+    return line

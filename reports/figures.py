@@ -83,9 +83,24 @@ def scaling(entries: list[Entry]) -> list[Figure] | None:
                 "x": [e.devices for e in pts], "y": [getattr(e, metric) for e in pts],
                 "line": {"dash": "dash" if mode == "measured" else "solid"},
                 "hovertemplate": f"%{{x}} devices: %{{y:{fmt}}}<extra>%{{fullData.name}}</extra>"})
+        if metric == "throughput":  # ideal: the smallest count's throughput, times the devices
+            for i, pts in enumerate(lines.values()):
+                base = pts[0]
+                if base.throughput:
+                    data.append({
+                        "type": "scatter", "mode": "lines", "name": "ideal scaling",
+                        "legendgroup": "ideal", "showlegend": i == 0,
+                        "x": [e.devices for e in pts],
+                        "y": [base.throughput * e.devices / base.devices for e in pts],
+                        "line": {"dash": "dot", "color": "#9aa5b1", "width": 1},
+                        "hoverinfo": "skip"})
         ticks = sorted({e.devices for pts in lines.values() for e in pts})
-        yaxis = {"tickformat": ".0%", "rangemode": "tozero"} if metric == "efficiency" else {
-            "rangemode": "tozero"}
+        values = [y for t in data for y in t["y"] if y]
+        wide = bool(values) and max(values) > 20 * min(values)
+        yaxis = ({"tickformat": ".0%", "rangemode": "tozero"} if metric == "efficiency"
+                 else {"type": "log"} if wide else {"rangemode": "tozero"})
+        if metric == "throughput" and wide:
+            ytitle += " (log scale)"
         title = "Throughput" if metric == "throughput" else "Scaling efficiency"
         figs.append({"data": data, "layout": layout(
             f"{title} against device count", "devices (log scale)", ytitle,

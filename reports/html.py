@@ -106,6 +106,8 @@ td.num { white-space: nowrap; }
   background: #e4ecf7; color: #1d4f91; }
 .tag.measured { background: #fdebd3; color: #8a4b08; }
 .tag.winner { background: #dcf3e4; color: #11622f; font-weight: 600; }
+h3.group { margin: 22px 0 6px; }
+p.why { margin: 6px 0 0; color: var(--muted); }
 .chart { width: 100%; min-height: 300px; margin: 8px 0 18px; border: 1px solid var(--line);
   border-radius: 6px; }
 .row { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }

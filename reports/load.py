@@ -192,6 +192,12 @@ class Entry:
         return self.data["strategy"]
 
     @property
+    def group(self) -> str:
+        """The scenario the entry belongs to (by name): the report never joins the
+        strategies of different scenarios."""
+        return str(self.scenario.get("name") or self.source)
+
+    @property
     def mode(self) -> str:
         return self.data["mode"]
 

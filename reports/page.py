@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reports import figures, gantt
-from reports.compare import Pair, calibration_warning, pairs, phases
+from reports.compare import Pair, calibration_warning, pairs, phases, why_faster
 from reports.html import CSP, SCRIPT, STYLE, chart, esc, script_json, table
 from reports.load import Entry, entries
 from reports.scenario_section import scenario_section, sources_section
@@ -41,18 +41,28 @@ def build_report(results: list[dict[str, Any]], sources: list[str]) -> str:
     searched = search_section(results)
     if searched:
         add("search", "Plan search", searched)
-    add("summary", "Summary", summary_table(rows, len(results) > 1))
-    scaling = figures.scaling(rows)
+    groups = by_scenario(rows)
+    several = len(groups) > 1
+
+    def heading(name: str) -> str:
+        return f"<h3 class=group>{esc(name)}</h3>" if several else ""
+
+    add("summary", "Summary", "".join(heading(g) + summary_table(es, len(results) > 1)
+                                      for g, es in groups.items()))
+    scaling = [(g, figs) for g, es in groups.items() if (figs := figures.scaling(es))]
     if scaling:
         add("scaling", "Scaling",
             "<p class=lead>Entries of one strategy at several device counts (across files or "
-            "from a sweep).</p><div class=row>" + "".join(map(figure, scaling)) + "</div>")
-    bd = figures.breakdown(rows)
-    if bd:
+            "from a sweep), with the ideal (throughput growing with the devices from the "
+            "smallest count measured).</p>"
+            + "".join(heading(g) + "<div class=row>" + "".join(map(figure, figs)) + "</div>"
+                      for g, figs in scaling))
+    bds = [(g, bd) for g, es in groups.items() if (bd := figures.breakdown(es))]
+    if bds:
         add("breakdown", "Time breakdown",
             "<p class=lead>Per iteration, averaged over worker devices: compute, communication "
             "not hidden under compute, parameter-server wait, and idle (waiting for peers, "
-            "pipeline bubble).</p>" + figure(bd))
+            "pipeline bubble).</p>" + "".join(heading(g) + figure(bd) for g, bd in bds))
     add("measured", "Predicted against measured", measured_section(pairs(rows), figure))
     charted = [e for e in rows if e.charted]
     if charted:
@@ -87,7 +97,20 @@ def title(results: list[dict[str, Any]]) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} scenarios compared"
 
 
+def by_scenario(rows: list[Entry]) -> dict[str, list[Entry]]:
+    """The entries of each scenario, in the order the scenarios first appear."""
+    out: dict[str, list[Entry]] = {}
+    for e in rows:
+        out.setdefault(e.group, []).append(e)
+    return out
+
+
 def summary_table(rows: list[Entry], show_source: bool) -> str:
+    """One scenario's entries, fastest first (those without figures last), the fastest
+    marked, and why it beats the next."""
+    rows = sorted(rows, key=lambda e: -(e.throughput or 0.0) if e.charted else 1.0)
+    ranked = [e for e in rows if e.charted and e.throughput]
+    winner = ranked[0] if len(ranked) > 1 else None
     sweep = any(e.sweep_point for e in rows)
     head = ["strategy", "mode", "devices", "throughput<br>(samples/s)", "iteration<br>time (ms)",
             "speedup over<br>one device", "efficiency", "peak memory<br>(GiB)",
@@ -102,7 +125,8 @@ def summary_table(rows: list[Entry], show_source: bool) -> str:
         fits = e.data.get("fits") is not False
         note = e.data.get("note")
         fit_cell = ("yes" if fits else "no") + (f": {esc(note)}" if note else "")
-        row = [esc(e.label), f'<span class="tag {esc(e.mode)}">{esc(e.mode)}</span>',
+        mark = ' <span class="tag winner">fastest</span>' if e is winner else ""
+        row = [esc(e.label) + mark, f'<span class="tag {esc(e.mode)}">{esc(e.mode)}</span>',
                str(e.devices), _num(e.throughput if e.charted else None, "{:,.1f}"),
                _num(e.iteration_time * 1e3 if e.charted else None, "{:,.3f}"),
                _num(e.speedup if e.charted else None, "{:.2f}×"),
@@ -113,10 +137,12 @@ def summary_table(rows: list[Entry], show_source: bool) -> str:
         if show_source:
             row.append(esc(e.source))
         body.append(row)
-    lead = ("<p class=lead>Speedup is throughput over one healthy device of the cluster "
-            "running the same global batch; efficiency is speedup / devices. Peak memory is "
-            "the busiest device's need / its capacity.</p>")
-    return lead + table(head, body, numeric={2, 3, 4, 5, 6, 7})
+    lead = ("<p class=lead>Fastest first. Speedup is throughput over one healthy device of "
+            "the cluster running the same global batch; efficiency is speedup / devices. Peak "
+            "memory is the busiest device's need / its capacity.</p>")
+    why = why_faster(winner.data, ranked[1].data) if winner is not None else None
+    verdict = f"<p class=why>{esc(why)}.</p>" if why else ""
+    return lead + table(head, body, numeric={2, 3, 4, 5, 6, 7}) + verdict
 
 
 def measured_section(found: list[Pair], figure: Callable[[dict[str, Any]], str]) -> str:

@@ -177,29 +177,11 @@ def _one(scenario: Scenario, name: str, scheme: str, options: dict) -> dict[str,
 
 def why(entries: list[dict]) -> list[str]:
     """One sentence per ranked plan on why it beats the next: the breakdown part that differs
-    most in its favour."""
-    out = []
-    names = {"compute": "less computation", "exposed_communication":
-             "less exposed communication", "ps_wait": "less parameter-server waiting",
-             "idle": "less idle time (pipeline bubbles, waiting for the slowest)"}
+    most in its favour (the report's sentence, ``reports.compare.why_faster``)."""
+    from reports.compare import why_faster
+
     ok = [e for e in entries if e["throughput_samples_per_s"]]
-    for a, b in zip(ok, ok[1:]):
-        da, db = a["breakdown_s"], b["breakdown_s"]
-        gains = {k: db[k] - da[k] for k in names if k in da and k in db}
-        key = max(gains, key=lambda k: gains[k])
-        loss = min(gains, key=lambda k: gains[k])
-        delta = (b["iteration_time_s"] - a["iteration_time_s"]) * 1e3
-        if delta < 5e-4:  # the same to the printed digit
-            out.append(f"{a['strategy']} ties with {b['strategy']} "
-                       f"({a['iteration_time_s'] * 1e3:.3f} ms per iteration)")
-            continue
-        line = (f"{a['strategy']} beats {b['strategy']} by {delta:.3f} ms per iteration: "
-                f"{names[key]} ({gains[key] * 1e3:.3f} ms)")
-        if gains[loss] < 0 and -gains[loss] > 0.1 * gains[key]:
-            more = names[loss].replace("less", "more", 1)
-            line += f" against {more} ({-gains[loss] * 1e3:.3f} ms)"
-        out.append(line)
-    return out
+    return [line for a, b in zip(ok, ok[1:]) if (line := why_faster(a, b))]
 
 
 def format_search(result: dict[str, Any]) -> str:

@@ -41,9 +41,12 @@ def test_scaling_curves_are_devices_against_throughput_per_strategy():
                                                                  throughput=350.0),
                entry("ring", devices=16, iteration_time_s=None, throughput=None))
     throughput, efficiency = map(valid, figures.scaling(rows(a, b)))
-    (line,) = throughput["data"]  # 'solo' has one point: no line
+    line, ideal = throughput["data"]  # 'solo' has one point: no line
     assert line["name"] == "ring" and line["x"] == [2, 4, 8]
     assert line["y"] == [200.0, 350.0, 500.0]
+    # the ideal: 2 devices' throughput, times the devices over 2
+    assert ideal["name"] == "ideal scaling" and ideal["y"] == [200.0, 400.0, 800.0]
+    assert throughput["layout"]["yaxis"].get("type") != "log"  # 200 to 800: linear
     assert efficiency["data"][0]["y"] == pytest.approx([200 / 100 / 2, 350 / 100 / 4,
                                                         500 / 100 / 8])
     assert throughput["layout"]["xaxis"]["tickvals"] == [2, 4, 8]
@@ -53,7 +56,7 @@ def test_scaling_keeps_other_sweep_axes_apart_and_needs_two_sizes():
     es = rows(result(*[entry("ring", devices=d, sweep_point={"devices": d, "batch": b})
                        for d in (2, 4) for b in (32, 64)]))
     names = [t["name"] for t in figures.scaling(es)[0]["data"]]
-    assert names == ["ring, batch=32", "ring, batch=64"]
+    assert names == ["ring, batch=32", "ring, batch=64", "ideal scaling", "ideal scaling"]
     assert figures.scaling(rows(result(entry("ring"), entry("tree")))) is None
 
 
@@ -123,3 +126,11 @@ def test_real_shape_memory_in_gib():
                        cluster={"device_memory_bytes": 4 * GIB}))
     fig = figures.memory(e)
     assert fig["data"][0]["y"] == [3.0] and fig["layout"]["shapes"][0]["y0"] == 4.0
+
+
+def test_throughput_spanning_decades_is_drawn_on_a_log_axis():
+    es = rows(result(entry("ring", devices=1, throughput=10.0),
+                     entry("ring", devices=1024, throughput=5000.0)))
+    throughput, _ = map(valid, figures.scaling(es))
+    assert throughput["layout"]["yaxis"]["type"] == "log"
+    assert "log scale" in throughput["layout"]["yaxis"]["title"]["text"]

@@ -77,3 +77,29 @@ def test_the_report_code_imports_nothing_from_the_simulator():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_two_scenarios_are_two_groups_each_fastest_first_with_its_winner():
+    # two unrelated scenarios that both call a strategy "dp": never one curve, never one pair
+    a = result(entry("dp", devices=2, throughput=200.0), entry("dp", devices=4, throughput=300.0),
+               entry("pipe", devices=4, throughput=350.0, iteration_time_s=0.4,
+                     breakdown_s={"compute": 0.3, "exposed_communication": 0.1,
+                                  "ps_wait": 0.0, "idle": 0.0}), name="alpha")
+    b = result(entry("dp", devices=2, throughput=9000.0, iteration_time_s=0.01),
+               entry("dp", mode="measured", devices=2, throughput=150.0), name="beta")
+    page = build_report([a, b], ["a.json", "b.json"])
+    summary = page[page.index('id="summary"'):page.index('id="scaling"')]
+    assert summary.index(">alpha<") < summary.index(">beta<")
+    alpha = summary[summary.index(">alpha<"):summary.index(">beta<")]
+    # fastest first: pipe (350) before dp at 4 (300) and dp at 2 (200); pipe marked, and why
+    assert alpha.index("pipe") < alpha.index("300.0") < alpha.index("200.0")
+    assert alpha.count("tag winner") == 1 and "pipe beats dp" in alpha
+    assert "less idle time" in alpha
+    blocks = data_blocks(page)
+    curves = [t for f in blocks.values() if isinstance(f, dict) for t in f.get("data", [])
+              if t.get("type") == "scatter" and t.get("name") == "dp"]
+    # alpha's dp only, in the throughput and the efficiency charts: beta's has one size
+    assert [c["x"] for c in curves] == [[2, 4], [2, 4]]
+    # beta's measured dp pairs with beta's prediction, not alpha's
+    measured = page[page.index('id="measured"'):page.index('id="per-strategy"')]
+    assert "9,000.0" in measured and "200.0" not in measured

@@ -44,14 +44,15 @@ strategies:
 """
 
 
-def predicted(tmp_path: Path, nodes: int) -> Path:
+def predicted(tmp_path: Path, nodes: int, name: str = EVIL) -> Path:
     from simulator.predict import simulate_scenario
     from simulator.scenario import load_scenario
 
-    yaml = tmp_path / f"scenario{nodes}.yaml"
-    yaml.write_text(SCENARIO.format(name=EVIL, bold=BOLD, nodes=nodes))
+    tag = f"{nodes}" if name == EVIL else f"{nodes}-{name}"
+    yaml = tmp_path / f"scenario{tag}.yaml"
+    yaml.write_text(SCENARIO.format(name=name, bold=BOLD, nodes=nodes))
     result, _ = simulate_scenario(load_scenario(str(yaml)))
-    out = tmp_path / f"predicted{nodes}.json"
+    out = tmp_path / f"predicted{tag}.json"
     out.write_text(json.dumps(result))
     return out
 
@@ -152,3 +153,59 @@ CHARTS = """Array.from(document.querySelectorAll('div.chart')).filter(d => !d.hi
   .map(d => ({id: d.id || d.dataset.figure, traces: d.data ? d.data.length : 0,
               svg: !!d.querySelector('svg.main-svg')}))"""
 CHARTS_DRAWN = f"({CHARTS}).every(c => c.traces > 0 && c.svg)"
+
+
+# the boxes a reader sees: charts, tables' frames, group headings, verdicts and the banner
+BOXES = """(() => {
+  const seen = Array.from(document.querySelectorAll(
+      'main div.chart, main div.scroll, main h3.group, main p.why, .banner'))
+    .filter(e => !e.hidden && e.offsetParent !== null)
+    .map(e => { const r = e.getBoundingClientRect();
+                return {what: e.tagName + '.' + e.className, x: r.left + scrollX,
+                        y: r.top + scrollY, w: r.width, h: r.height}; });
+  const overlaps = [];
+  for (let i = 0; i < seen.length; i++) for (let j = i + 1; j < seen.length; j++) {
+    const a = seen[i], b = seen[j];
+    if (a.x < b.x + b.w - 1 && b.x < a.x + a.w - 1 && a.y < b.y + b.h - 1 && b.y < a.y + a.h - 1)
+      overlaps.push([a.what, b.what]);
+  }
+  return {overlaps, wider: document.documentElement.scrollWidth - innerWidth,
+          groups: Array.from(document.querySelectorAll('#summary h3.group'))
+            .map(h => h.textContent),
+          winners: document.querySelectorAll('#summary .tag.winner').length,
+          banners: document.querySelectorAll('.banner').length};
+})()"""
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_two_scenarios_read_apart_without_overlaps(tmp_path: Path, width: int) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium "
+                    "(apt-get install chromium) to run the report's browser test")
+    from playwright.sync_api import sync_playwright
+
+    one = predicted(tmp_path, nodes=2, name="small cluster")
+    two = predicted(tmp_path, nodes=1, name="one node")
+    paths = [str(one), str(predicted(tmp_path, nodes=1, name="small cluster")), str(two),
+             str(measured(tmp_path, two))]
+    out = tmp_path / "two.html"
+    out.write_text(build_report(load_results(paths), paths))
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=20_000)
+        try:
+            context = browser.new_context(viewport={"width": width, "height": 1000})
+            context.set_default_timeout(15_000)
+            page = context.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(out.as_uri(), wait_until="load")
+            page.wait_for_function(CHARTS_DRAWN, timeout=15_000)
+            boxes = page.evaluate(BOXES)
+        finally:
+            browser.close()
+    assert errors == [], errors
+    assert boxes["groups"] == ["small cluster", "one node"]
+    assert boxes["winners"] == 2  # each scenario's fastest
+    assert boxes["banners"] == 1  # the measured run was compared with catalogue figures
+    assert boxes["overlaps"] == [] and boxes["wider"] <= 0, boxes
