@@ -25,6 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="Result files written by 'parasim simulate --json' (or the executor)")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="the HTML file to write")
+    p.add_argument("--plotly-js", choices=("inline", "cdn", "directory"), default="inline",
+                   help="where the page gets plotly.js (4.8 MB): inline in the page (works "
+                   "offline; the default), from cdn.plot.ly, or from one copy written beside "
+                   "the page and shared by every report in that folder (directory)")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     p.set_defaults(func=run)
     return p
@@ -36,9 +40,25 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     check_output(out, args.force)
     results = load_results(args.results)
-    write_atomic(out, build_report(results, list(args.results)))
+    mode = getattr(args, "plotly_js", "inline")
+    write_atomic(out, build_report(results, list(args.results), mode))
+    if mode == "directory":
+        write_plotly(out.parent)
     print(f"report written to {out}")
     return 0
+
+
+def write_plotly(folder: Path) -> Path:
+    """plotly.js beside the reports, once per version (a report with ``--plotly-js directory``
+    reads it from there)."""
+    from plotly.offline import get_plotlyjs
+
+    from reports.page import plotly_file
+
+    path = folder / plotly_file()
+    if not path.exists():
+        write_atomic(path, get_plotlyjs())
+    return path
 
 
 def check_output(out: Path, force: bool) -> None:

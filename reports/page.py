@@ -24,8 +24,23 @@ PER_ENTRY = (("timeline", "Timeline of one iteration",
              ("memory", "Memory per device against capacity", "no memory figures in this entry"))
 
 
-def build_report(results: list[dict[str, Any]], sources: list[str]) -> str:
-    """The report for these Results (``sources``: the file each came from, for labels)."""
+PLOTLY_JS = ("inline", "cdn", "directory")
+
+
+def plotly_file() -> str:
+    """The file name ``--plotly-js directory`` writes plotly.js under, next to the reports."""
+    from plotly.offline import get_plotlyjs_version
+
+    return f"plotly-{get_plotlyjs_version()}.min.js"
+
+
+def build_report(results: list[dict[str, Any]], sources: list[str],
+                 plotly_js: str = "inline") -> str:
+    """The report for these Results (``sources``: the file each came from, for labels);
+    ``plotly_js``: inline (the page works offline on its own, the default), cdn (fetched from
+    cdn.plot.ly), directory (read from ``plotly_file()`` beside the page)."""
+    if plotly_js not in PLOTLY_JS:
+        raise ValueError(f"plotly_js must be one of {PLOTLY_JS}, not {plotly_js!r}")
     rows = entries(results, sources)
     blocks: list[str] = []  # JSON data blocks
     sections: list[tuple[str, str, str]] = []  # (id, heading, body)
@@ -76,7 +91,8 @@ def build_report(results: list[dict[str, Any]], sources: list[str]) -> str:
         add("staleness", "Gradient staleness (asynchronous)", figure(stale))
     add("scenario", "Scenario", scenario_section(results, sources))
     add("sources", "Result files", sources_section(results, sources))
-    return page(title(results), sections, blocks, len(results), banners(pairs(rows)))
+    return page(title(results), sections, blocks, len(results), banners(pairs(rows)),
+                plotly_js)
 
 
 def banners(found: list[Pair]) -> list[str]:
@@ -191,16 +207,31 @@ def per_entry_section(charted: list[Entry], blocks: list[str]) -> str:
 
 
 def page(heading: str, sections: list[tuple[str, str, str]], blocks: list[str],
-         files: int, warnings: list[str] | None = None) -> str:
-    from plotly.offline import get_plotlyjs
+         files: int, warnings: list[str] | None = None, plotly_js: str = "inline") -> str:
+    from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
     nav = "".join(f'<a href="#{sid}">{esc(h)}</a>' for sid, h, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{esc(h)}</h2>{b}</section>'
                    for sid, h, b in sections)
-    plotly_js = get_plotlyjs().replace("</script", "<\\/script")
+    csp = CSP
+    if plotly_js == "inline":
+        code = get_plotlyjs().replace("</script", "<\\/script")
+        plotly = f"<script>{code}</script>"
+        where = "works offline (plotly.js is embedded)"
+    elif plotly_js == "cdn":
+        src = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+        plotly = f'<script src="{src}" charset="utf-8"></script>'
+        csp = csp.replace("script-src 'unsafe-inline'", "script-src 'unsafe-inline' "
+                          "https://cdn.plot.ly")
+        where = "plotly.js comes from cdn.plot.ly"
+    else:
+        plotly = f'<script src="{plotly_file()}" charset="utf-8"></script>'
+        csp = csp.replace("script-src 'unsafe-inline'", "script-src 'unsafe-inline' 'self' "
+                          "file:")
+        where = f"plotly.js is read from {plotly_file()} beside it"
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{esc(heading)} · parasim report</title><style>{STYLE}</style></head><body>"
         f"<header><h1>{esc(heading)}</h1><p>parasim comparison report from {files} Result "
@@ -208,9 +239,8 @@ def page(heading: str, sections: list[tuple[str, str, str]], blocks: list[str],
         + "".join(f"<div class=banner role=alert><b>Predicted against measured, "
                   f"uncalibrated:</b> {esc(w)}.</div>" for w in warnings or [])
         + f"<main>{body}"
-        "<footer>Built by <code>parasim report</code>; works offline (plotly.js is embedded)."
-        "</footer></main>"
-        f"<script>{plotly_js}</script>{''.join(blocks)}<script>{SCRIPT}</script>"
+        f"<footer>Built by <code>parasim report</code>; {where}.</footer></main>"
+        f"{plotly}{''.join(blocks)}<script>{SCRIPT}</script>"
         "</body></html>\n")
 
 

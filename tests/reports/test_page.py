@@ -103,3 +103,13 @@ def test_two_scenarios_are_two_groups_each_fastest_first_with_its_winner():
     # beta's measured dp pairs with beta's prediction, not alpha's
     measured = page[page.index('id="measured"'):page.index('id="per-strategy"')]
     assert "9,000.0" in measured and "200.0" not in measured
+
+
+def test_plotly_js_inline_by_default_or_from_the_cdn_the_policy_allows():
+    r = result(entry("dp"))
+    inline = build_report([r], ["r.json"])
+    assert "<script src=" not in inline and len(inline) > 1_000_000
+    cdn = build_report([r], ["r.json"], "cdn")
+    assert len(cdn) < 200_000
+    assert re.search(r'<script src="https://cdn\.plot\.ly/plotly-[0-9.]+\.min\.js"', cdn)
+    assert "script-src 'unsafe-inline' https://cdn.plot.ly;" in cdn

@@ -209,3 +209,32 @@ def test_two_scenarios_read_apart_without_overlaps(tmp_path: Path, width: int) -
     assert boxes["winners"] == 2  # each scenario's fastest
     assert boxes["banners"] == 1  # the measured run was compared with catalogue figures
     assert boxes["overlaps"] == [] and boxes["wider"] <= 0, boxes
+
+
+def test_reports_in_one_folder_can_share_one_plotly_js(tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium "
+                    "(apt-get install chromium) to run the report's browser test")
+    from playwright.sync_api import sync_playwright
+
+    from simulator.cli import main
+
+    src = str(predicted(tmp_path, nodes=1))
+    out = tmp_path / "site"
+    out.mkdir()
+    for name in ("a.html", "b.html"):
+        assert main(["report", src, "-o", str(out / name), "--plotly-js", "directory"]) == 0
+    shared = [p.name for p in out.glob("plotly-*.min.js")]
+    assert len(shared) == 1 and (out / "a.html").stat().st_size < 1_000_000
+    blocked: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=20_000)
+        try:
+            page = browser.new_page()
+            page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file://")
+                       else (blocked.append(r.request.url), r.abort()))
+            page.goto((out / "b.html").as_uri(), wait_until="load")
+            page.wait_for_function(CHARTS_DRAWN, timeout=15_000)
+        finally:
+            browser.close()
+    assert blocked == []
