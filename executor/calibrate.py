@@ -308,35 +308,48 @@ def now() -> str:
 def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, list[str]]:
     """Measure everything (every rank takes part); rank 0 gets the profile's text and a
     summary, the others ``("", [])``."""
+    from simulator.progress import Steps
+
     cal = Calibration(comm, backend, grid)
     cal.say(f"calibrating {comm.Get_size()} rank(s) on {', '.join(sorted(set(cal.hosts)))} "
             f"({backend.name} backend, {grid} grid)")
+    step = Steps(10, enabled=comm.Get_rank() == 0)
+    step("kernel efficiency curves, per kind and per layer shape")
     curves = cal.kernels()
     kinds = [k for k in curves if "@" not in k]
     cal.say(f"  kernels: {sum(len(curves[k]) for k in kinds)} points over {len(kinds)} kinds "
             f"and {len(curves) - len(kinds)} layer shapes")
+    step("launch overhead")
     launch = cal.launch_overhead()
+    step("memory bandwidth")
     membw = cal.memory_bandwidth()
+    step("host-device copies")
     copies = cal.copies()
+    step("core sharing: ranks computing side by side, and beside waiting ranks")
     sharing = cal.core_sharing()
     cal.say(f"  core sharing: {cal.ranks_per_node} rank(s) per node on {cal.cores} core(s); "
             f"co-running slowdown {sharing['co_run_slowdown']:.2f}x")
     if "waiting_slowdown" in sharing:
         cal.say(f"  beside waiting ranks: {sharing['waiting_slowdown']:.2f}x waiting quietly, "
                 f"{sharing['polling_wait_slowdown']:.2f}x in MPI's own (polling) waits")
+    step("thread wake-ups")
     wakeup = cal.wakeup()
     cal.say("  thread wake-up: " + ", ".join(f"{r['latency_us']:.0f} us at "
                                               f"{r['ranks_per_core']:g} rank(s) per core"
                                               for r in wakeup))
+    step("message wake-ups and the migration lag")
     message_wakeup, migration = cal.message_wakeup(), cal.migration()
     for what, rows_ in (("message wake-up (quiet wait)", message_wakeup),
                         ("a left core idles (migration lag)", migration)):
         cal.say(f"  {what}: " + ", ".join(f"{r['latency_us']:.0f} us at {r['ranks_per_core']:g} "
                                          "rank(s) per core" for r in rows_))
+    step("the spread of ranks' finish times")
     spread = cal.spread()
     cal.say("  rank spread: " + ", ".join(f"{r['std_us']:.0f} us at {r['ranks_per_core']:g} "
                                            "rank(s) per core" for r in spread))
+    step("point-to-point latency and bandwidth")
     links = cal.p2p()
+    step("all-reduce times against size, ranks and ranks per core")
     rows = cal.allreduce()
     if comm.Get_rank() != 0:
         return "", []

@@ -32,6 +32,7 @@ from executor.server import ServerRunner
 from executor.watchdog import Watchdog
 from simulator.plan import Plan
 from simulator.predict import code_version, context
+from simulator.progress import Steps
 from simulator.specs import Scenario
 from simulator.strategies import build_plan
 
@@ -116,14 +117,18 @@ def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0
     hosts = sorted(set(comm.allgather(MPI.Get_processor_name())))  # while every rank is alive
     waits = xcomm.choose_waits(comm)
     dog = Watchdog(comm, timeout)
+    step = Steps(len(plans), enabled=comm.Get_rank() == 0)
+    entries = []
     try:
-        entries = [run_downpour(comm, plan, ctx.graph, scenario, data, backend, dog, weights,
-                                _period_batch, lost_after)
-                   if plan.mode == "async" else
-                   run_dbn(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
-                   if plan.scheme == "dbn_pretrain" else
-                   run_plan(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
-                   for plan in plans]
+        for plan in plans:
+            step(f"running {plan.strategy} on {len(plan.ranks)} rank(s)")
+            entries.append(
+                run_downpour(comm, plan, ctx.graph, scenario, data, backend, dog, weights,
+                             _period_batch, lost_after)
+                if plan.mode == "async" else
+                run_dbn(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
+                if plan.scheme == "dbn_pretrain" else
+                run_plan(comm, plan, ctx.graph, scenario, data, backend, dog, weights))
     finally:
         dog.stop()
     return {

@@ -51,3 +51,32 @@ class SimulationProgress:
 def factory(console: Console | None = None):  # noqa: ANN201
     """``simulate_scenario``'s ``progress``: one SimulationProgress per strategy."""
     return lambda name, plan: SimulationProgress(name, console)
+
+
+class Steps:
+    """Announce the steps of a long command on the terminal (standard error, ``rich``): what it
+    is doing now, which step of how many, and about how long is left at the pace so far. Quiet
+    when standard error is not a terminal (logs and pipes get the command's own output only)."""
+
+    def __init__(self, total: int, console: Console | None = None, enabled: bool = True):
+        self.total = total
+        self.console = console or Console(stderr=True)
+        self.on = enabled and self.console.is_terminal
+        self.done = 0
+        self.began = time.monotonic()
+
+    def left(self) -> str:
+        """About how long the steps not yet done take, at the pace of those done."""
+        if not self.done:
+            return ""
+        each = (time.monotonic() - self.began) / self.done
+        return f", about {each * (self.total - self.done):.0f} s left"
+
+    def __call__(self, what: str) -> None:
+        """Step ``what`` begins."""
+        if self.on:
+            elapsed = time.monotonic() - self.began
+            self.console.print(f"[dim][{self.done + 1}/{self.total}][/dim] {what} "
+                               f"[dim]({elapsed:.0f} s in{self.left()})[/dim]",
+                               highlight=False)
+        self.done += 1

@@ -242,3 +242,23 @@ def test_a_json_file_ending_in_gz_is_gzipped(scenario_file, tmp_path):
     assert r.returncode == 0, r.stderr
     with gzip.open(out, "rt") as f:
         assert json.load(f)["results"][0]["strategy"] == "dp"
+
+
+def test_steps_say_what_runs_and_how_long_is_left_only_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from simulator.progress import Steps
+
+    tty = io.StringIO()
+    steps = Steps(3, console=Console(file=tty, force_terminal=True, color_system=None,
+                                     width=200))
+    steps("kernels")
+    steps("links")
+    out = tty.getvalue()
+    assert "[1/3] kernels" in out and "[2/3] links" in out and "s left" in out
+    pipe = io.StringIO()
+    quiet = Steps(3, console=Console(file=pipe, force_terminal=False))
+    quiet("kernels")
+    assert pipe.getvalue() == ""
