@@ -45,18 +45,18 @@ def relative(predicted: float, measured: float) -> float:
 
 
 def format_comparison(rows: list[dict[str, Any]], title: str) -> str:
-    lines = [title, "(iteration and phases in ms; error = (predicted - measured) / measured)",
-             f"{'strategy':<22}{'ranks':>6}{'predicted':>11}{'measured':>10}{'error':>8}"
-             f"{'samples/s pred':>16}{'meas':>10}{'error':>8}"]
-    for r in rows:
-        lines.append(f"{r['strategy']:<22}{r['devices']:>6}{r['predicted_s'] * 1e3:>11.3f}"
-                     f"{r['measured_s'] * 1e3:>10.3f}{r['error']:>+8.1%}"
-                     f"{r['predicted_throughput']:>16.1f}{r['measured_throughput']:>10.1f}"
-                     f"{r['throughput_error']:>+8.1%}")
-    lines.append("")
-    lines.append(f"{'strategy':<22}" + "".join(f"{ph.replace('exposed_', ''):>24}"
-                                               for ph in PHASES))
-    lines.append(f"{'':<22}" + "".join(f"{'pred / meas':>24}" for _ in PHASES))
+    """Predicted against measured per strategy, then per phase (columns as wide as their
+    widest cell: a large error never runs into the next column)."""
+    from simulator.console import columns
+
+    head = [("strategy", "ranks", "predicted", "measured", "error", "samples/s pred", "meas",
+             "error")]
+    body = [(r["strategy"], str(r["devices"]), f"{r['predicted_s'] * 1e3:.3f}",
+             f"{r['measured_s'] * 1e3:.3f}", f"{r['error']:+.1%}",
+             f"{r['predicted_throughput']:.1f}", f"{r['measured_throughput']:.1f}",
+             f"{r['throughput_error']:+.1%}") for r in rows]
+    phases = [("strategy", *(ph.replace("exposed_", "") for ph in PHASES)),
+              ("", *("pred / meas" for _ in PHASES))]
     for r in rows:
         cells = []
         for ph in PHASES:
@@ -64,8 +64,9 @@ def format_comparison(rows: list[dict[str, Any]], title: str) -> str:
             # an error against a phase that is a sliver of the iteration says nothing
             err = (f"{relative(a, b):+.0%}" if b > 0.02 * r["measured_s"] else "-")
             cells.append(f"{a * 1e3:.2f} / {b * 1e3:.2f} {err:>5}")
-        lines.append(f"{r['strategy']:<22}" + "".join(f"{c:>24}" for c in cells))
-    return "\n".join(lines)
+        phases.append((r["strategy"], *cells))
+    return "\n".join([title, "(iteration and phases in ms; error = (predicted - measured) / "
+                      "measured)", *columns(head + body), "", *columns(phases)])
 
 
 def predict_measured(scenario: Scenario, names: list[str]) -> dict[str, Any]:
