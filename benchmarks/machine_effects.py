@@ -14,7 +14,8 @@ Printed, each as a ratio of two timings taken in the same run:
   CPU backend's one-pass kernel;
 * with 2 or more ranks: rank 0's GEMM alone, and while every other rank waits in a blocking
   ``MPI_Recv`` or ``MPI_Barrier`` (on fewer cores than ranks, whether waiting ranks give up
-  their cores or spin on them), or in the executor's quiet wait (``executor/comm.py``: test the
+  their cores or spin on them), or in the executor's quiet wait (``executor/mpi/collectives.py``:
+  test the
   request, sleep, test again), which the executor uses when ranks outnumber cores;
 * with 3 or more ranks: 3 ranks that each compute about 12 ms, then pause 0, 4 or 8 ms, on the
   machine's cores (2 on the test machine): their runs' time over the time alone, against what
@@ -31,7 +32,7 @@ import time
 import numpy as np
 from numba import njit
 
-from executor.calibrate_kernels import timed
+from executor.calibration.kernels import timed
 from executor.kernels.cpu import CpuBackend
 
 F32 = np.float32
@@ -88,7 +89,7 @@ def quiet(comm) -> None:  # noqa: ANN001
 def waiting(comm) -> None:  # noqa: ANN001
     """Rank 0's GEMM alone (the others sleep), then while they block in Recv, in Barrier, and
     in the executor's quiet receive."""
-    from executor import comm as xcomm
+    from executor.mpi import collectives as xcomm
 
     a, w = np.ones((256, 1024), F32), np.ones((1024, 1024), F32)
 

@@ -23,7 +23,7 @@ in these target states:
   (Hydra's per-executable ``-env``), shm and ``lock`` only;
 * (d) two-sided: the target is a dedicated server in a service loop, sync ``probe``: blocking in
   ``Probe``; sync ``poll``: ``Iprobe`` and a 0.5 ms sleep when nothing is there (what
-  ``executor/server.py`` runs); a fetch is a request and a ``Recv`` of the parameters, a push a
+  ``executor/ps/server.py`` runs); a fetch is a request and a ``Recv`` of the parameters, a push a
   ``Send`` of the gradient that the server adds in and acknowledges.
 
 over two transports: ``shm``, MPICH's default between ranks of one host (with ``Win_allocate``

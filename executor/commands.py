@@ -66,14 +66,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from executor.dbn_cli import cmd_pretrain as run
+    from executor.dbn.command import cmd_pretrain as run
 
     _mpi()  # (a missing mpi4py or numba: one line naming the extra)
     return run(args)
 
 
 def pretrain_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``parasim pretrain`` (and of ``python -m executor.dbn``)."""
+    """The options of ``parasim pretrain``."""
     p.add_argument("scenario", help=SCENARIO_HELP)
     p.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
     p.add_argument("--backend", choices=("cpu", "reference", "cuda"), default="cpu",
@@ -120,8 +120,8 @@ def _agree(comm: Any, failure: str | None) -> bool:
 
 
 def _backend(name: str) -> Any:
+    from executor.interpreter.model import ExecutorError
     from executor.kernels import get_backend
-    from executor.model import ExecutorError
 
     try:
         return get_backend(name)
@@ -146,8 +146,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         failure = str(e)
     if not _agree(comm, failure):
         return 2
-    from executor.calibrate import calibrate
-    from executor.comm import abort_on_error
+    from executor.calibration.calibrate import calibrate
+    from executor.mpi.collectives import abort_on_error
 
     with abort_on_error(comm):
         text, lines = calibrate(comm, backend, args.grid, args.name)
@@ -166,7 +166,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rank0 = comm.Get_rank() == 0
     failure = None
     try:
-        from executor.execute import prepare
+        from executor.interpreter.execute import prepare
         from simulator.scenario import with_profile
 
         scenario = with_profile(args.scenario, args.profile)
@@ -178,8 +178,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         failure = str(e)
     if not _agree(comm, failure):
         return 2
-    from executor.comm import abort_on_error
-    from executor.execute import execute
+    from executor.interpreter.execute import execute
+    from executor.mpi.collectives import abort_on_error
     from executor.validate import compare, format_comparison, predict_measured
 
     names = [p.strategy for p in prepared.plans]

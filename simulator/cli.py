@@ -34,9 +34,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from reports import ReportError
 
     errors: tuple[type[Exception], ...] = (ScenarioError, PlanError, UsageError, ReportError)
-    if "executor.model" in sys.modules:
+    if "executor.interpreter.model" in sys.modules:
         from executor.data import DataError
-        from executor.model import ExecutorError
+        from executor.interpreter.model import ExecutorError
 
         errors += (ExecutorError, DataError)
     return errors
@@ -387,8 +387,8 @@ def _search_and_validate(scenario, constraints, args: argparse.Namespace) -> int
     from executor.commands import _agree, _backend, _mpi
 
     comm = _mpi().COMM_WORLD
-    from executor.comm import abort_on_error
-    from executor.execute import execute, prepare
+    from executor.interpreter.execute import execute, prepare
+    from executor.mpi.collectives import abort_on_error
     from executor.search_validate import (
         compare,
         format_validation,
@@ -446,8 +446,8 @@ def cmd_execute(args: argparse.Namespace) -> int:
     from executor.commands import _agree, _backend, _mpi
 
     comm = _mpi().COMM_WORLD
-    from executor.comm import abort_on_error
-    from executor.execute import execute, prepare
+    from executor.interpreter.execute import execute, prepare
+    from executor.mpi.collectives import abort_on_error
 
     rank0 = comm.Get_rank() == 0
     # bad input every rank sees alike: rank 0 says it once, every rank exits 2

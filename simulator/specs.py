@@ -86,7 +86,8 @@ class NodeMeasurements:
     # pays when it waited for another stream, and a parameter server that idled
     wakeup: dict[float, float] = field(default_factory=dict)
     # a process's wake-up latency (seconds) by ranks per core when it slept in a quiet wait
-    # (executor/comm.py) for a message: what a rank waiting for a message pays on a node with
+    # (executor/mpi/collectives.py) for a message: what a rank waiting for a message pays on a node
+    # with
     # more ranks than cores, and a parameter-server rank polling for one
     message_wakeup: dict[float, float] = field(default_factory=dict)
     # by ranks per core above 1: how long a core that a rank leaves idles while other ranks

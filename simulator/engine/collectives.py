@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Pair = tuple[str, str]  # (source device, destination device)
 
@@ -122,3 +123,14 @@ def _hierarchical(devs: Sequence[str], nbytes: float, node_of) -> list[Phase]:  
     if local > 1:
         out.append(Phase(intra, (local - 1) / local * nbytes, local - 1))
     return out
+
+
+@dataclass
+class Rendezvous:
+    """The members of one collective (or barrier) of one iteration arriving: how many are
+    expected, how many came, when it started, and the event that fires when it is done."""
+
+    size: int
+    done: Any  # a simpy.Event
+    arrived: int = 0
+    start: float = 0.0

@@ -46,7 +46,8 @@ class NodeModel:
         max-min fairly among the runs going on, as the OS time-shares the ranks that are
         computing. A rank that waits (for a message, a peer, the parameter server) leaves its
         share to the others: the executor waits quietly where ranks outnumber cores
-        (``executor/comm.py``; MPICH's own waits poll and took their share in some launches:
+        (``executor/mpi/collectives.py``; MPICH's own waits poll and took their share in some
+        launches:
         ``calibration.measured.core_sharing``)."""
         spec = self.cluster.spec
         if not spec.cores_per_node:
@@ -64,7 +65,8 @@ class NodeModel:
     def _polling(self, rank: int, op) -> object | None:  # noqa: ANN001
         """MPI's own all-reduce (``algorithm: mpi``: MPICH's blocking ``MPI_Allreduce``) polls
         from the moment its rank enters it until it ends, on a core of its own, even where the
-        executor's waits are quiet (``executor/comm.py``): on shared cores that takes a share
+        executor's waits are quiet (``executor/mpi/collectives.py``): on shared cores that takes a
+        share
         from the ranks still computing. Returns the polling flow on the node's cores (to
         ``stop``), or None where cores are not modelled or the collective waits quietly."""
         if self.cpus is None or op.algorithm != "mpi" or op.collective != "allreduce":

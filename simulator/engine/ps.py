@@ -14,7 +14,7 @@ import simpy
 from simulator.plan import COMM, KERNEL_OPS, PSPull, PSPush, WorkLoop
 
 if TYPE_CHECKING:
-    from simulator.engine.runner import Rendezvous
+    from simulator.engine.collectives import Rendezvous
 
 
 class ParameterServerModel:

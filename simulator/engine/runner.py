@@ -28,6 +28,7 @@ import simpy
 
 from simulator.cluster import Cluster
 from simulator.engine import collectives
+from simulator.engine.collectives import Rendezvous
 from simulator.engine.fold import FoldModel
 from simulator.engine.hardware import Coordinator, Device, ParameterServer
 from simulator.engine.network import Network
@@ -175,14 +176,6 @@ class Program:
                 out.append((i, i + 1, ONE, None, op.id if op.id in needed else None))
                 i += 1
         return out
-
-
-@dataclass
-class Rendezvous:
-    size: int
-    done: simpy.Event
-    arrived: int = 0
-    start: float = 0.0
 
 
 @dataclass
@@ -582,7 +575,8 @@ class Engine(NodeModel, ParameterServerModel, FoldModel):
         steps, volume = collectives.allreduce_terms(algorithm, len(devs), op.bytes)
         if op.collective in halves:
             # the executor's ring all-reduce is its ring reduce-scatter then its ring
-            # all-gather (``executor/comm.py``): each is half of the fitted ring's steps and
+            # all-gather (``executor/mpi/collectives.py``): each is half of the fitted ring's steps
+            # and
             # volume, at the fit's per-step latency and bandwidth
             steps, volume = steps // 2, volume / 2
         seconds = steps * fit[0] + volume / fit[1]

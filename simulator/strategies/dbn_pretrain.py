@@ -22,7 +22,8 @@ Modelled, per rank and RBM layer L (v visible, h hidden units, P = vh + v + h pa
 - per epoch one ``allreduce`` of the deltas (tensor ``delta:L``, P x bytes per element) over the
   group ``world``. The default ``exchange: tree`` *is* "the master averages and broadcasts": a
   binomial-tree reduce to rank 0 followed by a binomial broadcast from rank 0, as
-  ``executor/comm.py`` runs it, costing ``2 ceil(log2 k) (alpha + S/B)``. ``ring``, ``mpi`` or
+  ``executor/mpi/collectives.py`` runs it, costing ``2 ceil(log2 k) (alpha + S/B)``. ``ring``,
+  ``mpi`` or
   ``hierarchical`` model a library all-reduce instead (same result, other cost);
 - after each layer but the last, one ``fwd`` Compute op over the rank's shard (the hidden
   probabilities become the next layer's data; the top layer's are not needed for pre-training).

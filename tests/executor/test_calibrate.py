@@ -172,7 +172,7 @@ def test_validate_with_a_missing_profile_is_one_clear_line(tmp_path: Path):
 def test_the_migration_lag_is_fitted_back_from_the_burst_pattern():
     """calibrate sets the engine's model of ranks computing in bursts against the measured
     pattern: a ratio the model gives with a known lag fits back to that lag."""
-    from executor.calibrate_sharing import fit_migration
+    from executor.calibration.sharing import fit_migration
     from simulator.engine.node import bursts
 
     work, pause = 13e-3, 6.5e-3

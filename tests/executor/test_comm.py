@@ -1,4 +1,5 @@
-"""``executor.comm`` with real ranks: ``mpi_cases/comm_cases.py`` under ``mpiexec -n 1, 2, 3, 4``.
+"""``executor.mpi.collectives`` with real ranks: ``mpi_cases/comm_cases.py`` under ``mpiexec -n 1,
+2, 3, 4``.
 
 Two "nodes" on one host come from MPICH's cliques: ``MPIR_CVAR_NUM_CLIQUES=2`` splits the ranks
 into halves ({0,1}, {2,3}), ``MPIR_CVAR_ODD_EVEN_CLIQUES=1`` into {0,2}, {1,3};
@@ -73,7 +74,8 @@ def test_collectives_match_closed_forms(n: int, env: dict[str, str], layout: str
 @pytest.mark.parametrize(("n", "env"), [(2, {}), (3, {}), (4, {"MPIR_CVAR_NUM_CLIQUES": "2"})],
                          ids=["n2", "n3", "n4-2nodes"])
 def test_quiet_waits_give_the_same_results(n: int, env: dict[str, str]) -> None:
-    # every wait tests its request and sleeps between tests (executor/comm.py, "waiting"):
+    # every wait tests its request and sleeps between tests (executor/mpi/collectives.py,
+    # "waiting"):
     # the same closed forms, through the non-blocking calls
     res, _ = mpirun(n, "quiet", env=env)
     assert res.returncode == 0, res.stderr

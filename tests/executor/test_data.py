@@ -676,7 +676,7 @@ def test_text_labels_survive_shard_batches_and_the_executors_indexing(tmp_path):
     assert [d.decode(r) for r in y] == ["abra", "adab"]
     flat = d.flatten()
     assert isinstance(flat, TextDataset) and flat.x.shape == (7, 4) and flat.vocab == d.vocab
-    # executor/execute.py's _period_batch reads a period's samples exactly so
+    # executor/interpreter/execute.py's _period_batch reads a period's samples exactly so
     idx = (1 * 3 + np.arange(3)) % len(d.y)
     xb, yb = np.ascontiguousarray(d.x[idx], dtype=np.float32), d.y[idx].astype(np.int64)
     np.testing.assert_array_equal(xb[:, 1:], yb[:, :-1])

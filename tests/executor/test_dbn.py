@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from executor.data import digits
-from executor.model import init_weights
+from executor.interpreter.model import init_weights
 from simulator.model.zoo_small import dbn
 from simulator.strategies.dbn_pretrain import fine_tuning_time, layer_times, shard_bounds
 from tests.executor.test_execute import launch as run_ranks
@@ -269,11 +269,11 @@ FINE_TUNE = """\
 import json, sys
 import numpy as np
 from mpi4py import MPI
-from executor.dbn_cli import prepare_dbn
-from executor.dbn_finetune import fine_tune
+from executor.dbn.command import prepare_dbn
+from executor.dbn.finetune import fine_tune
 from executor.kernels import get_backend
-from executor.model import init_weights
-from executor.watchdog import Watchdog
+from executor.interpreter.model import init_weights
+from executor.mpi.watchdog import Watchdog
 from simulator.scenario import load_scenario
 
 comm = MPI.COMM_WORLD

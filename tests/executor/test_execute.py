@@ -136,7 +136,8 @@ def test_a_partitioned_run_ends_with_the_one_device_weights(runs, model, ranks, 
 
 
 def test_ranks_sharing_a_core_wait_quietly_and_train_alike(runs, tmp_path: Path):
-    # 4 ranks on one core: every wait sleeps between tests of its request (executor/comm.py);
+    # 4 ranks on one core: every wait sleeps between tests of its request
+    # (executor/mpi/collectives.py);
     # the ring all-reduce, the pipeline's messages, the barriers and the parameter servers'
     # pushes and pulls still give the one-device weights
     path = tmp_path / "mlp.yaml"

@@ -1,4 +1,5 @@
-"""Checks of ``executor.comm`` with real ranks; run under mpiexec (tests/executor/test_comm.py).
+"""Checks of ``executor.mpi.collectives`` with real ranks; run under mpiexec
+(tests/executor/test_comm.py).
 
     mpiexec -n 4 python tests/executor/mpi_cases/comm_cases.py          # all checks
     mpiexec -n 2 python tests/executor/mpi_cases/comm_cases.py fail 1   # rank 1 raises
@@ -20,7 +21,7 @@ import zlib
 import numpy as np
 from mpi4py import MPI
 
-from executor.comm import (
+from executor.mpi.collectives import (
     ALGORITHMS,
     abort_on_error,
     allgather,

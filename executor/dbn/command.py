@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from executor.dbn import run_dbn, time_to_error, training_inputs
-from executor.model import ExecutorError
+from executor.dbn.pretrain import run_dbn, time_to_error, training_inputs
+from executor.interpreter.model import ExecutorError
 from simulator.plan import Plan
 
 
@@ -29,7 +29,7 @@ class Prepared:
 def prepare_dbn(comm: Any, scenario: Any, names: list[str] | None) -> Prepared:
     """Plans and data every rank checks alike before any rank starts."""
     from executor.data import open_dataset, synthetic
-    from executor.dbn_finetune import check_test_split, data_size_for
+    from executor.dbn.finetune import check_test_split, data_size_for
     from simulator.predict import context
     from simulator.strategies import build_plan
 
@@ -76,8 +76,8 @@ def execute_dbn(comm: Any, prep: Prepared, backend: Any, timeout: float,
             weights: dict[str, Any] | None) -> dict[str, Any]:
     from mpi4py import MPI
 
-    from executor.comm import choose_waits
-    from executor.watchdog import Watchdog
+    from executor.mpi.collectives import choose_waits
+    from executor.mpi.watchdog import Watchdog
     from simulator.predict import code_version
 
     sc = prep.scenario
@@ -98,7 +98,7 @@ def execute_dbn(comm: Any, prep: Prepared, backend: Any, timeout: float,
 
 def format_result(result: dict[str, Any], target: float | None = None) -> str:
     """One row per strategy; with ``target``, the time to that first-layer error."""
-    from executor.dbn_finetune import summary
+    from executor.dbn.finetune import summary
 
     sc = result["scenario"]
     head = ["strategy", "ranks", "epochs", "final error per layer", "total s", "epoch ms",
@@ -129,9 +129,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     command checked that MPI is there)."""
     from mpi4py import MPI
 
-    from executor.comm import abort_on_error
     from executor.data import DataError
     from executor.kernels import get_backend
+    from executor.mpi.collectives import abort_on_error
     from simulator.errors import PlanError, ScenarioError
     from simulator.scenario import load_scenario
 

@@ -1,4 +1,4 @@
-"""The communication half of ``parasim calibrate`` (``executor/calibrate.py``): one-way
+"""The communication half of ``parasim calibrate`` (``executor/calibration/calibrate.py``): one-way
 message times, and the all-reduce as a gradient exchange runs it, with the fits the simulator
 uses. ``CommCalibration`` is mixed into ``Calibration``, whose state it uses (``comm``,
 ``rank``, ``size``, ``hosts``, ``cores``, ``grid``)."""
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
-from executor.calibrate_kernels import spill_buffer
+from executor.calibration.kernels import spill_buffer
+from executor.mpi import collectives as xcomm
 
 F32 = np.float32
 P2P_SIZES = {"tiny": [8, 4096, 1 << 18], "small": [8, 1024, 1 << 14, 1 << 18, 1 << 21, 1 << 23],

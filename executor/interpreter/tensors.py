@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from executor.model import chunk
+from executor.interpreter.model import chunk
 
 
 def axis_index(axis: str, ndim: int) -> int:

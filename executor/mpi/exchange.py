@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
-from executor.groups import gather_parts, scatter_parts
-from executor.model import ExecutorError, feature_count
-from executor.tensors import local_shape
+from executor.interpreter.model import ExecutorError, feature_count
+from executor.interpreter.tensors import local_shape
+from executor.mpi import collectives as xcomm
+from executor.mpi.groups import gather_parts, scatter_parts
 from simulator.plan import Collective, Recv, Send
 
 

@@ -10,7 +10,7 @@ every rank sets ``W = W_start + sum / k``: the master's average. The reconstruct
 every rank takes the same stopping decision: after ``epochs`` epochs or when the error has not
 fallen by more than ``tau`` for three epochs in a row. The layer's hidden probabilities on every
 shard are then the next layer's data. With ``fine_tune`` the network is then fine-tuned by
-back-propagation (``executor/dbn_finetune.py``).
+back-propagation (``executor/dbn/finetune.py``).
 
 The plan is the contract: mini-batch sizes, the all-reduce algorithm and which layers run a
 forward pass are read from each layer's first epoch in the plan (which plays
@@ -26,7 +26,7 @@ Measured: every epoch between barriers; each CD-1 step, averaging and forward pa
 timeline span named as the simulator names them (``rbm1.cd1``, ``allreduce:rbm1.e3``,
 ``rbm1.fwd``), so ``dbn_pretrain.layer_times`` reads both. Kernels are JIT-warmed before.
 
-Run: ``mpiexec -n K python -m executor.dbn SCENARIO --strategy NAME --json OUT``; rank 0 writes.
+Run: ``mpiexec -n K parasim pretrain SCENARIO --strategy NAME --json OUT``; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from executor import comm as xcomm
-from executor.model import ExecutorError, init_weights
+from executor.interpreter.model import ExecutorError, init_weights
+from executor.mpi import collectives as xcomm
 from simulator.intervals import length, minus, union
 from simulator.plan import Collective, Compute, Plan
 from simulator.strategies.dbn_pretrain import STALL_EPOCHS, pretraining_length
@@ -122,7 +122,7 @@ class RankTrainer:
     def epoch(self, s: LayerSchedule, index: int, epoch: int, p: dict, x: Any) -> float:
         """One epoch of CD-1 over the shard from ``p`` (updated in place to the master's
         average); returns the epoch's reconstruction error, sample-weighted over every rank."""
-        from executor import comm as xcomm
+        from executor.mpi import collectives as xcomm
 
         k, hidden = self.backend, p["b"].shape[0]
         start = {key: np.array(k.to_host(v)) for key, v in p.items()}
@@ -180,7 +180,7 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
     _warm_up(backend, x, whole[layers[0].layer])
     tuner = None
     if o["fine_tune"]:  # set up and compiled before anything is timed
-        from executor.dbn_finetune import FineTuner
+        from executor.dbn.finetune import FineTuner
 
         tuner = FineTuner(comm, plan, graph, scenario, data, backend)
     # per epoch: (its end, reconstruction error or loss, training accuracy, samples)

@@ -1,5 +1,5 @@
 """Downpour SGD run for real: worker ranks on their own clocks, parameter-server shard ranks
-serving in a loop (``executor/server.py``; why not one-sided MPI: docs/downpour.md).
+serving in a loop (``executor/ps/server.py``; why not one-sided MPI: docs/downpour.md).
 
 Workers never wait for each other: no barrier between periods. Each runs its program (fetch every
 n_fetch steps, push every n_push steps) for every period, then tells each server it is done and
@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
-from executor.faults import maybe_fail
-from executor.measure import phases_of
-from executor.runner import RankRunner
-from executor.server import TAG_DONE, TAG_RESULT, ServerRunner, unflatten
-from executor.watchdog import Watchdog
+from executor.interpreter.measure import phases_of
+from executor.interpreter.runner import RankRunner
+from executor.mpi import collectives as xcomm
+from executor.mpi.faults import maybe_fail
+from executor.mpi.watchdog import Watchdog
+from executor.ps.server import TAG_DONE, TAG_RESULT, ServerRunner, unflatten
 from simulator.plan import Plan
 
 TAG_BYE = 7106

@@ -33,9 +33,9 @@ import networkx as nx
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
+from executor.interpreter.model import chunk, init_weights
 from executor.kernels.cpu import CpuBackend
-from executor.model import chunk, init_weights
+from executor.mpi import collectives as xcomm
 from simulator.plan import Plan
 
 TAG_PUSH, TAG_PULL, TAG_PARAM, TAG_DONE, TAG_RESULT = 7101, 7102, 7103, 7104, 7105
@@ -74,7 +74,7 @@ class ServerRunner:
 
     def __init__(self, comm: MPI.Comm, plan: Plan, graph: nx.DiGraph, seed: int,
                  learning_rate: float, momentum: float):
-        from executor.runner import group_communicators
+        from executor.mpi.groups import group_communicators
 
         self.comm, self.plan = comm, plan
         self.groups = group_communicators(comm, plan)  # collective: every rank creates its own

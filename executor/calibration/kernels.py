@@ -2,9 +2,10 @@
 
 Every case is a small model graph built by the simulator's own layer builder, so the FLOPs a
 measured point is filed under are exactly the FLOPs the simulator will cost that layer at. A
-point is timed through the code the executor's ranks run (``executor.model.Forward`` for
+point is timed through the code the executor's ranks run (``executor.interpreter.model.Forward`` for
 forward, backward and the loss; ``sgd_momentum`` per parameter tensor for the update; the
-CD-1 step with its uniforms and local update as ``executor/dbn.py`` runs it), median of repeats
+CD-1 step with its uniforms and local update as ``executor/dbn/pretrain.py`` runs it), median of
+repeats
 after a warm-up. Curves are ``kind.phase -> [(FLOPs, seconds), ...]`` over every shape of the
 kind, and ``kind.phase@shape`` over the batches of one layer shape (``kernel_shape``: the
 simulator prices a layer of a measured shape from its own curve, others from the kind's);
@@ -25,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from executor.forward import Forward
-from executor.model import Layer, init_weights
+from executor.interpreter.forward import Forward
+from executor.interpreter.model import Layer, init_weights
 from simulator.model import build_custom
 from simulator.strategies.common import kernel_kind, kernel_shape
 
@@ -182,7 +183,8 @@ class KernelTimer:
             x = y
 
     def _cd1(self, layer: Layer, x: Any) -> float:
-        """One CD-1 step as ``executor/dbn.py`` times it: uniforms, ``rbm_cd1``, local update."""
+        """One CD-1 step as ``executor/dbn/pretrain.py`` times it: uniforms, ``rbm_cd1``, local
+        update."""
         k, p = self.k, layer.params
         n, hidden = x.shape[0], p["b"].shape[0]
         p.setdefault("b_vis", k.zeros((x.shape[1],)))

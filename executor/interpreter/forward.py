@@ -1,5 +1,6 @@
 """Forward and backward of one layer (or a rank's shard of it) through a kernel backend, and
-the loss: the arithmetic of a layer, whatever plan it runs under (``executor/model.py`` says how
+the loss: the arithmetic of a layer, whatever plan it runs under (``executor/interpreter/model.py``
+says how
 parameters are split; the runner moves the tensors).
 
 Sequence tensors ``(N, seq, features)`` go through the dense kernels as ``N x seq`` rows. The
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from executor.model import ExecutorError, Layer, chunk, pair
+from executor.interpreter.model import ExecutorError, Layer, chunk, pair
 
 
 def rows(x: Any) -> Any:

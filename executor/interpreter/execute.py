@@ -6,7 +6,7 @@ between a barrier and ``MPI.Wtime``. Per-op timestamps give the trace and the br
 simulator's phase names (compute, exposed_communication, idle; ps_wait is 0 without parameter
 servers). Loss and accuracy per period go into the Result. Rank 0 alone prints and writes.
 
-A watchdog (``executor/watchdog.py``) ends a run that makes no progress for ``timeout`` seconds
+A watchdog (``executor/mpi/watchdog.py``) ends a run that makes no progress for ``timeout`` seconds
 with a message naming where it was stuck and which ranks were lost, and aborts the job.
 """
 
@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
 from executor.data import Dataset, open_dataset, synthetic
-from executor.dbn import run_dbn
-from executor.downpour import run_downpour
-from executor.faults import maybe_fail
-from executor.measure import phases_of
-from executor.model import ExecutorError, check_executable
-from executor.runner import RankRunner
-from executor.server import ServerRunner
-from executor.watchdog import Watchdog
+from executor.dbn.pretrain import run_dbn
+from executor.interpreter.measure import phases_of
+from executor.interpreter.model import ExecutorError, check_executable
+from executor.interpreter.runner import RankRunner
+from executor.mpi import collectives as xcomm
+from executor.mpi.faults import maybe_fail
+from executor.mpi.watchdog import Watchdog
+from executor.ps.downpour import run_downpour
+from executor.ps.server import ServerRunner
 from simulator.plan import Plan
 from simulator.predict import code_version, context
 from simulator.progress import Steps

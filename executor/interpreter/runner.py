@@ -26,19 +26,19 @@ import networkx as nx
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
-from executor.exchange import TensorExchange
-from executor.faults import slowdown
-from executor.forward import Forward
-from executor.groups import group_communicators
-from executor.layer_ops import LayerOps
-from executor.model import ExecutorError, Layer, chunk, init_weights, shard_params
-from executor.ps_client import ParameterServerClient
-from executor.server import (
+from executor.interpreter.forward import Forward
+from executor.interpreter.layer_ops import LayerOps
+from executor.interpreter.model import ExecutorError, Layer, chunk, init_weights, shard_params
+from executor.interpreter.zero import ZeroState
+from executor.mpi import collectives as xcomm
+from executor.mpi.exchange import TensorExchange
+from executor.mpi.faults import slowdown
+from executor.mpi.groups import group_communicators
+from executor.ps.client import ParameterServerClient
+from executor.ps.server import (
     flat_layout,
     push_pull_layout,
 )
-from executor.zero import ZeroState
 from simulator.plan import (
     COMM,
     COMPUTE,

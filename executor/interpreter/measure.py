@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from executor.runner import Timings
+from executor.interpreter.runner import Timings
 from simulator.intervals import length, minus, union
 from simulator.plan import COMM, COMPUTE
 

@@ -37,7 +37,7 @@ class Watchdog:
         self.where, self.beat = where, time.monotonic()
 
     def _answer(self) -> None:
-        """Answer every pending roll call (from named ranks: see executor/server.py)."""
+        """Answer every pending roll call (from named ranks: see executor/ps/server.py)."""
         ping = np.empty(1, np.int64)
         for r in range(self.size):
             if r != self.rank and self.roll.Iprobe(r, TAG_PING):

@@ -1,4 +1,5 @@
-"""The part of ``parasim calibrate`` (``executor/calibrate.py``) about ranks that wait on
+"""The part of ``parasim calibrate`` (``executor/calibration/calibrate.py``) about ranks that wait
+on
 time-shared cores: how soon a rank that slept in the executor's quiet wait has its message, and
 how long a core that a rank leaves idles while other ranks wait in other cores' run queues.
 ``SharingCalibration`` is mixed into ``Calibration``, whose state it uses (``comm``, ``node``,
@@ -12,9 +13,9 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
-from executor.calibrate_comm import quiet_barrier, trimmed_mean
-from executor.calibrate_kernels import timed
+from executor.calibration.comm import quiet_barrier, trimmed_mean
+from executor.calibration.kernels import timed
+from executor.mpi import collectives as xcomm
 
 F32 = np.float32
 
@@ -22,7 +23,8 @@ F32 = np.float32
 class SharingCalibration:
     def message_wakeup(self) -> list[dict[str, float]]:
         """Seconds from a small message's send to its receiver, waiting in the executor's quiet
-        wait (``executor/comm.py``), having it, to a rank on rank 0's node: with nothing else
+        wait (``executor/mpi/collectives.py``), having it, to a rank on rank 0's node: with nothing
+        else
         running (1 rank per core), and, when the node has more ranks than cores, while as many
         of its other ranks as it has cores compute. What a rank that waited for a message pays
         on time-shared cores, and an idle parameter server polling for one. A process that

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from executor import comm as xcomm
-from executor.model import ExecutorError, Layer, chunk
-from executor.tensors import cut, local_shape
+from executor.interpreter.model import ExecutorError, Layer, chunk
+from executor.interpreter.tensors import cut, local_shape
+from executor.mpi import collectives as xcomm
 from simulator.plan import Compute
 
 

@@ -3,7 +3,7 @@
 Run under ``mpiexec`` with at least two ranks. Measured, in this order:
 
 * kernels (rank 0, the other ranks waiting without polling): every executor kernel over a grid
-  of shapes (``executor/calibrate_kernels.py``), giving efficiency curves against FLOPs; the
+  of shapes (``executor/calibration/kernels.py``), giving efficiency curves against FLOPs; the
   executor's own per-op cost (dependencies, timing, bookkeeping) as the launch overhead, from a
   real one-rank period of a model whose kernels are nearly free;
 * memory bandwidth of one rank (a streaming add, 3 bytes moved per byte summed);
@@ -14,7 +14,7 @@ Run under ``mpiexec`` with at least two ranks. Measured, in this order:
 * thread wake-up latency, per ranks per core: how long a thread that blocked waits for a core
   once another thread hands over to it (the executor's comm stream and main thread); a
   process's after the executor's quiet wait for a message, and, when ranks outnumber cores, how
-  long a core a rank leaves idles while the others queue (``executor/calibrate_sharing.py``);
+  long a core a rank leaves idles while the others queue (``executor/calibration/sharing.py``);
 * point-to-point one-way times (a send and its acknowledgement, less the acknowledgement's way)
   from rank 0 to a rank on its node, and one on another node when there is one, as a training
   step sends (a freshly written message into a receive buffer out of the caches): latency (the
@@ -43,8 +43,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
-from executor.calibrate_comm import (
+from executor.calibration.comm import (
     CommCalibration,
     fit_collectives,
     predicted_allreduce,
@@ -52,8 +51,9 @@ from executor.calibrate_comm import (
     steps_and_volume,
     trimmed_mean,
 )
-from executor.calibrate_kernels import GRIDS, measure_kernels, timed
-from executor.calibrate_sharing import SharingCalibration
+from executor.calibration.kernels import GRIDS, measure_kernels, timed
+from executor.calibration.sharing import SharingCalibration
+from executor.mpi import collectives as xcomm
 from simulator.predict import code_version
 
 F32 = np.float32
@@ -258,8 +258,8 @@ def _runner_overhead(backend: Any, grid: dict[str, Any]) -> float:
     """Per-op time of a real one-rank period (``RankRunner``) beyond its kernels' own time."""
     from collections import defaultdict
 
-    from executor.calibrate_kernels import KernelTimer
-    from executor.runner import RankRunner
+    from executor.calibration.kernels import KernelTimer
+    from executor.interpreter.runner import RankRunner
     from simulator.catalogue import devices, links
     from simulator.cluster import build_cluster
     from simulator.model import build_custom

@@ -1,5 +1,5 @@
 """A worker's side of the parameter servers: versioned pushes and pulls (the protocol is in
-executor/server.py), and Sandblaster's work loop. Mixed into RankRunner, whose state it uses."""
+executor/ps/server.py), and Sandblaster's work loop. Mixed into RankRunner, whose state it uses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from executor import comm as xcomm
-from executor.server import (
+from executor.mpi import collectives as xcomm
+from executor.ps.server import (
     TAG_DONE,
     TAG_PARAM,
     TAG_PORTION,
@@ -38,7 +38,7 @@ class ParameterServerClient:
         for server in self.ps_ranks:
             xcomm.send(self.comm, ask, server, TAG_DONE)
 
-    # ---- parameter servers (executor/server.py has the protocol) -----------------------------
+    # ---- parameter servers (executor/ps/server.py has the protocol) -----------------------------
     def _push_messages(self) -> np.ndarray:
         """The gradients accumulated since the last push, packed once into every shard's push
         message: shard j's message is ``buf[lo_j + j : hi_j + j + 1]``, its first element the

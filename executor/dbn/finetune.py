@@ -3,7 +3,8 @@
 Runs the fine-tuning part of a ``dbn_pretrain`` plan with ``fine_tune``: the ops after the last
 ``delta:`` averaging of each rank's program. They are ``data_parallel`` steps (forward of every
 layer, backward, the ``wgrad:`` all-reduce, the update), so each step is run by
-``executor.runner.RankRunner`` as a one-period data-parallel plan: the step's ops of every rank
+``executor.interpreter.runner.RankRunner`` as a one-period data-parallel plan: the step's ops of
+every rank
 (dependencies on the pre-training dropped: they are done), its global batch the sum of the
 ranks' samples. One runner holds the network and runs the steps one after the other.
 
@@ -29,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from executor import comm as xcomm
-from executor.forward import Forward
-from executor.model import ExecutorError, Layer
-from executor.runner import RankRunner
+from executor.interpreter.forward import Forward
+from executor.interpreter.model import ExecutorError, Layer
+from executor.interpreter.runner import RankRunner
+from executor.mpi import collectives as xcomm
 from simulator.plan import Collective, Compute, Plan, RankProgram, Update
 from simulator.strategies.dbn_pretrain import pretraining_length
 

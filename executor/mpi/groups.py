@@ -1,6 +1,7 @@
 """Communicators for the plan's groups, and tensors cut into members' parts and put back.
 
-A split tensor is cut along the samples, the features or the sequence (``executor.tensors``) into
+A split tensor is cut along the samples, the features or the sequence
+(``executor.interpreter.tensors``) into
 contiguous parts, member r of p holding part r (the first ``total % p`` parts one row longer), as
 the plan's strategies split layers and batches.
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from executor import comm as xcomm
-from executor.model import chunk
-from executor.tensors import axis_index
+from executor.interpreter.model import chunk
+from executor.interpreter.tensors import axis_index
+from executor.mpi import collectives as xcomm
 from simulator.plan import Plan
 
 
@@ -39,7 +40,8 @@ def group_communicators(comm: MPI.Comm, plan: Plan) -> dict[str, MPI.Comm]:
 
 def gather_parts(group: MPI.Comm, local: np.ndarray, axis: str, total: int) -> np.ndarray:
     """Members' parts put back together along the samples (``batch``), the features or the
-    sequence (``executor.tensors.axis_index``); ``total`` is the whole length of that axis."""
+    sequence (``executor.interpreter.tensors.axis_index``); ``total`` is the whole length of that
+    axis."""
     ax = axis_index(axis, local.ndim)
     moved = np.ascontiguousarray(np.moveaxis(local, ax, 0)) if ax else local
     per_row = int(np.prod(moved.shape[1:]))

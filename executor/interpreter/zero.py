@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from executor import comm as xcomm
-from executor.model import chunk
+from executor.interpreter.model import chunk
+from executor.mpi import collectives as xcomm
 from simulator.plan import Collective, Compute
 
 

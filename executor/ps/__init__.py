@@ -1,0 +1,1 @@
+"""Parameter servers: the server ranks, the workers' client, Downpour."""
