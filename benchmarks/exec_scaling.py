@@ -39,7 +39,7 @@ THREADS = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_
 
 
 def run(ranks: int, scenario: Path, out: Path) -> dict:
-    cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "simulator.cli", "execute",
+    cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "parasim", "execute",
            str(scenario), "--backend", "cpu", "--json", str(out), "--force"]
     subprocess.run(cmd, check=True, env={**os.environ, **THREADS}, timeout=900,
                    stdout=subprocess.DEVNULL)

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             most = str(max(g[1] for g in GROUPS))
             print(f"calibrating (mpiexec -n {most}, {args.grid} grid, round {rep + 1} of "
                   f"{args.repeats}) ...", flush=True)
-            run(["mpiexec", "-n", most, sys.executable, "-m", "simulator.cli", "calibrate",
+            run(["mpiexec", "-n", most, sys.executable, "-m", "parasim", "calibrate",
                  "-o", profile, "--grid", args.grid, "--force"], 900)
         for model, ranks, strategies in GROUPS:
             path = out / f"{model}_{ranks}.yaml"
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             stem = f"{model}_{ranks}{tag}"
             pred, meas = out / f"{stem}.predicted.json", out / f"{stem}.measured.json"
             print(f"validating {model} on {ranks} rank(s) (round {rep + 1}) ...", flush=True)
-            run(["mpiexec", "-n", str(ranks), sys.executable, "-m", "simulator.cli",
+            run(["mpiexec", "-n", str(ranks), sys.executable, "-m", "parasim",
                  "validate", str(path), "--profile", profile, "--predicted", str(pred),
                  "--measured", str(meas), "--force"], 900)
             rows = json.loads(meas.read_text())["validation"]

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not profile:
         profile = str(out / "profile.yaml")
         print(f"calibrating (mpiexec -n {RANKS}, small grid) ...", flush=True)
-        run(["mpiexec", "-n", str(RANKS), sys.executable, "-m", "simulator.cli", "calibrate",
+        run(["mpiexec", "-n", str(RANKS), sys.executable, "-m", "parasim", "calibrate",
              "-o", profile, "--grid", "small", "--force"], 900)
     path = out / f"{args.model}_{RANKS}.yaml"
     path.write_text(yaml.safe_dump(scenario(args.model), sort_keys=False))
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         result = out / f"search.{rep + 1}.json"
         print(f"\nround {rep + 1} of {args.repeats}: mpiexec -n {RANKS} parasim search "
               f"{path.name} --profile {Path(profile).name} --validate {args.top}", flush=True)
-        text = run(["mpiexec", "-n", str(RANKS), sys.executable, "-m", "simulator.cli",
+        text = run(["mpiexec", "-n", str(RANKS), sys.executable, "-m", "parasim",
                     "search", str(path), "--profile", profile, "--validate", str(args.top),
                     "--json", str(result), "--force", "--timeout", "120"], 1800)
         print(text[text.index("validation:"):].rstrip(), flush=True)

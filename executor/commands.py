@@ -1,5 +1,5 @@
-"""``parasim calibrate``, ``parasim validate`` and ``parasim pretrain``: commands that run under
-``mpiexec``.
+"""The executor's commands of ``parasim``: execute, calibrate, validate, pretrain, and the
+``--validate`` part of search; they run under ``mpiexec`` and load MPI and Numba only then.
 
 Bad input (too few ranks, an output that exists, a bad scenario or profile) is one line from
 rank 0 and exit 2 on every rank, as for ``parasim execute``.
@@ -12,10 +12,40 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulator.console import BACKEND_HELP, SCENARIO_HELP
+from simulator.console import BACKEND_HELP, SCENARIO_HELP, columns
+from simulator.errors import UsageError, UserError
+from simulator.outputs import (
+    JSON_OUT,
+    check_outputs,
+    human,
+    write_json,
+    write_outputs,
+    write_text,
+    written,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("execute", help="run strategies for real under MPI and measure them",
+                        description="Run under mpiexec: mpiexec -n N parasim execute SCENARIO. "
+                        "Without --strategy, every strategy whose plan needs exactly N ranks "
+                        "runs in turn.")
+    ex.add_argument("scenario", help=SCENARIO_HELP)
+    ex.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
+    ex.add_argument("--backend", choices=("cpu", "cuda", "reference"), default="cpu",
+                    help=BACKEND_HELP)
+    ex.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                    help="abort a run that makes no progress for S seconds (default 600)")
+    ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)" + JSON_OUT)
+    ex.add_argument("--trace", metavar="FILE", help="write a Chrome trace of every rank")
+    ex.add_argument("--report", metavar="FILE", help="write an HTML report")
+    ex.add_argument("--lost-after", type=float, default=10.0, metavar="S",
+                    help="Downpour: count a worker silent for S seconds, while the others are "
+                    "done, as lost and finish without it (default 10)")
+    ex.add_argument("--weights", metavar="FILE", help="write every strategy's final weights "
+                    "(whole, put together from the shards) to an .npz file")
+    ex.add_argument("--force", action="store_true", help="overwrite output files")
+    ex.set_defaults(func=cmd_execute)
     cal = sub.add_parser(
         "calibrate", help="measure this allocation (under mpiexec) and write a profile",
         description="Run under mpiexec with at least two ranks (placed across nodes when "
@@ -98,8 +128,6 @@ def _warn_uncalibrated(predicted: dict[str, Any], measured: dict[str, Any]) -> N
 
 
 def _mpi():  # noqa: ANN202
-    from simulator.cli import UsageError
-
     try:
         import numba  # noqa: F401
         from mpi4py import MPI
@@ -130,7 +158,6 @@ def _backend(name: str) -> Any:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from simulator.cli import UsageError, _check_outputs, _user_errors
 
     MPI = _mpi()
     comm = MPI.COMM_WORLD
@@ -140,9 +167,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise UsageError("parasim calibrate needs at least two ranks (to measure links and "
                              "all-reduce): mpiexec -n 2 parasim calibrate -o FILE")
         if comm.Get_rank() == 0:
-            _check_outputs([args.output], args.force)
+            check_outputs([args.output], args.force)
         backend = _backend(args.backend)
-    except _user_errors() as e:
+    except UserError as e:
         failure = str(e)
     if not _agree(comm, failure):
         return 2
@@ -153,13 +180,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         text, lines = calibrate(comm, backend, args.grid, args.name)
     if comm.Get_rank() == 0:
         print("\n".join(lines))
-        _write_text(args.output, text)
+        write_text(args.output, text)
         print(f"profile written to {args.output}")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from simulator.cli import _check_outputs, _user_errors, _write_json
 
     MPI = _mpi()
     comm = MPI.COMM_WORLD
@@ -171,10 +197,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         scenario = with_profile(args.scenario, args.profile)
         if rank0:
-            _check_outputs([args.predicted, args.measured, args.report], args.force)
+            check_outputs([args.predicted, args.measured, args.report], args.force)
         backend = _backend(args.backend)
         prepared = prepare(comm, scenario, args.strategy)
-    except _user_errors() as e:
+    except UserError as e:
         failure = str(e)
     if not _agree(comm, failure):
         return 2
@@ -197,19 +223,177 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _warn_uncalibrated(predicted, measured)
     for path, result in ((args.predicted, predicted), (args.measured, measured)):
         if path:
-            _write_json(path, result)
+            write_json(path, result)
             print(f"Result written to {path}")
     if args.report:
         from reports import build_report
 
-        _write_text(args.report, build_report([predicted, measured],
+        write_text(args.report, build_report([predicted, measured],
                                               [args.predicted or "predicted",
                                                args.measured or "measured"]))
         print(f"report written to {args.report}")
     return 0
 
 
-def _write_text(path: str, text: str) -> None:
-    from reports.cli import write_atomic
+def cmd_search_validate(args: argparse.Namespace) -> int:
+    """``parasim search --validate N`` under mpiexec (``executor/search_validate.py``)."""
+    from simulator.cli import search_inputs
 
-    write_atomic(Path(path), text)
+    scenario, constraints = search_inputs(args)
+
+    comm = _mpi().COMM_WORLD
+    from executor.interpreter.execute import execute, prepare
+    from executor.mpi.collectives import abort_on_error
+    from executor.search_validate import (
+        compare,
+        format_validation,
+        picks,
+        quiet_barrier,
+        scenario_of,
+    )
+    from simulator.search import format_search, run_search
+
+    rank0 = comm.Get_rank() == 0
+    failure, result, chosen = None, None, None
+    if args.validate < 1:
+        failure = f"--validate must be at least 1, not {args.validate}"
+    elif rank0:
+        try:
+            result = run_search(scenario, constraints, local=True)
+            chosen = picks(result, comm.Get_size(), args.validate)
+            if not chosen:
+                failure = (f"--validate: none of the {len(result['results'])} simulated plans "
+                           f"runs on {comm.Get_size()} ranks (launch as many ranks as a plan "
+                           "has devices, or search with --devices)")
+        except UserError as e:
+            failure = str(e)
+    quiet_barrier(comm)  # (an Ibarrier on every rank: it does not match a blocking one)
+    failure = comm.bcast(failure)
+    if failure:
+        if rank0:
+            print(f"parasim: error: {failure}", file=sys.stderr)
+        return 2
+    chosen = comm.bcast(chosen)
+    failure = None
+    try:
+        backend = _backend(args.backend)
+        prepared = prepare(comm, scenario_of(scenario, chosen), None)
+    except UserError as e:
+        failure = str(e)
+    if not _agree(comm, failure):
+        return 2
+    with abort_on_error(comm):
+        measured = execute(comm, prepared, backend, args.timeout)
+    if not rank0:
+        return 0
+    print(format_search(result), file=human(args))
+    check = compare(chosen, measured)
+    result["validation"] = {**check, "measured": measured}
+    print(format_validation(check), file=human(args))
+    _warn_uncalibrated(result, measured)
+    write_outputs(result, args)
+    return 0
+
+
+def cmd_execute(args: argparse.Namespace) -> int:
+    from simulator.cli import _load
+
+    comm = _mpi().COMM_WORLD
+    from executor.interpreter.execute import execute, prepare
+    from executor.mpi.collectives import abort_on_error
+
+    rank0 = comm.Get_rank() == 0
+    # bad input every rank sees alike: rank 0 says it once, every rank exits 2
+    failure = None
+    try:
+        scenario = _load(args.scenario, args.strategy)
+        if rank0:
+            check_outputs([args.json, args.trace, args.report, args.weights], args.force)
+        backend = _backend(args.backend)  # e.g. the CUDA backend on a machine without a GPU
+        prepared = prepare(comm, scenario, args.strategy)
+    except UserError as e:
+        failure = str(e)
+    if not _agree(comm, failure):
+        return 2
+    weights: dict[str, Any] | None = {} if args.weights else None
+    # from here an error on one rank ends the whole job with the rank and the message
+    with abort_on_error(comm):
+        result = execute(comm, prepared, backend, args.timeout, weights, args.lost_after)
+    lost = any(e.get("failures") or e.get("lost_ranks") for e in result["results"])
+    if not rank0:
+        return _exit_without_finalize() if lost else 0
+    if args.weights:
+        import numpy as np
+
+        flat = {f"{s}/{layer}/{k}": v for s, layers in (weights or {}).items()
+                for layer, params in layers.items() for k, v in params.items()}
+        with open(args.weights, "wb") as fh:
+            np.savez(fh, **flat)
+        print(f"weights written to {args.weights}", file=human(args))
+    print(format_measured(result), file=human(args))
+    write_outputs(result, args)
+    if args.trace:
+        write_json(args.trace, measured_trace(result))
+        written("trace", args.trace, args)
+    if lost:
+        return _exit_without_finalize()
+    return 0
+
+
+def _exit_without_finalize() -> int:
+    """After a lost rank, MPI_Finalize would wait for it forever: leave without it (the
+    outputs are written and flushed)."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def format_measured(result: dict[str, Any]) -> str:
+    sc = result["scenario"]
+    waits = f"; {sc['waits']} waits" if "waits" in sc else ""
+    lines = [f"{sc['name']}: measured on {sc['devices']} rank(s) "
+             f"({', '.join(sc['hosts'])}{waits})",
+             "(breakdown columns: ms per iteration, averaged over ranks)"]
+    rows = [("strategy", "ranks", "samples/s", "iter ms", "compute", "comm", "ps wait", "copy",
+             "idle", "loss", "accuracy")]
+    for e in result["results"]:
+        bd, tr = e["breakdown_s"], e["training"]
+        rows.append((e["strategy"], str(e["devices"]), f"{e['throughput_samples_per_s']:.1f}",
+                     f"{e['iteration_time_s'] * 1e3:.3f}",
+                     *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
+                                                       "ps_wait", "host_device_copy", "idle")),
+                     f"{tr['loss'][-1]:.4f}",
+                     f"{tr['accuracy'][-1]:.1%}" if tr.get("accuracy") else "-"))
+    lines += columns(rows)
+    for e in result["results"]:
+        if "staleness" in e:
+            st = e["staleness"]
+            lines.append(f"{e['strategy']}: gradient staleness mean {st['mean']:.2f}, max "
+                         f"{st['max']}; {e['samples_processed']} samples processed")
+        for f in e.get("failures", []):
+            lines.append(f"{e['strategy']}: rank {f['rank']} {f['what']}")
+    lines += [f"skipped {s}" for s in result.get("skipped", [])]
+    return "\n".join(lines)
+
+
+def measured_trace(result: dict[str, Any]) -> dict[str, Any]:
+    """Chrome trace of the first measured iteration of every rank, per strategy."""
+    events: list[dict[str, Any]] = []
+    pid = 0
+    for e in result["results"]:
+        if "timeline" not in e:
+            continue
+        devices = sorted({s[0] for s in e["timeline"]["spans"]})
+        pids = {}
+        for d in devices:
+            pid += 1
+            pids[d] = pid
+            events.append({"ph": "M", "name": "process_name", "pid": pid,
+                           "args": {"name": f"{e['strategy']}: {d}"}})
+        for d, stream, name, start, dur in e["timeline"]["spans"]:
+            events.append({"ph": "X", "name": name, "pid": pids[d],
+                           "tid": 0 if stream == "compute" else 1, "ts": start * 1e6,
+                           "dur": dur * 1e6})
+    return {"traceEvents": events, "displayTimeUnit": "ms"}

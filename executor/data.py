@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.errors import UserError
+
 IDX_IMAGES = 0x00000803
 IDX_LABELS = 0x00000801
 CIFAR_SHAPE = (3, 32, 32)
@@ -45,7 +47,7 @@ SEPARATION = 6.0  # synthetic(): mean distance between class centres, in noise s
 PathLike = str | Path
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset file or dataset spec is missing or malformed; the message names which and why."""
 
 

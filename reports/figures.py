@@ -216,8 +216,9 @@ def device_utilisation(e: Entry) -> Figure | None:
                          "hovertemplate": "%{x}: %{y:.1%} busy<extra></extra>"})
     if not data:
         return None
+    span = "measured" if e.measured else "simulated"
     return {"data": data, "layout": layout(f"Device utilisation: {text(e.label)}", "device",
-                                           "busy (% of the measured time)",
+                                           f"busy (% of the {span} time)",
                                            yaxis={"tickformat": ".0%", "rangemode": "tozero"})}
 
 

@@ -1,67 +1,29 @@
-"""``parasim``: the command line. Bad input exits 2 with one clear line, never a traceback."""
+"""The simulator's commands of ``parasim``: plan, simulate, sweep and search (the command
+line itself, which registers these and the executor's and the report's, is ``parasim/cli.py``).
+Bad input raises a ``UserError``: one line and exit 2."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-from simulator.console import BACKEND_HELP, SCENARIO_HELP, columns
-from simulator.errors import PlanError, ScenarioError
+from simulator.console import SCENARIO_HELP, columns
+from simulator.errors import UsageError
+from simulator.outputs import (
+    JSON_OUT,
+    STDOUT,
+    check_outputs,
+    human,
+    write_json,
+    write_outputs,
+    written,
+)
+
+__all__ = ["STDOUT", "UsageError", "add_parsers", "format_table"]
 
 
-class UsageError(Exception):
-    pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except _user_errors() as e:
-        print(f"parasim: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the user's input, not a bug: one line and exit 2 (evaluated only when
-    an exception is being handled, so the report and executor code load only then)."""
-    from reports import ReportError
-
-    errors: tuple[type[Exception], ...] = (ScenarioError, PlanError, UsageError, ReportError)
-    if "executor.interpreter.model" in sys.modules:
-        from executor.data import DataError
-        from executor.interpreter.model import ExecutorError
-
-        errors += (ExecutorError, DataError)
-    return errors
-
-
-class _Version(argparse.Action):
-    """``--version``: worked out when asked (a checkout's commit takes a ``git`` call)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001, ANN204
-        from simulator.predict import code_version
-
-        print(f"parasim {code_version()}")
-        parser.exit()
-
-
-STDOUT = "-"  # an output written to standard output instead of a file
-JSON_OUT = " (- for standard output; gzipped when FILE ends in .gz)"
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="parasim", description="Predict (and later measure) the "
-                                "throughput of parallel training plans.")
-    p.add_argument("--version", action=_Version, nargs=0,
-                   help="print parasim's version (and the commit of a checkout) and exit")
-    sub = p.add_subparsers(dest="command", required=True)
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register plan, simulate, sweep and search."""
     plan = sub.add_parser("plan", help="print the plan of one strategy")
     plan.add_argument("scenario", help=SCENARIO_HELP)
     plan.add_argument("--strategy", required=True, help="a strategy name from the scenario")
@@ -84,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="simulate a grid of cluster sizes or field values",
                         description="Simulate every point of a grid: --devices and/or the "
                         "scenario's 'sweep' block. Runs on local processes, or over MPI when "
-                        "launched as: mpiexec -n N python -m mpi4py.futures -m simulator.cli "
+                        "launched as: mpiexec -n N python -m mpi4py.futures -m parasim "
                         "sweep ...")
     sw.add_argument("scenario", help=SCENARIO_HELP)
     sw.add_argument("--devices", type=_int_list, metavar="N,N,...",
@@ -101,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                         "the best --top. Constraints come from the scenario's 'search' block; "
                         "these options override them. Runs on local processes, or over MPI "
                         "when launched as: mpiexec -n N python -m mpi4py.futures -m "
-                        "simulator.cli search ... (docs/search.md)")
+                        "parasim search ... (docs/search.md)")
     se.add_argument("scenario", help="a scenario YAML file (its strategies are not needed "
                     "by the search; its model, cluster and training are)")
     se.add_argument("--top", type=int, metavar="K", help="simulate the best K by estimate "
@@ -134,32 +96,6 @@ def _parser() -> argparse.ArgumentParser:
                     "machine as measured; with --validate, the comparison means something)")
     se.add_argument("--force", action="store_true", help="overwrite output files")
     se.set_defaults(func=cmd_search)
-    ex = sub.add_parser("execute", help="run strategies for real under MPI and measure them",
-                        description="Run under mpiexec: mpiexec -n N parasim execute SCENARIO. "
-                        "Without --strategy, every strategy whose plan needs exactly N ranks "
-                        "runs in turn.")
-    ex.add_argument("scenario", help=SCENARIO_HELP)
-    ex.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
-    ex.add_argument("--backend", choices=("cpu", "cuda", "reference"), default="cpu",
-                    help=BACKEND_HELP)
-    ex.add_argument("--timeout", type=float, default=600.0, metavar="S",
-                    help="abort a run that makes no progress for S seconds (default 600)")
-    ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)" + JSON_OUT)
-    ex.add_argument("--trace", metavar="FILE", help="write a Chrome trace of every rank")
-    ex.add_argument("--report", metavar="FILE", help="write an HTML report")
-    ex.add_argument("--lost-after", type=float, default=10.0, metavar="S",
-                    help="Downpour: count a worker silent for S seconds, while the others are "
-                    "done, as lost and finish without it (default 10)")
-    ex.add_argument("--weights", metavar="FILE", help="write every strategy's final weights "
-                    "(whole, put together from the shards) to an .npz file")
-    ex.add_argument("--force", action="store_true", help="overwrite output files")
-    ex.set_defaults(func=cmd_execute)
-    from executor.commands import add_parsers
-    from reports.cli import add_parser
-
-    add_parsers(sub)
-    add_parser(sub)
-    return p
 
 
 def _int_list(text: str) -> list[int]:
@@ -209,46 +145,6 @@ def _load(path: str, strategies: list[str] | None):  # noqa: ANN202
 
 
 
-def _human(args: argparse.Namespace):  # noqa: ANN202
-    """Where the tables and messages go: standard error when an output is standard output
-    (``--json -``), so that what is piped is that output alone."""
-    outs = [getattr(args, k, None) for k in ("json", "trace", "report")]
-    return sys.stderr if STDOUT in outs else sys.stdout
-
-
-def _check_outputs(paths: list[str | None], force: bool) -> None:
-    if sum(p == STDOUT for p in paths) > 1:
-        raise UsageError("only one output can be standard output (-)")
-    for p in paths:
-        if p is None or p == STDOUT:
-            continue
-        path = Path(p)
-        if path.exists() and not force:
-            raise UsageError(f"{p} exists; pass --force to overwrite it")
-        if not path.parent.exists():
-            raise UsageError(f"{p}: the folder {path.parent} does not exist")
-
-
-def _write_json(path: str, data: Any, compact: bool = False) -> None:
-    """Write JSON through a temporary file (nothing half-written is left under ``path``):
-    ``compact`` without indentation or spaces, gzipped when ``path`` ends in ``.gz``."""
-    text = (json.dumps(data, separators=(",", ":"), default=float) if compact
-            else json.dumps(data, indent=1, default=float)) + "\n"
-    if path == STDOUT:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    tmp = Path(path + ".tmp")
-    if path.endswith(".gz"):
-        import gzip
-
-        with gzip.open(tmp, "wt", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        tmp.write_text(text)
-    tmp.replace(path)
-
-
 # ---- plan --------------------------------------------------------------------------------------
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -257,14 +153,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from simulator.strategies import build_plan
 
     scenario = _load(args.scenario, [args.strategy])
-    _check_outputs([args.json], args.force)
+    check_outputs([args.json], args.force)
     ctx = context(scenario)
     spec = next(s for s in scenario.strategies if s.name == args.strategy)
     plan = build_plan(ctx, spec)
-    print(describe_plan(plan, ctx.cluster), file=_human(args))
+    print(describe_plan(plan, ctx.cluster), file=human(args))
     if args.json:
-        _write_json(args.json, plan.to_dict())
-        _written("plan", args.json, args)
+        write_json(args.json, plan.to_dict())
+        written("plan", args.json, args)
     return 0
 
 
@@ -274,56 +170,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.predict import simulate_scenario
 
     scenario = _load(args.scenario, args.strategy)
-    _check_outputs([args.json, args.trace, args.report], args.force)
+    check_outputs([args.json, args.trace, args.report], args.force)
     from simulator.progress import factory
 
     result, engines = simulate_scenario(scenario, args.strategy, trace=bool(args.trace),
                                         timeline=args.timeline, progress=factory())
-    print(format_table(result), file=_human(args))
-    _write_outputs(result, args)
+    print(format_table(result), file=human(args))
+    write_outputs(result, args)
     if args.trace:
         from simulator.engine.trace import chrome_trace
 
-        _write_json(args.trace, chrome_trace(engines), compact=True)
-        _written("trace", args.trace, args, " (open it in https://ui.perfetto.dev)")
+        write_json(args.trace, chrome_trace(engines), compact=True)
+        written("trace", args.trace, args, " (open it in https://ui.perfetto.dev)")
     return 0
-
-
-def _write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
-    if args.json:
-        _write_json(args.json, result)
-        _written("result", args.json, args)
-    if args.report:
-        from reports import build_report
-
-        source = args.json if args.json not in (None, STDOUT) else "(in memory)"
-        _write_text(args.report, build_report([result], [source]))
-        _written("report", args.report, args)
-
-
-def _written(what: str, path: str, args: argparse.Namespace, extra: str = "") -> None:
-    if path != STDOUT:
-        print(f"{what} written to {path}{extra}", file=_human(args))
-
-
-def _write_text(path: str, text: str) -> None:
-    if path == STDOUT:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    tmp = Path(path + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from simulator.sweep import run_sweep
 
     scenario = _load(args.scenario, None)
-    _check_outputs([args.json, args.report], args.force)
+    check_outputs([args.json, args.report], args.force)
     result = run_sweep(scenario, args.devices, args.strong)
-    print(format_sweep(result), file=_human(args))
-    _write_outputs(result, args)
+    print(format_sweep(result), file=human(args))
+    write_outputs(result, args)
     return 0
 
 
@@ -334,8 +203,21 @@ def _families() -> tuple[str, ...]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from simulator.schema import did_you_mean
+    """``parasim search`` (``--validate`` runs under the executor: ``parasim/cli.py`` sends it
+    to ``executor.commands.cmd_search_validate``)."""
     from simulator.search import format_search, run_search
+
+    scenario, constraints = search_inputs(args)
+    result = run_search(scenario, constraints)
+    print(format_search(result), file=human(args))
+    write_outputs(result, args)
+    return 0
+
+
+def search_inputs(args: argparse.Namespace):  # noqa: ANN201
+    """The scenario (with the profile when given) and the search's constraints: the scenario's
+    ``search`` block, the options over it."""
+    from simulator.schema import did_you_mean
     from simulator.search.space import Constraints
 
     if args.profile:
@@ -344,7 +226,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         scenario = with_profile(args.scenario, args.profile)
     else:
         scenario = _load(args.scenario, None)
-    _check_outputs([args.json, args.report], args.force)
+    check_outputs([args.json, args.report], args.force)
     given = dict(scenario.search)
     exclude = [x.strip() for x in (args.exclude or "").split(",") if x.strip()]
     for x in exclude:
@@ -374,176 +256,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         headroom=given.get("headroom", 0.0), exclude=tuple(given.get("exclude", ())),
         synchronous_only=given.get("synchronous_only", False),
         cross_node_tensor=given.get("cross_node_tensor", False))
-    if args.validate is not None:
-        return _search_and_validate(scenario, constraints, args)
-    result = run_search(scenario, constraints)
-    print(format_search(result), file=_human(args))
-    _write_outputs(result, args)
-    return 0
-
-
-def _search_and_validate(scenario, constraints, args: argparse.Namespace) -> int:  # noqa: ANN001
-    """``search --validate N`` under mpiexec (``executor/search_validate.py``)."""
-    from executor.commands import _agree, _backend, _mpi
-
-    comm = _mpi().COMM_WORLD
-    from executor.interpreter.execute import execute, prepare
-    from executor.mpi.collectives import abort_on_error
-    from executor.search_validate import (
-        compare,
-        format_validation,
-        picks,
-        quiet_barrier,
-        scenario_of,
-    )
-    from simulator.search import format_search, run_search
-
-    rank0 = comm.Get_rank() == 0
-    failure, result, chosen = None, None, None
-    if args.validate < 1:
-        failure = f"--validate must be at least 1, not {args.validate}"
-    elif rank0:
-        try:
-            result = run_search(scenario, constraints, local=True)
-            chosen = picks(result, comm.Get_size(), args.validate)
-            if not chosen:
-                failure = (f"--validate: none of the {len(result['results'])} simulated plans "
-                           f"runs on {comm.Get_size()} ranks (launch as many ranks as a plan "
-                           "has devices, or search with --devices)")
-        except _user_errors() as e:
-            failure = str(e)
-    quiet_barrier(comm)  # (an Ibarrier on every rank: it does not match a blocking one)
-    failure = comm.bcast(failure)
-    if failure:
-        if rank0:
-            print(f"parasim: error: {failure}", file=sys.stderr)
-        return 2
-    chosen = comm.bcast(chosen)
-    failure = None
-    try:
-        backend = _backend(args.backend)
-        prepared = prepare(comm, scenario_of(scenario, chosen), None)
-    except _user_errors() as e:
-        failure = str(e)
-    if not _agree(comm, failure):
-        return 2
-    with abort_on_error(comm):
-        measured = execute(comm, prepared, backend, args.timeout)
-    if not rank0:
-        return 0
-    print(format_search(result), file=_human(args))
-    check = compare(chosen, measured)
-    result["validation"] = {**check, "measured": measured}
-    print(format_validation(check), file=_human(args))
-    from executor.commands import _warn_uncalibrated
-
-    _warn_uncalibrated(result, measured)
-    _write_outputs(result, args)
-    return 0
-
-
-def cmd_execute(args: argparse.Namespace) -> int:
-    from executor.commands import _agree, _backend, _mpi
-
-    comm = _mpi().COMM_WORLD
-    from executor.interpreter.execute import execute, prepare
-    from executor.mpi.collectives import abort_on_error
-
-    rank0 = comm.Get_rank() == 0
-    # bad input every rank sees alike: rank 0 says it once, every rank exits 2
-    failure = None
-    try:
-        scenario = _load(args.scenario, args.strategy)
-        if rank0:
-            _check_outputs([args.json, args.trace, args.report, args.weights], args.force)
-        backend = _backend(args.backend)  # e.g. the CUDA backend on a machine without a GPU
-        prepared = prepare(comm, scenario, args.strategy)
-    except _user_errors() as e:
-        failure = str(e)
-    if not _agree(comm, failure):
-        return 2
-    weights: dict[str, Any] | None = {} if args.weights else None
-    # from here an error on one rank ends the whole job with the rank and the message
-    with abort_on_error(comm):
-        result = execute(comm, prepared, backend, args.timeout, weights, args.lost_after)
-    lost = any(e.get("failures") or e.get("lost_ranks") for e in result["results"])
-    if not rank0:
-        return _exit_without_finalize() if lost else 0
-    if args.weights:
-        import numpy as np
-
-        flat = {f"{s}/{layer}/{k}": v for s, layers in (weights or {}).items()
-                for layer, params in layers.items() for k, v in params.items()}
-        with open(args.weights, "wb") as fh:
-            np.savez(fh, **flat)
-        print(f"weights written to {args.weights}", file=_human(args))
-    print(format_measured(result), file=_human(args))
-    _write_outputs(result, args)
-    if args.trace:
-        _write_json(args.trace, measured_trace(result))
-        _written("trace", args.trace, args)
-    if lost:
-        return _exit_without_finalize()
-    return 0
-
-
-def _exit_without_finalize() -> int:
-    """After a lost rank, MPI_Finalize would wait for it forever: leave without it (the
-    outputs are written and flushed)."""
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def format_measured(result: dict[str, Any]) -> str:
-    sc = result["scenario"]
-    waits = f"; {sc['waits']} waits" if "waits" in sc else ""
-    lines = [f"{sc['name']}: measured on {sc['devices']} rank(s) "
-             f"({', '.join(sc['hosts'])}{waits})",
-             "(breakdown columns: ms per iteration, averaged over ranks)"]
-    rows = [("strategy", "ranks", "samples/s", "iter ms", "compute", "comm", "ps wait", "copy",
-             "idle", "loss", "accuracy")]
-    for e in result["results"]:
-        bd, tr = e["breakdown_s"], e["training"]
-        rows.append((e["strategy"], str(e["devices"]), f"{e['throughput_samples_per_s']:.1f}",
-                     f"{e['iteration_time_s'] * 1e3:.3f}",
-                     *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
-                                                       "ps_wait", "host_device_copy", "idle")),
-                     f"{tr['loss'][-1]:.4f}",
-                     f"{tr['accuracy'][-1]:.1%}" if tr.get("accuracy") else "-"))
-    lines += columns(rows)
-    for e in result["results"]:
-        if "staleness" in e:
-            st = e["staleness"]
-            lines.append(f"{e['strategy']}: gradient staleness mean {st['mean']:.2f}, max "
-                         f"{st['max']}; {e['samples_processed']} samples processed")
-        for f in e.get("failures", []):
-            lines.append(f"{e['strategy']}: rank {f['rank']} {f['what']}")
-    lines += [f"skipped {s}" for s in result.get("skipped", [])]
-    return "\n".join(lines)
-
-
-def measured_trace(result: dict[str, Any]) -> dict[str, Any]:
-    """Chrome trace of the first measured iteration of every rank, per strategy."""
-    events: list[dict[str, Any]] = []
-    pid = 0
-    for e in result["results"]:
-        if "timeline" not in e:
-            continue
-        devices = sorted({s[0] for s in e["timeline"]["spans"]})
-        pids = {}
-        for d in devices:
-            pid += 1
-            pids[d] = pid
-            events.append({"ph": "M", "name": "process_name", "pid": pid,
-                           "args": {"name": f"{e['strategy']}: {d}"}})
-        for d, stream, name, start, dur in e["timeline"]["spans"]:
-            events.append({"ph": "X", "name": name, "pid": pids[d],
-                           "tid": 0 if stream == "compute" else 1, "ts": start * 1e6,
-                           "dur": dur * 1e6})
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
+    return scenario, constraints
 
 
 def format_sweep(result: dict[str, Any]) -> str:
@@ -598,6 +311,3 @@ def format_table(result: dict[str, Any]) -> str:
         out.append(f"{e['strategy']}: gradient staleness mean {st['mean']:.2f}, max {st['max']}")
     return "\n".join(out)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 
-class ScenarioError(Exception):
+class UserError(Exception):
+    """Bad input from the user, not a bug: the command line prints one line and exits 2. The
+    executor's and the commands' own input errors derive from it too."""
+
+
+class UsageError(UserError):
+    """A bad option or output path on the command line."""
+
+
+class ScenarioError(UserError):
     """Bad scenario input.
 
     ``path`` is the dotted field path inside the file (``cluster.device.memory_GiB``,
@@ -46,5 +55,5 @@ class ScenarioError(Exception):
         return text
 
 
-class PlanError(Exception):
+class PlanError(UserError):
     """A strategy cannot build a plan for this model and cluster (a user-facing reason)."""

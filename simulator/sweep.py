@@ -7,7 +7,7 @@ is special: it sets the cluster size (nodes x devices per node) and resizes ever
 its module's ``at_scale``; by default the per-device batch is kept (weak scaling), ``strong``
 keeps the global batch. Points run in local processes, or over MPI with ``mpi4py.futures`` when
 the command was launched under ``mpiexec`` (``mpiexec -n N python -m mpi4py.futures -m
-simulator.cli sweep ...``).
+parasim sweep ...``).
 """
 
 from __future__ import annotations

@@ -31,11 +31,13 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from simulator.errors import UserError
+
 EXECUTABLE = frozenset({"dense", "conv", "pool", "act", "flatten", "dropout", "softmax", "rbm",
                         "embedding", "norm", "attention", "add"})
 
 
-class ExecutorError(Exception):
+class ExecutorError(UserError):
     """A plan or model the executor cannot run, with the reason (a user-facing message)."""
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.cli import main
+from parasim.cli import main
 from simulator.profile import load_profile
 from simulator.scenario import load_scenario
 from tests.executor.test_execute import launch

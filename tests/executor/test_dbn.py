@@ -46,7 +46,7 @@ def launch(ranks: int, args: list[str], timeout: float = 240, code: str | None =
            ) -> subprocess.CompletedProcess:
     """``mpiexec -n RANKS parasim pretrain ARGS`` (or ``python -c CODE ARGS``)."""
     return run_ranks(ranks, args if code else ["pretrain", *args], timeout=timeout,
-                     module="simulator.cli", code=code)
+                     module="parasim", code=code)
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ strategies:
 
 
 def launch(ranks: int, args: list[str], timeout: float = 240, env: dict | None = None,
-           launcher_args: list[str] | None = None, module: str = "simulator.cli",
+           launcher_args: list[str] | None = None, module: str = "parasim",
            code: str | None = None, one_core: bool = False) -> subprocess.CompletedProcess:
     """``mpiexec -n RANKS python -m MODULE ARGS`` (or ``python -c CODE ARGS``); with
     ``one_core`` every rank runs on the first core this process may use."""

@@ -28,7 +28,7 @@ TIMEOUT_S = 240
 def parasim(n: int, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "NUMBA_NUM_THREADS": "1"}
-    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "simulator.cli", *args]
+    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "parasim", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -63,7 +63,7 @@ def test_output_is_required():
 
 
 def test_main_command_line_exits_2_with_one_line(tmp_path, capsys):
-    from simulator.cli import main
+    from parasim.cli import main
 
     assert main(["report", str(tmp_path / "missing.json"), "-o",
                  str(tmp_path / "r.html")]) == 2

@@ -217,7 +217,7 @@ def test_reports_in_one_folder_can_share_one_plotly_js(tmp_path: Path) -> None:
                     "(apt-get install chromium) to run the report's browser test")
     from playwright.sync_api import sync_playwright
 
-    from simulator.cli import main
+    from parasim.cli import main
 
     src = str(predicted(tmp_path, nodes=1))
     out = tmp_path / "site"

@@ -1,7 +1,7 @@
 """The ``parasim`` command line: what ``plan`` prints and writes, the Result and trace files of
 ``simulate``, and bad input answered with exit status 2 and one line, never a traceback.
 
-Happy paths call ``simulator.cli.main`` in-process; error paths run ``python -m simulator.cli``
+Happy paths call ``parasim.cli.main`` in-process; error paths run ``python -m parasim``
 so that stderr is exactly what a user sees.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.cli import main
+from parasim.cli import main
 from simulator.plan import Plan
 from simulator.predict import context
 from simulator.scenario import load_scenario
@@ -54,7 +54,7 @@ def scenario_file(tmp_path: Path) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "parasim", *args], capture_output=True,
                           text=True, timeout=120)
 
 
@@ -207,7 +207,7 @@ def test_missing_scenario_file_exits_2(tmp_path):
 def test_every_argument_of_every_command_says_what_it_is():
     import argparse
 
-    from simulator.cli import _parser
+    from parasim.cli import parser as _parser
 
     parser = _parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -18,8 +18,8 @@ import pytest
 import simpy
 import yaml
 
+from parasim.cli import main
 from simulator import catalogue
-from simulator.cli import main
 from simulator.engine.collectives import allreduce_terms, reduced_bytes
 from simulator.engine.hardware import Device, core_sharing, curve_key, efficiency_at
 from simulator.errors import ScenarioError

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from parasim.cli import main
 from simulator import progress as progress_mod
-from simulator.cli import main
 from simulator.engine.runner import Engine
 from simulator.engine.simulate import BUSIEST, MAP_ENTRIES, TIMELINE_SPANS, bounded
 from simulator.plan import ImageOps

@@ -575,7 +575,7 @@ CLI_BAD = [
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "parasim", *args], capture_output=True,
                           text=True, timeout=120)
 
 

@@ -129,7 +129,7 @@ def run_cli(args: list[str], timeout: float, launcher: list[str] | None = None):
 
 def test_cli_sweep_writes_the_result(scenario_file: Path, tmp_path: Path):
     out = tmp_path / "sweep.json"
-    rc, stdout, err = run_cli(["simulator.cli", "sweep", str(scenario_file), "--devices", "2,4",
+    rc, stdout, err = run_cli(["parasim", "sweep", str(scenario_file), "--devices", "2,4",
                                "--json", str(out)], timeout=120)
     assert rc == 0, err
     assert "ring" in stdout and "efficiency" in stdout
@@ -139,7 +139,7 @@ def test_cli_sweep_writes_the_result(scenario_file: Path, tmp_path: Path):
 def test_sweep_over_mpi_ranks_matches_the_local_sweep(scenario_file: Path, tmp_path: Path):
     assert shutil.which("mpiexec"), "mpiexec missing: pip install -e '.[dev]' brings mpich"
     out = tmp_path / "mpi.json"
-    rc, _, err = run_cli(["mpi4py.futures", "-m", "simulator.cli", "sweep", str(scenario_file),
+    rc, _, err = run_cli(["mpi4py.futures", "-m", "parasim", "sweep", str(scenario_file),
                           "--devices", "2,4", "--json", str(out)], timeout=180,
                          launcher=["mpiexec", "-n", "3"])
     assert rc == 0, err

@@ -332,7 +332,7 @@ def test_a_bad_technique_is_one_line_and_exit_2(tmp_path):
             " intra_link: nvlink3}\ntraining: {batch_size: 2}\nstrategies:\n"
             "  - {name: s, scheme: parallel_3d, data: 2, sequence_parallel: true}\n")
     path.write_text(text)
-    done = subprocess.run([sys.executable, "-m", "simulator.cli", "simulate", str(path)],
+    done = subprocess.run([sys.executable, "-m", "parasim", "simulate", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
