@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import venv
 from pathlib import Path
 
-import pytest
+from tests.procs import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900  # one command; installs from a warm pip cache take a minute
@@ -47,16 +46,7 @@ def run(cmd: str, where: Path, env_dir: Path) -> subprocess.CompletedProcess[str
     env.pop("PYTHONPATH", None)
     if cmd.startswith("pip "):
         cmd = "python -m " + cmd  # the environment's own pip
-    proc = subprocess.Popen(cmd, shell=True, cwd=where, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{cmd} hung for {TIMEOUT_S} s\n{out[-2000:]}\n{err[-2000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_group(cmd, TIMEOUT_S, cwd=where, env=env, shell=True)
 
 
 def fresh(tmp_path: Path) -> tuple[Path, Path]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.procs import run_group
 
 pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec")
@@ -37,15 +38,8 @@ def mpirun(n: int, *args: str, env: dict[str, str] | None = None
                 **(env or {})}
     cmd = [str(MPIEXEC), "-n", str(n), sys.executable, str(CASES), *args]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"mpiexec -n {n} {' '.join(args)} hung for {TIMEOUT_S} s\n{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.monotonic() - start
+    done = run_group(cmd, TIMEOUT_S, cwd=ROOT, env=full_env)
+    return done, time.monotonic() - start
 
 
 def expected_checks(p: int) -> int:

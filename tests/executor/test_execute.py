@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.procs import run_group
 
 MLP = """\
 name: exec test
@@ -79,15 +80,7 @@ def launch(ranks: int, args: list[str], timeout: float = 240, env: dict | None =
                 "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", **(env or {})}
     core = {min(os.sched_getaffinity(0))}
     pin = (lambda: os.sched_setaffinity(0, core)) if one_core else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=full_env, preexec_fn=pin)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s:\n{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_group(cmd, timeout, env=full_env, preexec_fn=pin)
 
 
 @pytest.fixture(scope="module")

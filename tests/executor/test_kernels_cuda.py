@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import os
-import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.procs import run_group
 
 pytest.importorskip("numba.cuda")
 
@@ -41,15 +42,7 @@ def child_env(simulate: bool) -> dict[str, str]:
 
 def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``cmd`` in its own session, killed as a group if it outlives TIMEOUT_S."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} ran over {TIMEOUT_S} s\n{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_group(cmd, TIMEOUT_S, cwd=ROOT, env=env)
 
 
 @dataclass

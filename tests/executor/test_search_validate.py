@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from executor.search_validate import compare, picks
+from tests.procs import run_group
 
 pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec")
@@ -29,15 +29,7 @@ def parasim(n: int, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "NUMBA_NUM_THREADS": "1"}
     cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "parasim", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} hung for {TIMEOUT_S} s\n{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_group(cmd, TIMEOUT_S, cwd=ROOT, env=env)
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH")
