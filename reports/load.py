@@ -21,7 +21,7 @@ from reports.errors import ReportError
 
 MODES = ("predicted", "measured")
 NUMBER_MAPS = ("breakdown_s", "memory_bytes_per_device", "utilisation_per_device",
-               "utilisation_per_link", "utilisation_per_server")
+               "utilisation_per_link", "utilisation_per_server", "peak_rss_bytes_per_device")
 NUMBERS = ("iteration_time_s", "throughput_samples_per_s", "speedup_over_one_device",
            "efficiency", "memory_capacity_bytes", "samples_per_iteration")
 

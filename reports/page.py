@@ -121,6 +121,27 @@ def by_scenario(rows: list[Entry]) -> dict[str, list[Entry]]:
     return out
 
 
+def size(n: float) -> str:
+    """Bytes in the unit that keeps three figures: 512 B, 3.1 MiB, 1.25 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.3g} {unit}" if n < 1000 * scale else f"{n / scale:,.0f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def memory_cell(e: Entry) -> str:
+    """The busiest device's planned need (/ its capacity), and for measured rows the largest
+    rank's peak resident memory."""
+    mem = e.data.get("memory_bytes_per_device") or {}
+    cell = size(max(mem.values())) if mem else "–"
+    if mem and e.memory_capacity:
+        cell += f" / {size(e.memory_capacity)}"
+    rss = e.data.get("peak_rss_bytes_per_device") or {}
+    if rss:
+        cell += f"; {size(max(rss.values()))} resident"
+    return cell
+
+
 def summary_table(rows: list[Entry], show_source: bool) -> str:
     """One scenario's entries, fastest first (those without figures last), the fastest
     marked, and why it beats the next."""
@@ -129,15 +150,12 @@ def summary_table(rows: list[Entry], show_source: bool) -> str:
     winner = ranked[0] if len(ranked) > 1 else None
     sweep = any(e.sweep_point for e in rows)
     head = ["strategy", "mode", "devices", "throughput<br>(samples/s)", "iteration<br>time (ms)",
-            "speedup over<br>one device", "efficiency", "peak memory<br>(GiB)",
+            "speedup over<br>one device", "efficiency", "peak memory",
             "fits in memory"]
     head += ["sweep point"] * sweep + ["file"] * show_source
     body = []
     for e in rows:
-        mem = e.data.get("memory_bytes_per_device") or {}
-        peak = f"{max(mem.values()) / figures.GIB:,.2f}" if mem else "–"
-        if mem and e.memory_capacity:
-            peak += f" / {e.memory_capacity / figures.GIB:,.1f}"
+        peak = memory_cell(e)
         fits = e.data.get("fits") is not False
         note = e.data.get("note")
         fit_cell = ("yes" if fits else "no") + (f": {esc(note)}" if note else "")
@@ -155,7 +173,9 @@ def summary_table(rows: list[Entry], show_source: bool) -> str:
         body.append(row)
     lead = ("<p class=lead>Fastest first. Speedup is throughput over one healthy device of "
             "the cluster running the same global batch; efficiency is speedup / devices. Peak "
-            "memory is the busiest device's need / its capacity.</p>")
+            "memory is the busiest device's planned need / its capacity; a measured row adds "
+            "the largest rank's resident memory as the operating system saw it (interpreter "
+            "and libraries included).</p>")
     why = why_faster(winner.data, ranked[1].data) if winner is not None else None
     verdict = f"<p class=why>{esc(why)}.</p>" if why else ""
     return lead + table(head, body, numeric={2, 3, 4, 5, 6, 7}) + verdict

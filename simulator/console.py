@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import io
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 
 def columns(rows: list[tuple[str, ...]], left: int = 1, ragged_last: bool = False) -> list[str]:
-    """Rows as aligned text: the first ``left`` columns left-aligned, the rest right-aligned;
-    with ``ragged_last`` the last column (free text) is not padded."""
-    n = len(rows[0]) - (1 if ragged_last else 0)
-    widths = [max(len(r[i]) for r in rows) for i in range(n)]
-    out = []
+    """Rows as aligned text (a borderless ``rich`` table, two spaces between columns): the first
+    ``left`` columns left-aligned, the rest right-aligned; with ``ragged_last`` the last column
+    (free text) is left-aligned and not padded."""
+    n = len(rows[0])
+    table = Table(box=None, show_header=False, show_edge=False, pad_edge=False,
+                  padding=(0, 1))
+    for i in range(n):
+        ragged = ragged_last and i == n - 1
+        table.add_column(justify="left" if i < left or ragged else "right", no_wrap=True)
     for r in rows:
-        line = "  ".join(c.ljust(w) if i < left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(r[:n], widths)))
-        out.append(line + ("  " + r[-1] if ragged_last else ""))
-    return out
+        table.add_row(*(Text(c) for c in r))
+    width = sum(max(len(r[i]) for r in rows) for i in range(n)) + 2 * n
+    sink = Console(file=io.StringIO(), width=width, color_system=None, highlight=False,
+                   emoji=False, markup=False, soft_wrap=False)
+    sink.print(table)
+    return [line.rstrip() for line in sink.file.getvalue().splitlines()]
 
 
 # help texts that several commands share

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from executor.interpreter.measure import peak_rss
 from executor.interpreter.model import ExecutorError, init_weights
 from executor.mpi import collectives as xcomm
 from simulator.intervals import length, minus, union
@@ -220,7 +221,8 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
         weights[plan.strategy] = trained
     device = plan.ranks[rank].device
     timeline = [(device, stream, name, a - begin, b - a) for stream, name, a, b in me.spans]
-    gathered = comm.gather((device, _breakdown(me.spans, begin, end), timeline), root=0)
+    gathered = comm.gather((device, _breakdown(me.spans, begin, end), timeline, peak_rss()),
+                           root=0)
     if rank != 0:
         return {}
     entry = _entry(plan, backend, gathered, record, epoch_times, curve, end - begin,
@@ -255,7 +257,7 @@ def _entry(plan: Plan, backend: Any, gathered: list, record: list, epoch_times: 
            curve: list[tuple], total: float, pretraining: float) -> dict[str, Any]:
     o = plan.options
     epochs, samples = len(curve), sum(c[3] for c in curve)  # pre-training and fine-tuning
-    breakdown = {key: statistics.fmean(m[key] for _, m, _ in gathered) / epochs
+    breakdown = {key: statistics.fmean(m[key] for _, m, *_ in gathered) / epochs
                  for key in gathered[0][1]}
     accuracy = [c[2] for c in curve] if o["fine_tune"] else None
     return {
@@ -270,14 +272,15 @@ def _entry(plan: Plan, backend: Any, gathered: list, record: list, epoch_times: 
         "iteration_times_s": epoch_times,
         "throughput_samples_per_s": samples / total,
         "breakdown_s": breakdown,
-        "utilisation_per_device": {d: m["compute"] / total for d, m, _ in gathered},
+        "utilisation_per_device": {d: m["compute"] / total for d, m, *_ in gathered},
         "fits": plan.fits,
         "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
+        "peak_rss_bytes_per_device": {d: rss for d, _, _, rss in gathered},
         "training": {"wall_time_s": [c[0] for c in curve],
                      "samples": np.cumsum([c[3] for c in curve]).tolist(),
                      "loss": [c[1] for c in curve], "accuracy": accuracy},
         "timeline": {"iteration": 0, "devices_shown": len(gathered),
-                     "spans": [list(s) for _, _, spans in gathered for s in spans]},
+                     "spans": [list(s) for _, _, spans, _ in gathered for s in spans]},
         "pretraining": {"layers": record,
                         "epochs_to_convergence": sum(r["epochs"] for r in record),
                         "total_time_s": pretraining, "tau": o["tau"], "max_epochs": o["epochs"]},

@@ -22,7 +22,7 @@ from mpi4py import MPI
 
 from executor.data import Dataset, open_dataset, synthetic
 from executor.dbn.pretrain import run_dbn
-from executor.interpreter.measure import phases_of
+from executor.interpreter.measure import peak_rss, phases_of
 from executor.interpreter.model import ExecutorError, check_executable
 from executor.interpreter.runner import RankRunner
 from executor.mpi import collectives as xcomm
@@ -239,11 +239,12 @@ def _entry(comm: MPI.Comm, plan: Plan, times: list[float], phases: list[dict],
     """Gather every rank's figures on rank 0 and shape them like the simulator's entry."""
     iteration = statistics.fmean(times)
     mine = {k: statistics.fmean(p[k] for p in phases) for k in phases[0]}
-    per_rank = comm.gather((plan.ranks[comm.Get_rank()].device, mine, timeline), root=0)
+    per_rank = comm.gather((plan.ranks[comm.Get_rank()].device, mine, timeline, peak_rss()),
+                           root=0)
     if comm.Get_rank() != 0:
         return {}
     per_rank = [p for p in per_rank if p is not None]  # parameter servers send None
-    breakdown = {k: statistics.fmean(m[k] for _, m, _ in per_rank) for k in mine}
+    breakdown = {k: statistics.fmean(m[k] for _, m, *_ in per_rank) for k in mine}
     return {
         "strategy": plan.strategy,
         "scheme": plan.scheme,
@@ -255,11 +256,12 @@ def _entry(comm: MPI.Comm, plan: Plan, times: list[float], phases: list[dict],
         "iteration_times_s": times,
         "throughput_samples_per_s": plan.samples_per_period / iteration,
         "breakdown_s": {k: v / plan.period_steps for k, v in breakdown.items()},
-        "utilisation_per_device": {d: m["compute"] / iteration for d, m, _ in per_rank},
+        "utilisation_per_device": {d: m["compute"] / iteration for d, m, *_ in per_rank},
         "fits": plan.fits,
         "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
+        "peak_rss_bytes_per_device": {d: rss for d, _, _, rss in per_rank},
         "training": {"wall_time_s": [c[0] for c in curve], "samples": [c[1] for c in curve],
                      "loss": [c[2] for c in curve], "accuracy": [c[3] for c in curve]},
         "timeline": {"iteration": 0, "devices_shown": len(per_rank),
-                     "spans": [list(s) for _, _, spans in per_rank for s in spans]},
+                     "spans": [list(s) for _, _, spans, _ in per_rank for s in spans]},
     }

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import resource
+import sys
+
 from executor.interpreter.runner import Timings
 from simulator.intervals import length, minus, union
 from simulator.plan import COMM, COMPUTE
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (the operating system's high-water
+    mark: the interpreter, the libraries and the model's arrays together)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS counts bytes, Linux KiB
 
 
 def phases_of(t: Timings, start: float, end: float) -> dict[str, float]:

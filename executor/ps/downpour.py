@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from executor.interpreter.measure import phases_of
+from executor.interpreter.measure import peak_rss, phases_of
 from executor.interpreter.runner import RankRunner
 from executor.mpi import collectives as xcomm
 from executor.mpi.faults import maybe_fail
@@ -80,7 +80,7 @@ def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # no
         xcomm.send(comm, np.zeros(1, np.float32), server, TAG_DONE)
     mean = {k: statistics.fmean(p[k] for p in phases) for k in phases[0]} if phases else {}
     return {"role": "worker", "rank": rank, "device": prog.device, "times": times,
-            "phases": mean, "curve": curve, "samples": samples}
+            "phases": mean, "curve": curve, "samples": samples, "rss": peak_rss()}
 
 
 def _collect(comm: MPI.Comm, plan: Plan, figures: dict[str, Any],
@@ -153,6 +153,7 @@ def _entry(plan: Plan, got: dict[int, dict], lost: list[int]) -> dict[str, Any]:
         "wall_time_s": wall,
         "fits": plan.fits,
         "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
+        "peak_rss_bytes_per_device": {f["device"]: f["rss"] for f in workers},
         "staleness": {"mean": statistics.fmean(stale) if stale else 0.0,
                       "max": max(stale, default=0), "histogram": hist},
         "utilisation_per_server": {f"rank{f['rank']}": f["busy_s"] / wall if wall else 0.0

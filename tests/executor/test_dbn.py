@@ -208,6 +208,8 @@ def test_the_measured_result_has_its_fields(runs):
     assert e["iteration_time_s"] == pytest.approx(pt["total_time_s"] / 12)
     assert e["throughput_samples_per_s"] == pytest.approx(SAMPLES * 12 / pt["total_time_s"])
     assert len(e["iteration_times_s"]) == 12
+    rss = e["peak_rss_bytes_per_device"]
+    assert len(rss) == 2 and min(rss.values()) > 0
     assert set(e["breakdown_s"]) == {"compute", "exposed_communication", "ps_wait",
                                      "host_device_copy", "idle"}
     tr = e["training"]

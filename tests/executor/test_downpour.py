@@ -62,6 +62,7 @@ def test_three_workers_record_staleness_and_every_sample(tmp_path: Path):
     # every push (3 workers x 6 periods x 2 steps, to each of 2 shards) has a staleness
     assert sum(e["staleness"]["histogram"].values()) == 3 * 6 * 2 * 2
     assert e["failures"] == [] and e["mode"] == "measured"
+    assert len(e["peak_rss_bytes_per_device"]) == 3  # the workers'
     assert "gradient staleness mean" in done.stdout
 
 

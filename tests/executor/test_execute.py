@@ -181,6 +181,12 @@ def test_the_measured_result_has_the_simulators_schema(runs):
         e["iteration_time_s"] + 1e-4
     assert len(e["training"]["loss"]) == 4
     assert {s[0] for s in e["timeline"]["spans"]} == {"node0.cpu0", "node0.cpu1"}
+    # each rank's resident peak: at least the Python interpreter and NumPy (tens of MiB), and
+    # below the machine's memory
+    rss = e["peak_rss_bytes_per_device"]
+    assert set(rss) == {"node0.cpu0", "node0.cpu1"}
+    assert all(20 * 2**20 < b < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+               for b in rss.values())
     # strategies needing another rank count are skipped, and said so
     assert any("one: needs 1 ranks, 2 launched" in s for s in result["skipped"])
     assert "exec test: measured on 2 rank(s)" in runs["mlp2"]["stdout"]

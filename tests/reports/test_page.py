@@ -105,6 +105,19 @@ def test_two_scenarios_are_two_groups_each_fastest_first_with_its_winner():
     assert "9,000.0" in measured and "200.0" not in measured
 
 
+def test_memory_in_the_unit_that_fits_and_measured_rows_add_resident_memory():
+    from reports.page import size
+    assert [size(n) for n in (512, 3.1 * 2**20, 1.25 * 2**30, 80 * 2**30, 2048 * 2**30)] == [
+        "512 B", "3.1 MiB", "1.25 GiB", "80 GiB", "2,048 GiB"]
+    m = entry("dp", mode="measured", devices=2, throughput=150.0,
+              memory_bytes_per_device={"a": 3 * 2**20, "b": 2**20},
+              peak_rss_bytes_per_device={"a": 180 * 2**20, "b": 200 * 2**20})
+    page = build_report([result(m)], ["m.json"])
+    summary = page[page.index('id="summary"'):]
+    summary = summary[:summary.index("</table>")]
+    assert "3 MiB / 16 GiB; 200 MiB resident" in summary
+
+
 def test_plotly_js_inline_by_default_or_from_the_cdn_the_policy_allows():
     r = result(entry("dp"))
     inline = build_report([r], ["r.json"])
