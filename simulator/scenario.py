@@ -365,7 +365,7 @@ def _search(f: Fields) -> dict[str, Any]:
 
 def _data(top: Fields) -> dict[str, Any]:
     """``data``: what the executor trains on (the simulator does not read it). Its keys are
-    checked by the executor's loader (``executor/data.py``), which names the file and field."""
+    checked by the executor's loader (``executor/loaders.py``), which names the file and field."""
     raw = top.raw("data")
     if raw is None:
         return {}

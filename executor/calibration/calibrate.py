@@ -33,11 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import statistics
 import sys
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,11 +45,9 @@ from executor.calibration.comm import (
     predicted_allreduce,
     quiet_barrier,
     steps_and_volume,
-    trimmed_mean,
 )
 from executor.calibration.kernels import GRIDS, measure_kernels, timed
 from executor.calibration.sharing import SharingCalibration
-from executor.mpi import collectives as xcomm
 from simulator.predict import code_version
 
 F32 = np.float32
@@ -118,140 +112,6 @@ class Calibration(CommCalibration, SharingCalibration):
                    "device_to_host_GBps": sizes[-1] / d2h[-1] / 1e9}
         quiet_barrier(self.comm)
         return self.comm.bcast(out, root=0)
-
-    # ---- core sharing -----------------------------------------------------------------------
-    def core_sharing(self) -> dict[str, Any]:
-        """The slowdown of one GEMM-bound kernel while the node's other ranks compute too
-        (as many as there are cores), and, with more ranks than cores, while they wait."""
-        n = 512 if self.grid == "tiny" else 1024
-        a = self.k.to_device(np.ones((256, n), F32))
-        w = self.k.to_device(np.ones((n, n), F32))
-        reps, min_s = (3, 0.02) if self.grid == "tiny" else (5, 0.2)
-
-        def kernel() -> float:
-            return timed(lambda: self.k.gemm(a, w), self.k.synchronize, reps, min_s)
-
-        together = min(self.ranks_per_node, self.cores)
-        alone = kernel() if self.rank == 0 else 0.0
-        quiet_barrier(self.comm)
-        co = kernel() if self.local < together else 0.0
-        if self.local >= together:
-            quiet_barrier(self.node)
-        else:
-            self.node.Barrier() if together == self.ranks_per_node else quiet_barrier(self.node)
-        co_times = [t for t in self.comm.allgather(co) if t]
-        out = {"alone_s": alone, "together_ranks": together,
-               "together_s": statistics.median(co_times)}
-        alone = self.comm.bcast(alone, root=0)
-        if self.ranks_per_node > self.cores:
-            # rank 0 computes while its node's other ranks wait in a barrier: the executor's
-            # quiet wait (what a run on these cores does), then MPI's own, which polls
-            for key, quiet in (("waiting_slowdown", True), ("polling_wait_slowdown", False)):
-                xcomm.wait_quietly(quiet)
-                waiting = kernel() if self.rank == 0 else 0.0
-                xcomm.barrier(self.comm)
-                out[key] = self.comm.bcast(waiting, root=0) / alone
-            xcomm.wait_quietly(False)
-        out["alone_s"] = alone
-        out["co_run_slowdown"] = max(1.0, out["together_s"] / alone)
-        return out
-
-    def wakeup(self) -> list[dict[str, float]]:
-        """Seconds from one thread of a rank handing over to another (an event, as the
-        executor's comm stream and main thread hand over) to the other thread running, while
-        ``k`` ranks of every node compute, for k = the cores and all the node's ranks. With
-        more ranks than cores the woken thread waits for a core, about a time slice."""
-        # the main thread works about as long as a backward pass (two GEMMs of 256x1024 by
-        # 1024x1024, 9 ms on a core of this project's test machine), the helper an eighth of
-        # that, as a comm thread's all-reduce
-        n = 256 if self.grid == "tiny" else 1024
-        a = self.k.to_device(np.ones((256, n), F32))
-        w = self.k.to_device(np.ones((n, n), F32))
-        half_a = self.k.to_device(np.ones((256, n // 2), F32))
-        half_w = self.k.to_device(np.ones((n // 2, n // 2), F32))
-        rounds = 4 if self.grid == "tiny" else 24
-
-        def work() -> None:
-            self.k.gemm(a, w)
-            self.k.gemm(a, w)
-
-        rows = []
-        for k in sorted({min(self.ranks_per_node, self.cores), self.ranks_per_node}):
-            mine = (handoffs(work, lambda: self.k.gemm(half_a, half_w), self.k.synchronize,
-                             rounds) if self.local < k else [])
-            quiet_barrier(self.comm)
-            every = [t for ts in self.comm.allgather(mine) for t in ts]
-            rows.append({"ranks_per_core": k / self.cores, "latency_us":
-                         trimmed_mean(every) * 1e6, "handoffs": len(every)})
-        return rows
-
-    def spread(self) -> list[dict[str, float]]:
-        """How unevenly equal work finishes across ranks: ``k`` ranks of every node start the
-        same run of GEMMs together (k = the cores, and all the node's ranks), and the standard
-        deviation of their times, each against its round's mean (a change that slows every
-        rank alike moves no rank ahead of another). A data-parallel all-reduce waits for the
-        last rank. With more ranks than cores the spread comes from who ran last in a time
-        slice: a time that grows with the work only up to about a slice (tried as a share of
-        any work, it overstated the wait after a long LeNet step 2x), so the work's own
-        duration is kept with it."""
-        n = 256 if self.grid == "tiny" else 512
-        a = self.k.to_device(np.ones((256, n), F32))
-        w = self.k.to_device(np.ones((n, n), F32))
-        rounds, calls = (4, 2) if self.grid == "tiny" else (24, 8)
-        rows = []
-        for k in sorted({min(self.ranks_per_node, self.cores), self.ranks_per_node}):
-            busy = self.local < k
-            group = self.comm.Split(0 if busy else MPI.UNDEFINED, self.rank)
-            mine = []
-            if busy:
-                for _ in range(rounds):
-                    group.Barrier()
-                    t = MPI.Wtime()
-                    for _ in range(calls):
-                        self.k.gemm(a, w)
-                    self.k.synchronize()
-                    mine.append(MPI.Wtime() - t)
-                group.Free()
-            quiet_barrier(self.comm)
-            every = [ts for ts in self.comm.allgather(mine) if ts]
-            deviations = [t - statistics.fmean(rnd) for rnd in zip(*every) for t in rnd]
-            rows.append({"ranks_per_core": k / self.cores,
-                         "std_us": float(np.sqrt(np.mean(np.square(deviations)))) * 1e6,
-                         "work_s": statistics.fmean(t for ts in every for t in ts),
-                         "ranks": len(every), "rounds": rounds})
-        return rows
-
-def handoffs(work: Callable[[], Any], short: Callable[[], Any], sync: Callable[[], None],
-             rounds: int) -> list[float]:
-    """Wake-up latencies of ``rounds`` handovers each way between this thread, which runs
-    ``work`` between handovers, and a helper thread, which runs ``short``; both block on
-    events in between, as the executor's main thread and comm thread do."""
-    go, back = threading.Event(), threading.Event()
-    stamp = [0.0]
-    woke: list[float] = []
-
-    def helper() -> None:
-        for _ in range(rounds):
-            go.wait()
-            go.clear()
-            woke.append(time.perf_counter() - stamp[0])
-            short()
-            sync()
-            stamp[0] = time.perf_counter()
-            back.set()
-
-    thread = threading.Thread(target=helper, daemon=True)
-    thread.start()
-    for _ in range(rounds):
-        work()
-        sync()
-        stamp[0] = time.perf_counter()
-        go.set()
-        back.wait()
-        back.clear()
-        woke.append(time.perf_counter() - stamp[0])
-    thread.join()
-    return woke
 
 
 def _runner_overhead(backend: Any, grid: dict[str, Any]) -> float:

@@ -28,8 +28,9 @@ class Prepared:
 
 def prepare_dbn(comm: Any, scenario: Any, names: list[str] | None) -> Prepared:
     """Plans and data every rank checks alike before any rank starts."""
-    from executor.data import open_dataset, synthetic
+    from executor.data import synthetic
     from executor.dbn.finetune import check_test_split, data_size_for
+    from executor.loaders import open_dataset
     from simulator.predict import context
     from simulator.strategies import build_plan
 

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from executor.data import Dataset, open_dataset, synthetic
+from executor.data import Dataset, synthetic
 from executor.dbn.pretrain import run_dbn
 from executor.interpreter.measure import peak_rss, phases_of
 from executor.interpreter.model import ExecutorError, check_executable
 from executor.interpreter.runner import RankRunner
+from executor.loaders import open_dataset
 from executor.mpi import collectives as xcomm
 from executor.mpi.faults import maybe_fail
 from executor.mpi.watchdog import Watchdog

@@ -1,5 +1,6 @@
-"""executor.data: real files written byte by byte from known arrays and read back exactly; every
-malformed file a DataError naming it; shards that partition; batches that repeat.
+"""executor.data and executor.loaders: real files written byte by byte from known arrays and
+read back exactly; every malformed file a DataError naming it; shards that partition; batches
+that repeat.
 
 The writers here follow the published formats directly (``struct`` big-endian headers, CIFAR-10
 records of one label byte and 3072 CHW pixel bytes), independently of the reader under test.
@@ -20,18 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from executor.data import (
-    DataError,
-    Dataset,
-    TextDataset,
-    digits,
-    load_cifar10,
-    load_idx,
-    load_npz,
-    load_text,
-    open_dataset,
-    synthetic,
-)
+from executor.data import DataError, Dataset, TextDataset, digits, synthetic
+from executor.loaders import load_cifar10, load_idx, load_npz, load_text, open_dataset
 
 RNG = np.random.default_rng(1234)
 IMAGES = RNG.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
@@ -290,7 +281,7 @@ def test_digits_is_sklearn_real_data():
 
 
 def test_sklearn_is_imported_only_when_digits_are_asked_for():
-    code = "import sys, executor.data; print('sklearn' in sys.modules)"
+    code = "import sys, executor.loaders; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
