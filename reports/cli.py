@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from reports.errors import ReportError
+
+SHOWN_NOTES = 10  # warnings printed on the console; the page lists more
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,13 +38,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports import build_report, load_results
+    from reports import load_results
+    from reports.page import render
 
     out = Path(args.output)
     check_output(out, args.force)
     results = load_results(args.results)
     mode = getattr(args, "plotly_js", "inline")
-    write_atomic(out, build_report(results, list(args.results), mode))
+    page, notes = render(results, list(args.results), mode)
+    for note in notes[:SHOWN_NOTES]:  # the page lists them too
+        print(f"parasim: warning: {note}", file=sys.stderr)
+    if len(notes) > SHOWN_NOTES:
+        print(f"parasim: warning: and {len(notes) - SHOWN_NOTES:,} more parts not drawn "
+              "(see the page's Not drawn section)", file=sys.stderr)
+    write_atomic(out, page)
     if mode == "directory":
         write_plotly(out.parent)
     print(f"report written to {out}")

@@ -30,8 +30,10 @@ def text(s: object) -> str:
 
 
 def natural_key(name: str) -> tuple:
-    """'node2.gpu10' after 'node2.gpu9'."""
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name))
+    """'node2.gpu10' after 'node2.gpu9' (a run of digits orders by its length, then its text:
+    no run is too long to compare)."""
+    return tuple((1, 0, t) if i % 2 == 0 else (0, len(t.lstrip("0")), t.lstrip("0"))
+                 for i, t in enumerate(re.split(r"([0-9]+)", name)))
 
 
 def layout(title: str, x: str, y: str, **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,8 @@ bars) carrying the bar's text.
 Spans of one lane that touch or are closer than a fraction of a pixel (the iteration / 4,000)
 become one bar, which looks the same at any screen width; its hover names the first and last op
 and how many it holds. If more than ``MAX_BARS`` bars remain, the merged gap doubles until they
-do not, and the title says so.
+do not, and the title says so. The first ``MAX_DEVICES`` devices (in natural order) and
+``MAX_STREAMS`` streams are drawn, and the title says when there were more.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from reports.figures import Figure, layout, natural_key, text
 from reports.load import Entry
 
 MAX_BARS = 50_000
+MAX_DEVICES = 128  # rows: plotly lays out every row's tick label, and 1,000 rows take a minute
+MAX_STREAMS = 8  # lanes of a row (the engines write three: compute, comm, p2p)
 SUBPIXEL = 1 / 4000
 HOVER_STEP = 1 / 60
 LANES = 0.84  # of a device's row; the rest separates rows
@@ -60,6 +63,13 @@ def timeline(e: Entry, max_bars: int = MAX_BARS) -> Figure | None:
     spans = tl.get("spans") or []
     if not spans:
         return None
+    devices = sorted({s[0] for s in spans}, key=natural_key)
+    streams = sorted({s[1] for s in spans},
+                     key=lambda s: (STREAM_ORDER.index(s) if s in STREAM_ORDER else 9, s))
+    total, kinds = len(devices), len(streams)
+    devices, streams = devices[:MAX_DEVICES], streams[:MAX_STREAMS]
+    shown, drawn = set(devices), set(streams)
+    spans = [s for s in spans if s[0] in shown and s[1] in drawn]
     rows: dict[tuple[str, str], list[tuple[float, float, str]]] = {}
     for device, stream, name, start, dur in spans:
         rows.setdefault((device, stream), []).append((start * 1e3, dur * 1e3, name))
@@ -67,13 +77,11 @@ def timeline(e: Entry, max_bars: int = MAX_BARS) -> Figure | None:
     length = max(s[3] + s[4] for s in spans) * 1e3 - t0
     gap = length * SUBPIXEL
     bars = {k: merge(v, gap) for k, v in rows.items()}
-    while sum(map(len, bars.values())) > max_bars and gap < length:
+    while sum(map(len, bars.values())) > max_bars and 0 < gap < length:
         gap *= 2
         bars = {k: merge(v, gap) for k, v in rows.items()}
-    devices = sorted({d for d, _ in rows}, key=natural_key)
-    streams = sorted({s for _, s in rows},
-                     key=lambda s: (STREAM_ORDER.index(s) if s in STREAM_ORDER else 9, s))
     lane = LANES / len(streams)
+    step = length * HOVER_STEP  # 0 when every span is an instant
     data = []
     for k, stream in enumerate(streams):
         colour = STREAM_COLOURS.get(stream, OTHER_COLOURS[k % len(OTHER_COLOURS)])
@@ -93,7 +101,7 @@ def timeline(e: Entry, max_bars: int = MAX_BARS) -> Figure | None:
             ys += [*y, None]
             for s0, s1, n, first, last in row:
                 what = text(first) if n == 1 else f"{n} ops: {text(first)} … {text(last)}"
-                points = 1 + int((s1 - s0) / (length * HOVER_STEP))
+                points = 1 + int((s1 - s0) / step) if step > 0 else 1
                 hx += [s0 + (s1 - s0) * (j + 0.5) / points for j in range(points)]
                 hy += [(lo + hi) / 2] * points
                 hover += [f"{text(device)}<br>{what}<br>{s0:,.3f} → {s1:,.3f} ms "
@@ -107,15 +115,17 @@ def timeline(e: Entry, max_bars: int = MAX_BARS) -> Figure | None:
                      "legendgroup": text(stream), "showlegend": False, "x": _round(hx),
                      "y": _round(hy), "text": hover, "hoveron": "points",
                      "hovertemplate": "%{text}<extra>%{fullData.name}</extra>"})
-    return {"data": data, "layout": _layout(e, tl, devices, gap > length * SUBPIXEL * 1.5,
-                                            gap)}
+    return {"data": data, "layout": _layout(e, tl, devices, max(total, e.devices),
+                                            gap > length * SUBPIXEL * 1.5, gap, kinds)}
 
 
-def _layout(e: Entry, tl: dict, devices: list[str], coarse: bool, gap: float) -> dict:
+def _layout(e: Entry, tl: dict, devices: list[str], total: int, coarse: bool,
+            gap: float, kinds: int) -> dict:
     notes = []
-    total = e.data.get("devices")
-    if total and len(devices) < total:
-        notes.append(f"first {len(devices)} of {total} devices")
+    if len(devices) < total:
+        notes.append(f"first {len(devices)} of {total:,} devices")
+    if kinds > MAX_STREAMS:
+        notes.append(f"first {MAX_STREAMS} of {kinds:,} streams")
     if coarse:
         notes.append(f"ops less than {gap * 1e3:,.0f} µs apart drawn as one bar")
     iteration = tl.get("iteration")

@@ -6,6 +6,9 @@ Safety: every user string goes through :func:`esc`; figures travel as JSON insid
 separators written as ``\\uXXXX`` escapes (so no text can close the script element), and the
 page script reads them with ``JSON.parse`` and sets option labels with ``textContent``, never
 ``innerHTML``. A Content-Security-Policy forbids the page any network access.
+
+The script draws each chart on its own: one that throws (or whose drawing fails later) shows a
+short message in its place, and the other charts still draw.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
        "img-src data: blob:; font-src data:; connect-src 'none'; base-uri 'none'; "
        "form-action 'none'")
 
+TINY = 1e-300
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
                  "\u2029": "\\u2029"}
 
@@ -30,9 +34,12 @@ def esc(s: object) -> str:
 
 
 def finite(obj: Any) -> Any:
-    """``obj`` with NaN and infinities as null (JSON has neither)."""
+    """``obj`` with NaN and infinities as null (JSON has neither), and numbers closer to 0
+    than ``TINY`` as 0 (plotly throws when it scales an axis to 1e-306)."""
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        if not math.isfinite(obj):
+            return None
+        return obj if abs(obj) >= TINY else 0.0
     if isinstance(obj, dict):
         return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -110,6 +117,9 @@ h3.group { margin: 22px 0 6px; }
 p.why { margin: 6px 0 0; color: var(--muted); }
 .chart { width: 100%; min-height: 300px; margin: 8px 0 18px; border: 1px solid var(--line);
   border-radius: 6px; }
+.chart[data-failed] { min-height: 0; }
+p.chart-error { margin: 0; padding: 12px 16px; color: #b42318; }
+ul.notes { margin: 4px 0 12px; padding-left: 22px; color: #7c2d12; overflow-wrap: anywhere; }
 .row { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }
 .facts { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, max-content));
   gap: 0 40px; align-items: start; }
@@ -126,37 +136,71 @@ SCRIPT = """
   "use strict";
   var CONFIG = {responsive: true, displaylogo: false};
   function json(id) { return JSON.parse(document.getElementById(id).textContent); }
+  // each chart is drawn on its own: one that cannot be drawn says so in its place, and the
+  // others still draw
+  function failed(div, error) {
+    try { Plotly.purge(div); } catch (ignored) { /* nothing was drawn */ }
+    div.replaceChildren();
+    div.style.height = "";
+    div.setAttribute("data-failed", "");
+    var message = document.createElement("p");
+    message.className = "chart-error";
+    var why = String((error && error.message) || error);
+    message.textContent = "This chart could not be drawn (" +
+      (why.length > 120 ? why.slice(0, 117) + "..." : why) + ").";
+    div.appendChild(message);
+    console.warn("parasim report: a chart could not be drawn:", error);
+  }
   // the container gets the figure's height: on a window resize plotly then only refits the
   // width (a container without a height would shrink the chart to its min-height)
-  function draw(div, fig) {
-    div.style.height = fig.layout.height + "px";
-    return Plotly.react(div, fig.data, fig.layout, CONFIG);
+  function draw(div, figure) {
+    if (div.hasAttribute("data-failed")) {
+      div.replaceChildren();
+      div.removeAttribute("data-failed");
+    }
+    try {
+      var fig = figure();
+      div.style.height = fig.layout.height + "px";
+      var drawn = Plotly.react(div, fig.data, fig.layout, CONFIG);
+      if (drawn && typeof drawn.then === "function") {
+        drawn.then(null, function (error) { failed(div, error); });
+      }
+    } catch (error) {
+      failed(div, error);
+    }
   }
   document.querySelectorAll("div[data-figure]").forEach(function (div) {
-    draw(div, json(div.getAttribute("data-figure")));
+    draw(div, function () { return json(div.getAttribute("data-figure")); });
   });
   var select = document.getElementById("entry-select");
   if (!select) { return; }
-  var perEntry = json("per-entry");
   var kinds = ["timeline", "devices", "links", "memory"];
-  perEntry.forEach(function (item, i) {
-    var option = document.createElement("option");
-    option.value = String(i);
-    option.textContent = item.label;
-    select.appendChild(option);
-  });
+  var perEntry;
+  try {
+    perEntry = json("per-entry");
+    perEntry.forEach(function (item, i) {
+      var option = document.createElement("option");
+      option.value = String(i);
+      option.textContent = item.label;
+      select.appendChild(option);
+    });
+  } catch (error) {
+    kinds.forEach(function (kind) { failed(document.getElementById("entry-" + kind), error); });
+    return;
+  }
   function show(i) {
-    var figures = perEntry[i].figures;
     kinds.forEach(function (kind) {
       var div = document.getElementById("entry-" + kind);
       var none = document.getElementById("entry-" + kind + "-none");
-      var fig = figures[kind];
+      var fig = (perEntry[i].figures || {})[kind];
       if (fig) {
         div.hidden = false;
         none.hidden = true;
-        draw(div, fig);
+        draw(div, function () { return fig; });
       } else {
-        Plotly.purge(div);
+        try { Plotly.purge(div); } catch (ignored) { /* nothing was drawn */ }
+        div.replaceChildren();
+        div.removeAttribute("data-failed");
         div.hidden = true;
         none.hidden = false;
       }

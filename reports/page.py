@@ -13,7 +13,7 @@ from typing import Any
 from reports import figures, gantt
 from reports.compare import Pair, calibration_warning, pairs, phases, why_faster
 from reports.html import CSP, SCRIPT, STYLE, chart, esc, script_json, table
-from reports.load import Entry, entries
+from reports.load import Entry, checked
 from reports.scenario_section import scenario_section, sources_section
 from reports.search_section import search_section
 
@@ -25,6 +25,7 @@ PER_ENTRY = (("timeline", "Timeline of one iteration",
 
 
 PLOTLY_JS = ("inline", "cdn", "directory")
+MAX_NOTES = 50
 
 
 def plotly_file() -> str:
@@ -39,14 +40,25 @@ def build_report(results: list[dict[str, Any]], sources: list[str],
     """The report for these Results (``sources``: the file each came from, for labels);
     ``plotly_js``: inline (the page works offline on its own, the default), cdn (fetched from
     cdn.plot.ly), directory (read from ``plotly_file()`` beside the page)."""
+    return render(results, sources, plotly_js)[0]
+
+
+def render(results: list[dict[str, Any]], sources: list[str],
+           plotly_js: str = "inline") -> tuple[str, list[str]]:
+    """The report, and a note for each part of the Results it left out (the page lists them
+    too): :func:`build_report` for a caller that prints them."""
     if plotly_js not in PLOTLY_JS:
         raise ValueError(f"plotly_js must be one of {PLOTLY_JS}, not {plotly_js!r}")
-    rows = entries(results, sources)
+    usable = checked(results, sources)
+    results, rows = usable.results, usable.rows
     blocks: list[str] = []  # JSON data blocks
     sections: list[tuple[str, str, str]] = []  # (id, heading, body)
 
     def add(section_id: str, heading: str, body: str) -> None:
         sections.append((section_id, heading, body))
+
+    if usable.notes:
+        add("not-drawn", "Not drawn", notes_section(usable.notes))
 
     def figure(fig: dict[str, Any], css: str = "chart") -> str:
         fid = f"fig-{len(blocks)}"
@@ -92,7 +104,19 @@ def build_report(results: list[dict[str, Any]], sources: list[str],
     add("scenario", "Scenario", scenario_section(results, sources))
     add("sources", "Result files", sources_section(results, sources))
     return page(title(results), sections, blocks, len(results), banners(pairs(rows)),
-                plotly_js)
+                plotly_js), usable.notes
+
+
+def notes_section(notes: list[str]) -> str:
+    """What the report could not use of the Result files, each with why (the first
+    ``MAX_NOTES``)."""
+    more = len(notes) - MAX_NOTES
+    items = "".join(f"<li>{esc(n)}</li>" for n in notes[:MAX_NOTES])
+    if more > 0:
+        items += f"<li>and {more:,} more</li>"
+    return ("<p class=lead>These parts of the Result files hold values the report cannot use "
+            "(not a number, not finite, out of range, the wrong type): they are left out of "
+            f"every table and chart, and the rest is drawn.</p><ul class=notes>{items}</ul>")
 
 
 def banners(found: list[Pair]) -> list[str]:
@@ -249,7 +273,7 @@ def page(heading: str, sections: list[tuple[str, str, str]], blocks: list[str],
         csp = csp.replace("script-src 'unsafe-inline'", "script-src 'unsafe-inline' 'self' "
                           "file:")
         where = f"plotly.js is read from {plotly_file()} beside it"
-    return (
+    text = (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
         '<meta name=viewport content="width=device-width, initial-scale=1">'
@@ -262,6 +286,8 @@ def page(heading: str, sections: list[tuple[str, str, str]], blocks: list[str],
         f"<footer>Built by <code>parasim report</code>; {where}.</footer></main>"
         f"{plotly}{''.join(blocks)}<script>{SCRIPT}</script>"
         "</body></html>\n")
+    # a lone surrogate (JSON's "\\ud800") is no character and cannot be written as UTF-8
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _num(v: float | None, fmt: str) -> str:

@@ -5,6 +5,7 @@ are left out."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from reports.html import esc, table
@@ -98,8 +99,8 @@ def _div(v: Any, d: float) -> float | None:
 
 
 def _fmt(v: Any, fmt: str) -> str | None:
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return None if v is None else str(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return None if v is None else str(v)  # a 5,000-digit integer says so
     try:
         return fmt.format(v)
     except (ValueError, TypeError):

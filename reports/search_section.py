@@ -27,7 +27,8 @@ def search_section(results: list[dict[str, Any]]) -> str | None:
         for i, e in enumerate(r.get("results") or [], 1):
             if not isinstance(e, dict):
                 continue
-            est = (e.get("estimate") or {}).get("iteration_time_s")
+            est = e.get("estimate")
+            est = est.get("iteration_time_s") if isinstance(est, dict) else None
             tag = ' <span class="tag winner">winner</span>' if i == 1 else ""
             rows.append([str(i), esc(e.get("strategy")) + tag, esc(e.get("devices")),
                          _fmt(e.get("throughput_samples_per_s"), "{:,.1f}"),
@@ -36,7 +37,8 @@ def search_section(results: list[dict[str, Any]]) -> str | None:
         parts.append(table(["rank", "plan", "devices", "throughput<br>(samples/s)",
                             "iteration<br>time (ms)", "estimate<br>(ms)"], rows,
                            numeric={0, 2, 3, 4, 5}, css="search"))
-        why = [w for w in s.get("why") or [] if isinstance(w, str)]
+        why = [w for w in s.get("why") or [] if isinstance(w, str)] \
+            if isinstance(s.get("why"), list) else []
         if why:
             parts.append("<ul class=why>" + "".join(f"<li>{esc(w)}</li>" for w in why)
                          + "</ul>")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from reports import ReportError, build_report, load_results
-from reports.load import entries
+from reports.load import checked, entries
 from tests.reports.helpers import entry, result, rows
 
 
@@ -43,34 +43,72 @@ def test_missing_file_and_folder(tmp_path):
     ({"results": {}}, "'results' is an object, expected a list"),
     ({"results": [], "scenario": "x"}, "'scenario' is a string"),
     ({"results": [{"mode": "predicted", "devices": 1}]}, r"results\[0\]: missing field 'strategy'"),
-    ({"results": [7]}, r"results\[0\] is a number"),
+    ({"results": [7]}, r"results\[0\]: the entry is a number, expected an object"),
     ({"results": [{"strategy": ""}]}, "'strategy' must be a non-empty string"),
+    ({"results": [7, "x"]}, r"none of its 2 entries can be drawn; results\[0\]: the entry is a"),
 ])
 def test_not_a_result(tmp_path, data, expected):
     assert __import__("re").search(expected, error(tmp_path, data))
 
 
-@pytest.mark.parametrize("field, value, expected", [
+# a field that places the entry on every chart: the entry is not drawn
+ENTRY_FIELDS = [
     ("mode", "guessed", "'mode' must be one of predicted, measured, got \"guessed\""),
-    ("devices", 0, "'devices' must be a positive integer, got 0"),
-    ("devices", True, "'devices' must be a positive integer"),
-    ("iteration_time_s", "fast", "'iteration_time_s' must be a number"),
+    ("devices", 0, "'devices' must be a whole number from 1 to 1,000,000, got 0"),
+    ("devices", True, "'devices' must be a whole number from 1 to 1,000,000, got true"),
+    ("devices", 2.0, "'devices' must be a whole number from 1 to 1,000,000, got 2.0"),
+    ("iteration_time_s", "fast", "'iteration_time_s' must be a number, got \"fast\""),
+    ("fits", "yes", "'fits' must be bool"),
+    ("sweep_point", {"batch": [1]}, "'sweep_point.batch' must be a string or a number"),
+]
+# one of the entry's own blocks: that block is not drawn, the rest of the entry is
+PART_FIELDS = [
     ("breakdown_s", {"compute": "x"}, "'breakdown_s.compute' must be a number"),
     ("utilisation_per_link", [1], "'utilisation_per_link' must be an object of numbers"),
-    ("fits", "yes", "'fits' must be bool"),
     ("timeline", {"spans": [["d", "compute", "op", 0.0]]}, "'timeline.spans[0]' must be"),
     ("timeline", [], "'timeline' must be an object with a 'spans' list"),
+    ("timeline", {"spans": [["d", "compute", "op", 0.0, -1.0]]},
+     "'timeline.spans[0]' duration_s must not be negative, got -1.0"),
     ("training", {"wall_time_s": [1, 2], "samples": [1, 2], "loss": [1]},
      "'training' lists must have equal lengths, got wall_time_s 2, samples 2, loss 1"),
     ("training", {"wall_time_s": [1], "samples": [1]}, "'training.loss' must be a list"),
     ("staleness", {"mean": 1, "histogram": {"one": 3}}, "'staleness.histogram' must map"),
-])
-def test_bad_field_names_file_entry_and_field(tmp_path, field, value, expected):
+    ("staleness", {"histogram": {"\u00b2": 3}}, "got the key \"\u00b2\""),
+]
+
+
+@pytest.mark.parametrize("field, value, expected", ENTRY_FIELDS)
+def test_a_file_whose_only_entry_cannot_be_drawn_names_file_entry_and_field(tmp_path, field,
+                                                                            value, expected):
     bad = entry(strategy="tree")
     bad[field] = value
-    message = error(tmp_path, result(entry(), bad))
-    assert "results[1] (tree)" in message
+    message = error(tmp_path, result(bad))
+    assert "results[0] (tree): " in message
     assert expected in message
+
+
+@pytest.mark.parametrize("field, value, expected", ENTRY_FIELDS)
+def test_beside_a_good_entry_a_bad_one_is_left_out_with_a_note(field, value, expected):
+    bad = entry(strategy="tree")
+    bad[field] = value
+    usable = checked([result(entry(), bad)], ["r.json"])
+    assert [e.strategy for e in usable.rows] == ["ring"]
+    (note,) = usable.notes
+    assert note.startswith("entry results[1] (tree) of r.json: not drawn: ")
+    assert expected in note
+
+
+@pytest.mark.parametrize("field, value, expected", PART_FIELDS)
+def test_an_unusable_part_is_left_out_and_the_entry_drawn(field, value, expected):
+    bad = entry(strategy="tree")
+    bad[field] = value
+    usable = checked([result(bad)], ["r.json"])
+    (row,) = usable.rows
+    assert field not in row.data and row.strategy == "tree" and row.charted
+    (note,) = usable.notes
+    assert note.startswith(f"entry results[0] (tree) of r.json: '{field}' not drawn: ")
+    assert expected in note
+    assert bad[field] == value  # the caller's dict is left as it was
 
 
 def test_build_report_checks_in_memory_results_too():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -238,3 +239,87 @@ def test_reports_in_one_folder_can_share_one_plotly_js(tmp_path: Path) -> None:
         finally:
             browser.close()
     assert blocked == []
+
+
+# every visible chart has been drawn, or says in its place that it could not be
+CHARTS_SETTLED = """Array.from(document.querySelectorAll('div.chart')).filter(d => !d.hidden)
+  .every(d => d.hasAttribute('data-failed')
+              || (d.data && d.data.length > 0 && d.querySelector('svg.main-svg') !== null))"""
+FAILED = """Array.from(document.querySelectorAll('div.chart[data-failed]'))
+  .map(d => [d.id || d.dataset.figure, d.textContent])"""
+
+
+def settle(view, predicate: str, seconds: float = 15) -> None:  # noqa: ANN001
+    """Wait for ``predicate`` in Python (the page's policy forbids the evaluated code that
+    Playwright's own waiting would run there)."""
+    end = time.monotonic() + seconds
+    while not view.evaluate(predicate):
+        assert time.monotonic() < end, f"still false after {seconds} s: {predicate}"
+        view.wait_for_timeout(100)
+
+
+def with_figure(page: str, block: str, change) -> str:  # noqa: ANN001
+    """``page`` with the JSON block ``block`` replaced by ``change(its data)``."""
+    from reports.html import script_json
+
+    found = re.search(f'<script type="application/json" id="{block}">(.*?)</script>', page,
+                      flags=re.S)
+    assert found, block
+    data = json.loads(found.group(1))
+    change(data)
+    return page[:found.start()] + script_json(block, data) + page[found.end():]
+
+
+def test_a_chart_that_throws_leaves_the_others_drawn(tmp_path: Path) -> None:
+    """A Result with hostile values (each at the edge of what the reader accepts), one entry
+    it refuses, and two charts whose data plotly cannot read (a null trace): the first chart
+    of the page and the first strategy's timeline. Each of the two says so in its place; every
+    other chart draws, and the page raises no error."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium "
+                    "(apt-get install chromium) to run the report's browser test")
+    from playwright.sync_api import sync_playwright
+
+    from tests.reports.helpers import entry, hostile_entries, result
+
+    refused = {"strategy": "nan", "mode": "predicted", "devices": 2,
+               "iteration_time_s": float("nan")}
+    hostile = result(*hostile_entries(), entry("ring", devices=2), entry("ring", devices=4),
+                     refused, name="hostile")
+    page = build_report([hostile], ["hostile.json"])
+    assert "entry results[6] (nan) of hostile.json: not drawn" in page
+    page = with_figure(page, "fig-0", lambda fig: fig["data"].insert(0, None))
+    page = with_figure(page, "per-entry",
+                       lambda items: items[0]["figures"]["timeline"]["data"].insert(0, None))
+    out = tmp_path / "hostile.html"
+    out.write_text(page)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=20_000)
+        try:
+            context = browser.new_context(viewport={"width": 1300, "height": 900})
+            context.set_default_timeout(15_000)
+            view = context.new_page()
+            view.on("pageerror", lambda e: errors.append(str(e)))
+            view.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            view.goto(out.as_uri(), wait_until="load")
+            settle(view, CHARTS_SETTLED)
+            charts = view.evaluate(CHARTS)
+            failed = view.evaluate(FAILED)
+            view.select_option("#entry-select", "2")  # the next strategy with a timeline
+            settle(view, CHARTS_SETTLED)
+            after = view.evaluate(FAILED)
+            timeline = view.evaluate(f"({CHARTS}).filter(c => c.id === 'entry-timeline')")
+            notes = view.inner_text("#not-drawn")
+        finally:
+            browser.close()
+    assert errors == [], errors
+    assert [f[0] for f in failed] == ["fig-0", "entry-timeline"], failed
+    for _, message in failed:
+        assert message.startswith("This chart could not be drawn (") and len(message) < 200
+    drawn = [c for c in charts if c["id"] not in ("fig-0", "entry-timeline")]
+    assert len(drawn) >= 8 and all(c["traces"] > 0 and c["svg"] for c in drawn), charts
+    # the next strategy's timeline draws in the same place
+    assert [f[0] for f in after] == ["fig-0"], after
+    assert timeline == [{"id": "entry-timeline", "traces": 2, "svg": True}], timeline
+    assert "'iteration_time_s' must be a finite number within ±1e+18, got NaN" in notes
