@@ -10,9 +10,12 @@ from simulator.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from simulator import limits
+
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        with limits.lifted(getattr(args, "no_limits", False)):
+            return args.func(args)
     except _user_errors() as e:
         print(f"parasim: error: {e}", file=sys.stderr)
         return 2
@@ -51,6 +54,11 @@ def parser() -> argparse.ArgumentParser:
     simulator_commands(sub)
     executor_commands(sub)
     report_command(sub)
+    for command in sub.choices.values():  # every command that reads a scenario
+        if any(a.dest == "scenario" for a in command._actions):
+            command.add_argument("--no-limits", action="store_true",
+                                 help="lift the limits on devices, layers and simulated events "
+                                      "(docs/reliability.md lists them and why)")
     # search --validate runs the picks: the executor's part of the command
     search = sub.choices["search"]
     plain = search.get_default("func")

@@ -2,6 +2,32 @@
 
 from __future__ import annotations
 
+import reprlib
+
+SHOWN = 100  # characters of a value an error message shows at most
+
+# bounded in work as well as in length: a value that stands for billions (aliases) or nests
+# deeply is shown by its first few items at its first few levels
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxtuple, _REPR.maxset = 3, 6, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = SHOWN, SHOWN, 40
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message: one line, at most about ``SHOWN`` characters."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer past Python's digits limit for str()
+        text = f"<an integer of {value.bit_length() * 0.30103:,.0f} digits>"  # type: ignore[union-attr]
+    if len(text) > SHOWN:
+        text = text[:SHOWN - 5] + "…" + text[-4:]
+    return text
+
+
+def one_line(text: str) -> str:
+    """A message on one line (YAML's and the OS's messages may have several)."""
+    return " ".join(text.split())
+
 
 class UserError(Exception):
     """Bad input from the user, not a bug: the command line prints one line and exits 2. The
@@ -49,11 +75,15 @@ class ScenarioError(UserError):
             where += f":{self.line}"
         if self.path:
             where += f": {self.path}"
-        text = f"{where}: {self.message}"
+        text = f"{where}: {one_line(self.message)}"
         if self.has_value:
-            text += f" (got {self.value!r})"
+            text += f" (got {shown(self.value)})"
         return text
 
 
 class PlanError(UserError):
     """A strategy cannot build a plan for this model and cluster (a user-facing reason)."""
+
+
+class LimitError(PlanError):
+    """A plan or a run past one of ``simulator/limits.py``'s limits (``--no-limits`` lifts)."""

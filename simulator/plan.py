@@ -41,6 +41,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
+from simulator import limits
+from simulator.errors import LimitError
+
 COMPUTE = "compute"
 COMM = "comm"
 PHASES = ("fwd", "bwd", "cd1")
@@ -352,6 +355,10 @@ class ProgramBuilder:
     def add(self, cls: type[Op], *, stream: str = COMPUTE, deps: tuple[int, ...] = (),
             **kw: Any) -> int:
         op_id = len(self.ops)
+        if op_id >= limits.OPS and limits.active():
+            raise LimitError(f"a rank's program passes {limits.OPS:,} operations, the limit (the "
+                            "micro-batches, steps per iteration or messages per step are "
+                            f"many); {limits.LIFT}")
         self.ops.append(cls(id=op_id, stream=stream, deps=tuple(deps), **kw))
         return op_id
 

@@ -72,8 +72,12 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
             entry["pretraining"] = predicted_pretraining(entry, plan)
         bounded(entry, timeline)
         tp = entry.get("throughput_samples_per_s")
-        entry["speedup_over_one_device"] = tp / baseline if tp else None
-        entry["efficiency"] = (tp / baseline / entry["devices"]) if tp else None
+        one = baseline
+        if plan.scheme in OWN_YARDSTICK:
+            one = _one_device_throughput(ctx, spec)
+            entry["one_device_throughput_samples_per_s"] = one
+        entry["speedup_over_one_device"] = tp / one if tp and one else None
+        entry["efficiency"] = (tp / one / entry["devices"]) if tp and one else None
         entries.append(entry)
         if pred.engine is not None:
             engines.append((spec.name, pred.engine))
@@ -93,14 +97,23 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
     return result, engines
 
 
-def _one_device_throughput(ctx: Context) -> float:
+# schemes whose work per sample is not a training step's (DBN pre-training runs CD-1 layer by
+# layer, not forward and backward through the whole net): their speedup is over the same scheme
+# with the same options on one device, not over one device training the global batch
+OWN_YARDSTICK = frozenset({"dbn_pretrain"})
+
+
+def _one_device_throughput(ctx: Context, like: StrategySpec | None = None) -> float:
     """Samples/s of the same global batch on one healthy device of the cluster (memory not
-    checked: this is the yardstick for speedup, not a plan the user runs)."""
+    checked: this is the yardstick for speedup, not a plan the user runs); with ``like``, of
+    that strategy's scheme and options on one device."""
     clean = build_cluster(replace(ctx.cluster.spec, stragglers=(), degraded_links=(),
                                   compute_jitter=0.0))
     ctx = Context(ctx.graph, clean, ctx.training)
-    spec = StrategySpec(name="one device", scheme="data_parallel",
-                        options=default_options("data_parallel", devices=1))
+    spec = (StrategySpec(name="one device", scheme=like.scheme,
+                         options={**like.options, "devices": 1}) if like is not None else
+            StrategySpec(name="one device", scheme="data_parallel",
+                         options=default_options("data_parallel", devices=1)))
     plan = build_plan(ctx, spec)
     plan = replace(plan, memory=())
     one = replace(ctx.training, warmup_iterations=0, iterations=1)

@@ -27,6 +27,16 @@ A profile is a YAML file with three parts::
           - {ranks_per_core: 2.0, ring: {latency_us: 300, bandwidth_GBps: 2.5, ranks: [4]}}
       backend: cpu
       versions: {parasim: ..., python: ..., numpy: ..., numba: ..., mpi: ...}
+      conditions:            # what it was measured in (optional: older profiles lack it)
+        load:                # other processes' CPU time on the job's cores, per window
+          before: {seconds: 0.5, foreign_cores: 0.01, foreign_share: 0.005, load_average: 0.4}
+          during: {...}
+          after: {...}
+        foreign_share: 0.005 # the largest of the three (null where it could not be measured)
+        repeats: {limit: 0.25, remeasures: 2, timings: 160, measured_again: 4,
+                  median_spread: 0.03, max_spread: 0.2, noisy: []}
+        warnings: []         # as printed by calibrate; figures it refused, when accepted
+        accepted_noisy: false  # written with --accept-noisy
       measured: {...}        # kernel, copy, point-to-point and all-reduce tables, as measured
     devices:                 # exactly one entry, read like devices.yaml (with ``kernels`` curves)
       NAME: {...}
@@ -49,12 +59,22 @@ from typing import Any
 
 from simulator.catalogue import read_device, read_link
 from simulator.errors import ScenarioError
-from simulator.schema import Fields, choice, integer, list_of, load_yaml, number, string
+from simulator.schema import (
+    Fields,
+    boolean,
+    choice,
+    integer,
+    list_of,
+    number,
+    string,
+)
 from simulator.specs import DeviceSpec, LinkSpec, NodeMeasurements
+from simulator.yaml_input import load_yaml, read_text
 
 CALIBRATION_KEYS = ("date", "hosts", "ranks", "ranks_per_node", "cores_per_node", "co_run",
                     "wakeup", "message_wakeup", "migration", "spread", "collectives", "backend",
-                    "versions", "measured")
+                    "versions", "conditions", "measured")
+CONDITIONS_KEYS = ("load", "foreign_share", "repeats", "warnings", "accepted_noisy")
 ALGORITHMS = ("ring", "tree", "mpi")
 
 
@@ -87,10 +107,7 @@ def load_profile(path: str | Path) -> Profile:
 
 @lru_cache(maxsize=16)
 def _load(path: str, stamp: int) -> Profile:  # noqa: ARG001 - the stamp keys the cache
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ScenarioError(f"cannot read the profile: {e.strerror}", file=path) from None
+    text = read_text(path, "profile")
     try:
         return parse_profile(load_yaml(text), path)
     except ScenarioError as e:
@@ -109,6 +126,8 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
         "versions": dict(cal.get("versions", _mapping)),
         "measured": dict(cal.get("measured", _mapping, {})),
     }
+    if cal.has("conditions"):  # profiles written before calibrate checked itself have none
+        record["conditions"] = _conditions(cal.sub("conditions"))
     cores = cal.get("cores_per_node", integer(1))
     co = cal.sub("co_run")
     co_run = (co.get("ranks", integer(1)), co.get("slowdown", number(minimum=1.0)))
@@ -208,6 +227,20 @@ def _fits(f: Fields, also: tuple[str, ...] = ()) -> dict[str, tuple[float, float
             a.get("ranks", list_of(integer(1)), ())
             a.done(("latency_us", "bandwidth_GBps", "ranks"))
     f.done((*also, *ALGORITHMS))
+    return out
+
+
+def _conditions(f: Fields) -> dict[str, Any]:
+    """What a profile was measured in: the record is kept as written, its warnings and the
+    share of the cores other processes took (``null`` where unmeasured) checked."""
+    share = f.raw("foreign_share")
+    out = {"load": dict(f.get("load", _mapping, {})),
+           "foreign_share": None if share is None else f.get(
+               "foreign_share", number(positive=False, minimum=0.0)),
+           "repeats": dict(f.get("repeats", _mapping, {})),
+           "warnings": list(f.get("warnings", list_of(string, min_len=0), ())),
+           "accepted_noisy": f.get("accepted_noisy", boolean, False)}
+    f.done(CONDITIONS_KEYS)
     return out
 
 

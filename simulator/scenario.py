@@ -14,7 +14,7 @@ from typing import Any
 
 import networkx as nx
 
-from simulator import catalogue
+from simulator import catalogue, limits
 from simulator.errors import ScenarioError
 from simulator.profile import Profile, load_profile
 from simulator.schema import (
@@ -24,10 +24,7 @@ from simulator.schema import (
     choice,
     did_you_mean,
     integer,
-    join,
-    line_of,
     list_of,
-    load_yaml,
     number,
     string,
 )
@@ -45,6 +42,7 @@ from simulator.specs import (
     TrainingSpec,
 )
 from simulator.units import BYTES_PER_ELEMENT
+from simulator.yaml_input import join, line_of, load_yaml, read_text
 
 TOP_KEYS = ("name", "description", "seed", "model", "cluster", "training", "strategies",
             "sweep", "search", "data")
@@ -53,10 +51,7 @@ TOP_KEYS = ("name", "description", "seed", "model", "cluster", "training", "stra
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; every error names ``path``."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ScenarioError(f"cannot read the scenario: {e.strerror}", file=str(path)) from None
+    text = read_text(path, "scenario")
     try:
         return parse_scenario(load_yaml(text), str(path))
     except ScenarioError as e:
@@ -115,11 +110,23 @@ def _model(f: Fields) -> ModelSpec:
         params = f.raw("params") if f.has("params") else {}
         if not isinstance(params, dict):
             raise f.error("params", "must be a mapping of the network's parameters")
+        depth = params.get("layers")
+        sizes = params.get("sizes")
+        if limits.active() and ((isinstance(depth, int) and depth > limits.LAYERS)
+                                or (isinstance(sizes, list) and len(sizes) > limits.LAYERS)):
+            key = "layers" if isinstance(depth, int) and depth > limits.LAYERS else "sizes"
+            raise ScenarioError(f"more than {limits.LAYERS:,} layers, the limit; {limits.LIFT}",
+                                path=f"{f.path}.params.{key}",
+                                value=depth if key == "layers" else f"{len(sizes):,} sizes",
+                                has_value=True, line=f.line("params"))
         f.done(("zoo", "params"))
         return ModelSpec(zoo=zoo, params=dict(params))
     layers = f.raw("layers")
     if not isinstance(layers, list) or not layers:
         raise f.error("layers", "must be a non-empty list of layers")
+    if limits.active() and len(layers) > limits.LAYERS:
+        raise f.error("layers", f"{len(layers):,} layers, more than the limit of "
+                      f"{limits.LAYERS:,}; {limits.LIFT}", has_value=False)
     shape = f.get("input_shape", list_of(integer(1)))
     f.done(("layers", "input_shape"))
     return ModelSpec(zoo=None, layers=tuple(layers), input_shape=tuple(shape))
@@ -176,26 +183,41 @@ def _profile(f: Fields, file: str) -> Profile | None:
     if not path.is_file():
         raise f.error("profile", f"no such calibration profile ({path}); write one with "
                       "`mpiexec -n 2 parasim calibrate -o FILE`")
-    return load_profile(path)
+    try:
+        return load_profile(path)
+    except ScenarioError as e:  # the profile's own error, told as this field's
+        raise f.error("profile", f"not a usable calibration profile: {e}", has_value=False
+                      ) from None
 
 
 def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
     profile = _profile(f, file)
     nodes = f.get("nodes", integer(1))
     per_node = f.get("devices_per_node", integer(1))
+    if limits.active() and nodes * per_node > limits.DEVICES:
+        raise f.error("nodes", f"{nodes:,} nodes x {per_node:,} devices per node = "
+                      f"{nodes * per_node:,} devices, more than the limit of "
+                      f"{limits.DEVICES:,}; {limits.LIFT}", has_value=False)
     device = device_field(f, "device", profile)
     intra = link_field(f, "intra_link", "intra", profile)
     has_inter = f.has("inter_link") or (profile is not None and profile.link("inter"))
     inter = (link_field(f, "inter_link", "inter", profile) if has_inter or nodes > 1
              else None)
     nics = f.get("nics_per_node", integer(1), 1)
+    if limits.active() and nodes * nics > limits.DEVICES:
+        raise f.error("nics_per_node", f"{nodes:,} nodes x {nics:,} NICs = {nodes * nics:,} "
+                      f"NICs, more than the limit of {limits.DEVICES:,}; {limits.LIFT}")
     host = link_field(f, "host_link", "intra", profile) if f.has("host_link") else None
     jitter = f.get("compute_jitter", number(positive=False, minimum=0.0, maximum=1.0), 0.0)
     cores = f.get("cores_per_node", integer(1), profile.cores_per_node if profile else 0)
     ps = None
     if f.has("parameter_servers"):
         pf = f.sub("parameter_servers")
-        ps = ParameterServerSpec(hosts=pf.get("hosts", integer(1)),
+        hosts = pf.get("hosts", integer(1))
+        if limits.active() and hosts > limits.DEVICES:
+            raise pf.error("hosts", f"more than the limit of {limits.DEVICES:,} hosts; "
+                           f"{limits.LIFT}")
+        ps = ParameterServerSpec(hosts=hosts,
                                  device=device_field(pf, "device", profile),
                                  nic=link_field(pf, "nic", "inter", profile))
         pf.done(("hosts", "device", "nic"))
@@ -381,10 +403,7 @@ def with_profile(scenario_path: str, profile_path: str) -> Scenario:
     (no inter-node link measured), the inter-node link and parameter-server NICs are the host
     itself: the intra link's bandwidth with no latency of their own (one shared-memory hop)."""
     path = Path(scenario_path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ScenarioError(f"cannot read the scenario: {e.strerror}", file=str(path)) from None
+    text = read_text(path, "scenario")
     profile = load_profile(profile_path)
     try:
         data = load_yaml(text)

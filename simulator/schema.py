@@ -2,139 +2,20 @@
 
 A ``Fields`` wraps one mapping and its dotted path. Asking for a key checks it; ``done()`` rejects
 any key nobody asked for. Keys whose name carries a unit suffix (``_GBps``, ``_us``, ``_GiB``, see
-:mod:`simulator.units`) are converted to SI here, once. YAML is read with a safe loader that keeps
-the line of every key, so errors can point at it.
+:mod:`simulator.units`) are converted to SI here, once. The mappings come from
+:mod:`simulator.yaml_input`, which keeps the line of every key, so errors can point at it.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import yaml
-
 from simulator.errors import ScenarioError
 from simulator.units import SUFFIXES
-
-
-class LineDict(dict):
-    """A mapping that remembers where it stands in its YAML file (lines are 1-based).
-
-    ``lines`` maps each key to its line, ``start_line`` is the line the mapping starts on, and
-    ``duplicates`` lists ``(key, value, line)`` for every key given a second time in the same
-    mapping (the first value is kept; :func:`load_yaml` rejects the file).
-    """
-
-    lines: dict[Any, int]
-    start_line: int | None
-    duplicates: list[tuple[Any, Any, int]]
-
-
-class _LineLoader(yaml.SafeLoader):
-    pass
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
-    # keys brought in by a merge (``<<: *anchor``) may be overridden: only two keys written in
-    # this mapping itself are a duplicate
-    own = {id(k) for k, _ in node.value if k.tag != _MERGE_TAG}
-    loader.flatten_mapping(node)
-    d = LineDict()
-    d.lines = {}
-    d.start_line = node.start_mark.line + 1
-    d.duplicates = []
-    explicit: set[Any] = set()
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        value = loader.construct_object(value_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if id(key_node) in own:
-            if key in explicit:
-                d.duplicates.append((key, value, line))
-                continue
-            explicit.add(key)
-        d[key] = value
-        d.lines[key] = line
-    return d
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_yaml(text: str) -> Any:
-    """Parse YAML safely; syntax errors and duplicate keys become ScenarioError with the line."""
-    try:
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ScenarioError(f"not valid YAML: {e.problem}", line=line) from None
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"not valid YAML: {e}") from None
-    _reject_duplicates(data, "")
-    return data
-
-
-def _reject_duplicates(data: Any, path: str, seen: set[int] | None = None) -> None:
-    """Raise for the first key given twice in one mapping, anywhere in ``data``, by field path."""
-    seen = set() if seen is None else seen
-    if id(data) in seen:  # an alias to a node already checked (or a recursive one)
-        return
-    seen.add(id(data))
-    if isinstance(data, dict):
-        for key, value, line in getattr(data, "duplicates", ()):
-            first = getattr(data, "lines", {}).get(key)
-            also = f" (first given on line {first})" if first is not None else ""
-            raise ScenarioError(f"duplicate key{also}", path=_key_path(path, key), value=value,
-                                has_value=True, line=line)
-        for key, value in data.items():
-            _reject_duplicates(value, _key_path(path, key), seen)
-    elif isinstance(data, list):
-        for i, item in enumerate(data):
-            _reject_duplicates(item, join(path, i), seen)
-
-
-def _key_path(path: str, key: Any) -> str:
-    """The path of a mapping key (an integer key is still a key, not a list index)."""
-    return f"{path}.{key}" if path else str(key)
-
-
-_PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
-
-
-def line_of(data: Any, path: str) -> int | None:
-    """The line of the deepest part of the field ``path`` that ``data`` knows a line for.
-
-    ``model.layers[3].units`` is the line of ``units`` in that layer if it is there, else the
-    layer item's own line, else the line of ``layers``; a path naming a key that is absent gets
-    the line of the mapping that lacks it.
-    """
-    line = getattr(data, "start_line", None)
-    node = data
-    for index, key in _PATH_PART.findall(path):
-        if index:
-            i = int(index)
-            if not isinstance(node, list) or i >= len(node):
-                break
-            node = node[i]
-            line = getattr(node, "start_line", None) or line
-        else:
-            if not isinstance(node, dict) or key not in node:
-                break
-            line = getattr(node, "lines", {}).get(key) or line
-            node = node[key]
-    return line
-
-
-def join(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
+from simulator.yaml_input import join
 
 
 def type_name(v: Any) -> str:
@@ -280,7 +161,14 @@ class Fields:
             value = check(self.data[key], join(self.path, key))
         except ScenarioError as e:
             raise e.at_line(self.line(key)) from None
-        return value * unit_factor(key) if isinstance(value, float) else value
+        if not isinstance(value, float):
+            return value
+        si = value * unit_factor(key)
+        if not math.isfinite(si) or (si == 0.0) != (value == 0.0):
+            raise ScenarioError("is out of range once converted to SI units (it becomes "
+                                f"{si!r})", path=join(self.path, key), value=self.data[key],
+                                has_value=True, line=self.line(key))
+        return si
 
     def sub(self, key: str) -> Fields:
         self.seen.add(key)

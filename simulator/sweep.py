@@ -17,12 +17,12 @@ import itertools
 import os
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
+from simulator import limits
 from simulator.errors import ScenarioError
-from simulator.schema import load_yaml
 from simulator.specs import Scenario
+from simulator.yaml_input import load_yaml, read_text
 
 MPI_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
 
@@ -97,8 +97,16 @@ def _set(data: dict, field: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def run_point(raw: dict, file: str, point: dict[str, Any], strong: bool) -> dict[str, Any]:
-    """Simulate one point; returns its Result entries (or the error that stopped it)."""
+def run_point(raw: dict, file: str, point: dict[str, Any], strong: bool,
+              limited: bool = True) -> dict[str, Any]:
+    """Simulate one point; returns its Result entries (or the error that stopped it).
+    ``limited``: whether ``simulator/limits.py`` applies (a worker process does not inherit the
+    command's ``--no-limits``)."""
+    with limits.lifted(not limited):
+        return _run_point(raw, file, point, strong)
+
+
+def _run_point(raw: dict, file: str, point: dict[str, Any], strong: bool) -> dict[str, Any]:
     from simulator.predict import simulate_scenario
     from simulator.scenario import parse_scenario
 
@@ -139,7 +147,7 @@ def run_sweep(scenario: Scenario, devices: list[int] | None = None, strong: bool
     """Simulate every point; the merged Result (entries carry ``sweep_point``). Progress goes
     to ``out`` (standard error by default)."""
     out = out or sys.stderr
-    raw = plain(load_yaml(Path(scenario.file).read_text()))
+    raw = plain(load_yaml(read_text(scenario.file, "scenario")))
     raw.pop("sweep", None)
     axes = dict(scenario.sweep)
     if devices:
@@ -159,7 +167,8 @@ def run_sweep(scenario: Scenario, devices: list[int] | None = None, strong: bool
             progress.step(p)
     else:
         with pool:
-            futures = [pool.submit(run_point, raw, scenario.file, p, strong) for p in points]
+            futures = [pool.submit(run_point, raw, scenario.file, p, strong, limits.active())
+                       for p in points]
             for p, f in zip(points, futures):
                 done.append(f.result())
                 progress.step(p)

@@ -4,7 +4,7 @@ error (``parasim execute`` runs the same ``run_dbn`` for every strategy of a sce
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ import numpy as np
 
 from executor.dbn.pretrain import run_dbn, time_to_error, training_inputs
 from executor.interpreter.model import ExecutorError
+from simulator.outputs import write_atomic, write_json
 from simulator.plan import Plan
 
 
@@ -130,26 +131,25 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     command checked that MPI is there)."""
     from mpi4py import MPI
 
-    from executor.data import DataError
     from executor.kernels import get_backend
     from executor.mpi.collectives import abort_on_error
-    from simulator.errors import PlanError, ScenarioError
+    from simulator.errors import UserError
+    from simulator.outputs import check_outputs
     from simulator.scenario import load_scenario
 
     comm = MPI.COMM_WORLD
     rank0 = comm.Get_rank() == 0
     failure = None
     try:
-        for out in (args.json, args.weights):
-            if rank0 and out and Path(out).exists() and not args.force:
-                raise ExecutorError(f"{out} exists; pass --force to overwrite it")
+        if rank0:
+            check_outputs([args.json, args.weights], args.force)
         scenario = load_scenario(args.scenario)
         try:
             backend = get_backend(args.backend)
         except RuntimeError as e:
             raise ExecutorError(f"--backend {args.backend}: {e}") from None
         prepared = prepare_dbn(comm, scenario, args.strategy)
-    except (ScenarioError, PlanError, ExecutorError, DataError) as e:
+    except UserError as e:
         failure = str(e)
     failures = comm.allgather(failure)
     if any(failures):
@@ -165,11 +165,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.weights:
         flat = {f"{s}/{layer}/{key}": v for s, layers in (weights or {}).items()
                 for layer, params in layers.items() for key, v in params.items()}
-        with open(args.weights, "wb") as fh:
-            np.savez(fh, **flat)
+        buffer = io.BytesIO()
+        np.savez(buffer, **flat)
+        write_atomic(args.weights, buffer.getvalue())
     if args.json:
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
-        tmp.replace(args.json)
+        write_json(args.json, result)
         print(f"result written to {args.json}")
     return 0

@@ -16,9 +16,10 @@ from importlib import resources
 from typing import Any
 
 from simulator.errors import ScenarioError
-from simulator.schema import Fields, choice, integer, list_of, load_yaml, number, string
+from simulator.schema import Fields, choice, integer, list_of, number, string
 from simulator.specs import DeviceSpec, LinkSpec
 from simulator.units import TFLOPS
+from simulator.yaml_input import load_yaml
 
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8")
 DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",

@@ -12,8 +12,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from simulator import limits
 from simulator.cluster import Cluster
 from simulator.engine.runner import Engine
+from simulator.errors import LimitError
 from simulator.intervals import length, minus, union
 from simulator.plan import Plan
 from simulator.plan_report import memory_groups
@@ -59,10 +61,14 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
     eng = Engine(plan, cluster, training.precision, training.optimizer,
                  training.warmup_iterations, training.iterations, record_trace, seed, fold,
                  timeline_spans)
+    estimate = eng.estimate()
+    too_long = limits.events_error(plan.strategy, estimate)
+    if too_long:
+        raise LimitError(too_long)
     if progress is None:
         eng.run()
     else:
-        progress.start(eng.estimate())
+        progress.start(estimate)
         try:
             eng.run(progress)
         finally:

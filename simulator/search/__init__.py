@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
+from simulator import limits
 from simulator.errors import PlanError, ScenarioError
 from simulator.search.estimate import Estimate, Estimator
 from simulator.search.space import Constraints, candidates, label
@@ -131,7 +132,7 @@ def run_search(scenario: Scenario, constraints: Constraints, out=None,  # noqa: 
 
 
 def _simulate(scenario: Scenario, chosen: list[Candidate], pool, out) -> list[dict]:  # noqa: ANN001
-    jobs = [(scenario, c.name, c.scheme, c.options) for c in chosen]
+    jobs = [(scenario, c.name, c.scheme, c.options, limits.active()) for c in chosen]
     best: tuple[float, str] | None = None
     done = []
     results = (map(_one, *zip(*jobs)) if pool is None
@@ -154,8 +155,15 @@ def _simulate(scenario: Scenario, chosen: list[Candidate], pool, out) -> list[di
     return done
 
 
-def _one(scenario: Scenario, name: str, scheme: str, options: dict) -> dict[str, Any]:
-    """Simulate one candidate (in a worker process)."""
+def _one(scenario: Scenario, name: str, scheme: str, options: dict, limited: bool = True
+         ) -> dict[str, Any]:
+    """Simulate one candidate (in a worker process, which does not inherit the command's
+    ``--no-limits``: ``limited`` carries it)."""
+    with limits.lifted(not limited):
+        return _simulate_one(scenario, name, scheme, options)
+
+
+def _simulate_one(scenario: Scenario, name: str, scheme: str, options: dict) -> dict[str, Any]:
     from simulator import plan_report
     from simulator.engine.simulate import TIMELINE_SPANS, bounded, predict
     from simulator.predict import context

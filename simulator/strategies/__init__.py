@@ -14,6 +14,8 @@ import json
 from importlib import import_module
 from types import ModuleType
 
+from simulator.errors import LimitError
+
 SCHEMES = ("data_parallel", "downpour", "sandblaster", "pipeline", "tensor", "branch", "hybrid",
            "parallel_3d", "dbn_pretrain")
 
@@ -37,7 +39,10 @@ def build_plan(ctx, spec):  # noqa: ANN001, ANN201 - (Context, StrategySpec) -> 
     enabled = gc.isenabled()
     gc.disable()
     try:
-        plan = scheme_module(spec.scheme).build(ctx, spec)
+        try:
+            plan = scheme_module(spec.scheme).build(ctx, spec)
+        except LimitError as e:
+            raise LimitError(f"strategy {spec.name!r}: {e}") from None
         plan = replace(plan, options=json.loads(json.dumps(plan.options)))
     finally:
         if enabled:

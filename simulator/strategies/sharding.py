@@ -38,6 +38,20 @@ from simulator.plan import COMM, Collective, ProgramBuilder
 from simulator.strategies.common import Context, compute_op
 
 SPLITTABLE = frozenset({"dense", "conv", "attention", "rbm", "embedding"})
+
+
+def check_splittable(graph, k: int, path: str) -> None:  # noqa: ANN001
+    """A tensor split over ``k`` devices must split some layer: when every layer is narrower
+    than ``k``, each device would compute the whole model and the split would be nothing but
+    ``k`` copies."""
+    if k < 2:
+        return
+    widest = max((d["split_dim"] for _, d in graph.nodes(data=True)
+                  if d["kind"] in SPLITTABLE), default=0)
+    if widest < k:
+        raise ScenarioError(f"no layer of the model can be split over {k} devices (the widest "
+                            f"splittable layer splits {widest} ways)", path=path, value=k,
+                            has_value=True)
 # layers that work on a split input shard by shard
 FOLLOWS_INPUT = frozenset({"act", "pool", "dropout", "flatten", "lrn"})
 # a classifier's softmax over this many classes or more is computed vocabulary-parallel (only

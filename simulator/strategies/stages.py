@@ -74,6 +74,7 @@ class Grid:
 def check_grid(options: dict, graph, training, grid: Grid, path: str) -> None:  # noqa: ANN001
     """Load-time checks of the techniques on a grid (each names its option)."""
     techniques.check_zero(options, grid.data, path)
+    sharding.check_splittable(graph, grid.tensor, f"{path}.tensor")
     techniques.check_sequence_parallel(options, grid.tensor, path)
     techniques.check_recompute(options, graph, path)
     v = grid.virtual

@@ -40,6 +40,7 @@ def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
     techniques.check_recompute(options, graph, path)
     techniques.check_sequence_parallel(options, k, path)
     if options["layers"] is None:
+        sharding.check_splittable(graph, k, f"{path}.devices")
         techniques.check_heads(graph, k, f"{path}.devices")
     if options["sequence_parallel"]:
         ctx = techniques.graph_context(graph, training)

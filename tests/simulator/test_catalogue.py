@@ -18,9 +18,9 @@ from simulator import catalogue
 from simulator.cluster import build_cluster
 from simulator.engine.hardware import Device
 from simulator.scenario import build_graph, parse_scenario
-from simulator.schema import load_yaml
 from simulator.strategies.common import Context
 from simulator.units import BYTES_PER_ELEMENT, GB, GIB, TFLOPS
+from simulator.yaml_input import load_yaml
 
 DEVICES = catalogue.devices()
 LINKS = catalogue.links()

@@ -19,7 +19,6 @@ from simulator.engine.simulate import predict
 from simulator.errors import ScenarioError
 from simulator.plan import Collective, Compute, Plan, Update
 from simulator.scenario import build_graph, parse_scenario
-from simulator.schema import load_yaml
 from simulator.strategies import build_plan
 from simulator.strategies.common import Context
 from simulator.strategies.dbn_pretrain import (
@@ -30,6 +29,7 @@ from simulator.strategies.dbn_pretrain import (
     pretraining_length,
     shard_bounds,
 )
+from simulator.yaml_input import load_yaml
 
 ACHIEVED = 10e12 * 0.5  # FLOP/s
 B = 10e9  # link bandwidth, bytes/s

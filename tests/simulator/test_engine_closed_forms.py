@@ -27,10 +27,10 @@ from simulator.plan import (
     Send,
 )
 from simulator.scenario import build_graph, parse_scenario
-from simulator.schema import load_yaml
 from simulator.specs import Scenario
 from simulator.strategies import build_plan
 from simulator.strategies.common import Context
+from simulator.yaml_input import load_yaml
 
 PEAK = 10e12  # FLOP/s
 EFF = 0.5  # compute efficiency

@@ -24,9 +24,9 @@ from simulator.plan import (
     WorkLoop,
 )
 from simulator.scenario import build_graph, parse_scenario
-from simulator.schema import load_yaml
 from simulator.strategies import SCHEMES, build_plan
 from simulator.strategies.common import Context
+from simulator.yaml_input import load_yaml
 from tests.simulator.test_engine_closed_forms import device, link, scenario
 
 # conv -> act -> flatten -> dense -> dense: every scheme can build a plan of it (hybrid needs

@@ -27,8 +27,8 @@ from simulator.plan import Compute, Update
 from simulator.predict import simulate_scenario
 from simulator.profile import Profile, dump_profile, load_profile, parse_profile
 from simulator.scenario import load_scenario
-from simulator.schema import load_yaml
 from simulator.specs import DeviceSpec
+from simulator.yaml_input import load_yaml
 
 NAME = "meas"  # the profile's device
 # one kernel curve with round numbers: efficiency 0.1 at 1 kFLOP, 0.5 at 100 kFLOP, 0.9 at 10 MFLOP
@@ -216,6 +216,18 @@ BAD_PROFILES = {
     "no intra link": (
         dict(links={"x": link_entries(inter=True)[f"{NAME}_inter"]}), "links",
         "one intra-node link"),
+    "unknown conditions key": (
+        dict(cal=calibration(conditions={"load": {}, "bogus": 1})),
+        "calibration.conditions.bogus", "unknown key"),
+    "conditions warnings not a list": (
+        dict(cal=calibration(conditions={"warnings": "busy"})),
+        "calibration.conditions.warnings", "must be a list"),
+    "negative foreign share": (
+        dict(cal=calibration(conditions={"foreign_share": -0.5})),
+        "calibration.conditions.foreign_share", "at least 0.0"),
+    "accepted_noisy not a boolean": (
+        dict(cal=calibration(conditions={"accepted_noisy": "yes"})),
+        "calibration.conditions.accepted_noisy", "true or false"),
 }
 
 
@@ -242,6 +254,51 @@ def test_a_profile_with_two_devices_is_an_error(tmp_path: Path):
     text = str(info.value)
     assert text.startswith(f"{path}:") and ": devices:" in text
     assert "exactly one device" in text and "'other'" in text
+
+
+# what calibrate records about the conditions it measured in (round figures)
+CONDITIONS = {
+    "load": {"before": {"seconds": 0.2, "foreign_cores": 0.5, "foreign_share": 0.25,
+                        "load_average": 1.5},
+             "during": {"seconds": 6.0, "foreign_cores": 0.2, "foreign_share": 0.1,
+                        "load_average": 2.0},
+             "after": {"seconds": 0.2, "foreign_cores": 0.0, "foreign_share": 0.0,
+                       "load_average": 2.0}},
+    "foreign_share": 0.25,
+    "repeats": {"limit": 0.25, "remeasures": 2, "timings": 100, "measured_again": 3,
+                "median_spread": 0.05, "max_spread": 0.5,
+                "noisy": [{"timing": "dense.fwd@64>64 batch 16", "spread": 0.5,
+                           "measurements": 3}]},
+    "warnings": ["accepted with --accept-noisy: conditions.load.before.foreign_share = 0.25 is "
+                 "above 0.1, doubtful (...)"],
+    "accepted_noisy": True,
+}
+
+
+def test_a_profile_records_the_conditions_it_was_measured_in(tmp_path: Path):
+    p = load_profile(write_profile(tmp_path / "prof.yaml", cal=calibration(
+        conditions=CONDITIONS)))
+    check_profile(p)  # the rest reads as without them
+    assert p.calibration["conditions"] == CONDITIONS
+
+
+def test_a_profile_without_conditions_still_reads(tmp_path: Path):
+    """Profiles written before calibrate checked its measurements have no ``conditions``."""
+    p = load_profile(write_profile(tmp_path / "prof.yaml"))
+    check_profile(p)
+    assert "conditions" not in p.calibration
+
+
+def test_conditions_measured_without_proc_stat_read_back(tmp_path: Path):
+    """Where the foreign load could not be measured its share is ``null``; every key but the
+    ones given is optional."""
+    conditions = {"load": {"before": {"foreign_cores": None, "foreign_share": None,
+                                      "load_average": None}},
+                  "foreign_share": None, "warnings": []}
+    p = load_profile(write_profile(tmp_path / "prof.yaml", cal=calibration(
+        conditions=conditions)))
+    assert p.calibration["conditions"] == {**conditions, "repeats": {},
+                                           "accepted_noisy": False}
 
 
 def test_a_missing_profile_file_is_an_error_naming_it(tmp_path: Path):
@@ -331,16 +388,27 @@ def test_a_bad_profile_named_by_a_scenario_is_an_error_with_the_field(tmp_path: 
     write_profile(tmp_path / "prof.yaml", dev=_bad_curve_order())
     with pytest.raises(ScenarioError) as info:
         load_scenario(write_scenario(tmp_path))
-    assert info.value.path == f"devices.{NAME}.kernels.dense.fwd.flops"
+    # the scenario's field, then the profile's own
+    assert info.value.path == "cluster.profile"
+    assert f": devices.{NAME}.kernels.dense.fwd.flops: " in str(info.value)
     assert "strictly increasing" in str(info.value)
 
 
-def test_a_bad_profile_named_by_a_scenario_names_the_profile_file(tmp_path: Path):
+def test_a_bad_profile_named_by_a_scenario_names_both_files(tmp_path: Path):
     prof = write_profile(tmp_path / "prof.yaml", dev=_bad_curve_order())
+    scenario = write_scenario(tmp_path)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(scenario)
+    assert info.value.file == str(scenario)
+    assert str(info.value).startswith(f"{scenario}:")
+    assert f"not a usable calibration profile: {prof}:" in str(info.value)
+
+
+def test_a_file_that_is_not_a_profile_is_not_printed(tmp_path: Path):
+    (tmp_path / "prof.yaml").write_text("hello " * 10_000)
     with pytest.raises(ScenarioError) as info:
         load_scenario(write_scenario(tmp_path))
-    assert info.value.file == str(prof)
-    assert str(info.value).startswith(f"{prof}:")
+    assert "cluster.profile" in str(info.value) and len(str(info.value)) < 400
 
 
 @pytest.mark.parametrize("profile,expected", [

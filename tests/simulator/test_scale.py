@@ -18,7 +18,7 @@ from simulator.engine.simulate import BUSIEST, MAP_ENTRIES, TIMELINE_SPANS, boun
 from simulator.plan import ImageOps
 from simulator.predict import simulate_scenario
 from simulator.scenario import load_scenario, parse_scenario
-from simulator.schema import load_yaml
+from simulator.yaml_input import load_yaml
 from tests.simulator.test_strategies import plan_of
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"

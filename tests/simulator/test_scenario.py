@@ -17,9 +17,9 @@ import pytest
 from simulator import catalogue
 from simulator.errors import ScenarioError
 from simulator.scenario import load_scenario, parse_scenario
-from simulator.schema import load_yaml
 from simulator.specs import DegradedLink, Straggler
 from simulator.units import GIB, MIB
+from simulator.yaml_input import load_yaml
 
 # line numbers on the right are asserted by test_line_numbers
 BASE = textwrap.dedent("""\

@@ -14,10 +14,10 @@ import pytest
 
 from simulator.predict import context, simulate_scenario
 from simulator.scenario import load_scenario, parse_scenario
-from simulator.schema import load_yaml
 from simulator.search import run_search, why
 from simulator.search.estimate import Estimator
 from simulator.search.space import Constraints, candidates
+from simulator.yaml_input import load_yaml
 from tests.simulator.test_cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,10 +31,10 @@ from simulator.plan import (
 )
 from simulator.predict import simulate_scenario
 from simulator.scenario import build_graph, parse_scenario
-from simulator.schema import load_yaml
 from simulator.specs import Scenario
 from simulator.strategies import build_plan
 from simulator.strategies.common import Context
+from simulator.yaml_input import load_yaml
 from tests.simulator.test_engine_closed_forms import FLOPS, device, link, scenario
 
 WIDTH = 1024

@@ -13,7 +13,7 @@ from simulator.engine.runner import Engine
 from simulator.engine.simulate import predict
 from simulator.engine.symmetry import orbits
 from simulator.scenario import parse_scenario
-from simulator.schema import load_yaml
+from simulator.yaml_input import load_yaml
 from tests.simulator.test_strategies import plan_of
 
 STRATEGIES = [

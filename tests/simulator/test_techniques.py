@@ -24,8 +24,8 @@ import pytest
 from simulator.errors import ScenarioError
 from simulator.plan import Collective, Compute, Recv, Send, Update
 from simulator.scenario import parse_scenario
-from simulator.schema import load_yaml
 from simulator.strategies.schedules import order
+from simulator.yaml_input import load_yaml
 from tests.simulator.test_engine_closed_forms import FLOPS, device, link, predict_strategy
 from tests.simulator.test_engine_closed_forms import scenario as mlp_scenario
 from tests.simulator.test_strategies import plan_of
