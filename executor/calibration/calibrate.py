@@ -25,6 +25,13 @@ Run under ``mpiexec`` with at least two ranks. Measured, in this order:
   gradient exchange runs it, next to what the simulator predicts for it from the measured link
   and memory bandwidth, and the per-algorithm fit the simulator uses instead.
 
+Before the first measurement and after the last, every rank sleeps while the load other
+processes put on the job's cores is measured (``executor/calibration/load.py``), and during
+them too; timings are checked for the spread of their repeats, and the profile's figures for
+physical bounds (``executor/calibration/checks.py``). A machine too busy to be measured, or a
+figure no machine can have, is a refusal (no profile) unless ``--accept-noisy``; doubtful
+figures are warnings. Both are recorded in the profile's ``calibration.conditions``.
+
 The profile (``simulator/profile.py``) is written by rank 0.
 """
 
@@ -33,12 +40,24 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import statistics
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
+from executor.calibration.checks import (
+    LOAD_DOUBT,
+    Refused,
+    Repeats,
+    check_load,
+    conclude,
+    conditions_line,
+    verdict,
+)
 from executor.calibration.comm import (
     CommCalibration,
     fit_collectives,
@@ -46,11 +65,33 @@ from executor.calibration.comm import (
     quiet_barrier,
     steps_and_volume,
 )
-from executor.calibration.kernels import GRIDS, measure_kernels, timed
+from executor.calibration.kernels import (
+    GRIDS,
+    checked,
+    measure_kernels,
+    runner_overhead,
+    timed_samples,
+)
+from executor.calibration.load import LoadProbe
 from executor.calibration.sharing import SharingCalibration
 from simulator.predict import code_version
 
 F32 = np.float32
+LOAD_WINDOW_S = {"tiny": 0.1, "small": 0.5, "full": 1.0}  # each sleeping look at the load
+LOAD_TRIES = 3  # looks at most, while other processes take a tenth of the cores or more
+
+
+@dataclass
+class Outcome:
+    """What ``calibrate`` gives each rank: on rank 0 the profile's text, the summary and the
+    warnings, or the refusal (on every rank when it came before measuring)."""
+
+    text: str = ""
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    refusal: Refused | None = None
+
+
 class Calibration(CommCalibration, SharingCalibration):
     def __init__(self, comm: MPI.Comm, backend: Any, grid: str):
         self.comm, self.k, self.grid = comm, backend, grid
@@ -62,14 +103,32 @@ class Calibration(CommCalibration, SharingCalibration):
         self.ranks_per_node = self.node.Get_size()
         self.cores = min(comm.allgather(len(os.sched_getaffinity(0))))
         self.measured: dict[str, Any] = {}
+        self.repeats = Repeats()
+        self.probe = LoadProbe(comm, self.node)
 
     def say(self, text: str) -> None:
         if self.rank == 0:
             print(text, flush=True)
 
+    def timing(self, name: str, samples: Callable[[], list[float]], wait: Callable[[], None],
+               check: bool = True) -> float:
+        """The median of ``samples()`` (every rank calls it; the ranks that do not measure
+        return no samples and get 0), then ``wait()`` on every rank; with ``check``, all of it
+        again on every rank while the largest spread of any rank's repeats is above the limit
+        (``executor/calibration/checks.py``)."""
+        def once() -> tuple[float, list[float]]:
+            got = samples()
+            wait()
+            return (statistics.median(got) if got else 0.0), got
+
+        if not check:
+            return once()[0]
+        return self.repeats.measure(name, once,
+                                    agree=lambda s: self.comm.allreduce(s, op=MPI.MAX))
+
     # ---- kernels and memory (rank 0) ------------------------------------------------------
     def kernels(self) -> dict[str, list[tuple[float, float]]]:
-        out = measure_kernels(self.k, self.grid) if self.rank == 0 else {}
+        out = measure_kernels(self.k, self.grid, self.repeats) if self.rank == 0 else {}
         quiet_barrier(self.comm)
         return out
 
@@ -78,7 +137,7 @@ class Calibration(CommCalibration, SharingCalibration):
         model of 4-wide layers, less the same kernels called directly, per op."""
         value = 0.0
         if self.rank == 0:
-            value = _runner_overhead(self.k, GRIDS[self.grid])
+            value = runner_overhead(self.k, GRIDS[self.grid], self.repeats)
         quiet_barrier(self.comm)
         return self.comm.bcast(value, root=0)
 
@@ -87,7 +146,8 @@ class Calibration(CommCalibration, SharingCalibration):
         if self.rank == 0:
             n = 1 << 24
             a, b = np.ones(n, F32), np.ones(n, F32)
-            t = timed(lambda: np.add(a, b, out=a), lambda: None, 5, 0.05)
+            t = checked(self.repeats, "memory bandwidth: a streaming add", lambda: timed_samples(
+                lambda: np.add(a, b, out=a), lambda: None, 5, 0.05))
             value = 3 * 4 * n / t
         quiet_barrier(self.comm)
         return self.comm.bcast(value, root=0)
@@ -103,52 +163,19 @@ class Calibration(CommCalibration, SharingCalibration):
             for s in sizes:
                 host = np.ones(s // 4, F32)
                 dev = self.k.to_device(host)
-                h2d.append(timed(lambda host=host: self.k.to_device(host), self.k.synchronize,
-                                 3, 0.02))
-                d2h.append(timed(lambda dev=dev: self.k.to_host(dev), self.k.synchronize,
-                                 3, 0.02))
+                h2d.append(checked(self.repeats, f"host-to-device copy of {s} B",
+                                   lambda host=host: timed_samples(
+                                       lambda: self.k.to_device(host), self.k.synchronize, 3,
+                                       0.02)))
+                d2h.append(checked(self.repeats, f"device-to-host copy of {s} B",
+                                   lambda dev=dev: timed_samples(
+                                       lambda: self.k.to_host(dev), self.k.synchronize, 3,
+                                       0.02)))
             out = {"bytes": sizes, "host_to_device_s": h2d, "device_to_host_s": d2h,
                    "host_to_device_GBps": sizes[-1] / h2d[-1] / 1e9,
                    "device_to_host_GBps": sizes[-1] / d2h[-1] / 1e9}
         quiet_barrier(self.comm)
         return self.comm.bcast(out, root=0)
-
-
-def _runner_overhead(backend: Any, grid: dict[str, Any]) -> float:
-    """Per-op time of a real one-rank period (``RankRunner``) beyond its kernels' own time."""
-    from collections import defaultdict
-
-    from executor.calibration.kernels import KernelTimer
-    from executor.interpreter.runner import RankRunner
-    from simulator.catalogue import devices, links
-    from simulator.cluster import build_cluster
-    from simulator.model import build_custom
-    from simulator.specs import ClusterSpec, StrategySpec, TrainingSpec
-    from simulator.strategies import build_plan, default_options
-    from simulator.strategies.common import Context
-
-    layers = ([{"kind": "dense", "units": 4}, {"kind": "act", "fn": "relu"}] * 11
-              + [{"kind": "dense", "units": 2}, {"kind": "softmax"}])
-    graph = build_custom(layers, [4])
-    cluster = build_cluster(ClusterSpec(nodes=1, devices_per_node=1,
-                                        device=devices()["cpu_core"], intra_link=links()["shm"],
-                                        inter_link=links()["eth_10g"]))
-    batch = 4
-    ctx = Context(graph, cluster, TrainingSpec(batch_size=batch, precision="fp32",
-                                               optimizer="momentum", iterations=1,
-                                               warmup_iterations=0))
-    plan = build_plan(ctx, StrategySpec("one", "data_parallel",
-                                        default_options("data_parallel", devices=1)))
-    runner = RankRunner(MPI.COMM_SELF, plan, graph, backend, 0, 0.0, 0.0)
-    x = np.ones((batch, 4), F32)
-    y = np.zeros(batch, np.int64)
-    period = timed(lambda: runner.run_period(x, y), backend.synchronize, grid["repeats"] * 3,
-                   grid["min_s"])
-    direct: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    # back to back like the period's own kernels (their data stays in the caches)
-    KernelTimer(backend, grid, evict=False).case(layers, [4], batch, direct)
-    kernels = sum(t for points in direct.values() for _, t in points)
-    return max(0.0, (period - kernels) / len(plan.ranks[0].ops))
 
 
 def versions(backend: Any) -> dict[str, str]:
@@ -165,15 +192,23 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, list[str]]:
-    """Measure everything (every rank takes part); rank 0 gets the profile's text and a
-    summary, the others ``("", [])``."""
+def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: bool = False
+              ) -> Outcome:
+    """Measure everything (every rank takes part) and check it; rank 0 gets the profile's
+    text, a summary and the warnings, or the refusal; the others an empty ``Outcome`` (or the
+    refusal, when the load before measuring refused it)."""
     from simulator.progress import Steps
 
     cal = Calibration(comm, backend, grid)
     cal.say(f"calibrating {comm.Get_size()} rank(s) on {', '.join(sorted(set(cal.hosts)))} "
             f"({backend.name} backend, {grid} grid)")
-    step = Steps(10, enabled=comm.Get_rank() == 0)
+    step = Steps(12, enabled=comm.Get_rank() == 0)
+    step("the load other processes put on the cores, before measuring")
+    machine_load = {"before": cal.probe.idle(LOAD_WINDOW_S[grid], LOAD_TRIES, LOAD_DOUBT)}
+    _, refusal = verdict(check_load(machine_load, cal.probe.cores), accept_noisy, "measure")
+    if refusal is not None:  # every rank has the same figures
+        return Outcome(refusal=refusal)
+    began = cal.probe.mark()
     step("kernel efficiency curves, per kind and per layer shape")
     curves = cal.kernels()
     kinds = [k for k in curves if "@" not in k]
@@ -211,8 +246,11 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
     links = cal.p2p()
     step("all-reduce times against size, ranks and ranks per core")
     rows = cal.allreduce()
+    machine_load["during"] = cal.probe.since(began)
+    step("the load other processes put on the cores, after measuring")
+    machine_load["after"] = cal.probe.idle(LOAD_WINDOW_S[grid], LOAD_TRIES, LOAD_DOUBT)
     if comm.Get_rank() != 0:
-        return "", []
+        return Outcome()
     peak = max(f / t for points in curves.values() for f, t in points)
     kernels = {key: {"flops": [float(f) for f, _ in pts],
                      "efficiency": [round(min(1.0, f / t / peak), 5) for f, t in pts]}
@@ -286,10 +324,15 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str) -> tuple[str, 
                                       if shared else {})},
                    "backend": backend.name, "versions": versions(backend),
                    "measured": measured}
+    warnings, refusal = conclude(calibration, (name, device), link_entries, machine_load,
+                                 cal.probe.cores, cal.repeats, accept_noisy)
+    if refusal is not None:
+        return Outcome(refusal=refusal)
     from simulator.profile import dump_profile
 
     text = dump_profile(calibration, (name, device), link_entries)
-    return text, summary(device, link_entries, rows, sharing, cal)
+    return Outcome(text, summary(device, link_entries, rows, sharing, cal)
+                   + [conditions_line(calibration["conditions"])], warnings)
 
 
 def _memory_per_rank(ranks_per_node: int) -> float:

@@ -1,7 +1,7 @@
 """The communication half of ``parasim calibrate`` (``executor/calibration/calibrate.py``): one-way
 message times, and the all-reduce as a gradient exchange runs it, with the fits the simulator
 uses. ``CommCalibration`` is mixed into ``Calibration``, whose state it uses (``comm``,
-``rank``, ``size``, ``hosts``, ``cores``, ``grid``)."""
+``rank``, ``size``, ``hosts``, ``cores``, ``grid``, ``repeats``, ``timing``)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ class CommCalibration:
         reps = 5 if self.grid == "tiny" else 20
         out = {}
         for scope, peer in peers.items():
-            acked = [self._send_acked(peer, np.zeros(max(1, s // 4), F32), reps) for s in sizes]
+            acked = [self.timing(f"point-to-point {scope} {s} B",
+                                 lambda s=s, peer=peer: self._send_acked(
+                                     peer, np.zeros(max(1, s // 4), F32), reps), lambda: None)
+                     for s in sizes]
             # a send and its 8-byte acknowledgement, less one way of the acknowledgement
             times = [t - acked[0] / 2 for t in acked] if sizes[0] <= 8 else acked
             eager = self._eager_limit(peer)
@@ -57,14 +60,15 @@ class CommCalibration:
                               "eager_limit_bytes": eager, **fit_link(sizes, times)}
         return self.comm.bcast(out, root=0)
 
-    def _send_acked(self, peer: int, buf: np.ndarray, reps: int) -> float:
-        """Median seconds from rank 0 sending ``buf`` to ``peer`` until ``peer``'s 8-byte
-        acknowledgement arrives, as a training step sends: the message was just written by
-        the sender, and the receiver's buffer is out of its caches."""
+    def _send_acked(self, peer: int, buf: np.ndarray, reps: int) -> list[float]:
+        """Seconds from rank 0 sending ``buf`` to ``peer`` until ``peer``'s 8-byte
+        acknowledgement arrives, as a training step sends (the message was just written by
+        the sender, and the receiver's buffer is out of its caches), ``reps`` times; none on
+        the other ranks."""
         comm = self.comm
         if self.rank not in (0, peer):
             quiet_barrier(comm)
-            return 0.0
+            return []
         other = peer if self.rank == 0 else 0
         ack, spill = np.zeros(2, F32), spill_buffer()
         samples = []
@@ -83,7 +87,7 @@ class CommCalibration:
             if i >= 2:
                 samples.append(MPI.Wtime() - t)
         quiet_barrier(comm)
-        return statistics.median(samples)
+        return samples
 
     def _eager_limit(self, peer: int, hold: float = 0.003) -> int:
         """The largest message (of 0, 256 B, 512 B, ... 4 MiB) whose blocking send from rank
@@ -131,33 +135,45 @@ class CommCalibration:
         for p in counts:
             group = self.comm.Split(0 if self.rank < p else MPI.UNDEFINED, self.rank)
             busiest = max(self.hosts[:p].count(h) for h in set(self.hosts[:p]))
+            shared = busiest > self.cores
             for algorithm in ALGORITHMS:
                 for s in ALLREDUCE_SIZES[self.grid]:
-                    t = 0.0
-                    if group != MPI.COMM_NULL:
-                        # waiting as a run of the group's ranks on these cores would
-                        xcomm.wait_quietly(busiest > self.cores)
-                        t = self._collective(group, s // 4, algorithm, busiest > self.cores)
-                        xcomm.wait_quietly(False)
-                    else:
-                        quiet_barrier(self.comm)
-                    t = self.comm.allreduce(t, op=MPI.MAX)
+
+                    def once(group=group, s=s, algorithm=algorithm, shared=shared
+                             ) -> tuple[float, list]:
+                        t, samples = 0.0, []
+                        if group != MPI.COMM_NULL:
+                            # waiting as a run of the group's ranks on these cores would
+                            xcomm.wait_quietly(shared)
+                            samples = self._collective(group, s // 4, algorithm, shared)
+                            xcomm.wait_quietly(False)
+                            t = trimmed_mean(samples) if shared else statistics.median(samples)
+                        else:
+                            quiet_barrier(self.comm)
+                        return self.comm.allreduce(t, op=MPI.MAX), samples
+
+                    # on time-shared cores the spread is the effect measured: not checked
+                    t = once()[0] if shared else self.repeats.measure(
+                        f"all-reduce {algorithm} on {p} ranks, {s} B", once,
+                        agree=lambda x: self.comm.allreduce(x, op=MPI.MAX))
                     rows.append({"ranks": p, "ranks_per_core": busiest / self.cores,
                                  "algorithm": algorithm, "bytes": s, "seconds": t})
             if group != MPI.COMM_NULL:
                 group.Free()
         return rows
 
-    def _collective(self, group: MPI.Comm, n: int, algorithm: str, shared: bool) -> float:
-        """Seconds of one all-reduce of ``n`` floats as the executor runs a gradient
-        exchange: the caches hold other data (a training step's working set is larger than
+    def _collective(self, group: MPI.Comm, n: int, algorithm: str, shared: bool
+                    ) -> list[float]:
+        """Seconds of each of the repeated all-reduces of ``n`` floats as the executor runs a
+        gradient exchange: the caches hold other data (a training step's working set is larger than
         them), the gradients were just written in pieces and packed into one buffer, and the
         all-reduce runs in a thread beside a waiting main thread (the plan's comm stream). Each
         of these makes it slower than a back-to-back loop on one hot buffer (up to 2x at
-        8 MiB on 2 ranks of this project's test machine). The median of the repeats, robust
-        to a disturbance from outside; but on time-shared cores (``shared``: three times the
-        repeats) a step waits for its peer's next time slice, the spread is the effect itself,
-        and the mean without the fastest and slowest tenth is what a run pays."""
+        8 MiB on 2 ranks of this project's test machine). The caller keeps the median of the
+        repeats, robust to a disturbance from outside; but on time-shared cores (``shared``:
+        three times the repeats) a step waits for its peer's next time slice, the spread is
+        the effect itself, and the mean without the fastest and slowest tenth is what a run
+        pays."""
         reps = (3 if self.grid == "tiny" else 10) * (3 if shared else 1)
         pieces = [np.empty(len(c), F32) for c in np.array_split(np.empty(n, F32), 4)]
         buf = np.empty(n, F32)
@@ -175,7 +191,7 @@ class CommCalibration:
                 samples.append(took)
         worker.close()
         quiet_barrier(self.comm)
-        return trimmed_mean(samples) if shared else statistics.median(samples)
+        return samples
 
 
 def trimmed_mean(samples: list[float]) -> float:

@@ -5,12 +5,12 @@ measured point is filed under are exactly the FLOPs the simulator will cost that
 point is timed through the code the executor's ranks run (``executor.interpreter.model.Forward`` for
 forward, backward and the loss; ``sgd_momentum`` per parameter tensor for the update; the
 CD-1 step with its uniforms and local update as ``executor/dbn/pretrain.py`` runs it), median of
-repeats
-after a warm-up. Curves are ``kind.phase -> [(FLOPs, seconds), ...]`` over every shape of the
-kind, and ``kind.phase@shape`` over the batches of one layer shape (``kernel_shape``: the
-simulator prices a layer of a measured shape from its own curve, others from the kind's);
-``calibrate`` turns seconds into efficiencies against the fastest rate measured (the profile's
-peak).
+repeats after a warm-up; a timing whose repeats spread too much is measured again
+(``executor/calibration/checks.py``). Curves are ``kind.phase -> [(FLOPs, seconds), ...]``
+over every shape of the kind, and ``kind.phase@shape`` over the batches of one layer shape
+(``kernel_shape``: the simulator prices a layer of a measured shape from its own curve, others
+from the kind's); ``calibrate`` turns seconds into efficiencies against the fastest rate
+measured (the profile's peak).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from executor.calibration.checks import Repeats
 from executor.interpreter.forward import Forward
 from executor.interpreter.model import Layer, init_weights
 from simulator.model import build_custom
@@ -83,11 +84,18 @@ def spill_buffer() -> np.ndarray:
 def timed(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: float,
           evict: bool = False) -> float:
     """Median seconds of ``fn`` after one warm-up call, over at least ``repeats`` calls and
-    ``min_s`` seconds. With ``evict``, a buffer twice the last-level cache is written before
-    each call (not timed): in a training step the rest of the model's weights, gradients and
-    activations pass through the caches between two uses of one layer's data, and a kernel
-    timed back to back with hot caches runs measurably faster (the momentum update of a
-    1024x1024 layer 2.3-2.6x on this project's 2-core test machine, as
+    ``min_s`` seconds (:func:`timed_samples`)."""
+    return statistics.median(timed_samples(fn, sync, repeats, min_s, evict))
+
+
+def timed_samples(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: float,
+                  evict: bool = False) -> list[float]:
+    """Seconds of each call of ``fn`` after one warm-up call, at least ``repeats`` calls and
+    ``min_s`` seconds (200 at most). With ``evict``, a buffer twice the last-level cache is
+    written before each call (not timed): in a training step the rest of the model's weights,
+    gradients and activations pass through the caches between two uses of one layer's data,
+    and a kernel timed back to back with hot caches runs measurably faster (the momentum
+    update of a 1024x1024 layer 2.3-2.6x on this project's 2-core test machine, as
     ``benchmarks/machine_effects.py`` prints it)."""
     fn()
     sync()
@@ -103,7 +111,20 @@ def timed(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: 
         times.append(time.perf_counter() - t)
         if len(times) >= 200:
             break
-    return statistics.median(times)
+    return times
+
+
+def checked(repeats: Repeats | None, name: str, samples: Callable[[], list[float]]) -> float:
+    """The median of ``samples()``, measured again while its repeats spread too much when
+    ``repeats`` keeps the record (``executor/calibration/checks.py``)."""
+    if repeats is None:
+        return statistics.median(samples())
+
+    def once() -> tuple[float, list[float]]:
+        s = samples()
+        return statistics.median(s), s
+
+    return repeats.measure(name, once)
 
 
 def _cases(grid: dict[str, Any]) -> list[tuple[list[dict], list[int]]]:
@@ -130,16 +151,18 @@ def _cases(grid: dict[str, Any]) -> list[tuple[list[dict], list[int]]]:
 class KernelTimer:
     """Times the layers of one case graph on ``backend`` at one batch size."""
 
-    def __init__(self, backend: Any, grid: dict[str, Any], seed: int = 0, evict: bool = True):
+    def __init__(self, backend: Any, grid: dict[str, Any], seed: int = 0, evict: bool = True,
+                 repeats: Repeats | None = None):
         self.k = backend
         self.fwd = Forward(backend)
         self.grid = grid
         self.rng = np.random.default_rng(seed)
         self.evict = evict
+        self.repeats = repeats
 
-    def _time(self, fn: Callable[[], Any]) -> float:
-        return timed(fn, self.k.synchronize, self.grid["repeats"], self.grid["min_s"],
-                     evict=self.evict)
+    def _time(self, name: str, fn: Callable[[], Any]) -> float:
+        return checked(self.repeats, name, lambda: timed_samples(
+            fn, self.k.synchronize, self.grid["repeats"], self.grid["min_s"], evict=self.evict))
 
     def case(self, layers: list[dict], shape: list[int], batch: int,
              out: dict[str, list[tuple[float, float]]]) -> None:
@@ -158,10 +181,12 @@ class KernelTimer:
             y, saved = self.fwd.forward(layer, x)
             if kind == "softmax":
                 labels = k.to_device(self.rng.integers(0, y.shape[1], batch))
-                t = self._time(lambda y=y, labels=labels: self.fwd.loss(y, labels, batch))
+                t = self._time(f"{key}.fwd@{shape} batch {batch}",
+                               lambda y=y, labels=labels: self.fwd.loss(y, labels, batch))
                 _, _, dy = self.fwd.loss(y, labels, batch)
             else:
-                t = self._time(lambda layer=layer, x=x: self.fwd.forward(layer, x))
+                t = self._time(f"{key}.fwd@{shape} batch {batch}",
+                               lambda layer=layer, x=x: self.fwd.forward(layer, x))
                 dy = k.to_device(self.rng.standard_normal((batch, *node["out_shape"]))
                                  .astype(F32))
             point = (node["fwd_flops"] * batch, t)
@@ -172,17 +197,20 @@ class KernelTimer:
                 layer.grads.clear()
                 return self.fwd.backward(layer, dy, saved, y)
 
-            point = (node["bwd_flops"] * batch, self._time(backward))
+            point = (node["bwd_flops"] * batch,
+                     self._time(f"{key}.bwd@{shape} batch {batch}", backward))
             out[f"{key}.bwd"].append(point)
             out[f"{key}.bwd@{shape}"].append(point)
             if kind == "rbm":
-                out["rbm.cd1"].append((node["cd1_flops"] * batch, self._cd1(layer, x)))
+                out["rbm.cd1"].append((node["cd1_flops"] * batch,
+                                       self._cd1(f"rbm.cd1@{shape} batch {batch}", layer, x)))
             if layer.params:
                 n = sum(int(np.prod(v.shape)) for v in whole[name].values())
-                out["update"].append((4.0 * n, self._update(layer)))
+                out["update"].append((4.0 * n, self._update(f"update@{shape} batch {batch}",
+                                                             layer)))
             x = y
 
-    def _cd1(self, layer: Layer, x: Any) -> float:
+    def _cd1(self, name: str, layer: Layer, x: Any) -> float:
         """One CD-1 step as ``executor/dbn/pretrain.py`` times it: uniforms, ``rbm_cd1``, local
         update."""
         k, p = self.k, layer.params
@@ -198,9 +226,9 @@ class KernelTimer:
                 k.axpy(0.0, g, p[key])
                 k.axpy(0.0, g, delta[key])
 
-        return self._time(step)
+        return self._time(name, step)
 
-    def _update(self, layer: Layer) -> float:
+    def _update(self, name: str, layer: Layer) -> float:
         k = self.k
         grads = {key: k.zeros(v.shape) for key, v in layer.params.items()}
         vel = {key: k.zeros(v.shape) for key, v in layer.params.items()}
@@ -209,14 +237,16 @@ class KernelTimer:
             for key, w in layer.params.items():
                 k.sgd_momentum(w, grads[key], vel[key], 0.0, 0.9)
 
-        return self._time(step)
+        return self._time(name, step)
 
 
-def measure_kernels(backend: Any, grid_name: str) -> dict[str, list[tuple[float, float]]]:
+def measure_kernels(backend: Any, grid_name: str, repeats: Repeats | None = None
+                    ) -> dict[str, list[tuple[float, float]]]:
     """``kind.phase -> [(FLOPs, seconds), ...]`` sorted by FLOPs, equal FLOPs merged (the
-    median time), zero-FLOP layers (flatten) left out: they cost the launch overhead only."""
+    median time), zero-FLOP layers (flatten) left out: they cost the launch overhead only.
+    ``repeats``: check each timing's spread and keep the record."""
     grid = GRIDS[grid_name]
-    timer = KernelTimer(backend, grid)
+    timer = KernelTimer(backend, grid, repeats=repeats)
     raw: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for layers, shape in _cases(grid):
         for batch in grid["batches"]:
@@ -230,3 +260,41 @@ def measure_kernels(backend: Any, grid_name: str) -> dict[str, list[tuple[float,
         if by_flops:
             out[key] = [(f, statistics.median(ts)) for f, ts in sorted(by_flops.items())]
     return out
+
+
+def runner_overhead(backend: Any, grid: dict[str, Any], repeats: Repeats) -> float:
+    """Seconds the executor spends per op beyond the kernel: a real one-rank period
+    (``RankRunner``) of a deep model of 4-wide layers, less the same kernels called directly,
+    per op (``launch_overhead_us``)."""
+    from mpi4py import MPI
+
+    from executor.interpreter.runner import RankRunner
+    from simulator.catalogue import devices, links
+    from simulator.cluster import build_cluster
+    from simulator.specs import ClusterSpec, StrategySpec, TrainingSpec
+    from simulator.strategies import build_plan, default_options
+    from simulator.strategies.common import Context
+
+    layers = ([{"kind": "dense", "units": 4}, {"kind": "act", "fn": "relu"}] * 11
+              + [{"kind": "dense", "units": 2}, {"kind": "softmax"}])
+    graph = build_custom(layers, [4])
+    cluster = build_cluster(ClusterSpec(nodes=1, devices_per_node=1,
+                                        device=devices()["cpu_core"], intra_link=links()["shm"],
+                                        inter_link=links()["eth_10g"]))
+    batch = 4
+    ctx = Context(graph, cluster, TrainingSpec(batch_size=batch, precision="fp32",
+                                               optimizer="momentum", iterations=1,
+                                               warmup_iterations=0))
+    plan = build_plan(ctx, StrategySpec("one", "data_parallel",
+                                        default_options("data_parallel", devices=1)))
+    runner = RankRunner(MPI.COMM_SELF, plan, graph, backend, 0, 0.0, 0.0)
+    x = np.ones((batch, 4), F32)
+    y = np.zeros(batch, np.int64)
+    period = checked(repeats, "launch overhead: a one-rank period", lambda: timed_samples(
+        lambda: runner.run_period(x, y), backend.synchronize, grid["repeats"] * 3,
+        grid["min_s"]))
+    direct: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    # back to back like the period's own kernels (their data stays in the caches)
+    KernelTimer(backend, grid, evict=False).case(layers, [4], batch, direct)
+    kernels = sum(t for points in direct.values() for _, t in points)
+    return max(0.0, (period - kernels) / len(plan.ranks[0].ops))

@@ -5,7 +5,7 @@ equal work finishes across ranks (``spread``), how soon a rank that slept in the
 quiet wait has its message, and how long a core that a rank leaves idles while other ranks wait
 in other cores' run queues. ``SharingCalibration`` is mixed into ``Calibration``, whose state it
 uses (``comm``, ``node``, ``rank``, ``local``, ``size``, ``hosts``, ``cores``,
-``ranks_per_node``, ``grid``, ``k``)."""
+``ranks_per_node``, ``grid``, ``k``, ``timing``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from executor.calibration.comm import quiet_barrier, trimmed_mean
-from executor.calibration.kernels import timed
+from executor.calibration.kernels import timed, timed_samples
 from executor.mpi import collectives as xcomm
 
 F32 = np.float32
@@ -28,23 +28,34 @@ F32 = np.float32
 class SharingCalibration:
     def core_sharing(self) -> dict[str, Any]:
         """The slowdown of one GEMM-bound kernel while the node's other ranks compute too
-        (as many as there are cores), and, with more ranks than cores, while they wait."""
+        (as many as there are cores), and, with more ranks than cores, while they wait. The
+        times alone, together and beside quiet waits are checked for their spread (the ranks
+        that measure together measure again together); beside MPI's polling waits the
+        spread is what is measured (a wait polls or not)."""
         n = 512 if self.grid == "tiny" else 1024
         a = self.k.to_device(np.ones((256, n), F32))
         w = self.k.to_device(np.ones((n, n), F32))
         reps, min_s = (3, 0.02) if self.grid == "tiny" else (5, 0.2)
 
-        def kernel() -> float:
-            return timed(lambda: self.k.gemm(a, w), self.k.synchronize, reps, min_s)
+        def kernel() -> list[float]:
+            return timed_samples(lambda: self.k.gemm(a, w), self.k.synchronize, reps, min_s)
+
+        def nothing() -> list[float]:
+            return []
 
         together = min(self.ranks_per_node, self.cores)
-        alone = kernel() if self.rank == 0 else 0.0
-        quiet_barrier(self.comm)
-        co = kernel() if self.local < together else 0.0
-        if self.local >= together:
-            quiet_barrier(self.node)
-        else:
-            self.node.Barrier() if together == self.ranks_per_node else quiet_barrier(self.node)
+        alone = self.timing("core sharing: a GEMM alone", kernel if self.rank == 0 else nothing,
+                            lambda: quiet_barrier(self.comm))
+
+        def met() -> None:
+            if self.local >= together:
+                quiet_barrier(self.node)
+            else:
+                self.node.Barrier() if together == self.ranks_per_node else \
+                    quiet_barrier(self.node)
+
+        co = self.timing(f"core sharing: {together} GEMMs at once",
+                         kernel if self.local < together else nothing, met)
         co_times = [t for t in self.comm.allgather(co) if t]
         out = {"alone_s": alone, "together_ranks": together,
                "together_s": statistics.median(co_times)}
@@ -54,8 +65,9 @@ class SharingCalibration:
             # quiet wait (what a run on these cores does), then MPI's own, which polls
             for key, quiet in (("waiting_slowdown", True), ("polling_wait_slowdown", False)):
                 xcomm.wait_quietly(quiet)
-                waiting = kernel() if self.rank == 0 else 0.0
-                xcomm.barrier(self.comm)
+                waiting = self.timing(f"core sharing: a GEMM beside {'quiet' if quiet else 'MPI'}"
+                                      " waits", kernel if self.rank == 0 else nothing,
+                                      lambda: xcomm.barrier(self.comm), check=quiet)
                 out[key] = self.comm.bcast(waiting, root=0) / alone
             xcomm.wait_quietly(False)
         out["alone_s"] = alone
