@@ -16,8 +16,10 @@ from simulator.console import BACKEND_HELP, SCENARIO_HELP, columns
 from simulator.errors import UsageError, UserError
 from simulator.outputs import (
     JSON_OUT,
+    STDOUT,
     check_outputs,
     human,
+    write_atomic,
     write_json,
     write_outputs,
     write_text,
@@ -39,12 +41,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--json", metavar="FILE", help="write the Result JSON (rank 0)" + JSON_OUT)
     ex.add_argument("--trace", metavar="FILE", help="write a Chrome trace of every rank")
     ex.add_argument("--report", metavar="FILE", help="write an HTML report")
-    ex.add_argument("--lost-after", type=float, default=10.0, metavar="S",
-                    help="Downpour: count a worker silent for S seconds, while the others are "
-                    "done, as lost and finish without it (default 10)")
+    ex.add_argument("--lost-after", type=float, default=5.0, metavar="S",
+                    help="count a rank whose heartbeat stops for S seconds as lost: synchronous "
+                    "schemes abort naming it, Downpour goes on without a lost worker "
+                    "(default 5; docs/reliability.md)")
     ex.add_argument("--weights", metavar="FILE", help="write every strategy's final weights "
                     "(whole, put together from the shards) to an .npz file")
-    ex.add_argument("--force", action="store_true", help="overwrite output files")
+    ex.add_argument("--checkpoint", metavar="DIR",
+                    help="write checkpoints into DIR (created if missing; every rank must see "
+                    "it), every --checkpoint-every periods")
+    ex.add_argument("--checkpoint-every", type=int, metavar="N",
+                    help="periods between checkpoints (warm-up periods count)")
+    ex.add_argument("--resume", metavar="DIR",
+                    help="continue the run whose checkpoints are in DIR, exactly as if it had "
+                    "never stopped (same scenario, strategies, backend and ranks); it goes on "
+                    "writing checkpoints there unless --checkpoint says where")
+    ex.add_argument("--force", action="store_true",
+                    help="overwrite output files (and start a --checkpoint folder afresh)")
     ex.set_defaults(func=cmd_execute)
     cal = sub.add_parser(
         "calibrate", help="measure this allocation (under mpiexec) and write a profile",
@@ -64,6 +77,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--name", default="calibrated",
                      help="the device's name in the profile (links get _intra / _inter)")
     cal.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    cal.add_argument("--accept-noisy", action="store_true",
+                     help="write the profile even when the machine was too busy to measure or a "
+                     "figure is outside its physical bounds (refused otherwise: exit 2, no "
+                     "profile); the reasons are printed and recorded in the profile's "
+                     "calibration.conditions")
     cal.set_defaults(func=cmd_calibrate)
     val = sub.add_parser(
         "validate", help="predict with a profile, run the same plans (under mpiexec), compare",
@@ -177,10 +195,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from executor.mpi.collectives import abort_on_error
 
     with abort_on_error(comm):
-        text, lines = calibrate(comm, backend, args.grid, args.name)
+        outcome = calibrate(comm, backend, args.grid, args.name, args.accept_noisy)
+    if not _agree(comm, outcome.refusal and str(outcome.refusal)):
+        return 2  # a machine too busy to measure, or a figure no machine has: no profile
     if comm.Get_rank() == 0:
-        print("\n".join(lines))
-        write_text(args.output, text)
+        print("\n".join(outcome.lines))
+        for line in outcome.warnings:
+            print(f"parasim: warning: {line}", file=sys.stderr)
+        write_text(args.output, outcome.text)
         print(f"profile written to {args.output}")
     return 0
 
@@ -296,9 +318,22 @@ def cmd_search_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
+    from executor.mpi.supervisor import ending, supervise
+
+    # under mpiexec, this process stays a small parent and the rank runs in its child, so that a
+    # rank killed by a signal is named and leaves the others running (executor/mpi/supervisor.py)
+    supervise()
+    try:
+        return _execute(args)
+    finally:
+        ending()
+
+
+def _execute(args: argparse.Namespace) -> int:
     from simulator.cli import _load
 
     comm = _mpi().COMM_WORLD
+    from executor.interpreter.checkpoint import open_checkpoints
     from executor.interpreter.execute import execute, prepare
     from executor.mpi.collectives import abort_on_error
 
@@ -315,20 +350,25 @@ def cmd_execute(args: argparse.Namespace) -> int:
         failure = str(e)
     if not _agree(comm, failure):
         return 2
+    failure, checkpoints = None, None
+    try:
+        checkpoints = open_checkpoints(comm, prepared, backend.name, args.checkpoint,
+                                       args.checkpoint_every, args.resume, args.force)
+    except UserError as e:
+        failure = str(e)
+    if not _agree(comm, failure):
+        return 2
     weights: dict[str, Any] | None = {} if args.weights else None
+    files = _Files(args, weights)
     # from here an error on one rank ends the whole job with the rank and the message
     with abort_on_error(comm):
-        result = execute(comm, prepared, backend, args.timeout, weights, args.lost_after)
-    lost = any(e.get("failures") or e.get("lost_ranks") for e in result["results"])
+        result = execute(comm, prepared, backend, args.timeout, weights, args.lost_after,
+                         checkpoints=checkpoints, on_partial=files.partial if rank0 else None)
+    lost = bool(result.get("lost_ranks"))
     if not rank0:
         return _exit_without_finalize() if lost else 0
     if args.weights:
-        import numpy as np
-
-        flat = {f"{s}/{layer}/{k}": v for s, layers in (weights or {}).items()
-                for layer, params in layers.items() for k, v in params.items()}
-        with open(args.weights, "wb") as fh:
-            np.savez(fh, **flat)
+        files.weights()
         print(f"weights written to {args.weights}", file=human(args))
     print(format_measured(result), file=human(args))
     write_outputs(result, args)
@@ -340,11 +380,44 @@ def cmd_execute(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Files:
+    """Rank 0's output files as the run goes: after every strategy, and before the watchdog
+    aborts the job, the Result so far (marked partial) and the weights so far, each written
+    whole (a temporary file, then a rename), so that a job that dies keeps what was done."""
+
+    def __init__(self, args: argparse.Namespace, weights: dict[str, Any] | None):
+        import threading
+
+        self.args, self.whole = args, weights
+        self.lock = threading.Lock()  # the watchdog's thread may write too
+
+    def partial(self, result: dict[str, Any]) -> None:
+        with self.lock:
+            if self.args.json and self.args.json != STDOUT:
+                write_json(self.args.json, result)
+            if self.args.weights:
+                self.weights()
+
+    def weights(self) -> None:
+        import io
+
+        import numpy as np
+
+        flat = {f"{s}/{layer}/{k}": v for s, layers in dict(self.whole or {}).items()
+                for layer, params in layers.items() for k, v in params.items()}
+        buffer = io.BytesIO()
+        np.savez(buffer, **flat)
+        write_atomic(self.args.weights, buffer.getvalue())
+
+
 def _exit_without_finalize() -> int:
     """After a lost rank, MPI_Finalize would wait for it forever: leave without it (the
     outputs are written and flushed)."""
     import os
 
+    from executor.mpi.supervisor import ending
+
+    ending()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -375,6 +448,8 @@ def format_measured(result: dict[str, Any]) -> str:
         for f in e.get("failures", []):
             lines.append(f"{e['strategy']}: rank {f['rank']} {f['what']}")
     lines += [f"skipped {s}" for s in result.get("skipped", [])]
+    if "resumed_from" in result:
+        lines.append(f"resumed from the checkpoint in {result['resumed_from']}")
     return "\n".join(lines)
 
 

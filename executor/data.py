@@ -76,11 +76,18 @@ class Dataset:
         )
 
     def batches(
-        self, batch: int, start_step: int = 0, steps: int | None = None
+        self,
+        batch: int,
+        start_step: int = 0,
+        steps: int | None = None,
+        part: tuple[int, int] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(x, y)`` batches in file order, wrapping around at the end: step ``s`` holds samples
-        ``(s * batch + i) % N`` for ``i < batch``. Starts at step ``start_step`` (to resume a run);
-        endless unless ``steps`` is given. No shuffling, so every run sees the same batches."""
+        ``(s * batch + i) % N`` for ``i < batch``. Starts at step ``start_step`` (a resumed run
+        starts where its checkpoint stopped); endless unless ``steps`` is given. With
+        ``part=(offset, count)`` each batch is only its samples ``offset .. offset + count - 1``
+        (a rank's share of the global batch: it touches no other sample). No shuffling, so
+        every run sees the same batches."""
         n = len(self)
         if batch < 1:
             raise ValueError(f"{self.name}: batch {batch} must be at least 1")
@@ -88,9 +95,12 @@ class Dataset:
             raise ValueError(f"{self.name}: start_step {start_step} must not be negative")
         if n == 0:
             raise ValueError(f"{self.name}: no samples to batch")
+        offset, count = part if part is not None else (0, batch)
+        if offset < 0 or count < 0 or offset + count > batch:
+            raise ValueError(f"{self.name}: part {part} is not within a batch of {batch}")
         step = start_step
         while steps is None or step < start_step + steps:
-            index = (np.arange(batch) + (step * batch) % n) % n
+            index = (np.arange(offset, offset + count) + (step * batch) % n) % n
             yield self.x.take(index, axis=0), self.y.take(index, axis=0)
             step += 1
 

@@ -84,7 +84,10 @@ def test_the_executor_and_calibration_blocks_work_with_their_install_line(tmp_pa
     calibrate = [c for c in block("## Calibrate, then check the prediction against the run")
                  if not c.startswith("python benchmarks/")]
     assert calibrate[0].startswith("mpiexec -n 2 parasim calibrate")
-    calibrate[0] += " --grid tiny"  # the same measurements, fewer shapes and repeats
+    # the same measurements, fewer shapes and repeats; and written even when the machine is
+    # busy (the suite must pass beside other work: refusing a busy machine is calibrate's own
+    # test, tests/executor/test_calibrate.py)
+    calibrate[0] += " --grid tiny --accept-noisy"
     where, env_dir = fresh(tmp_path)
     out = play(executor + calibrate, where, env_dir)
     assert "dp-ring" in out[executor[1]]

@@ -6,14 +6,19 @@ between a barrier and ``MPI.Wtime``. Per-op timestamps give the trace and the br
 simulator's phase names (compute, exposed_communication, idle; ps_wait is 0 without parameter
 servers). Loss and accuracy per period go into the Result. Rank 0 alone prints and writes.
 
-A watchdog (``executor/mpi/watchdog.py``) ends a run that makes no progress for ``timeout`` seconds
-with a message naming where it was stuck and which ranks were lost, and aborts the job.
+A watchdog (``executor/mpi/watchdog.py``) aborts the job when a rank is lost (its heartbeat
+stops for ``lost_after`` seconds) or a run makes no progress for ``timeout`` seconds, naming the
+rank and where it was; Downpour goes on without a lost worker. Rank 0 hands the Result on after
+every strategy (the command rewrites its file), and checkpoints (``checkpoint.py``) let a
+killed run resume. What happens on each failure: docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +27,14 @@ from mpi4py import MPI
 
 from executor.data import Dataset, synthetic
 from executor.dbn.pretrain import run_dbn
+from executor.interpreter.checkpoint import Checkpoints
 from executor.interpreter.measure import peak_rss, phases_of
 from executor.interpreter.model import ExecutorError, check_executable
 from executor.interpreter.runner import RankRunner
 from executor.loaders import open_dataset
 from executor.mpi import collectives as xcomm
-from executor.mpi.faults import maybe_fail
-from executor.mpi.watchdog import Watchdog
+from executor.mpi.faults import check_environment, maybe_fail
+from executor.mpi.watchdog import LOST_AFTER_S, Watchdog, name_ranks
 from executor.ps.downpour import run_downpour
 from executor.ps.server import ServerRunner
 from simulator.plan import Plan
@@ -75,6 +81,7 @@ class Prepared:
 
 
 def prepare(comm: MPI.Comm, scenario: Scenario, names: list[str] | None) -> Prepared:
+    check_environment(comm.Get_size())  # a fault-injection variable that cannot be used
     ctx = context(scenario)
     check_executable(ctx.graph)
     if scenario.training.precision != "fp32":
@@ -89,7 +96,29 @@ def prepare(comm: MPI.Comm, scenario: Scenario, names: list[str] | None) -> Prep
                             + "; ".join(skipped))
     data = dataset_for(scenario, ctx.graph)
     check_tokens(scenario, ctx.graph, data)
+    check_samples(scenario, ctx.graph, data)
     return Prepared(scenario, ctx, plans, skipped, data)
+
+
+def check_samples(scenario: Scenario, graph, data: Dataset) -> None:  # noqa: ANN001
+    """A classifier's data must fit it: each sample as many values as the model's input (the
+    executor reshapes, so a 1x8x8 image feeds a dense layer of 64), and every label one of its
+    classes (a label past the last output would index outside the softmax)."""
+    order = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])
+    if graph.nodes[order[0]]["kind"] == "embedding" or not len(data):
+        return
+    want = tuple(graph.graph["input_shape"])
+    got = tuple(data.x.shape[1:])
+    where = f"{scenario.file}: data"
+    if int(np.prod(want)) != int(np.prod(got)):
+        raise ExecutorError(f"{where}: the samples are {'x'.join(map(str, got))} "
+                            f"({int(np.prod(got)):,} values) but the model takes "
+                            f"{'x'.join(map(str, want))} ({int(np.prod(want)):,} values)")
+    classes = int(np.prod(graph.nodes[order[-1]]["out_shape"]))
+    top, low = int(data.y.max()), int(data.y.min())
+    if top >= classes or low < 0:
+        raise ExecutorError(f"{where}: labels run from {low} to {top} but the model has "
+                            f"{classes} classes (0 to {classes - 1})")
 
 
 def check_tokens(scenario: Scenario, graph, data: Dataset) -> None:  # noqa: ANN001
@@ -110,68 +139,133 @@ def check_tokens(scenario: Scenario, graph, data: Dataset) -> None:  # noqa: ANN
 
 
 def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0,
-            weights: dict[str, Any] | None = None, lost_after: float = 10.0) -> dict[str, Any]:
+            weights: dict[str, Any] | None = None, lost_after: float = LOST_AFTER_S, *,
+            checkpoints: Checkpoints | None = None,
+            on_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run and measure the prepared strategies; when ``weights`` is a dict, rank 0 fills it with
-    each strategy's final whole weights (``{strategy: {layer: {w, b}}}``)."""
-    scenario, ctx, plans, skipped, data = (prep.scenario, prep.ctx, prep.plans, prep.skipped,
-                                           prep.data)
+    each strategy's final whole weights (``{strategy: {layer: {w, b}}}``).
+
+    After every strategy but the last, rank 0 hands ``on_partial`` the Result so far (marked
+    ``partial``, with the strategies still to run); before the watchdog aborts the job it hands
+    it that Result with the failure. ``checkpoints`` (``checkpoint.py``) are written as the
+    strategies run, and a resumed run takes its finished strategies from them. A rank lost in a
+    run that goes on without it (Downpour) ends the job after that strategy: the strategies
+    left are listed as skipped, and the ranks under ``lost_ranks``."""
+    scenario, ctx, plans, data = prep.scenario, prep.ctx, prep.plans, prep.data
     hosts = sorted(set(comm.allgather(MPI.Get_processor_name())))  # while every rank is alive
     waits = xcomm.choose_waits(comm)
-    dog = Watchdog(comm, timeout)
-    step = Steps(len(plans), enabled=comm.Get_rank() == 0)
-    entries = []
-    try:
-        for plan in plans:
-            step(f"running {plan.strategy} on {len(plan.ranks)} rank(s)")
-            entries.append(
-                run_downpour(comm, plan, ctx.graph, scenario, data, backend, dog, weights,
-                             _period_batch, lost_after)
-                if plan.mode == "async" else
-                run_dbn(comm, plan, ctx.graph, scenario, data, backend, dog, weights)
-                if plan.scheme == "dbn_pretrain" else
-                run_plan(comm, plan, ctx.graph, scenario, data, backend, dog, weights))
-    finally:
-        dog.stop()
-    return {
+    dog = Watchdog(comm, timeout, lost_after)
+    rank0 = comm.Get_rank() == 0
+    step = Steps(len(plans), enabled=rank0)
+    result: dict[str, Any] = {
         "scenario": {"name": scenario.name, "description": scenario.description,
                      "file": scenario.file, "seed": scenario.seed,
                      "devices": comm.Get_size(), "device": f"{backend.name} rank",
                      "batch_size": scenario.training.batch_size,
                      "hosts": hosts, "waits": waits},
         "code_version": code_version(),
-        "skipped": skipped,
-        "results": entries,
+        "skipped": list(prep.skipped),
+        "results": [],
     }
+    if checkpoints is not None and checkpoints.source is not None:
+        result["resumed_from"] = str(checkpoints.source)
+    if on_partial is not None and rank0:
+        dog.last_words = lambda line: on_partial(_partial(result, plans, line))
+    # whole weights: asked for, or kept with the checkpoints of a finished strategy
+    keep = weights if weights is not None or checkpoints is None else {}
+    lost: list[int] = []
+    try:
+        for i, plan in enumerate(plans):
+            if lost:
+                result["skipped"].append(f"{plan.strategy}: not run: {name_ranks(lost)} lost")
+                continue
+            done = checkpoints.finished(plan.strategy) if checkpoints is not None else None
+            if done is not None:
+                step(f"{plan.strategy}: finished before the checkpoint resumed")
+                if rank0:
+                    result["results"].append(done)
+                    if weights is not None:
+                        weights[plan.strategy] = checkpoints.weights[plan.strategy]
+                continue
+            step(f"running {plan.strategy} on {len(plan.ranks)} rank(s)")
+            entry = (
+                run_downpour(comm, plan, ctx.graph, scenario, data, backend, dog, keep,
+                             _period_batch)
+                if plan.mode == "async" else
+                run_dbn(comm, plan, ctx.graph, scenario, data, backend, dog, keep)
+                if plan.scheme == "dbn_pretrain" else
+                run_plan(comm, plan, ctx.graph, scenario, data, backend, dog, keep, checkpoints))
+            lost = sorted(set(entry.pop("lost_ranks", ())) |
+                          {f["rank"] for f in entry.get("failures", ())})
+            if checkpoints is not None:
+                checkpoints.finish(plan, entry, (keep or {}).get(plan.strategy))
+            if rank0:
+                result["results"].append(entry)
+                if on_partial is not None and i < len(plans) - 1 and not lost:
+                    on_partial(_partial(result, plans, None))
+    finally:
+        dog.stop()
+    if lost:
+        result["lost_ranks"] = lost
+    result["partial"] = False
+    return result
+
+
+def _partial(result: dict[str, Any], plans: list[Plan], failure: str | None
+             ) -> dict[str, Any]:
+    """The Result so far: the finished strategies' entries, the names of those still to run,
+    and the failure that ends the job, if any."""
+    entries = list(result["results"])
+    done = {e.get("strategy") for e in entries}
+    out = {**result, "results": entries, "partial": True,
+           "pending": [p.strategy for p in plans if p.strategy not in done]}
+    if failure:
+        out["failure"] = failure
+    return out
 
 
 def _period_batch(data: Dataset, period: int, total: int, part: tuple[int, int]
                   ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     """This rank's samples of period ``period``'s global batch (deterministic, wrapping)."""
-    offset, count = part
-    if count == 0:
+    if part[1] == 0:
         return None, None
-    idx = (period * total + offset + np.arange(count)) % len(data.y)
-    return np.ascontiguousarray(data.x[idx], dtype=np.float32), data.y[idx].astype(np.int64)
+    return next(data.batches(total, start_step=period, steps=1, part=part))
+
+
+def _batches(data: Dataset, total: int, first: int, prog: Any) -> Iterator[tuple[Any, Any]]:
+    """This rank's inputs and labels of every period from ``first`` on (None where its program
+    reads none): the data position of a resumed run is its period."""
+    def part(p: tuple[int, int]) -> Iterator[tuple[Any, Any]]:
+        return data.batches(total, start_step=first, part=p) if p[1] else repeat((None, None))
+
+    xs = part(prog.inputs)
+    if tuple(prog.labels) == tuple(prog.inputs):
+        yield from xs
+        return
+    for (x, _), (_, y) in zip(xs, part(prog.labels)):
+        yield x, y
 
 
 def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Dataset,  # noqa: ANN001
-             backend: Any, dog: Watchdog, weights: dict[str, Any] | None = None
-             ) -> dict[str, Any]:
+             backend: Any, dog: Watchdog, weights: dict[str, Any] | None = None,
+             checkpoints: Checkpoints | None = None) -> dict[str, Any]:
     t = scenario.training
     prog = plan.ranks[comm.Get_rank()]
     if prog.role == "server":
-        return _serve(comm, plan, graph, scenario, dog, weights)
+        return _serve(comm, plan, graph, scenario, dog, weights, checkpoints)
     runner = RankRunner(comm, plan, graph, backend, scenario.seed, t.learning_rate, t.momentum)
     total = plan.samples_per_period
     iterations, warm = t.iterations, t.warmup_iterations
+    first = checkpoints.restore(plan, runner) if checkpoints is not None else 0
+    # resumed past the warm-up, the first period compiles and faults in the kernels afresh:
+    # its loss counts, its time does not (unless it is the last)
+    timed = warm if first < warm else min(first + 1, warm + iterations - 1)
     times, phases, curve, timeline = [], [], [], None
     wall0 = None
-    for period in range(warm + iterations):
-        x, _ = _period_batch(data, period, total, prog.inputs)
-        _, y = _period_batch(data, period, total, prog.labels)
+    for period, (x, y) in zip(range(first, warm + iterations),
+                              _batches(data, total, first, prog)):
         dog.tick(f"{plan.strategy}, period {period}")
-        if period == warm:
-            maybe_fail(comm.Get_rank())
+        maybe_fail(comm.Get_rank(), period, warm)
         xcomm.barrier(comm)
         start = MPI.Wtime()
         timings, stats = runner.run_period(x, y)
@@ -180,12 +274,16 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
         wall0 = start if wall0 is None and period >= warm else wall0
         summed = comm.allreduce(np.array([stats["loss_sum"], stats["correct"],
                                           stats["counted"]], dtype=np.float64))
+        if checkpoints is not None:
+            checkpoints.after_period(plan, period + 1, warm + iterations, runner)
         if period < warm:
+            continue
+        curve.append((end - wall0, (period - warm + 1) * total,
+                      summed[0] / max(summed[2], 1), summed[1] / max(summed[2], 1)))
+        if period < timed:
             continue
         times.append(end - start)
         phases.append(phases_of(timings, start, end))
-        curve.append((end - wall0, (period - warm + 1) * total,
-                      summed[0] / max(summed[2], 1), summed[1] / max(summed[2], 1)))
         if timeline is None:
             timeline = [(prog.device, stream, name, s - start, e - s)
                         for stream, name, s, e in timings.spans]
@@ -197,6 +295,8 @@ def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Datase
     if whole is not None:
         weights[plan.strategy] = whole
     entry = _entry(comm, plan, times, phases, curve, timeline, backend)
+    if first and entry:
+        entry["resumed_at_period"] = first
     if handed is not None:
         entry["portions_per_worker"] = {plan.ranks[w].device: n for w, n in sorted(handed.items())}
     return entry
@@ -210,12 +310,14 @@ def group_communicators_of(server: ServerRunner) -> MPI.Comm | None:
 
 
 def _serve(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, dog: Watchdog,  # noqa: ANN001
-           weights: dict[str, Any] | None) -> dict[str, Any]:
+           weights: dict[str, Any] | None, checkpoints: Checkpoints | None) -> dict[str, Any]:
     """A parameter-server rank: serve every period between the same barriers as the workers."""
     t = scenario.training
     server = ServerRunner(comm, plan, graph, scenario.seed, t.learning_rate, t.momentum)
     servers = group_communicators_of(server)
-    for period in range(t.warmup_iterations + t.iterations):
+    periods = t.warmup_iterations + t.iterations
+    first = checkpoints.restore(plan, server) if checkpoints is not None else 0
+    for period in range(first, periods):
         dog.tick(f"{plan.strategy}, serving period {period}")
         if period == t.warmup_iterations:
             server.handed.clear()  # portions of measured batches only
@@ -227,6 +329,8 @@ def _serve(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, dog: Watchdog,
             server.serve_period()
         xcomm.barrier(comm)
         comm.allreduce(np.zeros(3, dtype=np.float64))
+        if checkpoints is not None:
+            checkpoints.after_period(plan, period + 1, periods, server)
     if plan.mode == "batch" and server.shard == 0:
         comm.send(server.handed, dest=0, tag=TAG_HANDED)
     if weights is not None:

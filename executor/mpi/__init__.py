@@ -1,2 +1,3 @@
 """MPI as the executor uses it: collectives (ring, tree, hierarchical, MPI's own), the gradient
-exchange, groups, the watchdog and injected faults."""
+exchange, groups, the watchdog (heartbeats, lost ranks, hangs), the rank's supervisor and
+injected faults."""

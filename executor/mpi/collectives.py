@@ -424,7 +424,11 @@ def abort_on_error(comm: MPI.Comm) -> Iterator[None]:
 
 def _abort(comm: MPI.Comm, code: int) -> None:
     """MPI_Abort, and make sure this process ends even if the call returns (seen with MPICH
-    when another rank is aborting at the same moment)."""
+    when another rank is aborting at the same moment). The rank's supervisor is told first
+    that this end is the rank's own decision (``executor/mpi/supervisor.py``)."""
+    from executor.mpi.supervisor import ending
+
+    ending()
     time.sleep(0.3)  # let mpiexec forward this rank's last words before it ends every process
     try:
         comm.Abort(code)

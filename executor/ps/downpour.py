@@ -4,11 +4,15 @@ serving in a loop (``executor/ps/server.py``; why not one-sided MPI: docs/downpo
 Workers never wait for each other: no barrier between periods. Each runs its program (fetch every
 n_fetch steps, push every n_push steps) for every period, then tells each server it is done and
 sends its figures to rank 0 (a worker) by point-to-point messages, as do the servers (with the
-staleness of every push they applied and their final parameters). A worker that dies does not
-stop the others: the servers count it out once it has been silent for ``lost_after`` seconds
-while every other worker is done, rank 0 stops waiting for its figures, and the Result records
-the failure and the samples actually processed. (Launch with ``mpiexec -disable-auto-cleanup``
-so that ``mpiexec`` does not end the survivors when a rank dies; without it the job ends at once.)
+staleness of every push they applied, the pushes of each worker and their final parameters).
+
+A worker other than rank 0 that is lost (killed, crashed: the watchdog's heartbeats stop, see
+``executor/mpi/watchdog.py``; or hung, and so leaving the run) does not stop the others: the
+servers stop serving it, rank 0 stops waiting for its figures, and the Result records the
+failure, the samples it had pushed and the samples processed in all (the survivors' and the
+lost worker's pushed ones). The job then exits 0. Losing rank 0 (it gathers the Result) or a
+server (it holds a shard of the only copy of the parameters) aborts the job. The launcher must
+leave the survivors running: ``mpiexec -disable-auto-cleanup`` (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -24,31 +28,39 @@ from executor.interpreter.measure import peak_rss, phases_of
 from executor.interpreter.runner import RankRunner
 from executor.mpi import collectives as xcomm
 from executor.mpi.faults import maybe_fail
-from executor.mpi.watchdog import Watchdog
+from executor.mpi.watchdog import Watchdog, name_ranks
 from executor.ps.server import TAG_DONE, TAG_RESULT, ServerRunner, unflatten
-from simulator.plan import Plan
+from simulator.plan import Plan, PSPush
 
 TAG_BYE = 7106
 
 
 def run_downpour(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend: Any,  # noqa: ANN001
-                 dog: Watchdog, weights: dict[str, Any] | None, period_batch,  # noqa: ANN001
-                 lost_after: float) -> dict[str, Any]:
+                 dog: Watchdog, weights: dict[str, Any] | None,
+                 period_batch) -> dict[str, Any]:  # noqa: ANN001
     rank = comm.Get_rank()
     prog = plan.ranks[rank]
     t = scenario.training
     xcomm.barrier(comm)  # everyone starts together (all alive here)
+    dog.tolerate(r.rank for r in plan.workers() if r.rank != 0)
+    timeout = dog.timeout
     if prog.role == "server":
         server = ServerRunner(comm, plan, graph, scenario.seed, t.learning_rate, 0.0)
         dog.tick(f"{plan.strategy}, serving")
         dog.timeout = float("inf")  # a server idles while workers compute: no progress checks
-        server.serve_async(lost_after)
+        server.serve_async(lambda: dog.lost)
         figures = {"role": "server", "rank": rank, "staleness": server.staleness,
                    "updates": server.version, "busy_s": server.busy, "lost": server.lost,
-                   "shard": (server.lo, server.hi), "w": server.w, "layout": server.layout}
+                   "pushes": server.pushes, "shard": (server.lo, server.hi), "w": server.w,
+                   "layout": server.layout}
     else:
         figures = _work(comm, plan, graph, scenario, data, backend, dog, period_batch)
-    return _collect(comm, plan, figures, weights, lost_after)
+    if rank != 0:  # done: waiting for the others is not a hang of this rank (rank 0 watches)
+        dog.timeout = float("inf")
+    entry = _collect(comm, plan, figures, weights, dog)
+    dog.timeout = timeout
+    dog.tolerate(())
+    return entry
 
 
 def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # noqa: ANN001
@@ -62,8 +74,8 @@ def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # no
     samples = 0
     for period in range(warm + t.iterations):
         dog.tick(f"{plan.strategy}, period {period}")
+        maybe_fail(rank, period, warm)
         if period == warm:
-            maybe_fail(rank)
             start0 = MPI.Wtime()
         x, _ = period_batch(data, period, plan.samples_per_period, prog.inputs)
         _, y = period_batch(data, period, plan.samples_per_period, prog.labels)
@@ -84,25 +96,26 @@ def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # no
 
 
 def _collect(comm: MPI.Comm, plan: Plan, figures: dict[str, Any],
-             weights: dict[str, Any] | None, lost_after: float) -> dict[str, Any]:
+             weights: dict[str, Any] | None, dog: Watchdog) -> dict[str, Any]:
     """Everyone's figures to rank 0 by point-to-point messages (a collective would wait for a
-    dead rank); rank 0 then tells the survivors whether a rank was lost."""
+    dead rank); rank 0 then tells the survivors which ranks were lost."""
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank != 0:
         comm.send(figures, dest=0, tag=TAG_RESULT)
         lost = comm.recv(source=0, tag=TAG_BYE)
         return {"lost_ranks": lost}
     got = {0: figures}
-    servers = {r.rank for r in plan.ranks if r.role == "server"}
-    deadline = time.monotonic() + lost_after * 2 + 5
-    while len(got) < size and time.monotonic() < deadline:
-        for r in range(1, size):
-            if r not in got and comm.Iprobe(r, TAG_RESULT):
-                got[r] = comm.recv(source=r, tag=TAG_RESULT)
-        if servers <= set(got):  # the servers have said which workers they counted out
-            counted_out = {w for r in servers for w in got[r]["lost"]}
-            if set(range(size)) <= set(got) | counted_out:
-                break
+    seen: list[int] = []
+    while waiting := [r for r in range(1, size) if r not in got and r not in dog.lost]:
+        if waiting != seen:  # progress: figures came (or a rank was counted lost)
+            dog.tick(f"{plan.strategy}, waiting for the figures of {name_ranks(waiting)}")
+            seen = waiting
+        for r in waiting:
+            message = comm.improbe(r, TAG_RESULT)
+            if message is not None:
+                figures_of_r = _take(message.irecv(), r, dog)
+                if figures_of_r is not None:
+                    got[r] = figures_of_r
         time.sleep(0.001)
     lost = sorted(set(range(size)) - set(got))
     for r in got:
@@ -117,16 +130,30 @@ def _collect(comm: MPI.Comm, plan: Plan, figures: dict[str, Any],
     return entry
 
 
+def _take(req: MPI.Request, peer: int, dog: Watchdog) -> Any:
+    """The object ``req`` receives from ``peer``, or None if ``peer`` is lost before it came."""
+    while True:
+        done, obj = req.test()
+        if done:
+            return obj
+        if peer in dog.lost:
+            return None
+        time.sleep(0.0005)
+
+
 def _entry(plan: Plan, got: dict[int, dict], lost: list[int]) -> dict[str, Any]:
     workers = [f for f in got.values() if f["role"] == "worker"]
     servers = [f for f in got.values() if f["role"] == "server"]
     steps = plan.period_steps
     per_step = [statistics.fmean(f["times"]) / steps for f in workers if f["times"]]
-    samples = sum(f["samples"] for f in workers)
+    lost_workers = sorted({w for f in servers for w in f["lost"]} | set(lost))
+    # a lost worker's samples count as far as its pushes reached the servers
+    first = min(servers, key=lambda f: f["shard"])
+    pushed = {w: _pushed_samples(plan, w, first["pushes"].get(w, 0)) for w in lost_workers}
+    samples = sum(f["samples"] for f in workers) + sum(pushed.values())
     wall = max((f["curve"][-1][0] for f in workers if f["curve"]), default=0.0)
     rates = [f["samples"] / f["curve"][-1][0] for f in workers if f["curve"]]
     stale = [s for f in servers for s in f["staleness"]]
-    lost_workers = sorted({w for f in servers for w in f["lost"]} | set(lost))
     # every worker's curve on one time line: samples processed by all workers up to each point
     events = sorted((c[0], f["rank"], c[1], c[2], c[3]) for f in workers for c in f["curve"])
     latest: dict[int, int] = {}
@@ -158,8 +185,16 @@ def _entry(plan: Plan, got: dict[int, dict], lost: list[int]) -> dict[str, Any]:
                       "max": max(stale, default=0), "histogram": hist},
         "utilisation_per_server": {f"rank{f['rank']}": f["busy_s"] / wall if wall else 0.0
                                    for f in servers},
-        "failures": [{"rank": r, "what": "lost (stopped answering); the others went on"}
-                     for r in lost_workers],
+        "failures": [{"rank": r, "what": "lost (its heartbeat stopped); the others went on",
+                      "samples_pushed": pushed[r]} for r in lost_workers],
         "training": {"wall_time_s": [c[0] for c in curve], "samples": [c[1] for c in curve],
                      "loss": [c[2] for c in curve], "accuracy": [c[3] for c in curve]},
     }
+
+
+def _pushed_samples(plan: Plan, worker: int, pushes: int) -> int:
+    """The samples behind ``pushes`` pushes of ``worker`` (each push carries the gradients of
+    the steps since the last one)."""
+    prog = plan.ranks[worker]
+    per_period = sum(isinstance(op, PSPush) and op.shard == 0 for op in prog.ops)
+    return pushes * prog.inputs[1] // per_period if per_period else 0

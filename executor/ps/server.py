@@ -11,8 +11,8 @@ sees its push applied. ``version`` counts the updates the shard has applied.
   weights), then answer every worker's pull;
 * asynchronous (Downpour, Dean et al. 2012): serve messages in arrival order; apply each push at
   once (SGD, or Adagrad as DistBelief used), recording its staleness = updates applied since the
-  pushing worker's fetch; stop when every worker has said it is done, or has been silent for
-  ``lost_after`` seconds once the others are done (a lost worker does not stop Downpour);
+  pushing worker's fetch; stop when every worker has said it is done or is lost (the watchdog's
+  heartbeats say which: a lost worker does not stop Downpour);
 * batch (Sandblaster): answer pulls, accumulate every pushed portion gradient; the first server
   is also the coordinator and hands out work portions (tag WORK) to whichever worker asks; once
   every worker has said its loop is over, the shards take one L-BFGS step together (Nocedal &
@@ -26,7 +26,9 @@ in sorted key order, raveled; shard j is ``chunk(total, shards, j)``.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 import networkx as nx
@@ -103,6 +105,7 @@ class ServerRunner:
         self.staleness: list[int] = []
         self.busy = 0.0
         self.lost: list[int] = []
+        self.pushes: dict[int, int] = {}  # Downpour: pushes applied, per worker
         self.handed: dict[int, int] = {}  # Sandblaster: portions each worker took
         self.prev: tuple[np.ndarray, np.ndarray] | None = None  # L-BFGS: last (w, g)
         self.pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
@@ -142,16 +145,23 @@ class ServerRunner:
             self._reply(w)
 
     # ---- asynchronous (Downpour) ----------------------------------------------------------
-    def serve_async(self, lost_after: float) -> None:
+    def serve_async(self, lost: Callable[[], Collection[int]]) -> None:
+        """Serve until every worker has said it is done or is lost (``lost()``: the ranks the
+        watchdog has counted out, see executor/mpi/watchdog.py). A message from or to a worker
+        that is lost meanwhile is given up; ``lost`` then lists the workers that never said
+        done, and ``pushes`` counts every worker's pushes applied."""
         msg = np.empty(self.w.size + 1, np.float32)
         ping = np.empty(1, np.float32)
         done: set[int] = set()
-        heard = {w: time.monotonic() for w in self.workers}
+        self.pushes = {w: 0 for w in self.workers}
         status = MPI.Status()
         turn = 0
-        while len(done) < len(self.workers):
+        while True:
+            gone = lost()
+            live = [w for w in self.workers if w not in done and w not in gone]
+            if not live:
+                break
             # poll each worker in turn (named sources: see serve_period), fairly
-            live = [w for w in self.workers if w not in done]
             found = None
             for i in range(len(live)):
                 w = live[(turn + i) % len(live)]
@@ -160,28 +170,43 @@ class ServerRunner:
                     break
             turn += 1
             if found is None:
-                now = time.monotonic()
-                silent = [w for w in live if now - heard[w] > lost_after]
-                if silent and len(silent) == len(live):
-                    self.lost = silent
-                    return
                 time.sleep(0.0002)
                 continue
             src, tag = status.Get_source(), status.Get_tag()
-            heard[src] = time.monotonic()
             if tag == TAG_PUSH:
-                xcomm.recv(self.comm, msg, src, TAG_PUSH)
+                if not self._finish(self.comm.Irecv(msg, src, TAG_PUSH), src, lost):
+                    msg = np.empty_like(msg)  # the abandoned receive keeps the old buffer
+                    continue
                 self.staleness.append(self.version - int(msg[0]))
                 self._apply(msg[1:])
+                self.pushes[src] += 1
             elif tag == TAG_PULL:
                 self.comm.Recv(ping, src, TAG_PULL)
-                self._reply(src)
+                self._out[0] = self.version
+                self._out[1:] = self.w
+                if not self._finish(self.comm.Isend(self._out, src, TAG_PARAM), src, lost):
+                    self._out = np.empty_like(self._out)
             elif tag == TAG_DONE:
                 self.comm.Recv(ping, src, TAG_DONE)
                 done.add(src)
             else:
                 raise RuntimeError(f"parameter server {self.comm.Get_rank()}: unexpected tag "
                                    f"{tag} from rank {src}")
+        self.lost = sorted(w for w in self.workers if w not in done)
+
+    @staticmethod
+    def _finish(req: MPI.Request, peer: int, lost: Callable[[], Collection[int]]) -> bool:
+        """Wait for ``req`` (as ``xcomm.wait`` does) unless ``peer`` is lost meanwhile: a
+        message from or to a dead rank may never complete, so it is left (False)."""
+        quiet = xcomm.quiet_waits()
+        while not req.Test():
+            if peer in lost():
+                with contextlib.suppress(MPI.Exception):
+                    req.Cancel()
+                return False
+            if quiet:
+                time.sleep(xcomm.POLL_S)
+        return True
 
     # ---- batch (Sandblaster) --------------------------------------------------------------
     def serve_batch(self, portions: int, coordinator: bool, peers: MPI.Comm,

@@ -672,3 +672,52 @@ def test_text_labels_survive_shard_batches_and_the_executors_indexing(tmp_path):
     xb, yb = np.ascontiguousarray(d.x[idx], dtype=np.float32), d.y[idx].astype(np.int64)
     np.testing.assert_array_equal(xb[:, 1:], yb[:, :-1])
     assert [d.decode(r) for r in yb] == ["cada", "adab", "dabr"]  # windows 3, 4, 5
+
+
+# ---- hostile files -----------------------------------------------------------------------------
+
+def test_a_forged_idx_header_names_its_exact_promise(tmp_path: Path):
+    path = tmp_path / "forged.idx"
+    path.write_bytes(struct.pack(">IIII", 0x803, 2**32 - 1, 2**32 - 1, 2**16 - 1) + b"x" * 10)
+    promised = (2**32 - 1) ** 2 * (2**16 - 1)  # past int64: no negative count in the message
+    with expect_error(path, f"= {promised} bytes", "holds 10"):
+        load_idx(path, path)
+
+
+def test_a_device_or_a_folder_is_not_read(tmp_path: Path):
+    if Path("/dev/zero").exists():  # would never end
+        with expect_error("/dev/zero", "not a regular file"):
+            load_idx("/dev/zero", "/dev/zero")
+    with expect_error(tmp_path, "is a directory"):
+        load_idx(tmp_path, tmp_path)
+
+
+def test_a_gzip_bomb_is_refused_and_members_are_joined(tmp_path: Path, mnist, monkeypatch):
+    import executor.loaders as loaders
+
+    images, labels = mnist
+    two = tmp_path / "two-members.gz"  # a gzip file of two members (as `cat a.gz b.gz`)
+    raw = images.read_bytes()
+    two.write_bytes(gzip.compress(raw[:100]) + gzip.compress(raw[100:]))
+    assert load_idx(two, labels).x.shape == (5, 1, 28, 28)
+    monkeypatch.setattr(loaders, "MAX_UNZIPPED", 1000)
+    with expect_error(two, "unzips to more than"):
+        load_idx(two, labels)
+
+
+def test_data_that_does_not_fit_the_model_is_an_error():
+    from executor.interpreter.execute import check_samples
+    from executor.interpreter.model import ExecutorError
+    from simulator.model import build_zoo
+
+    graph = build_zoo("mlp", {"sizes": [64, 16, 10]})
+    fake = type("Scenario", (), {"file": "run.yaml"})()
+    check_samples(fake, graph, digits())  # 1x8x8 images feed 64 inputs, labels 0..9
+    wide = Dataset(np.zeros((4, 1, 9, 9), np.float32), np.zeros(4, np.int64), "wide")
+    with pytest.raises(ExecutorError, match=r"run.yaml: data: the samples are 1x9x9 \(81 "
+                       r"values\) but the model takes 64 \(64 values\)"):
+        check_samples(fake, graph, wide)
+    past = Dataset(np.zeros((4, 64), np.float32), np.array([0, 3, 10, 2]), "past")
+    with pytest.raises(ExecutorError, match=r"labels run from 0 to 10 but the model has 10 "
+                       r"classes \(0 to 9\)"):
+        check_samples(fake, graph, past)

