@@ -48,6 +48,18 @@ def active() -> bool:
     return not _lifted.get()
 
 
+def check_repeats(what: str, count: int, path: str) -> None:
+    """A plan repeats its work ``count`` times per rank and iteration (micro-batches, local
+    steps): past ``OPS`` / 2 it cannot be built within the limit on operations (each repeat is
+    at least a forward and a backward), so it is refused before any schedule is worked out."""
+    if count * 2 > OPS and active():
+        from simulator.errors import ScenarioError
+
+        raise ScenarioError(f"{count:,} {what} make a rank's program longer than the limit of "
+                            f"{OPS:,} operations; {LIFT}", path=path, value=count,
+                            has_value=True)
+
+
 def events_error(strategy: str, events: int) -> str | None:
     """Why a run estimated at ``events`` is refused, or None."""
     if events <= EVENTS or not active():

@@ -41,9 +41,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from simulator import limits
-from simulator.errors import LimitError
-
 COMPUTE = "compute"
 COMM = "comm"
 PHASES = ("fwd", "bwd", "cd1")
@@ -344,21 +341,34 @@ class Plan:
         )
 
 
+def _check_size(ops: int) -> None:
+    """Refuse a rank's program past ``simulator.limits.OPS`` operations (``--no-limits``)."""
+    from simulator import limits
+    from simulator.errors import LimitError
+
+    if ops >= limits.OPS and limits.active():
+        raise LimitError(f"a rank's program passes {limits.OPS:,} operations, the limit (the "
+                         "micro-batches, steps per iteration or messages per step are many); "
+                         f"{limits.LIFT}")
+
+
 class ProgramBuilder:
     """Appends ops to one rank's program, handing out ids and default stream order."""
+
+    CHECK_EVERY = 65_536  # ops between checks of the limit on a program's length
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
         self.named: dict[str, int] = {}  # ops a later phase looks up by name (loss statistics)
         self.scripts: dict = {}  # phases worked out once, replayed per micro-batch (strategies)
+        self.check_at = self.CHECK_EVERY  # the next size at which the limit on ops is checked
 
     def add(self, cls: type[Op], *, stream: str = COMPUTE, deps: tuple[int, ...] = (),
             **kw: Any) -> int:
         op_id = len(self.ops)
-        if op_id >= limits.OPS and limits.active():
-            raise LimitError(f"a rank's program passes {limits.OPS:,} operations, the limit (the "
-                            "micro-batches, steps per iteration or messages per step are "
-                            f"many); {limits.LIFT}")
+        if op_id >= self.check_at:  # now and then, not every op (a plan is millions of them)
+            self.check_at = op_id + self.CHECK_EVERY
+            _check_size(op_id)
         self.ops.append(cls(id=op_id, stream=stream, deps=tuple(deps), **kw))
         return op_id
 

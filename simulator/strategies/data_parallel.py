@@ -14,6 +14,7 @@ over all the workers).
 
 from __future__ import annotations
 
+from simulator import limits
 from simulator.errors import ScenarioError
 from simulator.plan import (
     COMM,
@@ -66,6 +67,9 @@ def check(options, graph, cluster, training, path):  # noqa: ANN001, ANN201
         raise ScenarioError("overlap is modelled for all-reduce exchanges only",
                             path=f"{path}.overlap", value=True, has_value=True)
     techniques.check_zero(options, devices, path)
+    limits.check_repeats("local steps x micro-batches",
+                         options["local_steps"] * options["gradient_accumulation"],
+                         f"{path}.local_steps")
     if options["zero"] and options["exchange"] == "ps":
         raise ScenarioError("ZeRO shards over an all-reduce group; a parameter server already "
                             "holds the model's state", path=f"{path}.zero",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from simulator import limits
 from simulator.errors import ScenarioError
 from simulator.plan import (
     COMM,
@@ -74,6 +75,8 @@ class Grid:
 def check_grid(options: dict, graph, training, grid: Grid, path: str) -> None:  # noqa: ANN001
     """Load-time checks of the techniques on a grid (each names its option)."""
     techniques.check_zero(options, grid.data, path)
+    limits.check_repeats("micro-batches", grid.micro_batches * grid.virtual,
+                         f"{path}.micro_batches")
     sharding.check_splittable(graph, grid.tensor, f"{path}.tensor")
     techniques.check_sequence_parallel(options, grid.tensor, path)
     techniques.check_recompute(options, graph, path)

@@ -196,3 +196,30 @@ def test_worker_processes_get_the_commands_no_limits(tmp_path, monkeypatch):
         run_point(raw, "s.yaml", {"devices": 2}, False, limited=True)
     done = run_point(raw, "s.yaml", {"devices": 2}, False, limited=False)
     assert done["entries"][0]["throughput_samples_per_s"] > 0
+
+
+def test_repeats_past_the_operation_limit_are_refused_before_any_schedule(tmp_path):
+    text = BASE.replace("batch_size: 32", "batch_size: 128000000").replace(
+        "{name: dp, scheme: data_parallel}",
+        "{name: p, scheme: pipeline, stages: 2, micro_batches: 16000000}")
+    err = error_of(write(tmp_path, text))
+    assert "strategies[0].micro_batches: 16,000,000 micro-batches make a rank's program " \
+           "longer than the limit of 2,000,000 operations" in err
+    steps = BASE.replace("{name: dp, scheme: data_parallel}",
+                         "{name: avg, scheme: data_parallel, local_steps: 5000000}")
+    assert "strategies[0].local_steps: 5,000,000 local steps" in error_of(
+        write(tmp_path, steps, "steps.yaml"))
+
+
+def test_building_a_plan_past_the_operation_limit_names_the_strategy(tmp_path, monkeypatch):
+    from simulator.errors import LimitError
+    from simulator.plan import ProgramBuilder
+    from simulator.predict import context
+    from simulator.strategies import build_plan
+
+    scenario = load_scenario(write(tmp_path, BASE))
+    monkeypatch.setattr(limits, "OPS", 3)
+    monkeypatch.setattr(ProgramBuilder, "CHECK_EVERY", 1)
+    with pytest.raises(LimitError, match=r"strategy 'dp': a rank's program passes 3 "):
+        build_plan(context(scenario), scenario.strategies[0])
+
