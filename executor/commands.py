@@ -12,18 +12,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulator.console import BACKEND_HELP, SCENARIO_HELP, columns
+from executor.execute_command import cmd_execute
+from executor.launch import agree, backend_named, mpi
+from simulator.console import BACKEND_HELP, SCENARIO_HELP
 from simulator.errors import UsageError, UserError
 from simulator.outputs import (
     JSON_OUT,
-    STDOUT,
     check_outputs,
     human,
-    write_atomic,
     write_json,
     write_outputs,
     write_text,
-    written,
 )
 
 
@@ -116,7 +115,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from executor.dbn.command import cmd_pretrain as run
 
-    _mpi()  # (a missing mpi4py or numba: one line naming the extra)
+    mpi()  # (a missing mpi4py or numba: one line naming the extra)
     return run(args)
 
 
@@ -145,39 +144,9 @@ def _warn_uncalibrated(predicted: dict[str, Any], measured: dict[str, Any]) -> N
         print(f"parasim: warning: {why}", file=sys.stderr)
 
 
-def _mpi():  # noqa: ANN202
-    try:
-        import numba  # noqa: F401
-        from mpi4py import MPI
-    except ImportError as e:
-        raise UsageError(f"this command needs {e.name}: pip install -e '.[exec,mpi]' (or mpi4py "
-                         "built against your cluster's MPI)") from None
-    return MPI
-
-
-def _agree(comm: Any, failure: str | None) -> bool:
-    """Every rank's input check; rank 0 prints the first failure. True when all passed."""
-    failures = comm.allgather(failure)
-    if any(failures):
-        if comm.Get_rank() == 0:
-            print(f"parasim: error: {next(f for f in failures if f)}", file=sys.stderr)
-        return False
-    return True
-
-
-def _backend(name: str) -> Any:
-    from executor.interpreter.model import ExecutorError
-    from executor.kernels import get_backend
-
-    try:
-        return get_backend(name)
-    except RuntimeError as e:
-        raise ExecutorError(f"--backend {name}: {e}") from None
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
 
-    MPI = _mpi()
+    MPI = mpi()
     comm = MPI.COMM_WORLD
     failure = None
     try:
@@ -186,17 +155,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                              "all-reduce): mpiexec -n 2 parasim calibrate -o FILE")
         if comm.Get_rank() == 0:
             check_outputs([args.output], args.force)
-        backend = _backend(args.backend)
+        backend = backend_named(args.backend)
     except UserError as e:
         failure = str(e)
-    if not _agree(comm, failure):
+    if not agree(comm, failure):
         return 2
     from executor.calibration.calibrate import calibrate
     from executor.mpi.collectives import abort_on_error
 
     with abort_on_error(comm):
         outcome = calibrate(comm, backend, args.grid, args.name, args.accept_noisy)
-    if not _agree(comm, outcome.refusal and str(outcome.refusal)):
+    if not agree(comm, outcome.refusal and str(outcome.refusal)):
         return 2  # a machine too busy to measure, or a figure no machine has: no profile
     if comm.Get_rank() == 0:
         print("\n".join(outcome.lines))
@@ -209,7 +178,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
 
-    MPI = _mpi()
+    MPI = mpi()
     comm = MPI.COMM_WORLD
     rank0 = comm.Get_rank() == 0
     failure = None
@@ -220,11 +189,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         scenario = with_profile(args.scenario, args.profile)
         if rank0:
             check_outputs([args.predicted, args.measured, args.report], args.force)
-        backend = _backend(args.backend)
+        backend = backend_named(args.backend)
         prepared = prepare(comm, scenario, args.strategy)
     except UserError as e:
         failure = str(e)
-    if not _agree(comm, failure):
+    if not agree(comm, failure):
         return 2
     from executor.interpreter.execute import execute
     from executor.mpi.collectives import abort_on_error
@@ -263,7 +232,7 @@ def cmd_search_validate(args: argparse.Namespace) -> int:
 
     scenario, constraints = search_inputs(args)
 
-    comm = _mpi().COMM_WORLD
+    comm = mpi().COMM_WORLD
     from executor.interpreter.execute import execute, prepare
     from executor.mpi.collectives import abort_on_error
     from executor.search_validate import (
@@ -298,11 +267,11 @@ def cmd_search_validate(args: argparse.Namespace) -> int:
     chosen = comm.bcast(chosen)
     failure = None
     try:
-        backend = _backend(args.backend)
+        backend = backend_named(args.backend)
         prepared = prepare(comm, scenario_of(scenario, chosen), None)
     except UserError as e:
         failure = str(e)
-    if not _agree(comm, failure):
+    if not agree(comm, failure):
         return 2
     with abort_on_error(comm):
         measured = execute(comm, prepared, backend, args.timeout)
@@ -315,160 +284,3 @@ def cmd_search_validate(args: argparse.Namespace) -> int:
     _warn_uncalibrated(result, measured)
     write_outputs(result, args)
     return 0
-
-
-def cmd_execute(args: argparse.Namespace) -> int:
-    from executor.mpi.supervisor import ending, supervise
-
-    # under mpiexec, this process stays a small parent and the rank runs in its child, so that a
-    # rank killed by a signal is named and leaves the others running (executor/mpi/supervisor.py)
-    supervise()
-    try:
-        return _execute(args)
-    finally:
-        ending()
-
-
-def _execute(args: argparse.Namespace) -> int:
-    from simulator.cli import _load
-
-    comm = _mpi().COMM_WORLD
-    from executor.interpreter.checkpoint import open_checkpoints
-    from executor.interpreter.execute import execute, prepare
-    from executor.mpi.collectives import abort_on_error
-
-    rank0 = comm.Get_rank() == 0
-    # bad input every rank sees alike: rank 0 says it once, every rank exits 2
-    failure = None
-    try:
-        scenario = _load(args.scenario, args.strategy)
-        if rank0:
-            check_outputs([args.json, args.trace, args.report, args.weights], args.force)
-        backend = _backend(args.backend)  # e.g. the CUDA backend on a machine without a GPU
-        prepared = prepare(comm, scenario, args.strategy)
-    except UserError as e:
-        failure = str(e)
-    if not _agree(comm, failure):
-        return 2
-    failure, checkpoints = None, None
-    try:
-        checkpoints = open_checkpoints(comm, prepared, backend.name, args.checkpoint,
-                                       args.checkpoint_every, args.resume, args.force)
-    except UserError as e:
-        failure = str(e)
-    if not _agree(comm, failure):
-        return 2
-    weights: dict[str, Any] | None = {} if args.weights else None
-    files = _Files(args, weights)
-    # from here an error on one rank ends the whole job with the rank and the message
-    with abort_on_error(comm):
-        result = execute(comm, prepared, backend, args.timeout, weights, args.lost_after,
-                         checkpoints=checkpoints, on_partial=files.partial if rank0 else None)
-    lost = bool(result.get("lost_ranks"))
-    if not rank0:
-        return _exit_without_finalize() if lost else 0
-    if args.weights:
-        files.weights()
-        print(f"weights written to {args.weights}", file=human(args))
-    print(format_measured(result), file=human(args))
-    write_outputs(result, args)
-    if args.trace:
-        write_json(args.trace, measured_trace(result))
-        written("trace", args.trace, args)
-    if lost:
-        return _exit_without_finalize()
-    return 0
-
-
-class _Files:
-    """Rank 0's output files as the run goes: after every strategy, and before the watchdog
-    aborts the job, the Result so far (marked partial) and the weights so far, each written
-    whole (a temporary file, then a rename), so that a job that dies keeps what was done."""
-
-    def __init__(self, args: argparse.Namespace, weights: dict[str, Any] | None):
-        import threading
-
-        self.args, self.whole = args, weights
-        self.lock = threading.Lock()  # the watchdog's thread may write too
-
-    def partial(self, result: dict[str, Any]) -> None:
-        with self.lock:
-            if self.args.json and self.args.json != STDOUT:
-                write_json(self.args.json, result)
-            if self.args.weights:
-                self.weights()
-
-    def weights(self) -> None:
-        import io
-
-        import numpy as np
-
-        flat = {f"{s}/{layer}/{k}": v for s, layers in dict(self.whole or {}).items()
-                for layer, params in layers.items() for k, v in params.items()}
-        buffer = io.BytesIO()
-        np.savez(buffer, **flat)
-        write_atomic(self.args.weights, buffer.getvalue())
-
-
-def _exit_without_finalize() -> int:
-    """After a lost rank, MPI_Finalize would wait for it forever: leave without it (the
-    outputs are written and flushed)."""
-    import os
-
-    from executor.mpi.supervisor import ending
-
-    ending()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def format_measured(result: dict[str, Any]) -> str:
-    sc = result["scenario"]
-    waits = f"; {sc['waits']} waits" if "waits" in sc else ""
-    lines = [f"{sc['name']}: measured on {sc['devices']} rank(s) "
-             f"({', '.join(sc['hosts'])}{waits})",
-             "(breakdown columns: ms per iteration, averaged over ranks)"]
-    rows = [("strategy", "ranks", "samples/s", "iter ms", "compute", "comm", "ps wait", "copy",
-             "idle", "loss", "accuracy")]
-    for e in result["results"]:
-        bd, tr = e["breakdown_s"], e["training"]
-        rows.append((e["strategy"], str(e["devices"]), f"{e['throughput_samples_per_s']:.1f}",
-                     f"{e['iteration_time_s'] * 1e3:.3f}",
-                     *(f"{bd[k] * 1e3:.3f}" for k in ("compute", "exposed_communication",
-                                                       "ps_wait", "host_device_copy", "idle")),
-                     f"{tr['loss'][-1]:.4f}",
-                     f"{tr['accuracy'][-1]:.1%}" if tr.get("accuracy") else "-"))
-    lines += columns(rows)
-    for e in result["results"]:
-        if "staleness" in e:
-            st = e["staleness"]
-            lines.append(f"{e['strategy']}: gradient staleness mean {st['mean']:.2f}, max "
-                         f"{st['max']}; {e['samples_processed']} samples processed")
-        for f in e.get("failures", []):
-            lines.append(f"{e['strategy']}: rank {f['rank']} {f['what']}")
-    lines += [f"skipped {s}" for s in result.get("skipped", [])]
-    if "resumed_from" in result:
-        lines.append(f"resumed from the checkpoint in {result['resumed_from']}")
-    return "\n".join(lines)
-
-
-def measured_trace(result: dict[str, Any]) -> dict[str, Any]:
-    """Chrome trace of the first measured iteration of every rank, per strategy."""
-    events: list[dict[str, Any]] = []
-    pid = 0
-    for e in result["results"]:
-        if "timeline" not in e:
-            continue
-        devices = sorted({s[0] for s in e["timeline"]["spans"]})
-        pids = {}
-        for d in devices:
-            pid += 1
-            pids[d] = pid
-            events.append({"ph": "M", "name": "process_name", "pid": pid,
-                           "args": {"name": f"{e['strategy']}: {d}"}})
-        for d, stream, name, start, dur in e["timeline"]["spans"]:
-            events.append({"ph": "X", "name": name, "pid": pids[d],
-                           "tid": 0 if stream == "compute" else 1, "ts": start * 1e6,
-                           "dur": dur * 1e6})
-    return {"traceEvents": events, "displayTimeUnit": "ms"}

@@ -227,10 +227,12 @@ def test_the_measured_result_has_its_fields(runs):
 
 
 def assert_covers(read: float, measured: float) -> None:
-    """A time read from the timeline's spans lies within the measured interval, and covers
-    most of it: the spans are the kernels and collectives, the rest is set-up before the first
-    and bookkeeping after the last, which a busy machine stretches (so no tighter bound)."""
-    assert 0.5 * measured <= read <= measured * (1 + 1e-9) + 1e-6, (read, measured)
+    """A time read from the timeline's spans covers most of the measured interval (the spans
+    are the kernels and collectives; the rest is set-up before the first and bookkeeping after
+    the last, which a busy machine stretches) and not much more: the reading takes the latest
+    rank, the measured time is rank 0's, and the other rank may leave its last span a moment
+    after rank 0 stopped its clock."""
+    assert 0.5 * measured <= read <= 1.05 * measured, (read, measured)
 
 
 def test_the_cpu_backend_converges_alike(scenario_file, tmp_path):
