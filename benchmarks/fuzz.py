@@ -79,7 +79,10 @@ EXTREMES = [0, -1, 1, 2**31, 2**63, -(2**63), 1e308, -1e308, 1e-320, float("nan"
 
 
 def paths(node: object, prefix: tuple = ()) -> list[tuple]:
+    """Every path to a value, down to 20 levels (a mutant may hold a list 5,000 deep)."""
     out = [prefix]
+    if len(prefix) >= 20:
+        return out
     if isinstance(node, dict):
         for k, v in node.items():
             out += paths(v, (*prefix, k))
@@ -262,7 +265,10 @@ def fuzz_results(n: int, rng: random.Random, folder: Path, report: Callable) -> 
     for k in range(n):
         result = base[rng.randrange(len(base))]
         if rng.random() < 0.7:
-            raw = json.dumps(mutate_data(rng, result)).encode()
+            try:
+                raw = json.dumps(mutate_data(rng, result)).encode()
+            except (RecursionError, ValueError):  # a value JSON cannot write
+                raw = mutate_bytes(rng, json.dumps(result).encode())
         else:
             raw = mutate_bytes(rng, json.dumps(result).encode())
         path = folder / f"result{k}.json"
