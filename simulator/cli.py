@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from simulator.console import SCENARIO_HELP, columns
+from simulator.console import SCENARIO_HELP, columns, target_line
 from simulator.errors import UsageError
 from simulator.outputs import (
     JSON_OUT,
@@ -261,22 +261,56 @@ def search_inputs(args: argparse.Namespace):  # noqa: ANN201
 
 def format_sweep(result: dict[str, Any]) -> str:
     """One row per point and strategy: throughput and scaling efficiency."""
-    rows = [("point", "strategy", "devs", "samples/s", "iter ms", "speedup", "efficiency")]
+    targets = any("target" in e for e in result["results"])
+    rows = [("point", "strategy", "devs", "samples/s", "iter ms", "speedup", "efficiency")
+            + ("steps to target", "s to target") * targets]
     for e in result["results"]:
         point = ", ".join(f"{k}={v}" for k, v in e["sweep_point"].items())
         if e["throughput_samples_per_s"] is None:
-            rows.append((point, e["strategy"], str(e["devices"]), "-", "-", "-", "does not fit"))
+            rows.append((point, e["strategy"], str(e["devices"]), "-", "-", "-", "does not fit")
+                        + ("-", "-") * targets)
             continue
         rows.append((point, e["strategy"], str(e["devices"]),
                      f"{e['throughput_samples_per_s']:.1f}",
                      f"{e['iteration_time_s'] * 1e3:.3f}",
-                     f"{e['speedup_over_one_device']:.2f}x", f"{e['efficiency']:.1%}"))
+                     f"{e['speedup_over_one_device']:.2f}x", f"{e['efficiency']:.1%}")
+                    + _to_target(e) * targets)
     lines = [f"{result['scenario']['name']}: sweep of {result['sweep']['points']} point(s), "
              f"{result['sweep']['scaling']} scaling"]
     lines += columns(rows, left=2)
+    lines += _fastest(result["results"]) if targets else []
     for point, names in result["sweep"]["skipped"].items():
         lines.append(f"skipped at {point}: {', '.join(names)} (cannot run at that size)")
     return "\n".join(lines)
+
+
+def _fastest(entries: list[dict[str, Any]]) -> list[str]:
+    """Per strategy, the sweep point that reaches the target soonest, and why it is not the
+    largest device count when it is not (the steps grew faster than the step time fell)."""
+    out = []
+    for name in dict.fromkeys(e["strategy"] for e in entries):
+        mine = [e for e in entries if e["strategy"] == name and e.get("time_to_target_s")]
+        if len(mine) < 2:
+            continue
+        best = min(mine, key=lambda e: e["time_to_target_s"])
+        top = max(mine, key=lambda e: e["devices"])
+        line = (f"{name}: fastest to target at {best['devices']} devices "
+                f"({best['time_to_target_s']:.3g} s)")
+        if best is not top:
+            line += (f"; at {top['devices']} devices each step is "
+                     f"{best['step_time_s'] / top['step_time_s']:.2f}x faster but it needs "
+                     f"{top['steps_to_target'] / best['steps_to_target']:.2f}x the steps")
+        out.append(line)
+    return out
+
+
+def _to_target(e: dict[str, Any]) -> tuple[str, str]:
+    """A sweep row's steps and seconds to target ("-" when not reached)."""
+    t = e.get("target") or {}
+    if not t.get("reached"):
+        return ("-", "not reached")
+    unit = " epochs" if t.get("step_unit") == "epoch" else ""
+    return (f"{t['steps']:,.0f}{unit}", f"{t['time_s']:.3g}")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -309,5 +343,6 @@ def format_table(result: dict[str, Any]) -> str:
     for e in extra:
         st = e["staleness"]
         out.append(f"{e['strategy']}: gradient staleness mean {st['mean']:.2f}, max {st['max']}")
+    out += [line for e in result["results"] if (line := target_line(e))]
     return "\n".join(out)
 

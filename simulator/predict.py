@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from simulator import __version__, plan_report
+from simulator import __version__, convergence, plan_report
 from simulator.cluster import build_cluster
 from simulator.engine.simulate import TIMELINE_SPANS, bounded, predict
 from simulator.model import summary as model_summary
@@ -78,6 +78,8 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
             entry["one_device_throughput_samples_per_s"] = one
         entry["speedup_over_one_device"] = tp / one if tp and one else None
         entry["efficiency"] = (tp / one / entry["devices"]) if tp and one else None
+        if scenario.training.target is not None:
+            to_target(entry, plan, scenario)
         entries.append(entry)
         if pred.engine is not None:
             engines.append((spec.name, pred.engine))
@@ -95,6 +97,22 @@ def simulate_scenario(scenario: Scenario, names: list[str] | None = None, *,
         "results": entries,
     }
     return result, engines
+
+
+def to_target(entry: dict[str, Any], plan: Plan, scenario: Scenario) -> None:
+    """Steps and time to ``training.target`` (``simulator/convergence.py``); without
+    coefficients, or for a plan that does not fit, the block says why there is no figure."""
+    t = scenario.training
+    if entry.get("throughput_samples_per_s") is None:
+        block = {"metric": t.target.metric, "value": t.target.value, "reached": False,
+                 "why": "the plan does not fit"}
+    elif t.convergence is None:
+        block = {"metric": t.target.metric, "value": t.target.value, "reached": False,
+                 "why": "no convergence coefficients (training.convergence, or a profile "
+                        "from parasim calibrate-convergence)"}
+    else:
+        block = convergence.predict_target(plan, t, entry)
+    convergence.attach(entry, block)
 
 
 # schemes whose work per sample is not a training step's (DBN pre-training runs CD-1 layer by

@@ -15,6 +15,8 @@ from typing import Any
 import networkx as nx
 
 from simulator import catalogue, limits
+from simulator.convergence import check_scheme
+from simulator.convergence_file import convergence_field, target_field
 from simulator.errors import ScenarioError
 from simulator.profile import Profile, load_profile
 from simulator.schema import (
@@ -76,7 +78,7 @@ def _scenario(data: Any, file: str) -> Scenario:
     seed = top.get("seed", integer(0), 0)
     model = _model(top.sub("model"))
     cluster = _cluster(top.sub("cluster"), file)
-    training = _training(top.sub("training"))
+    training = _training(top.sub("training"), file)
     strategies = _strategies(top, cluster)
     sweep = _sweep(top.sub("sweep")) if top.has("sweep") else ()
     search = _search(top.sub("search")) if top.has("search") else {}
@@ -293,7 +295,11 @@ def _straggler(s: Fields, count: int) -> Straggler:
 
 # ---- training and strategies ---------------------------------------------------------------------
 
-def _training(f: Fields) -> TrainingSpec:
+def _training(f: Fields, file: str = "<scenario>") -> TrainingSpec:
+    target = target_field(f.sub("target")) if f.has("target") else None
+    if f.has("convergence") and target is None:
+        raise f.error("convergence", "needs training.target: the coefficients say how many "
+                      "steps reach it", has_value=False)
     t = TrainingSpec(
         batch_size=f.get("batch_size", integer(1)),
         precision=f.get("precision", choice(tuple(BYTES_PER_ELEMENT)), "fp32"),
@@ -302,9 +308,12 @@ def _training(f: Fields) -> TrainingSpec:
         warmup_iterations=f.get("warmup_iterations", integer(0), 1),
         learning_rate=f.get("learning_rate", number(), 0.05),
         momentum=f.get("momentum", number(positive=False, minimum=0.0, maximum=0.999), 0.9),
+        target=target,
+        convergence=(convergence_field(f.sub("convergence"), target, file)
+                     if f.has("convergence") else None),
     )
     f.done(("batch_size", "precision", "optimizer", "iterations", "warmup_iterations",
-            "learning_rate", "momentum"))
+            "learning_rate", "momentum", "target", "convergence"))
     return t
 
 
@@ -340,7 +349,10 @@ def _check_against_graph(scenario: Scenario) -> None:
     from simulator.strategies import scheme_module
 
     graph = build_graph(scenario.model)
+    target = scenario.training.target
     for i, s in enumerate(scenario.strategies):
+        if target is not None:
+            check_scheme(target, s.scheme, s.name, "training.target.metric")
         scheme_module(s.scheme).check(s.options, graph, scenario.cluster, scenario.training,
                                       f"strategies[{i}]")
 

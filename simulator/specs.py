@@ -136,6 +136,45 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class TargetSpec:
+    """``training.target``: the quality a run must reach. ``metric`` is ``loss`` or
+    ``accuracy`` (of the training batches, averaged over the last ``window`` samples) or
+    ``reconstruction_error`` (a DBN's first RBM layer, per epoch); ``on`` (``data:`` in the
+    scenario) names the data it is measured on (the training data: ``train``)."""
+
+    metric: str  # loss | accuracy | reconstruction_error
+    value: float
+    on: str = "train"
+    window: int = 512  # samples the batch metric is averaged over
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
+
+    def reached(self, measured: float) -> bool:
+        return measured >= self.value if self.higher_is_better else measured <= self.value
+
+    def describe(self) -> str:
+        return f"{self.metric} {'>=' if self.higher_is_better else '<='} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class ConvergenceSpec:
+    """``training.convergence``: the coefficients of the steps-to-target model
+    (``simulator/convergence.py``), as written in a scenario or fitted into a profile.
+
+    ``levels``: (metric value, steps_min, noise_batch) per level the fit measured, in the order
+    the run passes them (the target is one of them or between two); a scenario's own
+    coefficients are one level, the target's."""
+
+    levels: tuple[tuple[float, float, float], ...]
+    lr_max: float | None = None  # None: the learning rate is tuned for every batch size
+    staleness_penalty: float = 0.0
+    averaging_penalty: float = 0.0
+    source: str = "scenario"
+
+
+@dataclass(frozen=True)
 class TrainingSpec:
     batch_size: int  # global mini-batch: samples per iteration over all replicas
     precision: str
@@ -144,6 +183,8 @@ class TrainingSpec:
     warmup_iterations: int
     learning_rate: float = 0.05  # the executor's SGD step
     momentum: float = 0.9
+    target: TargetSpec | None = None  # run to this quality (the iterations are then a cap)
+    convergence: ConvergenceSpec | None = None  # how many steps the target takes
 
 
 @dataclass(frozen=True)
