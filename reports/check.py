@@ -9,8 +9,10 @@ drawn. Three outcomes, by how much of the file a bad value spoils:
   ``note``, ``sweep_point``) is missing or unusable. The other entries are drawn and the page
   says ``entry results[2] (ring) of run.json: not drawn: <why>``.
 * **a part not drawn**: one of an entry's own blocks (a map of numbers, ``timeline``,
-  ``training``, ``staleness``), a display field of the scenario, or the Result's ``sweep`` or
-  ``search`` block is unusable: it is left out, the rest is drawn, and a note says so.
+  ``training``, ``staleness``, ``target``), one of its time-to-target figures
+  (``steps_to_target``, ``time_to_target_s``, ``step_time_s``), a display field of the
+  scenario, or the Result's ``sweep`` or ``search`` block is unusable: it is left out, the
+  rest is drawn, and a note says so.
 
 Numbers the report uses must be finite and within ±``LIMIT`` (JSON's NaN, Infinity and 1e400
 are not; nor is an integer too long for a float), so that no sum, scale or format of them can
@@ -35,6 +37,9 @@ NUMBER_MAPS = ("breakdown_s", "memory_bytes_per_device", "utilisation_per_device
                "utilisation_per_link", "utilisation_per_server", "peak_rss_bytes_per_device")
 NUMBERS = ("iteration_time_s", "throughput_samples_per_s", "speedup_over_one_device",
            "efficiency", "memory_capacity_bytes", "samples_per_iteration")
+TO_TARGET = ("steps_to_target", "time_to_target_s", "step_time_s")
+TARGET_NUMBERS = ("steps", "time_s", "samples", "step_time_s")
+STEP_UNITS = ("step", "epoch")
 SCENARIO_TEXT = ("name", "description", "file", "yaml")
 STALENESS_KEY = re.compile(r"-?[0-9]{1,18}")
 
@@ -122,7 +127,9 @@ def _entry(e: Any, where: str, notes: list[str]) -> dict[str, Any]:
                        f"{show(value)}")
     out = dict(e)
     parts = [(key, number_map) for key in NUMBER_MAPS]
-    parts += [("timeline", _timeline), ("training", _training), ("staleness", _staleness)]
+    parts += [("timeline", _timeline), ("training", _training), ("staleness", _staleness),
+              ("target", _target)]
+    parts += [(key, _not_negative) for key in TO_TARGET]
     for key, check in parts:
         if e.get(key) is not None:
             try:
@@ -166,12 +173,16 @@ def _timeline(t: Any, key: str) -> None:
 
 
 def _training(t: Any, key: str) -> None:
+    """Lists of equal length: times, samples, and the loss, the accuracy or both (a prediction
+    draws the one metric its target is on)."""
     if not isinstance(t, dict):
         raise Skip(f"'training' must be an object of lists, got {kind(t)}")
+    if t.get("loss") is None and t.get("accuracy") is None:
+        raise Skip("'training' must have a 'loss' or an 'accuracy' list")
     lengths = {}
     for name in ("wall_time_s", "samples", "loss", "accuracy"):
         values = t.get(name)
-        if values is None and name == "accuracy":
+        if values is None and name in ("loss", "accuracy"):
             continue
         if not isinstance(values, list):
             raise Skip(f"'training.{name}' must be a list of numbers")
@@ -182,6 +193,32 @@ def _training(t: Any, key: str) -> None:
     if len(set(lengths.values())) > 1:
         sizes = ", ".join(f"{k} {n}" for k, n in lengths.items())
         raise Skip(f"'training' lists must have equal lengths, got {sizes}")
+
+
+def _target(t: Any, key: str) -> None:
+    """What the report reads of a ``target`` block; its other keys (the cap, the batch, the
+    staleness...) are the producer's and only travel along."""
+    if not isinstance(t, dict):
+        raise Skip(f"'target' must be an object, got {kind(t)}")
+    if not isinstance(t.get("reached"), bool):
+        raise Skip(f"'target.reached' must be true or false, got {show(t.get('reached'))}")
+    for name in ("metric", "on", "why"):
+        if t.get(name) is not None and not isinstance(t[name], str):
+            raise Skip(f"'target.{name}' must be a string, got {show(t[name])}")
+    if t.get("step_unit") is not None and t["step_unit"] not in STEP_UNITS:
+        raise Skip(f"'target.step_unit' must be one of {', '.join(STEP_UNITS)}, got "
+                   f"{show(t['step_unit'])}")
+    if t.get("value") is not None:
+        number(t["value"], "'target.value'")
+    for name in TARGET_NUMBERS:
+        if t.get(name) is not None:
+            _not_negative(t[name], f"target.{name}")
+
+
+def _not_negative(v: Any, key: str) -> None:
+    number(v, f"'{key}'")
+    if v < 0:
+        raise Skip(f"'{key}' must not be negative, got {show(v)}")
 
 
 def _staleness(s: Any, key: str) -> None:

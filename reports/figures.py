@@ -22,6 +22,10 @@ TOP_LINKS = 30
 PHASE_COLOURS = {"compute": "#4c78a8", "exposed_communication": "#f58518",
                  "ps_wait": "#e45756", "idle": "#bab0ac"}
 EXTRA_COLOURS = ("#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d")
+STRATEGY_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2",
+                    "#eeca3b", "#9d755d", "#ff9da6", "#bab0ac")
+TARGET_COLOUR = "#2f855a"
+MAX_TARGET_LINES = 8  # distinct target values drawn on one training chart
 
 
 def text(s: object) -> str:
@@ -56,6 +60,13 @@ def layout(title: str, x: str, y: str, **extra: Any) -> dict[str, Any]:
 
 def phase_colour(name: str, i: int) -> str:
     return PHASE_COLOURS.get(name, EXTRA_COLOURS[i % len(EXTRA_COLOURS)])
+
+
+def colours(strategies: list[str]) -> dict[str, str]:
+    """A colour per strategy, in the order first seen: its predicted and measured traces
+    share it."""
+    names = list(dict.fromkeys(strategies))
+    return {n: STRATEGY_COLOURS[i % len(STRATEGY_COLOURS)] for i, n in enumerate(names)}
 
 
 # ---- across strategies -------------------------------------------------------------------------
@@ -161,24 +172,51 @@ def comparison(pairs: list[Pair]) -> list[Figure] | None:
 
 
 def training(entries: list[Entry]) -> list[Figure] | None:
-    """Loss and (where recorded) accuracy against wall-clock time: time to accuracy."""
+    """Loss and (where recorded) accuracy against wall-clock time: time to accuracy. A
+    predicted curve (the convergence model's, to the target) is drawn dashed over the measured
+    one of the same strategy, in its colour; a horizontal line marks each target on the chart
+    of its metric (a DBN's reconstruction error is on the loss chart)."""
     runs = [e for e in entries if e.data.get("training")]
     if not runs:
         return None
+    colour = colours([e.strategy for e in runs])
     figs = []
     for key, title, ytitle in (("loss", "Training loss against time", "loss"),
                                ("accuracy", "Accuracy against time (time to accuracy)",
                                 "accuracy")):
-        data = [{"type": "scatter", "mode": "lines+markers", "name": text(e.label),
+        drawn = [e for e in runs if e.data["training"].get(key) is not None]
+        data = [{"type": "scatter", "mode": "lines+markers",
+                 "name": text(e.label + ("" if e.measured else " (predicted)")),
                  "x": e.data["training"]["wall_time_s"], "y": e.data["training"][key],
                  "customdata": e.data["training"]["samples"],
-                 "hovertemplate": f"%{{x:,.1f}} s, %{{customdata:,}} samples: {key} "
+                 "line": {"color": colour[e.strategy],
+                          "dash": "solid" if e.measured else "dash"},
+                 "hovertemplate": f"%{{x:,.1f}} s, %{{customdata:,.0f}} samples: {key} "
                                   "%{y:.4g}<extra>%{fullData.name}</extra>"}
-                for e in runs if e.data["training"].get(key) is not None]
-        if data:
-            figs.append({"data": data, "layout": layout(title, "wall-clock time (s)", ytitle,
-                                                        height=380)})
+                for e in drawn]
+        if not data:
+            continue
+        fig = {"data": data, "layout": layout(title, "wall-clock time (s)", ytitle, height=380)}
+        _target_lines(fig, [e.target for e in drawn], key)
+        figs.append(fig)
     return figs
+
+
+def _target_lines(fig: Figure, targets: list[dict[str, Any]], key: str) -> None:
+    """A dotted horizontal line at each target value of the chart's metric."""
+    values = sorted({t["value"] for t in targets if t.get("value") is not None
+                     and ("accuracy" if t.get("metric") == "accuracy" else "loss") == key})
+    values = values[:MAX_TARGET_LINES]
+    if not values:
+        return
+    fig["layout"]["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
+                                "y0": v, "y1": v, "line": {"color": TARGET_COLOUR,
+                                                           "dash": "dot", "width": 2}}
+                               for v in values]
+    fig["layout"]["annotations"] = [{"xref": "paper", "x": 1, "xanchor": "right", "yref": "y",
+                                     "y": v, "yanchor": "bottom", "text": f"target {v:g}",
+                                     "showarrow": False, "font": {"color": TARGET_COLOUR}}
+                                    for v in values]
 
 
 def staleness(entries: list[Entry]) -> Figure | None:

@@ -112,6 +112,8 @@ td.num { white-space: nowrap; }
 .tag { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px;
   background: #e4ecf7; color: #1d4f91; }
 .tag.measured { background: #fdebd3; color: #8a4b08; }
+.tag.target { background: #e6f4ea; color: #22543d; }
+.unreached { color: #8a4b08; text-decoration: underline dotted; cursor: help; }
 .tag.winner { background: #dcf3e4; color: #11622f; font-weight: 600; }
 h3.group { margin: 22px 0 6px; }
 p.why { margin: 6px 0 0; color: var(--muted); }

@@ -101,6 +101,43 @@ class Entry:
         return self.speedup / self.devices if self.speedup is not None else None
 
     @property
+    def target(self) -> dict[str, Any]:
+        """The entry's ``target`` block as checked ({} without one): the metric, its value,
+        whether the run reaches it, and why not."""
+        return self.data.get("target") or {}
+
+    @property
+    def has_target(self) -> bool:
+        return bool(self.target) or self.data.get("time_to_target_s") is not None \
+            or self.data.get("steps_to_target") is not None
+
+    @property
+    def reached(self) -> bool:
+        """False only when the target block says the run does not reach it."""
+        return self.target.get("reached") is not False
+
+    @property
+    def time_to_target(self) -> float | None:
+        """Seconds to the target (the headline figure, else the target block's), None when
+        not reached."""
+        return self._to_target("time_to_target_s", "time_s")
+
+    @property
+    def steps_to_target(self) -> float | None:
+        """Steps (or epochs: :attr:`step_unit`) to the target, None when not reached."""
+        return self._to_target("steps_to_target", "steps")
+
+    @property
+    def step_unit(self) -> str:
+        return self.target.get("step_unit") or "step"
+
+    def _to_target(self, headline: str, key: str) -> float | None:
+        if not self.reached:
+            return None
+        value = self.data.get(headline)
+        return value if value is not None else self.target.get(key)
+
+    @property
     def memory_capacity(self) -> float | None:
         cap = self.data.get("memory_capacity_bytes")
         if cap is None:

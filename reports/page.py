@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from reports import figures, gantt
+from reports import figures, gantt, target
 from reports.compare import Pair, calibration_warning, pairs, phases, why_faster
 from reports.html import CSP, SCRIPT, STYLE, chart, esc, script_json, table
 from reports.load import Entry, checked
@@ -84,6 +84,15 @@ def render(results: list[dict[str, Any]], sources: list[str],
             "smallest count measured).</p>"
             + "".join(heading(g) + "<div class=row>" + "".join(map(figure, figs)) + "</div>"
                       for g, figs in scaling))
+    ttt = [(g, fig) for g, es in groups.items() if (fig := target.time_to_target(es))]
+    if ttt:
+        add("time-to-target", "Time to target",
+            "<p class=lead>How long each plan takes to reach the scenario's training target: "
+            "the steps (or epochs) it needs times its time per step. More devices step faster "
+            "but may need more steps (a larger batch, staler gradients): over a sweep, the "
+            "star marks where each predicted line is fastest. Plans that do not reach the "
+            "target are left out (the summary says why).</p>"
+            + "".join(heading(g) + figure(fig) for g, fig in ttt))
     bds = [(g, bd) for g, es in groups.items() if (bd := figures.breakdown(es))]
     if bds:
         add("breakdown", "Time breakdown",
@@ -173,10 +182,13 @@ def summary_table(rows: list[Entry], show_source: bool) -> str:
     ranked = [e for e in rows if e.charted and e.throughput]
     winner = ranked[0] if len(ranked) > 1 else None
     sweep = any(e.sweep_point for e in rows)
+    targeted = any(e.has_target for e in rows)
+    timed = [e for e in rows if e.time_to_target is not None]
+    first = min(timed, key=lambda e: e.time_to_target) if len(timed) > 1 else None
     head = ["strategy", "mode", "devices", "throughput<br>(samples/s)", "iteration<br>time (ms)",
-            "speedup over<br>one device", "efficiency", "peak memory",
-            "fits in memory"]
-    head += ["sweep point"] * sweep + ["file"] * show_source
+            "speedup over<br>one device", "efficiency"]
+    head += ["steps to<br>target", "time to<br>target"] * targeted
+    head += ["peak memory", "fits in memory"] + ["sweep point"] * sweep + ["file"] * show_source
     body = []
     for e in rows:
         peak = memory_cell(e)
@@ -184,12 +196,15 @@ def summary_table(rows: list[Entry], show_source: bool) -> str:
         note = e.data.get("note")
         fit_cell = ("yes" if fits else "no") + (f": {esc(note)}" if note else "")
         mark = ' <span class="tag winner">fastest</span>' if e is winner else ""
+        mark += ' <span class="tag target">first to target</span>' if e is first else ""
         row = [esc(e.label) + mark, f'<span class="tag {esc(e.mode)}">{esc(e.mode)}</span>',
                str(e.devices), _num(e.throughput if e.charted else None, "{:,.1f}"),
                _num(e.iteration_time * 1e3 if e.charted else None, "{:,.3f}"),
                _num(e.speedup if e.charted else None, "{:.2f}×"),
-               _num(e.efficiency if e.charted else None, "{:.1%}"), peak,
-               fit_cell if fits else f'<span class="bad">{fit_cell}</span>']
+               _num(e.efficiency if e.charted else None, "{:.1%}")]
+        if targeted:
+            row += [target.steps_cell(e), target.time_cell(e)]
+        row += [peak, fit_cell if fits else f'<span class="bad">{fit_cell}</span>']
         if sweep:
             row.append(esc(", ".join(f"{k}={v}" for k, v in e.sweep_point.items())))
         if show_source:
@@ -199,10 +214,13 @@ def summary_table(rows: list[Entry], show_source: bool) -> str:
             "the cluster running the same global batch; efficiency is speedup / devices. Peak "
             "memory is the busiest device's planned need / its capacity; a measured row adds "
             "the largest rank's resident memory as the operating system saw it (interpreter "
-            "and libraries included).</p>")
+            "and libraries included)."
+            + (" Time to target is the steps (or epochs) to the training target times the "
+               "time per step (the quickest marked <i>first to target</i>); <i>not "
+               "reached</i> says why when hovered." if targeted else "") + "</p>")
     why = why_faster(winner.data, ranked[1].data) if winner is not None else None
     verdict = f"<p class=why>{esc(why)}.</p>" if why else ""
-    return lead + table(head, body, numeric={2, 3, 4, 5, 6, 7}) + verdict
+    return lead + table(head, body, numeric=set(range(2, 8 + 2 * targeted))) + verdict
 
 
 def measured_section(found: list[Pair], figure: Callable[[dict[str, Any]], str]) -> str:

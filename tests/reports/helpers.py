@@ -26,6 +26,20 @@ def entry(strategy: str = "ring", mode: str = "predicted", devices: int = 2,
     return e
 
 
+def target(steps: float | None = 100, time_s: float | None = 50.0, reached: bool = True,
+           metric: str = "loss", value: float = 0.5, step_unit: str = "step",
+           **extra: Any) -> dict[str, Any]:
+    """The ``target`` keys of an entry, as the simulator writes them: the block and the three
+    headline figures (null when not reached)."""
+    step_time = time_s / steps if time_s is not None and steps else 0.5
+    block = {"metric": metric, "value": value, "on": "train", "step_unit": step_unit,
+             "reached": reached, "steps": steps if reached else None,
+             "time_s": time_s if reached else None, "samples": None, "step_time_s": step_time,
+             "cap": 10_000, **extra}
+    return {"target": block, "steps_to_target": block["steps"],
+            "time_to_target_s": block["time_s"], "step_time_s": step_time}
+
+
 def result(*entries_: dict[str, Any], name: str = "two GPUs", **scenario: Any) -> dict:
     return {"scenario": {"name": name, "description": "a test", **scenario},
             "code_version": "0.1.0+test", "results": [copy.deepcopy(e) for e in entries_]}

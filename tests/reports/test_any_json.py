@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reports import ReportError, build_report, load_results
-from tests.reports.helpers import entry, result
+from tests.reports.helpers import entry, result, target
 
 # JSON text that Python's json reads but no Python value writes back (a file can hold it)
 RAW = {"@nan@": "NaN", "@-inf@": "-Infinity", "@1e400@": "1e400", "@digits@": "1" * 5000,
@@ -35,16 +35,22 @@ def base() -> dict[str, Any]:
     training = {"wall_time_s": [0, 1], "samples": [0, 64], "loss": [2.0, 1.0],
                 "accuracy": [0.1, 0.5]}
     staleness = {"mean": 1.0, "max": 2, "histogram": {"0": 3, "2": 1}}
+    predicted_curve = {"wall_time_s": [0, 2], "samples": [0, 128], "loss": [2.0, 0.5]}
     r = result(entry("ring", devices=2, timeline={"iteration": 1, "devices_shown": 2,
                                                   "spans": spans},
                      utilisation_per_device={"node0.gpu0": 0.5},
                      utilisation_per_link={"nvlink:0-1": 0.25},
-                     sweep_point={"devices": 2}),
-               entry("ring", devices=4, sweep_point={"devices": 4}),
+                     sweep_point={"devices": 2}, training=predicted_curve,
+                     **target(steps=20, time_s=2.0)),
+               entry("ring", devices=4, sweep_point={"devices": 4},
+                     **target(reached=False, why="diverges", steps_needed=10**6)),
                entry("ring", mode="measured", devices=2, training=training,
                      peak_rss_bytes_per_device={"node0.gpu0": 2**30}, sweep_point={"devices": 2},
-                     breakdown_s={"compute": 0.3, "host_device_copy": 0.01}),
-               entry("down", staleness=staleness, utilisation_per_server={"ps0": 0.1}),
+                     breakdown_s={"compute": 0.3, "host_device_copy": 0.01},
+                     **target(steps=25, time_s=3.0)),
+               entry("down", staleness=staleness, utilisation_per_server={"ps0": 0.1},
+                     **target(steps=3, time_s=1.0, step_unit="epoch", metric="accuracy",
+                              value=0.9)),
                entry("huge", iteration_time_s=None, throughput=None, note="does not fit"),
                seed=1, batch_size=64, one_device_throughput_samples_per_s=100.0, yaml="a: 1\n",
                model={"name": "mlp", "params": 10, "fwd_flops": 20, "bwd_flops": 40, "layers": 3},

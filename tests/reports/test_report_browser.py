@@ -323,3 +323,53 @@ def test_a_chart_that_throws_leaves_the_others_drawn(tmp_path: Path) -> None:
     assert [f[0] for f in after] == ["fig-0"], after
     assert timeline == [{"id": "entry-timeline", "traces": 2, "svg": True}], timeline
     assert "'iteration_time_s' must be a finite number within ±1e+18, got NaN" in notes
+
+
+def test_time_to_target_draws_its_sweep_and_the_predicted_curves(tmp_path: Path) -> None:
+    """A predicted sweep with targets (one point not reached) and a measured run with its
+    curve, from two files: the time-to-target chart draws with each predicted line's fastest
+    point in the legend, the training charts overlay the prediction, and nothing errs."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium "
+                    "(apt-get install chromium) to run the report's browser test")
+    from playwright.sync_api import sync_playwright
+
+    from tests.reports.helpers import entry, result, target
+
+    points = [entry(BOLD, devices=d, sweep_point={"devices": d}, **target(steps=n, time_s=t))
+              for d, n, t in ((2, 200, 100.0), (4, 240, 60.0), (8, 640, 80.0))]
+    points[1]["training"] = {"wall_time_s": [0, 30, 60], "samples": [0, 7680, 15360],
+                             "loss": [2.3, 0.9, 0.5]}
+    points.append(entry(BOLD, devices=16, sweep_point={"devices": 16},
+                        **target(reached=False, why=EVIL)))
+    run = entry(BOLD, mode="measured", devices=4, **target(steps=250, time_s=70.0),
+                training={"wall_time_s": [0, 35, 70], "samples": [0, 8000, 16000],
+                          "loss": [2.3, 1.0, 0.5], "accuracy": [0.1, 0.7, 0.8]})
+    paths = []
+    for name, r in (("sweep.json", result(*points)), ("run.json", result(run))):
+        (tmp_path / name).write_text(json.dumps(r))
+        paths.append(str(tmp_path / name))
+    out = tmp_path / "target.html"
+    out.write_text(build_report(load_results(paths), paths))
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=20_000)
+        try:
+            view = browser.new_page()
+            view.on("pageerror", lambda e: errors.append(str(e)))
+            view.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            view.goto(out.as_uri(), wait_until="load")
+            view.wait_for_function(CHARTS_DRAWN, timeout=15_000)
+            legend = view.evaluate("Array.from(document.querySelectorAll('#time-to-target "
+                                   ".legendtext')).map(t => t.textContent)")
+            curves = view.evaluate("Array.from(document.querySelectorAll('#training "
+                                   ".legendtext')).map(t => t.textContent)")
+            why = view.evaluate("Array.from(document.querySelectorAll('#summary .unreached'))"
+                                ".map(s => s.title)")
+        finally:
+            browser.close()
+    assert errors == [], errors
+    assert legend == [f"{BOLD} (predicted)", f"{BOLD}: fastest at 4 devices",
+                      f"{BOLD} (measured)"], legend
+    assert f"{BOLD} · devices=4 (predicted)" in curves and f"{BOLD} (measured)" in curves
+    assert why == [EVIL, EVIL]
