@@ -110,6 +110,41 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "until the first layer's error reached it (docs/dbn.md).")
     pretrain_arguments(pre)
     pre.set_defaults(func=cmd_pretrain)
+    conv = sub.add_parser(
+        "calibrate-convergence",
+        help="run strategies to the scenario's training.target and fit the steps-to-target "
+             "model (not under mpiexec: it launches each run)",
+        description="Runs each strategy of SCENARIO for real to training.target (each its own "
+                    "`mpiexec -n R parasim execute`, R the ranks its plan needs), reads the steps "
+                    "every run took to each level of the metric, fits the statistical-"
+                    "efficiency model (docs/time_to_accuracy.md) and writes a convergence "
+                    "profile; prints the fit's residual. Nothing is written when a run fails, "
+                    "does not reach the target, or the runs cannot determine the coefficients.")
+    conv.add_argument("scenario", help=SCENARIO_HELP)
+    conv.add_argument("-o", "--output", required=True, metavar="FILE",
+                      help="the convergence profile to write (YAML)")
+    conv.add_argument("--strategy", action="append",
+                      help="only this strategy (repeatable; default: every strategy)")
+    conv.add_argument("--learning-rate", action="append", type=float, metavar="LR",
+                      help="also run every strategy at this rate (repeatable): two or more "
+                      "rates let the fit find lr_max")
+    conv.add_argument("--batch-size", action="append", type=int, metavar="B",
+                      help="also run every strategy at this global batch (repeatable): the fit "
+                      "needs two or more batch sizes")
+    conv.add_argument("--repeats", type=int, default=1, metavar="N",
+                      help="runs per strategy and rate, seeds seed .. seed + N - 1 (default 1)")
+    conv.add_argument("--backend", choices=("cpu", "reference"), default="cpu",
+                      help="the executor's kernels (default cpu)")
+    conv.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                      help="give up on a run that takes longer than S seconds (default 600)")
+    conv.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    conv.set_defaults(func=cmd_calibrate_convergence)
+
+
+def cmd_calibrate_convergence(args: argparse.Namespace) -> int:
+    from executor.calibration.convergence_runs import cmd_calibrate_convergence as run
+
+    return run(args)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
