@@ -51,7 +51,8 @@ def _execute(args: argparse.Namespace) -> int:
         if rank0:
             check_outputs([args.json, args.trace, args.report, args.weights], args.force)
         backend = backend_named(args.backend)  # e.g. the CUDA backend on a machine without a GPU
-        prepared = prepare(comm, scenario, args.strategy)
+        prepared = prepare(comm, scenario, args.strategy,
+                           checkpointing=bool(args.checkpoint or args.resume))
     except UserError as e:
         failure = str(e)
     if not agree(comm, failure):
@@ -146,6 +147,9 @@ def format_measured(result: dict[str, Any]) -> str:
                      f"{tr['loss'][-1]:.4f}",
                      f"{tr['accuracy'][-1]:.1%}" if tr.get("accuracy") else "-"))
     lines += columns(rows)
+    from executor.interpreter.target import describe
+
+    lines += [line for line in map(describe, result["results"]) if line]
     for e in result["results"]:
         if "staleness" in e:
             st = e["staleness"]

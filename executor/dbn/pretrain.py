@@ -12,6 +12,11 @@ fallen by more than ``tau`` for three epochs in a row. The layer's hidden probab
 shard are then the next layer's data. With ``fine_tune`` the network is then fine-tuned by
 back-propagation (``executor/dbn/finetune.py``).
 
+With ``training.target`` (metric ``reconstruction_error``) the first layer stops instead at the
+end of the first epoch whose error is at most the target's value (or after ``epochs``: not
+reached); the later layers follow the tau rule. The entry's target block counts that layer's
+epochs, and its time runs from the start of its first epoch to the end of that epoch's averaging.
+
 The plan is the contract: mini-batch sizes, the all-reduce algorithm and which layers run a
 forward pass are read from each layer's first epoch in the plan (which plays
 ``expected_epochs``); the executor repeats that epoch up to ``epochs`` times.
@@ -39,6 +44,7 @@ import numpy as np
 
 from executor.interpreter.measure import peak_rss
 from executor.interpreter.model import ExecutorError, init_weights
+from executor.interpreter.target import put, target_block
 from executor.mpi import collectives as xcomm
 from simulator.intervals import length, minus, union
 from simulator.plan import Collective, Compute, Plan
@@ -187,6 +193,7 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
     # per epoch: (its end, reconstruction error or loss, training accuracy, samples)
     curve: list[tuple[float, float, float | None, int]] = []
     record, epoch_times = [], []
+    target, to_target = scenario.training.target, None  # the first layer's epochs and time
     xcomm.barrier(comm)
     begin = me.wtime()
     for index, s in enumerate(layers):
@@ -203,6 +210,12 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
             t1 = me.wtime()
             epoch_times.append(t1 - t0)
             curve.append((t1 - begin, errors[-1], None, o["samples"]))
+            if target is not None and index == 0:
+                # the error is all-reduced: every rank stops at the same epoch
+                if target.reached(errors[-1]):
+                    to_target = (len(errors), t1 - layer_start)
+                    break
+                continue
             if epoch > 0:
                 stalled = stalled + 1 if errors[-2] - errors[-1] <= o["tau"] else 0
             if stalled >= STALL_EPOCHS:
@@ -229,6 +242,14 @@ def run_dbn(comm: Any, plan: Plan, graph: Any, scenario: Any, data: Any, backend
                    pre_end - begin)
     if tuner is not None:
         entry["pretraining"]["fine_tuning"] = tuner.report()
+    if target is not None:
+        first = record[0]["reconstruction_error"]
+        put(entry, target_block(
+            target, unit="epoch", steps=to_target[0] if to_target else None,
+            time_s=to_target[1] if to_target else None,
+            samples=to_target[0] * o["samples"] if to_target else None, cap=o["epochs"],
+            cap_source=f"the strategy's epochs: {o['epochs']}",
+            best=min(first) if first else None, window=False))
     return entry
 
 

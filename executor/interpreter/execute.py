@@ -11,14 +11,17 @@ stops for ``lost_after`` seconds) or a run makes no progress for ``timeout`` sec
 rank and where it was; Downpour goes on without a lost worker. Rank 0 hands the Result on after
 every strategy (the command rewrites its file), and checkpoints (``checkpoint.py``) let a
 killed run resume. What happens on each failure: docs/reliability.md.
+
+With ``training.target`` (docs/executor.md, "Running to a target") the warm-up periods run as
+ever, then every rank (parameter servers too) goes back to its state from before them and the
+run trains from the first batch until the windowed training metric reaches the target
+(``target.py``), at most ``training.iterations`` periods; the entry gets the target block.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +31,15 @@ from mpi4py import MPI
 from executor.data import Dataset, synthetic
 from executor.dbn.pretrain import run_dbn
 from executor.interpreter.checkpoint import Checkpoints
-from executor.interpreter.measure import peak_rss, phases_of
 from executor.interpreter.model import ExecutorError, check_executable
-from executor.interpreter.runner import RankRunner
+from executor.interpreter.run_plan import _period_batch, run_plan
 from executor.loaders import open_dataset
 from executor.mpi import collectives as xcomm
-from executor.mpi.faults import check_environment, maybe_fail
+from executor.mpi.faults import check_environment
 from executor.mpi.watchdog import LOST_AFTER_S, Watchdog, name_ranks
 from executor.ps.downpour import run_downpour
-from executor.ps.server import ServerRunner
+from simulator.convergence import check_target
+from simulator.errors import ScenarioError
 from simulator.plan import Plan
 from simulator.predict import code_version, context
 from simulator.progress import Steps
@@ -80,7 +83,10 @@ class Prepared:
     data: Dataset
 
 
-def prepare(comm: MPI.Comm, scenario: Scenario, names: list[str] | None) -> Prepared:
+def prepare(comm: MPI.Comm, scenario: Scenario, names: list[str] | None, *,
+            checkpointing: bool = False) -> Prepared:
+    """Every check before any rank works; ``checkpointing``: the run is asked to write or
+    resume checkpoints."""
     check_environment(comm.Get_size())  # a fault-injection variable that cannot be used
     ctx = context(scenario)
     check_executable(ctx.graph)
@@ -94,10 +100,28 @@ def prepare(comm: MPI.Comm, scenario: Scenario, names: list[str] | None) -> Prep
     if not plans:
         raise ExecutorError(f"{scenario.file}: no strategy runs on {comm.Get_size()} rank(s): "
                             + "; ".join(skipped))
+    check_target_run(scenario, plans, checkpointing)
     data = dataset_for(scenario, ctx.graph)
     check_tokens(scenario, ctx.graph, data)
     check_samples(scenario, ctx.graph, data)
     return Prepared(scenario, ctx, plans, skipped, data)
+
+
+def check_target_run(scenario: Scenario, plans: list[Plan], checkpointing: bool) -> None:
+    """A target's metric must be one every plan measures, and a run to a target is not
+    checkpointed (its window and its clock would not survive a resume)."""
+    target = scenario.training.target
+    if target is None:
+        return
+    for plan in plans:
+        try:
+            check_target(target, plan, "training.target.metric")
+        except ScenarioError as e:
+            raise ExecutorError(str(e.with_file(scenario.file))) from None
+    if checkpointing:
+        raise ExecutorError(f"{scenario.file}: training.target: a run to a target is not "
+                            "checkpointed (its window of recent periods and its clock are not "
+                            "in a checkpoint); run it without --checkpoint and --resume")
 
 
 def check_samples(scenario: Scenario, graph, data: Dataset) -> None:  # noqa: ANN001
@@ -152,6 +176,7 @@ def execute(comm: MPI.Comm, prep: Prepared, backend: Any, timeout: float = 600.0
     run that goes on without it (Downpour) ends the job after that strategy: the strategies
     left are listed as skipped, and the ranks under ``lost_ranks``."""
     scenario, ctx, plans, data = prep.scenario, prep.ctx, prep.plans, prep.data
+    check_target_run(scenario, plans, checkpoints is not None)  # (alike on every rank)
     hosts = sorted(set(comm.allgather(MPI.Get_processor_name())))  # while every rank is alive
     waits = xcomm.choose_waits(comm)
     dog = Watchdog(comm, timeout, lost_after)
@@ -222,151 +247,3 @@ def _partial(result: dict[str, Any], plans: list[Plan], failure: str | None
     if failure:
         out["failure"] = failure
     return out
-
-
-def _period_batch(data: Dataset, period: int, total: int, part: tuple[int, int]
-                  ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
-    """This rank's samples of period ``period``'s global batch (deterministic, wrapping)."""
-    if part[1] == 0:
-        return None, None
-    return next(data.batches(total, start_step=period, steps=1, part=part))
-
-
-def _batches(data: Dataset, total: int, first: int, prog: Any) -> Iterator[tuple[Any, Any]]:
-    """This rank's inputs and labels of every period from ``first`` on (None where its program
-    reads none): the data position of a resumed run is its period."""
-    def part(p: tuple[int, int]) -> Iterator[tuple[Any, Any]]:
-        return data.batches(total, start_step=first, part=p) if p[1] else repeat((None, None))
-
-    xs = part(prog.inputs)
-    if tuple(prog.labels) == tuple(prog.inputs):
-        yield from xs
-        return
-    for (x, _), (_, y) in zip(xs, part(prog.labels)):
-        yield x, y
-
-
-def run_plan(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, data: Dataset,  # noqa: ANN001
-             backend: Any, dog: Watchdog, weights: dict[str, Any] | None = None,
-             checkpoints: Checkpoints | None = None) -> dict[str, Any]:
-    t = scenario.training
-    prog = plan.ranks[comm.Get_rank()]
-    if prog.role == "server":
-        return _serve(comm, plan, graph, scenario, dog, weights, checkpoints)
-    runner = RankRunner(comm, plan, graph, backend, scenario.seed, t.learning_rate, t.momentum)
-    total = plan.samples_per_period
-    iterations, warm = t.iterations, t.warmup_iterations
-    first = checkpoints.restore(plan, runner) if checkpoints is not None else 0
-    # resumed past the warm-up, the first period compiles and faults in the kernels afresh:
-    # its loss counts, its time does not (unless it is the last)
-    timed = warm if first < warm else min(first + 1, warm + iterations - 1)
-    times, phases, curve, timeline = [], [], [], None
-    wall0 = None
-    for period, (x, y) in zip(range(first, warm + iterations),
-                              _batches(data, total, first, prog)):
-        dog.tick(f"{plan.strategy}, period {period}")
-        maybe_fail(comm.Get_rank(), period, warm)
-        xcomm.barrier(comm)
-        start = MPI.Wtime()
-        timings, stats = runner.run_period(x, y)
-        xcomm.barrier(comm)
-        end = MPI.Wtime()
-        wall0 = start if wall0 is None and period >= warm else wall0
-        summed = comm.allreduce(np.array([stats["loss_sum"], stats["correct"],
-                                          stats["counted"]], dtype=np.float64))
-        if checkpoints is not None:
-            checkpoints.after_period(plan, period + 1, warm + iterations, runner)
-        if period < warm:
-            continue
-        curve.append((end - wall0, (period - warm + 1) * total,
-                      summed[0] / max(summed[2], 1), summed[1] / max(summed[2], 1)))
-        if period < timed:
-            continue
-        times.append(end - start)
-        phases.append(phases_of(timings, start, end))
-        if timeline is None:
-            timeline = [(prog.device, stream, name, s - start, e - s)
-                        for stream, name, s, e in timings.spans]
-    handed = None
-    if plan.mode == "batch" and comm.Get_rank() == 0:  # the coordinator's portion counts
-        handed = comm.recv(source=next(r.rank for r in plan.ranks if r.role == "server"),
-                           tag=TAG_HANDED)
-    whole = runner.whole_weights() if weights is not None else None
-    if whole is not None:
-        weights[plan.strategy] = whole
-    entry = _entry(comm, plan, times, phases, curve, timeline, backend)
-    if first and entry:
-        entry["resumed_at_period"] = first
-    if handed is not None:
-        entry["portions_per_worker"] = {plan.ranks[w].device: n for w, n in sorted(handed.items())}
-    return entry
-
-
-TAG_HANDED = 7109
-
-
-def group_communicators_of(server: ServerRunner) -> MPI.Comm | None:
-    return server.groups.get("servers")
-
-
-def _serve(comm: MPI.Comm, plan: Plan, graph, scenario: Scenario, dog: Watchdog,  # noqa: ANN001
-           weights: dict[str, Any] | None, checkpoints: Checkpoints | None) -> dict[str, Any]:
-    """A parameter-server rank: serve every period between the same barriers as the workers."""
-    t = scenario.training
-    server = ServerRunner(comm, plan, graph, scenario.seed, t.learning_rate, t.momentum)
-    servers = group_communicators_of(server)
-    periods = t.warmup_iterations + t.iterations
-    first = checkpoints.restore(plan, server) if checkpoints is not None else 0
-    for period in range(first, periods):
-        dog.tick(f"{plan.strategy}, serving period {period}")
-        if period == t.warmup_iterations:
-            server.handed.clear()  # portions of measured batches only
-        xcomm.barrier(comm)
-        if plan.mode == "batch":
-            server.serve_batch(plan.portions, server.shard == 0, servers,
-                               plan.options.get("history", 10))
-        else:
-            server.serve_period()
-        xcomm.barrier(comm)
-        comm.allreduce(np.zeros(3, dtype=np.float64))
-        if checkpoints is not None:
-            checkpoints.after_period(plan, period + 1, periods, server)
-    if plan.mode == "batch" and server.shard == 0:
-        comm.send(server.handed, dest=0, tag=TAG_HANDED)
-    if weights is not None:
-        comm.gather([], root=0)  # whole_weights: the workers hold the whole model
-    comm.gather(None, root=0)
-    return {}
-
-
-def _entry(comm: MPI.Comm, plan: Plan, times: list[float], phases: list[dict],
-           curve: list[tuple], timeline: list, backend: Any) -> dict[str, Any]:
-    """Gather every rank's figures on rank 0 and shape them like the simulator's entry."""
-    iteration = statistics.fmean(times)
-    mine = {k: statistics.fmean(p[k] for p in phases) for k in phases[0]}
-    per_rank = comm.gather((plan.ranks[comm.Get_rank()].device, mine, timeline, peak_rss()),
-                           root=0)
-    if comm.Get_rank() != 0:
-        return {}
-    per_rank = [p for p in per_rank if p is not None]  # parameter servers send None
-    breakdown = {k: statistics.fmean(m[k] for _, m, *_ in per_rank) for k in mine}
-    return {
-        "strategy": plan.strategy,
-        "scheme": plan.scheme,
-        "mode": "measured",
-        "backend": backend.name,
-        "devices": len(plan.workers()),
-        "samples_per_iteration": plan.samples_per_period,
-        "iteration_time_s": iteration / plan.period_steps,
-        "iteration_times_s": times,
-        "throughput_samples_per_s": plan.samples_per_period / iteration,
-        "breakdown_s": {k: v / plan.period_steps for k, v in breakdown.items()},
-        "utilisation_per_device": {d: m["compute"] / iteration for d, m, *_ in per_rank},
-        "fits": plan.fits,
-        "memory_bytes_per_device": {m.device: m.total for m in plan.memory},
-        "peak_rss_bytes_per_device": {d: rss for d, _, _, rss in per_rank},
-        "training": {"wall_time_s": [c[0] for c in curve], "samples": [c[1] for c in curve],
-                     "loss": [c[2] for c in curve], "accuracy": [c[3] for c in curve]},
-        "timeline": {"iteration": 0, "devices_shown": len(per_rank),
-                     "spans": [list(s) for _, _, spans, _ in per_rank for s in spans]},
-    }

@@ -13,6 +13,19 @@ failure, the samples it had pushed and the samples processed in all (the survivo
 lost worker's pushed ones). The job then exits 0. Losing rank 0 (it gathers the Result) or a
 server (it holds a shard of the only copy of the parameters) aborts the job. The launcher must
 leave the survivors running: ``mpiexec -disable-auto-cleanup`` (docs/reliability.md).
+
+Running to ``training.target``: after its warm-up periods each worker tells every server (tag
+WARM) and waits for its answer; a server answers once every live worker has finished its
+warm-up, having gone back to its initial parameters, optimizer state, version and records
+(``ServerRunner.serve_async``). The worker goes back to its own initial state too and runs its
+periods from the first batch, keeping a window of its own training metric over its last
+``ceil(window / its samples per period)`` periods (``executor/interpreter/target.py``). The
+first worker whose window reaches the target records the time since its restart and tells every
+other worker (tag STOP, point to point); a worker looks for that message at each period boundary
+and stops there. Steps to the target: all workers' mini-batch steps done when they stopped (a
+slight over-count of those done by the moment the target was reached: at most the period each
+other worker was in, plus the message's way), and those a lost worker had pushed. Every STOP is
+received before the run ends: rank 0 tells each worker which ones are still on their way to it.
 """
 
 from __future__ import annotations
@@ -24,15 +37,50 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from executor.interpreter.checkpoint import load_state, state_of
 from executor.interpreter.measure import peak_rss, phases_of
 from executor.interpreter.runner import RankRunner
+from executor.interpreter.target import Window, better, put, snapshot, target_block
 from executor.mpi import collectives as xcomm
 from executor.mpi.faults import maybe_fail
 from executor.mpi.watchdog import Watchdog, name_ranks
-from executor.ps.server import TAG_DONE, TAG_RESULT, ServerRunner, unflatten
+from executor.ps.server import TAG_DONE, TAG_RESULT, TAG_WARM, ServerRunner, unflatten
 from simulator.plan import Plan, PSPush
 
-TAG_BYE = 7106
+TAG_BYE, TAG_STOP = 7106, 7111
+
+
+class StopSignal:
+    """A worker's side of "the target is reached": tell the other workers, hear them, and
+    receive every such message before the run ends (none may be left for a later run)."""
+
+    def __init__(self, comm: MPI.Comm, workers: list[int]):
+        self.comm = comm
+        self.others = [w for w in workers if w != comm.Get_rank()]
+        self.sent_to: list[int] = []
+        self.got_from: list[int] = []
+        self._one = np.zeros(1, np.float32)  # every message's payload, kept while in flight
+        self._got = np.empty(1, np.float32)
+
+    def tell_others(self) -> None:
+        for w in self.others:  # fire and forget: a worker lost meanwhile never takes it
+            self.comm.Isend(self._one, w, TAG_STOP).Free()
+            self.sent_to.append(w)
+
+    def heard(self) -> bool:
+        """Whether another worker has said so (every message come so far is taken)."""
+        # named sources, not MPI.ANY_SOURCE (see executor/ps/server.py)
+        for w in self.others:
+            if self.comm.Iprobe(w, TAG_STOP):
+                self.comm.Recv(self._got, w, TAG_STOP)
+                self.got_from.append(w)
+        return bool(self.got_from)
+
+    def settle(self, owed: list[int]) -> None:
+        """Take the messages still on their way here (``owed``: their senders)."""
+        for w in owed:
+            xcomm.recv(self.comm, self._got, w, TAG_STOP)
+            self.got_from.append(w)
 
 
 def run_downpour(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend: Any,  # noqa: ANN001
@@ -44,27 +92,32 @@ def run_downpour(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend: Any
     xcomm.barrier(comm)  # everyone starts together (all alive here)
     dog.tolerate(r.rank for r in plan.workers() if r.rank != 0)
     timeout = dog.timeout
+    stop = None
     if prog.role == "server":
         server = ServerRunner(comm, plan, graph, scenario.seed, t.learning_rate, 0.0)
         dog.tick(f"{plan.strategy}, serving")
         dog.timeout = float("inf")  # a server idles while workers compute: no progress checks
-        server.serve_async(lambda: dog.lost)
+        server.serve_async(lambda: dog.lost,
+                           restart=t.target is not None and t.warmup_iterations > 0)
         figures = {"role": "server", "rank": rank, "staleness": server.staleness,
                    "updates": server.version, "busy_s": server.busy, "lost": server.lost,
                    "pushes": server.pushes, "shard": (server.lo, server.hi), "w": server.w,
                    "layout": server.layout}
     else:
-        figures = _work(comm, plan, graph, scenario, data, backend, dog, period_batch)
+        if t.target is not None:
+            stop = StopSignal(comm, [r.rank for r in plan.workers()])
+        figures = _work(comm, plan, graph, scenario, data, backend, dog, period_batch, stop)
     if rank != 0:  # done: waiting for the others is not a hang of this rank (rank 0 watches)
         dog.timeout = float("inf")
-    entry = _collect(comm, plan, figures, weights, dog)
+    entry = _collect(comm, plan, figures, weights, dog, stop, t)
     dog.timeout = timeout
     dog.tolerate(())
     return entry
 
 
 def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # noqa: ANN001
-          period_batch) -> dict[str, Any]:  # noqa: ANN001
+          period_batch, stop: StopSignal | None) -> dict[str, Any]:  # noqa: ANN001
+    """This worker's periods (to the target when ``stop`` is given) and its figures."""
     t = scenario.training
     rank = comm.Get_rank()
     prog = plan.ranks[rank]
@@ -72,13 +125,22 @@ def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # no
     times, phases, curve, start0 = [], [], [], MPI.Wtime()
     warm = t.warmup_iterations
     samples = 0
+    window = Window(t.target, prog.inputs[1]) if stop is not None else None
+    initial = snapshot(state_of(runner)) if window is not None and warm else None
+    reached = None
     for period in range(warm + t.iterations):
+        if period == warm:
+            if initial is not None:
+                _restart(comm, plan, runner, initial)
+            start0 = MPI.Wtime()
+        if window is not None and period >= warm and stop.heard():
+            break  # another worker reached the target
         dog.tick(f"{plan.strategy}, period {period}")
         maybe_fail(rank, period, warm)
-        if period == warm:
-            start0 = MPI.Wtime()
-        x, _ = period_batch(data, period, plan.samples_per_period, prog.inputs)
-        _, y = period_batch(data, period, plan.samples_per_period, prog.labels)
+        # to a target, the measured periods train from the first batch
+        position = period - warm if window is not None and period >= warm else period
+        x, _ = period_batch(data, position, plan.samples_per_period, prog.inputs)
+        _, y = period_batch(data, position, plan.samples_per_period, prog.labels)
         start = MPI.Wtime()
         timings, stats = runner.run_period(x, y)
         end = MPI.Wtime()
@@ -88,21 +150,50 @@ def _work(comm: MPI.Comm, plan: Plan, graph, scenario, data, backend, dog,  # no
             samples += prog.inputs[1]
             curve.append((end - start0, samples, stats["loss_sum"] / max(stats["counted"], 1),
                           stats["correct"] / max(stats["counted"], 1)))
+            if window is not None and window.add(stats["loss_sum"], stats["correct"],
+                                                 stats["counted"]):
+                reached = {"time_s": end - start0, "value": window.value}
+                stop.tell_others()
+                break
     for server in (r.rank for r in plan.ranks if r.role == "server"):
         xcomm.send(comm, np.zeros(1, np.float32), server, TAG_DONE)
     mean = {k: statistics.fmean(p[k] for p in phases) for k in phases[0]} if phases else {}
-    return {"role": "worker", "rank": rank, "device": prog.device, "times": times,
-            "phases": mean, "curve": curve, "samples": samples, "rss": peak_rss()}
+    figures = {"role": "worker", "rank": rank, "device": prog.device, "times": times,
+               "phases": mean, "curve": curve, "samples": samples, "rss": peak_rss()}
+    if stop is not None:
+        figures.update(periods=len(times), reached=reached, best=window.best,
+                       stop_sent_to=stop.sent_to, stop_got_from=stop.got_from)
+    return figures
+
+
+def _restart(comm: MPI.Comm, plan: Plan, runner: RankRunner, initial: dict) -> None:
+    """Warm-up over: tell every server, wait until each has gone back to its initial state
+    (once every live worker is there), and go back to this worker's own."""
+    servers = [r.rank for r in plan.ranks if r.role == "server"]
+    ping = np.zeros(1, np.float32)
+    for server in servers:
+        xcomm.send(comm, ping, server, TAG_WARM)
+    for server in servers:
+        xcomm.recv(comm, ping, server, TAG_WARM)
+    load_state(runner, initial, "the state before the warm-up")
+    for layer in runner.layers.values():  # no gradient of the warm-up left to push
+        layer.grads.clear()
+    runner._pushed.clear()
+    runner._push_packed = False
 
 
 def _collect(comm: MPI.Comm, plan: Plan, figures: dict[str, Any],
-             weights: dict[str, Any] | None, dog: Watchdog) -> dict[str, Any]:
+             weights: dict[str, Any] | None, dog: Watchdog,
+             stop: StopSignal | None = None, training: Any = None) -> dict[str, Any]:
     """Everyone's figures to rank 0 by point-to-point messages (a collective would wait for a
-    dead rank); rank 0 then tells the survivors which ranks were lost."""
+    dead rank); rank 0 then tells the survivors which ranks were lost (and each worker which
+    STOP messages are still on their way to it)."""
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank != 0:
         comm.send(figures, dest=0, tag=TAG_RESULT)
-        lost = comm.recv(source=0, tag=TAG_BYE)
+        lost, owed = comm.recv(source=0, tag=TAG_BYE)
+        if stop is not None:
+            stop.settle(owed)
         return {"lost_ranks": lost}
     got = {0: figures}
     seen: list[int] = []
@@ -118,16 +209,51 @@ def _collect(comm: MPI.Comm, plan: Plan, figures: dict[str, Any],
                     got[r] = figures_of_r
         time.sleep(0.001)
     lost = sorted(set(range(size)) - set(got))
+    owed = _owed(got)
     for r in got:
         if r != 0:
-            comm.send(lost, dest=r, tag=TAG_BYE)
+            comm.send((lost, owed.get(r, [])), dest=r, tag=TAG_BYE)
+    if stop is not None:
+        stop.settle(owed.get(0, []))
     entry = _entry(plan, got, lost)
+    if stop is not None:
+        put(entry, _target(plan, training, got, entry))
     if weights is not None:
         servers = [f for f in got.values() if f["role"] == "server"]
         if servers and len(servers) == len([r for r in plan.ranks if r.role == "server"]):
             flat = np.concatenate([f["w"] for f in sorted(servers, key=lambda f: f["shard"])])
             weights[plan.strategy] = unflatten(flat, servers[0]["layout"])
     return entry
+
+
+def _target(plan: Plan, training: Any, got: dict[int, dict], entry: dict[str, Any]
+            ) -> dict[str, Any]:
+    """The target block: reached when a worker's window reached it, in the time that worker
+    took since its restart; the steps are every worker's, as they stood when it stopped (a lost
+    worker's: those its pushes carried)."""
+    workers = [f for f in got.values() if f["role"] == "worker"]
+    steps = sum(f["periods"] for f in workers) * plan.period_steps
+    for failure in entry["failures"]:
+        per_step = plan.ranks[failure["rank"]].inputs[1] // plan.period_steps
+        steps += failure["samples_pushed"] // per_step if per_step else 0
+    reached = [f["reached"]["time_s"] for f in workers if f.get("reached")]
+    bests = [f["best"] for f in workers if f.get("best") is not None]
+    best = None
+    for b in bests:
+        best = b if best is None else better(training.target, best, b)
+    return target_block(
+        training.target, unit="step", steps=steps if reached else None,
+        time_s=min(reached) if reached else None, samples=entry["samples_processed"],
+        cap=training.iterations * plan.period_steps * len(plan.workers()),
+        cap_source=(f"training.iterations: {training.iterations} periods of "
+                    f"{plan.period_steps} step(s) per worker"), best=best)
+
+
+def _owed(got: dict[int, dict]) -> dict[int, list[int]]:
+    """Per worker, the workers whose STOP message to it it has not taken yet."""
+    workers = [f for f in got.values() if f["role"] == "worker"]
+    return {f["rank"]: [s["rank"] for s in workers if f["rank"] in s.get("stop_sent_to", ())
+                        and s["rank"] not in f.get("stop_got_from", ())] for f in workers}
 
 
 def _take(req: MPI.Request, peer: int, dog: Watchdog) -> Any:

@@ -12,7 +12,10 @@ sees its push applied. ``version`` counts the updates the shard has applied.
 * asynchronous (Downpour, Dean et al. 2012): serve messages in arrival order; apply each push at
   once (SGD, or Adagrad as DistBelief used), recording its staleness = updates applied since the
   pushing worker's fetch; stop when every worker has said it is done or is lost (the watchdog's
-  heartbeats say which: a lost worker does not stop Downpour);
+  heartbeats say which: a lost worker does not stop Downpour); running to a target, every
+  worker says when its warm-up periods are over (tag WARM), and once every live worker has, the
+  shard goes back to its initial parameters, optimizer state, version and records and answers
+  each of them (WARM): their target periods start from the initial model;
 * batch (Sandblaster): answer pulls, accumulate every pushed portion gradient; the first server
   is also the coordinator and hands out work portions (tag WORK) to whichever worker asks; once
   every worker has said its loop is over, the shards take one L-BFGS step together (Nocedal &
@@ -42,6 +45,7 @@ from simulator.plan import Plan
 
 TAG_PUSH, TAG_PULL, TAG_PARAM, TAG_DONE, TAG_RESULT = 7101, 7102, 7103, 7104, 7105
 TAG_WORK, TAG_PORTION = 7107, 7108
+TAG_WARM = 7110
 
 
 def flat_layout(graph: nx.DiGraph, order: list[str], seed: int
@@ -127,6 +131,15 @@ class ServerRunner:
         msg[1:] = self.w
         xcomm.send(self.comm, msg, worker, TAG_PARAM)
 
+    def forget(self) -> None:
+        """Drop the records of the work served so far (the parameters, velocity and version
+        go back with ``checkpoint.load_state``, or ``serve_async``'s restart)."""
+        self.staleness.clear()
+        self.busy = 0.0
+        self.pushes = {w: 0 for w in self.workers}
+        self.handed.clear()
+        self.prev, self.pairs = None, []
+
     # ---- synchronous ----------------------------------------------------------------------
     def serve_period(self) -> None:
         """Every worker's push, one update, then every worker's pull."""
@@ -145,15 +158,19 @@ class ServerRunner:
             self._reply(w)
 
     # ---- asynchronous (Downpour) ----------------------------------------------------------
-    def serve_async(self, lost: Callable[[], Collection[int]]) -> None:
+    def serve_async(self, lost: Callable[[], Collection[int]], restart: bool = False) -> None:
         """Serve until every worker has said it is done or is lost (``lost()``: the ranks the
         watchdog has counted out, see executor/mpi/watchdog.py). A message from or to a worker
         that is lost meanwhile is given up; ``lost`` then lists the workers that never said
-        done, and ``pushes`` counts every worker's pushes applied."""
+        done, and ``pushes`` counts every worker's pushes applied. With ``restart`` (a run to
+        a target after warm-up periods), once every live worker has said its warm-up is over,
+        go back to the initial state and answer them: the records are of what follows."""
         msg = np.empty(self.w.size + 1, np.float32)
         ping = np.empty(1, np.float32)
         done: set[int] = set()
         self.pushes = {w: 0 for w in self.workers}
+        initial = (self.w.copy(), self.v.copy()) if restart else None
+        warmed: set[int] = set()
         status = MPI.Status()
         turn = 0
         while True:
@@ -161,6 +178,9 @@ class ServerRunner:
             live = [w for w in self.workers if w not in done and w not in gone]
             if not live:
                 break
+            if initial is not None and warmed.issuperset(live):
+                self._restart(initial, live, lost)
+                initial = None
             # poll each worker in turn (named sources: see serve_period), fairly
             found = None
             for i in range(len(live)):
@@ -189,10 +209,24 @@ class ServerRunner:
             elif tag == TAG_DONE:
                 self.comm.Recv(ping, src, TAG_DONE)
                 done.add(src)
+            elif tag == TAG_WARM and initial is not None:
+                self.comm.Recv(ping, src, TAG_WARM)
+                warmed.add(src)
             else:
                 raise RuntimeError(f"parameter server {self.comm.Get_rank()}: unexpected tag "
                                    f"{tag} from rank {src}")
         self.lost = sorted(w for w in self.workers if w not in done)
+
+    def _restart(self, initial: tuple[np.ndarray, np.ndarray], workers: list[int],
+                 lost: Callable[[], Collection[int]]) -> None:
+        """The initial shard and optimizer state, version 0, no records; then the answer to
+        each waiting worker (one lost meanwhile is left)."""
+        self.w[...], self.v[...] = initial
+        self.version = 0
+        self.forget()
+        ping = np.zeros(1, np.float32)
+        for w in workers:
+            self._finish(self.comm.Isend(ping, w, TAG_WARM), w, lost)
 
     @staticmethod
     def _finish(req: MPI.Request, peer: int, lost: Callable[[], Collection[int]]) -> bool:
