@@ -80,6 +80,13 @@ class RankRunner(LayerOps, TensorExchange, ParameterServerClient, ZeroState):
         self.layers = self._my_layers(seed)
         self.groups = group_communicators(comm, plan)
         self.step_samples = plan.samples_per_period // plan.period_steps
+        # model averaging (data parallel with local_steps > 1): each replica steps on its own
+        # batch's mean gradient (the loss is normalised by the global step's samples: the rate
+        # is scaled by the replicas), and the exchange averages the parameters
+        self.replicas = len(plan.workers())
+        self.averaging = (plan.scheme == "data_parallel" and self.replicas > 1
+                          and (plan.options.get("local_steps") or 1) > 1
+                          and plan.options.get("exchange") != "ps")
         # predictions per sample: one class, or one next token per position of a sequence
         head = self.graph.nodes[self.order[-1]]["out_shape"]
         self.per_sample = int(np.prod(head[:-1])) if len(head) == 2 else 1
@@ -269,12 +276,16 @@ class RankRunner(LayerOps, TensorExchange, ParameterServerClient, ZeroState):
             return "communication"
         raise ExecutorError(f"the executor cannot run {op.kind!r} ops yet")
 
-    def _update(self) -> None:
-        for layer in self.layers.values():
+    def _update(self, names: list[str] | None = None) -> None:
+        """The optimizer step of every layer (``names``: of those) that holds gradients."""
+        lr = self.lr * self.replicas if self.averaging else self.lr
+        for name, layer in self.layers.items():
+            if names is not None and name not in names:
+                continue
             for key, w in layer.params.items():
                 g = layer.grads.get(key)
                 if g is not None:
-                    self.k.sgd_momentum(w, g, layer.velocity[key], self.lr, self.momentum)
+                    self.k.sgd_momentum(w, g, layer.velocity[key], lr, self.momentum)
             layer.grads.clear()
 
     # ---- host <-> device copies (GPU buffers go through host memory: MPI is not CUDA-aware) ----

@@ -87,6 +87,9 @@ class TensorExchange:
             else:
                 self._zero_gather(op)
             return
+        if kind == "wgrad" and self.averaging:
+            self._average_params(group, op)
+            return
         if kind == "wgrad":
             self._allreduce_grads(group, op)
             return
@@ -126,6 +129,30 @@ class TensorExchange:
                                                     labels, first, normaliser)
         self._count(loss, correct, labels)
         self.store[("dout", name, op.micro_batch)] = grad
+
+    def _average_params(self, group: MPI.Comm, op: Collective) -> None:
+        """Model averaging (``local_steps`` > 1): the replicas take their last local step, then
+        their parameters are summed by the plan's all-reduce and divided by their number: the
+        same bytes as the gradients' all-reduce, and every replica leaves with the mean model
+        (as a DBN's master averages; Stich 2019's local SGD). Momentum stays each replica's."""
+        names = [n for n in op.tensor.partition(":")[2].split(",") if n]
+        self._update(names)
+        parts = [(layer, key) for n in names if (layer := self.layers.get(n)) is not None
+                 for key in sorted(layer.params)]
+        hosts = [np.asarray(self._to_host(layer.params[key]), dtype=np.float32).ravel()
+                 for layer, key in parts]
+        flat = np.concatenate(hosts) if hosts else np.empty(0, np.float32)
+        xcomm.allreduce(group, flat, op.algorithm)
+        flat /= np.float32(group.Get_size())
+        at = 0
+        for (layer, key), h in zip(parts, hosts):
+            w = layer.params[key]
+            mean = flat[at:at + h.size].reshape(w.shape)
+            if isinstance(w, np.ndarray):
+                w[...] = mean  # in place: the kernels and the state keep this array
+            else:
+                layer.params[key] = self._to_device(np.ascontiguousarray(mean))
+            at += h.size
 
     def _allreduce_grads(self, group: MPI.Comm, op: Collective,
                          keys: tuple[str, ...] | None = None) -> None:
