@@ -25,7 +25,9 @@ time to target. Forms, each with its source (docs/time_to_accuracy.md derives th
   (arXiv:1808.07217) are in their leading term; the coefficient is fitted.
 
 What a step is: synchronous schemes, one optimizer step on the global batch (a local step under
-``local_steps``); Downpour, one worker's step on its batch (all workers' steps counted); DBN
+``local_steps``); Downpour, one worker's step on its batch (all workers' steps counted) at the
+rate ``lr x b / B`` (the executor normalises a worker's gradient by the global batch ``B`` of
+the period, so that the ``W`` workers' pushes of a period add up to one synchronous step); DBN
 pre-training, an epoch of the first RBM layer (the target is its reconstruction error). Each
 coefficient is a scenario value (``training.convergence``) or fitted by ``parasim
 calibrate-convergence`` into a profile; the fit measures several levels of the metric on the way
@@ -126,7 +128,10 @@ def setting_of(plan: Any, training: TrainingSpec, entry: dict[str, Any]) -> Sett
                        steps_per_unit=m, unit="epoch")
     per_step = plan.samples_per_period / plan.period_steps
     if plan.mode == "async":
-        return Setting(batch=per_step / workers, learning_rate=lr, workers=workers,
+        # a worker's gradient is normalised by the whole period's samples (its W workers'
+        # pushes add up to one synchronous step): each push steps by lr x b / (W b)
+        b = per_step / workers
+        return Setting(batch=b, learning_rate=lr * b / per_step, workers=workers,
                        staleness=float((entry.get("staleness") or {}).get("mean") or 0.0))
     return Setting(batch=per_step, learning_rate=lr, workers=workers,
                    local_steps=int(plan.options.get("local_steps", 1) or 1))

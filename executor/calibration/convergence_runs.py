@@ -224,10 +224,18 @@ def cmd_calibrate_convergence(args: Any) -> int:
     if len({p.scheme == "dbn_pretrain" for _, p in chosen}) > 1:
         raise UsageError(f"{path}: DBN pre-training counts epochs of its first layer, the other "
                          "schemes optimizer steps: calibrate them separately (--strategy)")
-    runs = [(b, p, lr, scenario.seed + k) for b, p in chosen for lr in rates
+    seen, unique = set(), []
+    # a strategy whose own option fixes its batch runs once, not once per --batch-size
+    for b, p in chosen:
+        key = (p.strategy, p.samples_per_period, p.options.get("batch_per_rank"))
+        if key not in seen:
+            seen.add(key)
+            unique.append((b, p))
+    runs = [(b, p, lr, scenario.seed + k) for b, p in unique for lr in rates
             for k in range(args.repeats)]
-    print(f"{scenario.name}: {len(runs)} run(s) to {target.describe()} "
-          f"(at most {scenario.training.iterations} periods each)")
+    cap = ("each within its strategy's epochs" if unique[0][1].scheme == "dbn_pretrain" else
+           f"at most {scenario.training.iterations} periods each")
+    print(f"{scenario.name}: {len(runs)} run(s) to {target.describe()} ({cap})")
     measured = []
     with tempfile.TemporaryDirectory(prefix="parasim-convergence-") as tmp:
         folder = Path(tmp)

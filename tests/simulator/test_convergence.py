@@ -124,14 +124,16 @@ def test_prediction_carries_steps_and_time_to_target(tmp_path: Path):
             e[name]["steps_to_target"] * e[name]["iteration_time_s"])
         assert e[name]["step_time_s"] == e[name]["iteration_time_s"]
     assert e["four-local4"]["steps_to_target"] == pytest.approx(sync * (1 + 0.05 * 3 * 0.75))
-    # Downpour: each worker steps on its share of the batch (21 of 64), at the engine's
+    # Downpour: each worker steps on its share of the batch (21 of 64) at the engine's
     # staleness
     d = e["downpour"]
     b = d["samples_per_iteration"] / 3
     stale = d["staleness"]["mean"]
     assert stale > 0
+    # each push steps by lr x b / (3 b): a third of the rate (the executor's normalisation)
+    xw = x / 3
     assert d["steps_to_target"] == pytest.approx(
-        50 / (2 * x - x * x * (1 + 32 / b)) * (1 + 0.2 * stale))
+        50 / (2 * xw - xw * xw * (1 + 32 / b)) * (1 + 0.2 * stale))
     assert d["time_to_target_s"] == pytest.approx(
         d["steps_to_target"] * b / d["throughput_samples_per_s"])
 
