@@ -55,14 +55,14 @@ def check_enough(obs: list[Observation]) -> None:
     if len(obs) < 3 or len(batches) < 2:
         raise FitError(f"the fit needs at least 3 runs at 2 or more batch sizes to separate "
                        f"steps_min from noise_batch; it has {len(obs)} run(s) at "
-                       f"{len(batches)} batch size(s): add strategies with other batches")
-    if not any(o.steps[-1] is not None for o in obs):
-        raise FitError("no run reached the target")
+                       f"{len(batches)} batch size(s): add strategies or --batch-size values")
 
 
 def fit(obs: list[Observation], values: list[float], source: str) -> Fit:
     """Coefficients for the levels ``values`` (the target last) from ``obs``."""
     check_enough(obs)
+    if not any(o.steps[-1] is not None for o in obs):
+        raise FitError("no run reached the target")
     rates = sorted({o.setting.learning_rate for o in obs})
     fit_lr = len(rates) > 1
     fit_stale = any(o.setting.staleness > 0 for o in obs)

@@ -30,7 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from executor.calibration.convergence_fit import FitError, Observation, fit, predicted
+from executor.calibration.convergence_fit import (
+    FitError,
+    Observation,
+    check_enough,
+    fit,
+    predicted,
+)
 from simulator.console import columns
 from simulator.convergence import Setting, setting_of
 from simulator.convergence_file import dump_convergence
@@ -233,6 +239,9 @@ def cmd_calibrate_convergence(args: Any) -> int:
             unique.append((b, p))
     runs = [(b, p, lr, scenario.seed + k) for b, p in unique for lr in rates
             for k in range(args.repeats)]
+    # too few or too alike runs are refused before any runs (the fit would refuse them after)
+    check_enough([Observation(setting_of(p, _at_batch(scenario, b, lr).training, {}), (None,))
+                  for b, p, lr, _ in runs])
     cap = ("each within its strategy's epochs" if unique[0][1].scheme == "dbn_pretrain" else
            f"at most {scenario.training.iterations} periods each")
     print(f"{scenario.name}: {len(runs)} run(s) to {target.describe()} ({cap})")
