@@ -4,8 +4,8 @@ Every rank loads the scenario with the profile in place of the cluster's device 
 (``simulator.scenario.with_profile``), builds the plans, and runs the strategies that fit the
 launched ranks; rank 0 simulates the same strategies and prints, per strategy, predicted and
 measured iteration time, throughput and per-phase breakdown with the relative error
-``(predicted - measured) / measured``. Both Results are returned for the caller to write (and
-to report side by side).
+``(predicted - measured) / measured``, and with ``training.target`` the steps and seconds to
+it. Both Results are returned for the caller to write (and to report side by side).
 """
 
 from __future__ import annotations
@@ -36,8 +36,33 @@ def compare(predicted: dict[str, Any], measured: dict[str, Any]) -> list[dict[st
             a, b = (p.get("breakdown_s") or {}).get(ph, 0.0), (m.get("breakdown_s") or {}).get(
                 ph, 0.0)
             row["phases"][ph] = (a, b)
+        if "target" in m or "target" in p:
+            row["target"] = (p.get("target") or {}, m.get("target") or {})
         rows.append(row)
     return rows
+
+
+def target_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per strategy run to a target: predicted and measured steps and time to it."""
+    from simulator.console import columns
+
+    out = [("strategy", "steps pred", "meas", "error", "s to target pred", "meas", "error")]
+    for r in rows:
+        if "target" not in r:
+            continue
+        p, m = r["target"]
+        cells = []
+        for key, fmt in (("steps", "{:,.1f}"), ("time_s", "{:.4g}")):
+            a, b = p.get(key), m.get(key)
+            cells += [fmt.format(a) if a is not None else "-",
+                      fmt.format(b) if b is not None else "not reached",
+                      f"{relative(a, b):+.1%}" if a is not None and b else "-"]
+        out.append((r["strategy"], *cells))
+    if len(out) == 1:
+        return []
+    return ["", "to target (" + ", ".join(sorted({
+        f"{r['target'][1].get('metric')} {r['target'][1].get('value')}" for r in rows
+        if 'target' in r})) + ")", *columns(out)]
 
 
 def relative(predicted: float, measured: float) -> float:
@@ -66,7 +91,8 @@ def format_comparison(rows: list[dict[str, Any]], title: str) -> str:
             cells.append(f"{a * 1e3:.2f} / {b * 1e3:.2f} {err:>5}")
         phases.append((r["strategy"], *cells))
     return "\n".join([title, "(iteration and phases in ms; error = (predicted - measured) / "
-                      "measured)", *columns(head + body), "", *columns(phases)])
+                      "measured)", *columns(head + body), "", *columns(phases),
+                      *target_lines(rows)])
 
 
 def predict_measured(scenario: Scenario, names: list[str]) -> dict[str, Any]:

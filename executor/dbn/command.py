@@ -101,6 +101,7 @@ def execute_dbn(comm: Any, prep: Prepared, backend: Any, timeout: float,
 def format_result(result: dict[str, Any], target: float | None = None) -> str:
     """One row per strategy; with ``target``, the time to that first-layer error."""
     from executor.dbn.finetune import summary
+    from simulator.console import target_line
 
     sc = result["scenario"]
     head = ["strategy", "ranks", "epochs", "final error per layer", "total s", "epoch ms",
@@ -122,6 +123,7 @@ def format_result(result: dict[str, Any], target: float | None = None) -> str:
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines += [summary(e) for e in result["results"] if "fine_tuning" in e["pretraining"]]
+    lines += [line for e in result["results"] if (line := target_line(e))]
     lines += [f"skipped {s}" for s in result.get("skipped", [])]
     return "\n".join(lines)
 
