@@ -1,7 +1,8 @@
 """README.md's commands, as a newcomer runs them: each install line in a fresh virtual
 environment (packages from the registry), then the commands of its block, in a copy of the
 checkout (what they write does not land in the tree). The set-up pair with the core install; the
-executor block and the calibrate/validate block (on the tiny grid) with the executor's extras.
+executor block, the calibrate/validate block (on the tiny grid) and the time-to-accuracy block
+with the executor's extras.
 Benchmarks are left out (they take minutes and print figures, ``benchmarks/``)."""
 
 from __future__ import annotations
@@ -88,9 +89,13 @@ def test_the_executor_and_calibration_blocks_work_with_their_install_line(tmp_pa
     # busy (the suite must pass beside other work: refusing a busy machine is calibrate's own
     # test, tests/executor/test_calibrate.py)
     calibrate[0] += " --grid tiny --accept-noisy"
+    to_target = [c for c in block("## Time to accuracy") if not c.startswith("python benchmarks/")]
     where, env_dir = fresh(tmp_path)
-    out = play(executor + calibrate, where, env_dir)
+    out = play(executor + calibrate + to_target, where, env_dir)
     assert "dp-ring" in out[executor[1]]
     for name in ("measured.json", "predicted.json", "report.html", "profile.yaml",
-                 "validation.html"):
+                 "validation.html", "to_target.json", "digits_convergence.yaml"):
         assert (where / name).stat().st_size > 0, name
+    # the sweep line README quotes
+    assert "dbn: fastest to target at 8 devices (0.0469 s); at 40 devices each step is " \
+        "2.79x faster but it needs 4.25x the steps" in out[to_target[1]]
