@@ -116,9 +116,10 @@ def parse_convergence(data: Any, file: str) -> tuple[ConvergenceSpec, str, dict[
                        lv.get("noise_batch", number(positive=False, minimum=0.0))))
         lv.done(("value", "steps_min", "noise_batch"))
     values = [v for v, *_ in levels]
-    if sorted(values) != values and sorted(values, reverse=True) != values:
-        raise f.error("levels", "must be in the order a run passes them (monotonic values)",
-                      value=values)
+    rising = metric == "accuracy"
+    if any((b <= a) if rising else (b >= a) for a, b in zip(values, values[1:])):
+        raise f.error("levels", "must be in the order a run passes them ("
+                      f"{'rising' if rising else 'falling'} {metric})", value=values)
     f.done(("metric", "lr_max", "staleness_penalty", "averaging_penalty", "levels",
             "scenario", "model", "data", "target", "fit", "settings"))
     top.done(("convergence",))

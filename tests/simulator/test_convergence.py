@@ -4,6 +4,7 @@ coefficients, and what a prediction with a target carries."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,37 @@ def test_bad_targets_name_the_field(training: str, message: str):
     text = SCENARIO.replace("target: {metric: loss, value: 0.3}, CONVERGENCE", training)
     with pytest.raises(ScenarioError, match=message.replace(".", r"\.")):
         parse_scenario(__import__("yaml").safe_load(text), "s.yaml")
+
+
+PROFILE = """\
+convergence:
+  metric: METRIC
+  lr_max: 0.5
+  levels:
+    - {value: 1.0, steps_min: 10, noise_batch: 5}
+    - {value: VALUE, steps_min: 40, noise_batch: 20}
+"""
+
+
+@pytest.mark.parametrize("metric, value, message", [
+    ("loss", "0.3", None),
+    ("accuracy", "0.3", "its coefficients are for accuracy; the target is loss"),
+    ("loss", "2.0", "must be in the order a run passes them"),
+    ("loss", "[1]", "convergence.levels[1].value"),
+])
+def test_a_convergence_profile_is_checked(tmp_path: Path, metric, value, message):
+    (tmp_path / "fit.yaml").write_text(PROFILE.replace("METRIC", metric).replace("VALUE", value))
+    text = SCENARIO.replace("CONVERGENCE", "convergence: {profile: fit.yaml}")
+    if message is None:
+        sc = load_scenario(write(tmp_path, text))
+        assert sc.training.convergence.levels[-1] == (0.3, 40.0, 20.0)
+        assert sc.training.convergence.lr_max == 0.5
+        return
+    with pytest.raises(ScenarioError, match=re.escape(message)):
+        load_scenario(write(tmp_path, text))
+
+
+def test_a_missing_profile_names_the_field(tmp_path: Path):
+    text = SCENARIO.replace("CONVERGENCE", "convergence: {profile: nowhere.yaml}")
+    with pytest.raises(ScenarioError, match="no such convergence profile"):
+        load_scenario(write(tmp_path, text))
