@@ -178,19 +178,21 @@ convergence:
   metric: METRIC
   lr_max: 0.5
   levels:
-    - {value: 1.0, steps_min: 10, noise_batch: 5}
+    - {value: FIRST, steps_min: 10, noise_batch: 5}
     - {value: VALUE, steps_min: 40, noise_batch: 20}
 """
 
 
-@pytest.mark.parametrize("metric, value, message", [
-    ("loss", "0.3", None),
-    ("accuracy", "0.3", "its coefficients are for accuracy; the target is loss"),
-    ("loss", "2.0", "must be in the order a run passes them"),
-    ("loss", "[1]", "convergence.levels[1].value"),
+@pytest.mark.parametrize("metric, first, value, message", [
+    ("loss", "1.0", "0.3", None),
+    ("accuracy", "0.1", "0.3", "its coefficients are for accuracy; the target is loss"),
+    ("loss", "1.0", "2.0", "must be in the order a run passes them (falling loss)"),
+    ("accuracy", "0.5", "0.3", "must be in the order a run passes them (rising accuracy)"),
+    ("loss", "1.0", "[1]", "convergence.levels[1].value"),
 ])
-def test_a_convergence_profile_is_checked(tmp_path: Path, metric, value, message):
-    (tmp_path / "fit.yaml").write_text(PROFILE.replace("METRIC", metric).replace("VALUE", value))
+def test_a_convergence_profile_is_checked(tmp_path: Path, metric, first, value, message):
+    (tmp_path / "fit.yaml").write_text(PROFILE.replace("METRIC", metric).replace(
+        "FIRST", first).replace("VALUE", value))
     text = SCENARIO.replace("CONVERGENCE", "convergence: {profile: fit.yaml}")
     if message is None:
         sc = load_scenario(write(tmp_path, text))
