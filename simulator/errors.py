@@ -24,6 +24,15 @@ def shown(value: object) -> str:
     return text
 
 
+def printable(text: str) -> str:
+    """``text`` as it is when every character prints, else with the others escaped (a key
+    ``"\\n"`` in a field path must not break the one-line message)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def one_line(text: str) -> str:
     """A message on one line (YAML's and the OS's messages may have several)."""
     return " ".join(text.split())
@@ -70,11 +79,11 @@ class ScenarioError(UserError):
         return self if self.line is not None or line is None else self._copy(line=line)
 
     def __str__(self) -> str:
-        where = self.file or "<scenario>"
+        where = printable(self.file or "<scenario>")
         if self.line is not None:
             where += f":{self.line}"
-        if self.path:
-            where += f": {self.path}"
+        if self.path:  # a key may hold a newline or a control character: shown escaped
+            where += f": {printable(self.path)}"
         text = f"{where}: {one_line(self.message)}"
         if self.has_value:
             text += f" (got {shown(self.value)})"

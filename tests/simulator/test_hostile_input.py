@@ -223,3 +223,10 @@ def test_building_a_plan_past_the_operation_limit_names_the_strategy(tmp_path, m
     with pytest.raises(LimitError, match=r"strategy 'dp': a rank's program passes 3 "):
         build_plan(context(scenario), scenario.strategies[0])
 
+
+
+def test_a_key_with_a_newline_stays_on_one_line():
+    from simulator.errors import ScenarioError
+
+    text = str(ScenarioError("unknown parameter", path="model.params.\n", file="a\tb.yaml"))
+    assert text == "a\\tb.yaml: model.params.\\n: unknown parameter"
