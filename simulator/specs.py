@@ -27,6 +27,10 @@ class DeviceSpec:
     # kernel of a kind with a curve takes FLOPs / (peak x efficiency at its FLOPs), which
     # replaces the roofline for that kind (the curve has the caches and the memory in it)
     kernels: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    # bytes of cache a working set stays in from one step to the next, as calibration
+    # measured it (``cache_MiB``; 0: unknown); a rank whose working set fits half its share
+    # of it takes the profile's ``hot:`` curves (``simulator.engine.hardware.runs_hot``)
+    cache: float = 0.0
 
 
 @dataclass(frozen=True)

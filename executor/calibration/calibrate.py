@@ -3,10 +3,15 @@
 Run under ``mpiexec`` with at least two ranks. Measured, in this order:
 
 * kernels (rank 0, the other ranks waiting without polling): every executor kernel over a grid
-  of shapes (``executor/calibration/kernels.py``), giving efficiency curves against FLOPs; the
+  of shapes (``executor/calibration/kernels.py``), giving efficiency curves against FLOPs, cold
+  (the last-level cache spilled before each call) and hot (``hot:`` curves, back to back); the
   executor's own per-op cost (dependencies, timing, bookkeeping) as the launch overhead, from a
   real one-rank period of a model whose kernels are nearly free;
 * memory bandwidth of one rank (a streaming add, 3 bytes moved per byte summed);
+* the cache a step's data stay in (``cache_MiB``): passes over buffers up to the last-level
+  cache's size, timed back to back, the largest still faster than memory by far
+  (``kernels.cache_sweep``); a rank whose working set fits half its share of it takes the hot
+  curves (``simulator/engine/hardware.py``);
 * host-device copy bandwidth, on a GPU backend;
 * core sharing: the cores each node gives this job, ranks per node, the slowdown of a kernel
   while the node's other ranks run the same kernel (``co_run``), and, when ranks outnumber
@@ -67,6 +72,8 @@ from executor.calibration.comm import (
 )
 from executor.calibration.kernels import (
     GRIDS,
+    HOT,
+    cache_sweep,
     checked,
     measure_kernels,
     runner_overhead,
@@ -141,16 +148,17 @@ class Calibration(CommCalibration, SharingCalibration):
         quiet_barrier(self.comm)
         return self.comm.bcast(value, root=0)
 
-    def memory_bandwidth(self) -> float:
-        value = 0.0
+    def memory(self) -> tuple[float, dict[str, Any]]:
+        """Rank 0's memory bandwidth, and the cache its data stay in (``cache_sweep``)."""
+        value, cache = 0.0, {}
         if self.rank == 0:
             n = 1 << 24
             a, b = np.ones(n, F32), np.ones(n, F32)
             t = checked(self.repeats, "memory bandwidth: a streaming add", lambda: timed_samples(
                 lambda: np.add(a, b, out=a), lambda: None, 5, 0.05))
-            value = 3 * 4 * n / t
+            value, cache = 3 * 4 * n / t, cache_sweep(self.repeats, GRIDS[self.grid])
         quiet_barrier(self.comm)
-        return self.comm.bcast(value, root=0)
+        return self.comm.bcast((value, cache), root=0)
 
     def copies(self) -> dict[str, Any] | None:
         """Host-to-device and device-to-host bandwidth (GPU backends only)."""
@@ -211,13 +219,16 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
     began = cal.probe.mark()
     step("kernel efficiency curves, per kind and per layer shape")
     curves = cal.kernels()
-    kinds = [k for k in curves if "@" not in k]
+    cold = [k for k in curves if not k.startswith(HOT)]
+    kinds = [k for k in cold if "@" not in k]
     cal.say(f"  kernels: {sum(len(curves[k]) for k in kinds)} points over {len(kinds)} kinds "
-            f"and {len(curves) - len(kinds)} layer shapes")
+            f"and {len(cold) - len(kinds)} layer shapes, each timed cold and hot")
     step("launch overhead")
     launch = cal.launch_overhead()
-    step("memory bandwidth")
-    membw = cal.memory_bandwidth()
+    step("memory bandwidth, and the cache a step's data stay in")
+    membw, cache = cal.memory()
+    cal.say(f"  cache: {cache['effective_MiB']:g} MiB of the {cache['last_level_MiB']:g} MiB "
+            "last-level cache keeps a working set from one pass to the next")
     step("host-device copies")
     copies = cal.copies()
     step("core sharing: ranks computing side by side, and beside waiting ranks")
@@ -251,9 +262,11 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
     machine_load["after"] = cal.probe.idle(LOAD_WINDOW_S[grid], LOAD_TRIES, LOAD_DOUBT)
     if comm.Get_rank() != 0:
         return Outcome()
+    # the fastest rate measured, hot or cold (no hot point is clipped); efficiencies kept to 5
+    # significant figures: a cold small kernel runs at 1e-5 of the peak and less
     peak = max(f / t for points in curves.values() for f, t in points)
     kernels = {key: {"flops": [float(f) for f, _ in pts],
-                     "efficiency": [round(min(1.0, f / t / peak), 5) for f, t in pts]}
+                     "efficiency": [float(f"{min(1.0, f / t / peak):.5g}") for f, t in pts]}
                for key, pts in sorted(curves.items())}
     intra = links.get("intra") or links.get("inter")
     loads = sorted({r["ranks_per_core"] for r in rows if r["ranks_per_core"] > 1})
@@ -285,6 +298,9 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
         "blocks_per_sm": 1,
         "comm_sms": 0,
         "kernels": kernels,
+        # the cache a working set stays in; measured on the host, so a GPU's own is not
+        # known (0: the simulator keeps the cold curves)
+        "cache_MiB": cache["effective_MiB"] if backend.name != "cuda" else 0.0,
         "source": f"{where} ({backend.name} backend): peak is the fastest kernel rate "
                   "measured; efficiencies per kernel kind against it",
     }
@@ -298,7 +314,8 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
                       "message, bandwidth fitted over large messages; the eager limit: the "
                       "largest blocking send that returned before its receiver was there"}
     measured = {"kernels_s": {k: [[f, t] for f, t in v] for k, v in sorted(curves.items())},
-                "memory_bandwidth_GBps": membw / 1e9, "launch_overhead_s": launch,
+                "memory_bandwidth_GBps": membw / 1e9, "cache": cache,
+                "launch_overhead_s": launch,
                 "core_sharing": sharing, "wakeup": wakeup, "message_wakeup": message_wakeup,
                 "migration": migration, "spread": spread, "p2p": links,
                 "allreduce": rows}
@@ -348,14 +365,21 @@ def summary(device: dict, links: dict, rows: list[dict], sharing: dict, cal: Cal
     out = [f"  peak {device['peak_TFLOPS']['fp32'] * 1e3:.1f} GFLOP/s per rank, launch "
            f"overhead {device['launch_overhead_us']:.1f} us, memory "
            f"{device['memory_bandwidth_GBps']:.1f} GB/s"]
-    shaped = sum("@" in key for key in device["kernels"])
-    out.append(f"  kernel curves: {len(device['kernels']) - shaped} kinds, {shaped} layer shapes")
-    for key, c in device["kernels"].items():
+    curves = device["kernels"]
+    cold = [key for key in curves if not key.startswith(HOT)]
+    shaped = sum("@" in key for key in cold)
+    out.append(f"  kernel curves: {len(cold) - shaped} kinds, {shaped} layer shapes, cold and "
+               f"hot (hot where a rank's working set fits half its share of "
+               f"{device['cache_MiB']:g} MiB)")
+    for key in cold:
         if "@" in key:
             continue
-        e = c["efficiency"]
-        out.append(f"  {key:<18} efficiency {min(e):.3f} .. {max(e):.3f} over "
-                   f"{c['flops'][0]:.3g} .. {c['flops'][-1]:.3g} FLOPs")
+        e, hot = curves[key]["efficiency"], curves.get(HOT + key, {}).get("efficiency")
+        speedup = (f", hot {statistics.median(h / c for h, c in zip(hot, e)):.2f}x faster "
+                   "(median)" if hot else "")
+        out.append(f"  {key:<18} efficiency {min(e):.3g} .. {max(e):.3g} over "
+                   f"{curves[key]['flops'][0]:.3g} .. {curves[key]['flops'][-1]:.3g} FLOPs"
+                   f"{speedup}")
     for n, lk in links.items():
         out.append(f"  {n}: latency {lk['latency_us']:.2f} us, bandwidth "
                    f"{lk['bandwidth_GBps']:.2f} GB/s, eager limit {lk['eager_limit_KiB']:g} KiB")

@@ -11,16 +11,27 @@ over every shape of the kind, and ``kind.phase@shape`` over the batches of one l
 (``kernel_shape``: the simulator prices a layer of a measured shape from its own curve, others
 from the kind's); ``calibrate`` turns seconds into efficiencies against the fastest rate
 measured (the profile's peak).
+
+Every point is timed twice: cold, with the last-level cache spilled before each call (a step
+whose weights, gradients and activations do not fit the cache), and hot, back to back after
+the warm-up (a step whose whole working set stays in the cache: a small model's kernels find
+their data there). The hot curves are filed under the same names prefixed ``hot:``
+(``hot:act_relu.fwd``, ``hot:dense.fwd@64>128``); the simulator chooses between the two by
+the rank's working set against half its share of the cache (``simulator/engine/hardware.py``).
+Hot timing writes no spill buffer, and a kernel long enough that the cache's refill is a small
+part of it is filed at its cold time untimed: the hot timings add about a tenth to a fifth of
+the kernel step's time.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +40,7 @@ import numpy as np
 from executor.calibration.checks import Repeats
 from executor.interpreter.forward import Forward
 from executor.interpreter.model import Layer, init_weights
+from simulator.catalogue import HOT
 from simulator.model import build_custom
 from simulator.strategies.common import kernel_kind, kernel_shape
 
@@ -42,6 +54,7 @@ CONV = [((1, 28, 28), 6, 5, 2), ((1, 32, 32), 6, 5, 0), ((6, 14, 14), 16, 5, 0),
 POOL = [(6, 28), (16, 10), (32, 16), (64, 16)]
 ELEMENTS = [256, 4096, 65536, 262144]
 RBM = [(784, 500), (500, 500), (500, 2000), (256, 256)]
+HOT_UNTIMED = 10  # a kernel this many times the cache's refill cold is not timed hot
 GRIDS: dict[str, dict[str, Any]] = {
     "tiny": {"batches": (16, 64), "take": 2, "repeats": 3, "min_s": 0.005},
     "small": {"batches": (32, 64, 128, 256), "take": 5, "repeats": 5, "min_s": 0.03},
@@ -79,6 +92,41 @@ def spill_buffer() -> np.ndarray:
     """A buffer twice the last-level cache (64 MiB when the system does not say, at most
     512 MiB): writing it leaves other data out of every cache."""
     return np.zeros(int(min(512 << 20, max(64 << 20, 2 * last_level_cache()))) // 4, F32)
+
+
+def cache_sweep(repeats: Repeats | None, grid: dict[str, Any]) -> dict[str, Any]:
+    """How much data stays in this core's caches from one pass over it to the next: an
+    in-place add over buffers of 1, 1.5, 2, 3, 4, 6, ... MiB up to the last-level cache's size,
+    each timed back to back, against the same add over the spill buffer (twice the cache: from
+    memory). ``effective_MiB`` is the largest buffer below the first one to run slower than
+    the geometric mean of the fastest rate and the memory's: the working set a training step
+    can cycle through and find in the cache (0 when the cache size is unknown). A step touches
+    its weights, gradients and activations once each, in turn, like these passes; what keeps
+    data is less than the cache's nominal size where the replacement policy is not LRU, and
+    where the cache is shared with cores the job does not own (a virtual machine: 8-12 MiB of this
+    project's 2-core test machine's 32 MiB, as busy as its other tenants make it)."""
+    llc = last_level_cache()
+    if not llc:
+        return {"last_level_MiB": 0.0, "effective_MiB": 0.0, "sweep": []}
+
+    def rate(name: str, buf: np.ndarray) -> float:
+        t = checked(repeats, name, lambda: timed_samples(
+            lambda: np.add(buf, 1.0, out=buf), lambda: None, grid["repeats"], grid["min_s"] / 4))
+        return 2 * buf.nbytes / t  # read and write
+
+    sizes = [m for e in range(16) for m in (2.0**e, 1.5 * 2.0**e) if m * 2**20 <= llc]
+    sweep = [(m, rate(f"cache sweep: {m:g} MiB", np.ones(int(m * 2**20) // 4, F32)))
+             for m in sizes]
+    memory = rate("cache sweep: the spill buffer", spill_buffer())
+    bound = (max(r for _, r in sweep) * memory) ** 0.5 if sweep else math.inf
+    effective = 0.0
+    for m, r in sweep:
+        if r < bound:
+            break
+        effective = m
+    return {"last_level_MiB": llc / 2**20, "effective_MiB": effective,
+            "memory_GBps": memory / 1e9, "bound_GBps": bound / 1e9,
+            "sweep": [[m, r / 1e9] for m, r in sweep]}
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: float,
@@ -149,20 +197,55 @@ def _cases(grid: dict[str, Any]) -> list[tuple[list[dict], list[int]]]:
 
 
 class KernelTimer:
-    """Times the layers of one case graph on ``backend`` at one batch size."""
+    """Times the layers of one case graph on ``backend`` at one batch size: each point with
+    the caches spilled before every call (``evict``), and with ``hot`` also back to back,
+    filed under ``hot:`` names."""
 
     def __init__(self, backend: Any, grid: dict[str, Any], seed: int = 0, evict: bool = True,
-                 repeats: Repeats | None = None):
+                 repeats: Repeats | None = None, hot: bool = False):
         self.k = backend
         self.fwd = Forward(backend)
         self.grid = grid
         self.rng = np.random.default_rng(seed)
         self.evict = evict
         self.repeats = repeats
+        self.hot = hot
 
-    def _time(self, name: str, fn: Callable[[], Any]) -> float:
-        return checked(self.repeats, name, lambda: timed_samples(
-            fn, self.k.synchronize, self.grid["repeats"], self.grid["min_s"], evict=self.evict))
+    @cached_property
+    def refill_s(self) -> float:
+        """About the seconds filling the last-level cache from memory takes: half a pass over
+        the spill buffer (twice the cache)."""
+        spill = spill_buffer()
+        return timed(lambda: np.add(spill, 1.0, out=spill), lambda: None, 3, 0.0) / 2
+
+    def _time(self, name: str, fn: Callable[[], Any]) -> tuple[float, float | None]:
+        """(seconds as ``evict`` says, seconds hot or None): the hot timing takes the grid's
+        repeats, and a quarter of its least time since no spill buffer is written between
+        calls (its calls are as many as the cold timing's or more). A kernel that takes
+        ``HOT_UNTIMED`` times the cache's refill or more cold is not timed hot: hot, it saves
+        at most that refill (the data it finds in the cache), a tenth of its time at most,
+        and it is filed at its cold time (the grid's largest kernels: on the 2-core test
+        machine the hot timings added 20-40 s to the small grid's 50-60 s of cold ones, 5-12 s
+        without these)."""
+        g = self.grid
+        t = checked(self.repeats, name, lambda: timed_samples(
+            fn, self.k.synchronize, g["repeats"], g["min_s"], evict=self.evict))
+        if not self.hot:
+            return t, None
+        if t >= HOT_UNTIMED * self.refill_s:
+            return t, t
+        return t, checked(self.repeats, f"{HOT}{name}", lambda: timed_samples(
+            fn, self.k.synchronize, g["repeats"], g["min_s"] / 4))
+
+    @staticmethod
+    def _file(out: dict[str, list[tuple[float, float]]], keys: tuple[str, ...], flops: float,
+              times: tuple[float, float | None]) -> None:
+        """A point under each of ``keys``, and its hot time under their ``hot:`` names."""
+        cold, hot = times
+        for key in keys:
+            out[key].append((flops, cold))
+            if hot is not None:
+                out[HOT + key].append((flops, hot))
 
     def case(self, layers: list[dict], shape: list[int], batch: int,
              out: dict[str, list[tuple[float, float]]]) -> None:
@@ -189,28 +272,24 @@ class KernelTimer:
                                lambda layer=layer, x=x: self.fwd.forward(layer, x))
                 dy = k.to_device(self.rng.standard_normal((batch, *node["out_shape"]))
                                  .astype(F32))
-            point = (node["fwd_flops"] * batch, t)
-            out[f"{key}.fwd"].append(point)
-            out[f"{key}.fwd@{shape}"].append(point)
+            self._file(out, (f"{key}.fwd", f"{key}.fwd@{shape}"), node["fwd_flops"] * batch, t)
 
             def backward(layer=layer, dy=dy, saved=saved, y=y) -> Any:  # noqa: ANN001
                 layer.grads.clear()
                 return self.fwd.backward(layer, dy, saved, y)
 
-            point = (node["bwd_flops"] * batch,
-                     self._time(f"{key}.bwd@{shape} batch {batch}", backward))
-            out[f"{key}.bwd"].append(point)
-            out[f"{key}.bwd@{shape}"].append(point)
+            self._file(out, (f"{key}.bwd", f"{key}.bwd@{shape}"), node["bwd_flops"] * batch,
+                       self._time(f"{key}.bwd@{shape} batch {batch}", backward))
             if kind == "rbm":
-                out["rbm.cd1"].append((node["cd1_flops"] * batch,
-                                       self._cd1(f"rbm.cd1@{shape} batch {batch}", layer, x)))
+                self._file(out, ("rbm.cd1",), node["cd1_flops"] * batch,
+                           self._cd1(f"rbm.cd1@{shape} batch {batch}", layer, x))
             if layer.params:
                 n = sum(int(np.prod(v.shape)) for v in whole[name].values())
-                out["update"].append((4.0 * n, self._update(f"update@{shape} batch {batch}",
-                                                             layer)))
+                self._file(out, ("update",), 4.0 * n,
+                           self._update(f"update@{shape} batch {batch}", layer))
             x = y
 
-    def _cd1(self, name: str, layer: Layer, x: Any) -> float:
+    def _cd1(self, name: str, layer: Layer, x: Any) -> tuple[float, float | None]:
         """One CD-1 step as ``executor/dbn/pretrain.py`` times it: uniforms, ``rbm_cd1``, local
         update."""
         k, p = self.k, layer.params
@@ -228,7 +307,7 @@ class KernelTimer:
 
         return self._time(name, step)
 
-    def _update(self, name: str, layer: Layer) -> float:
+    def _update(self, name: str, layer: Layer) -> tuple[float, float | None]:
         k = self.k
         grads = {key: k.zeros(v.shape) for key, v in layer.params.items()}
         vel = {key: k.zeros(v.shape) for key, v in layer.params.items()}
@@ -243,10 +322,11 @@ class KernelTimer:
 def measure_kernels(backend: Any, grid_name: str, repeats: Repeats | None = None
                     ) -> dict[str, list[tuple[float, float]]]:
     """``kind.phase -> [(FLOPs, seconds), ...]`` sorted by FLOPs, equal FLOPs merged (the
-    median time), zero-FLOP layers (flatten) left out: they cost the launch overhead only.
+    median time), zero-FLOP layers (flatten) left out: they cost the launch overhead only;
+    every curve timed cold, and hot under its ``hot:`` name (the same points).
     ``repeats``: check each timing's spread and keep the record."""
     grid = GRIDS[grid_name]
-    timer = KernelTimer(backend, grid, repeats=repeats)
+    timer = KernelTimer(backend, grid, repeats=repeats, hot=True)
     raw: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for layers, shape in _cases(grid):
         for batch in grid["batches"]:

@@ -24,7 +24,8 @@ from simulator.yaml_input import load_yaml
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8")
 DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",
                "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
-               "comm_sms", "kernels", "source")
+               "comm_sms", "kernels", "cache_MiB", "source")
+HOT = "hot:"  # a kernel curve's name prefix: the kernel timed with hot caches
 LINK_KEYS = ("scope", "bandwidth_GBps", "latency_us", "efficiency", "source", "eager_limit_KiB")
 
 
@@ -57,6 +58,8 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
         comm_sms=get("comm_sms", integer(0), "comm_sms"),
         kernels=(read_kernel_curves(f.sub("kernels")) if f.has("kernels")
                  else dict(base.kernels) if base else {}),
+        cache=f.get("cache_MiB", number(positive=False, minimum=0.0),
+                    base.cache if base else 0.0),
         source=get("source", string, "source") if base is None else f.get("source", string,
                                                                          base.source),
     )
@@ -68,7 +71,8 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
 
 def read_kernel_curves(f: Fields) -> dict[str, tuple[tuple[float, float], ...]]:
     """``kernels``: per kernel kind (``dense.fwd``, ``conv.bwd``, ``update``, ...) a measured
-    efficiency curve, ``{flops: [...], efficiency: [...]}`` with FLOPs strictly increasing."""
+    efficiency curve, ``{flops: [...], efficiency: [...]}`` with FLOPs strictly increasing; a
+    name prefixed ``hot:`` is the same kernel timed with hot caches (``cache_MiB``)."""
     out = {}
     for name in list(f.data):
         if not isinstance(name, str) or not name:

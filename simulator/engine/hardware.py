@@ -8,6 +8,10 @@ Device (a GPU as an array of SMs, or one CPU core as one 'SM'):
   last, partial wave wastes SMs (wave efficiency = B / (waves x s x k)). While a communication
   kernel runs (NCCL-style, ``comm_sms`` of the device entry), compute kernels that start get the
   remaining SMs. Ignored: caches, tensor-core shape constraints, clock boost and throttling.
+  With a calibration profile, a kernel of a kind the profile measured takes its measured curve
+  instead (launch overhead x kernels + FLOPs / (peak x efficiency at those FLOPs)), the hot one
+  (``hot:`` names: timed back to back) on a device that runs hot, else the cold one (the cache
+  spilled before each call): see ``runs_hot``.
 
 ParameterServer shard: a host with its own NIC (a topology element, so NIC contention is the
 network's). Applying a push is memory-bound on the host and serialised per shard (a SimPy
@@ -27,16 +31,22 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
+from simulator.catalogue import HOT
 from simulator.plan import Compute, Op
 from simulator.specs import DeviceSpec
+
+# a working set runs hot up to this fraction of its share of the cache, inverted: LeNet-5 on 2
+# ranks (5.2 MiB of memory need each, shares of 6 MiB) ran as its cold curves price it
+HOT_MARGIN = 2.0
 
 
 class Device:
     def __init__(self, env: simpy.Environment, name: str, spec: DeviceSpec, precision: str,
                  slowdown: float = 1.0, jitter: float = 0.0,
                  rng: np.random.Generator | None = None,
-                 spread: tuple[float, float] = (0.0, 0.0)):
+                 spread: tuple[float, float] = (0.0, 0.0), hot: bool = False):
         self.env = env
+        self.hot = hot  # its rank's working set stays in the cache (``runs_hot``)
         self.name = name
         self.spec = spec
         pf = spec.peak_flops
@@ -52,9 +62,13 @@ class Device:
         """Seconds one compute/update op takes on this device right now."""
         s = self.spec
         curve = None
-        if s.kernels:  # the curve of this shape when one was measured, else the kind's
+        if s.kernels:  # the curve of this shape when one was measured, else the kind's;
+            # on a device that runs hot, its hot curves first
             key, shape = curve_key(op), getattr(op, "shape", "")
-            curve = (s.kernels.get(f"{key}@{shape}") if shape else None) or s.kernels.get(key)
+            names = (f"{key}@{shape}", key) if shape else (key,)
+            if self.hot:
+                names = tuple(HOT + n for n in names) + names
+            curve = next((c for c in map(s.kernels.get, names) if c is not None), None)
         if curve is not None:
             kernels = getattr(op, "kernels", 1)
             t = op.flops / (self.peak * efficiency_at(curve, op.flops)) if op.flops else 0.0
@@ -89,6 +103,30 @@ class Device:
             return seconds
         std *= min(1.0, seconds / work)
         return max(0.5 * seconds, seconds + float(self.rng.normal(0.0, std)))
+
+
+def runs_hot(spec: DeviceSpec, working_set: float, sharers: int) -> bool:
+    """Whether a rank's kernels find their data in the cache, and take the profile's hot
+    curves: its working set (the plan's memory need for its device: weights, gradients,
+    optimizer state, activations, buffers) is at most ``1 / HOT_MARGIN`` of its share of
+    ``spec.cache`` (the cache a working set stays in, as calibration measured it), the share
+    being the cache over the ranks that use it at once (``sharers``: a CPU node's processes; a
+    GPU's cache is its own).
+
+    Calibration times every kernel cold (the cache spilled before each call: a step whose
+    data do not fit, where the rest of the model passes through the cache between two uses of
+    a layer's data) and hot (back to back). A model whose whole step fits finds its data in
+    the cache from one step to the next and its kernels run hot: the cold curves priced the
+    MLP 64-128-10 at batch 32 2-3 times slower than it ran (docs/validation.md). The
+    margin: the memory need leaves out data a step touches besides (the backward's
+    activation gradients, the input batch, message buffers), and a working set close to the
+    cache's size runs partly cold already. Without a cache size or hot curves (catalogue
+    devices, older profiles) every kernel takes its cold curve. Ignored: a working set between
+    the two, which runs partly hot (here all hot or all cold)."""
+    if spec.cache <= 0:
+        return False
+    share = spec.cache / (max(1, sharers) if spec.kind == "cpu" else 1)
+    return working_set * HOT_MARGIN <= share
 
 
 def curve_key(op: Op) -> str:

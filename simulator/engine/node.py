@@ -7,6 +7,8 @@ uses (``env``, ``plan``, ``cluster``).
 * per ranks per core: a blocked thread's wake-up latency, a process's after a quiet wait for a
   message, the spread of ranks' finish times, and the all-reduce fit measured at that load
   (``_wakeup``, ``_message_wakeup``, ``_spread``, ``_fits_for``);
+* which ranks' kernels run hot: their working set fits half their share of the node's cache
+  (``_runs_hot``, ``hardware.runs_hot``);
 * the host-side copies of CPU ranks (``_host_copy``), and the work a process does on the
   shared cores besides kernels: those copies, and the copy that moves a message between two
   processes of the node (``_on_cores``, ``_message``).
@@ -17,8 +19,10 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from simulator.engine.hardware import core_sharing
+from simulator.cluster import Cluster
+from simulator.engine.hardware import core_sharing, runs_hot
 from simulator.engine.network import Network
+from simulator.plan import Plan
 
 
 class NodeModel:
@@ -121,14 +125,21 @@ class NodeModel:
         parameter-server ranks as well."""
         if getattr(self, "_per_node", None) is not None:
             return self._per_node
-        per_node: dict[int, int] = defaultdict(int)
-        for r in self.plan.ranks:
-            if r.role == "worker":
-                per_node[self.cluster.node_of(r.device)] += 1
-            elif self.cluster.spec.nodes == 1:
-                per_node[0] += 1
-        self._per_node = per_node
-        return per_node
+        self._per_node = processes_per_node(self.plan, self.cluster)
+        return self._per_node
+
+    def _runs_hot(self, device: str) -> bool:
+        """Whether ``device``'s kernels find their data in the cache (``runs_hot``): the
+        plan's memory need for it against half its share of the cache, which the processes of
+        its node share."""
+        spec = self.cluster.spec.device
+        if spec.cache <= 0:
+            return False
+        need = next((m.total for m in self.plan.memory if m.device == device), None)
+        if need is None:
+            return False
+        sharers = self._processes_per_node()[self.cluster.node_of(device)]
+        return runs_hot(spec, need, sharers)
 
     def _fits_for(self, nodes: set[int]) -> dict[str, tuple[float, float]]:
         """The profile's all-reduce fits for a group on ``nodes``: those measured at the
@@ -232,3 +243,15 @@ def bursts(ranks: int, cores: int, work: float, pause: float, migration: float =
 def nearest(table: dict[float, object], load: float) -> float:
     """The key of ``table`` (ranks per core) nearest to ``load``, on a log scale."""
     return min(table, key=lambda k: abs(math.log(k / load)))
+
+
+def processes_per_node(plan: Plan, cluster: Cluster) -> dict[int, int]:
+    """Per node, the plan's processes on it: its workers, and on a one-node cluster the
+    parameter-server ranks as well (the executor runs them there)."""
+    per_node: dict[int, int] = defaultdict(int)
+    for r in plan.ranks:
+        if r.role == "worker":
+            per_node[cluster.node_of(r.device)] += 1
+        elif cluster.spec.nodes == 1:
+            per_node[0] += 1
+    return per_node

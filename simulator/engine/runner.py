@@ -98,7 +98,8 @@ class Engine(NodeModel, ParameterServerModel, FoldModel, CollectiveModel):
                                          * sharing.get(r.device, 1.0),
                                          cluster.spec.compute_jitter,
                                          np.random.default_rng([seed, cluster.index_of(r.device)]),
-                                         self._spread(cluster.node_of(r.device)))
+                                         self._spread(cluster.node_of(r.device)),
+                                         self._runs_hot(r.device))
                         for r in workers}
         servers = [r for r in plan.ranks if r.role == "server"]
         ps_spec = cluster.spec.parameter_servers

@@ -3,7 +3,9 @@ best of them: closed forms, no SimPy.
 
 * Kernels: the device's roofline per op (``hardware.Device.kernel_time``: launch overhead plus
   the larger of FLOPs over peak x efficiency and bytes over memory bandwidth x efficiency),
-  summed; no overlap with communication.
+  or a calibration profile's curve for the kinds it measured, hot for a rank whose working set
+  (its memory need) fits half its share of the cache, as the simulator chooses
+  (``hardware.runs_hot``), summed; no overlap with communication.
 * Collectives: the closed forms the simulator's collectives are tested against without
   contention (docs/simulator.md, Collectives): with p members, S bytes, alpha the route's
   latency and B its bottleneck bandwidth,
@@ -32,7 +34,8 @@ import math
 from dataclasses import dataclass, field
 
 from simulator.cluster import Cluster
-from simulator.engine.hardware import Device
+from simulator.engine.hardware import Device, runs_hot
+from simulator.engine.node import processes_per_node
 from simulator.plan import (
     COMM,
     KERNEL_OPS,
@@ -72,7 +75,9 @@ class Estimator:
         self.ctx = ctx
         self.cluster: Cluster = ctx.cluster
         spec = ctx.cluster.spec
-        self.device = Device(None, "estimate", spec.device, ctx.training.precision)
+        # a device's kernels priced cold and hot (``hardware.runs_hot``)
+        self.devices = {hot: Device(None, "estimate", spec.device, ctx.training.precision,
+                                    hot=hot) for hot in (False, True)}
         self._shapes: dict[tuple, stages.Shape] = {}
         self._shape_memo: dict[tuple, object] = {}
         self._phases: dict[tuple, tuple[float, float]] = {}
@@ -152,15 +157,20 @@ class Estimator:
         messages one after another; the slowest program's, over the plan's period."""
         dev_of = {r.rank: r.device for r in plan.ranks}
         groups: dict[str, list[str]] = {}
-        seen: dict[int, float] = {}
+        seen: dict[tuple[int, bool], float] = {}
         worst, parts = 0.0, {"compute": 0.0, "communication": 0.0}
         ps = [r for r in plan.ranks if r.role == "server"]
         workers = plan.workers()
         ps_bw = (self.cluster.spec.parameter_servers.nic.effective_bandwidth
                  if self.cluster.spec.parameter_servers else math.inf)
+        need = {m.device: m.total for m in plan.memory}
+        per_node = processes_per_node(plan, self.cluster)
         for r in workers:
             ops = r.ops.source if isinstance(r.ops, ImageOps) else r.ops
-            if id(ops) in seen:
+            dev = self.devices[r.device in need and runs_hot(
+                self.cluster.spec.device, need[r.device],
+                per_node[self.cluster.node_of(r.device)])]
+            if (id(ops), dev.hot) in seen:
                 continue
             compute = comm = 0.0
             pushed = 0.0
@@ -168,7 +178,7 @@ class Estimator:
                 if isinstance(op, WorkLoop):
                     share = max(1, plan.portions // max(1, len(workers)))
                     for inner in op.body:
-                        compute += share * self._op_compute(inner)
+                        compute += share * self._op_compute(inner, dev)
                 elif isinstance(op, Collective):
                     devs = groups.get(op.group)
                     if devs is None:
@@ -179,12 +189,12 @@ class Estimator:
                 elif isinstance(op, (PSPush, PSPull)):
                     pushed += op.bytes
                 elif not isinstance(op, Recv):
-                    compute += self._op_compute(op)
+                    compute += self._op_compute(op, dev)
             if pushed:
                 nic = self.cluster.spec.inter_link.effective_bandwidth
                 comm += max(pushed / nic, pushed * len(workers) / (len(ps) * ps_bw)
                             if ps else 0.0)
-            seen[id(ops)] = compute + comm
+            seen[(id(ops), dev.hot)] = compute + comm
             if compute + comm > worst:
                 worst, parts = compute + comm, {"compute": compute, "communication": comm}
         steps = max(1, plan.period_steps)
@@ -192,8 +202,8 @@ class Estimator:
         return Estimate(worst / steps, {k: v / steps for k, v in parts.items()}, memory,
                         self.cluster.spec.device.memory)
 
-    def _op_compute(self, op) -> float:  # noqa: ANN001
-        return self.device.kernel_time(op) if isinstance(op, KERNEL_OPS) else 0.0
+    def _op_compute(self, op, dev: Device) -> float:  # noqa: ANN001
+        return dev.kernel_time(op) if isinstance(op, KERNEL_OPS) else 0.0
 
     # ---- a 3D grid, without its plan -----------------------------------------------------------
     def grid(self, g: stages.Grid, batch: int, room: float = math.inf) -> Estimate:
@@ -212,7 +222,11 @@ class Estimator:
             return Estimate(math.inf, {}, memory, c.spec.device.memory)
         devices = c.devices
         tp = list(devices[:g.tensor])
-        per_part = [self._part(shape, key, q, mb, tp) for q in range(g.parts)]
+        # each stage's devices hot or cold by its need against a node's share of the cache
+        sharers = min(c.spec.devices_per_node, g.data * g.pipeline * g.tensor)
+        hot = [runs_hot(c.spec.device, st.total, sharers) for st in needs]
+        per_part = [self._part(shape, key, q, mb, tp, hot[q % g.pipeline])
+                    for q in range(g.parts)]
         stage_s = []
         for p in range(g.pipeline):
             s = 0.0
@@ -240,7 +254,7 @@ class Estimator:
             ar = self.collective("allreduce", "ring", replicas, st.params * ctx.bpe)
             b = ProgramBuilder()
             update_op(b, ctx, st.params / (g.data if g.zero else 1), ())
-            upd = self.device.kernel_time(b.ops[0])
+            upd = self.devices[hot[p]].kernel_time(b.ops[0])
             tail = max(tail, ar + upd)
             grads = max(grads, ar)
         total = pipe + tail
@@ -251,11 +265,11 @@ class Estimator:
                             range(len(needs)), key=lambda p: needs[p].total)})
 
     def _part(self, shape: stages.Shape, key: tuple, q: int, mb: int,
-              tp: list[str]) -> tuple[float, float]:
-        """(forward, backward) seconds of one micro-batch of part q: its kernels and its
-        tensor group's collectives, one after the other."""
+              tp: list[str], hot: bool = False) -> tuple[float, float]:
+        """(forward, backward) seconds of one micro-batch of part q: its kernels (hot or
+        cold) and its tensor group's collectives, one after the other."""
         sig = self._sig(shape, key, q)
-        hit = self._phases.get((sig, mb))
+        hit = self._phases.get((sig, mb, hot))
         if hit is None:
             ctx = self.ctx
             out = []
@@ -268,9 +282,9 @@ class Estimator:
                     if isinstance(op, Collective):
                         t += self.collective(op.collective, op.algorithm, tp, op.bytes)
                     elif op.stream != COMM and not isinstance(op, (Send, Recv)):
-                        t += self.device.kernel_time(op)
+                        t += self.devices[hot].kernel_time(op)
                 out.append(t)
-            hit = self._phases[(sig, mb)] = (out[0], out[1])
+            hit = self._phases[(sig, mb, hot)] = (out[0], out[1])
         return hit
 
     def _sig(self, shape: stages.Shape, key: tuple, q: int) -> tuple:

@@ -94,6 +94,27 @@ def test_calibrate_writes_a_profile_the_simulator_reads(calibrated):
     assert cal["measured"]["allreduce"] and cal["measured"]["kernels_s"]
 
 
+def test_every_kernel_curve_has_a_hot_twin_on_the_same_points(calibrated):
+    """Each point timed cold (the cache spilled) is also timed hot (back to back), and hot is
+    not the slower of the two where the data are small (the median over the points, allowing
+    for a shared machine's noise); the cache the simulator compares working sets against is
+    recorded, within the last-level cache the timer spilled."""
+    p = load_profile(calibrated[0])
+    d = p.device
+    cold = {k: v for k, v in d.kernels.items() if not k.startswith("hot:")}
+    assert cold and set(d.kernels) == set(cold) | {f"hot:{k}" for k in cold}
+    for key, curve in cold.items():
+        assert [f for f, _ in d.kernels[f"hot:{key}"]] == [f for f, _ in curve], key
+    seconds = p.calibration["measured"]["kernels_s"]
+    ratios = sorted(hot / c for key, points in seconds.items() if not key.startswith("hot:")
+                    for (f, c), (_, hot) in zip(points, seconds[f"hot:{key}"]) if f < 1e6)
+    assert len(ratios) > 10 and ratios[len(ratios) // 2] <= 1.1
+    cache = p.calibration["measured"]["cache"]
+    assert d.cache == cache["effective_MiB"] * 2**20 <= cache["last_level_MiB"] * 2**20
+    if cache["last_level_MiB"]:  # the 1 MiB pass at least stays in any last-level cache
+        assert d.cache > 0 and cache["sweep"][0][0] == 1.0
+
+
 def test_a_scenario_naming_the_calibrated_profile_simulates(calibrated, tmp_path: Path,
                                                            capsys):
     path, _, _ = calibrated

@@ -128,6 +128,7 @@ def check_profile(p: Profile) -> None:
     assert d.compute_efficiency == 0.5 and d.memory_efficiency == 1.0
     assert d.kernels == {"dense.fwd": ((1e3, 0.1), (1e5, 0.5), (1e7, 0.9)),
                          "update": ((1e2, 0.01), (1e6, 0.2))}
+    assert d.cache == 0.0  # no cache_MiB: a profile written before the hot curves
     assert all(isinstance(c, tuple) and all(isinstance(pt, tuple) for pt in c)
                for c in d.kernels.values())
     intra = p.link("intra")
@@ -205,6 +206,8 @@ BAD_PROFILES = {
         dict(dev=device_entry(kernels={"dense.fwd": {"flops": [1e3, 1e5, 1e7],
                                                      "efficiency": [0.1, 0.5]}})),
         f"devices.{NAME}.kernels.dense.fwd.efficiency", "one value per flops entry"),
+    "negative cache": (
+        dict(dev=device_entry(cache_MiB=-1)), f"devices.{NAME}.cache_MiB", "at least 0.0"),
     "slowdown below 1": (
         dict(cal=calibration(co_run={"ranks": 2, "slowdown": 0.9})),
         "calibration.co_run.slowdown", "at least 1.0"),
@@ -497,6 +500,41 @@ def test_curve_keys_and_a_one_point_curve():
                             bytes=1.0)) == "update"
     one = ((1e4, 0.4),)
     assert efficiency_at(one, 1.0) == efficiency_at(one, 1e4) == efficiency_at(one, 1e8) == 0.4
+
+
+# ---- the engine: hot and cold curves -----------------------------------------------------------
+
+def hot_curves(efficiency: float) -> dict[str, Any]:
+    """The default entry's curves, and hot twins of them at one efficiency."""
+    kernels = dict(device_entry()["kernels"])
+    kernels.update({f"hot:{key}": {"flops": [1e2, 1e7], "efficiency": [efficiency] * 2}
+                    for key in list(kernels)})
+    return kernels
+
+
+def test_a_profiles_cache_reads_in_bytes_and_its_hot_curves_by_name():
+    d = parse_profile(load_yaml(profile_text(dev=device_entry(kernels=hot_curves(1.0),
+                                                              cache_MiB=12)))).device
+    assert d.cache == 12 * 2**20
+    assert d.kernels["hot:dense.fwd"] == ((1e2, 1.0), (1e7, 1.0))
+
+
+def test_a_profile_without_hot_curves_or_a_cache_prices_every_kernel_cold(tmp_path: Path):
+    """A profile written before the hot curves (the default entry has neither) predicts what
+    it did; hot curves change nothing without a cache size, and with one that the ranks'
+    working sets fit (the MLP 256-256-10 at 16 samples a rank: under 1 MiB each, against
+    halves of 32 MiB shares) the kernels take them."""
+    def compute_s(folder: str, **dev: Any) -> float:
+        (tmp_path / folder).mkdir()
+        write_profile(tmp_path / folder / "prof.yaml", dev=device_entry(**dev))
+        result = simulate_scenario(load_scenario(write_scenario(tmp_path / folder)))[0]
+        return result["results"][0]["breakdown_s"]["compute"]
+
+    old = compute_s("old")
+    assert old > 0
+    assert compute_s("no_cache", kernels=hot_curves(1.0)) == old
+    assert compute_s("cache_without_hot_curves", cache_MiB=64) == old
+    assert compute_s("hot", kernels=hot_curves(1.0), cache_MiB=64) < old
 
 
 # ---- the engine: core sharing ----------------------------------------------------------------
