@@ -193,10 +193,12 @@ def predict_target(plan: Any, training: TrainingSpec, entry: dict[str, Any]) -> 
                              "local_steps": s.local_steps, "workers": s.workers}
     why = None
     if math.isinf(need):
-        why = (f"the learning rate {s.learning_rate:g} diverges at a batch of {s.batch:g} "
+        why = (f"a step at rate {s.learning_rate:g} diverges at a batch of {s.batch:g} "
                f"(stable below {2 * conv.lr_max / (1 + level(conv, target.value)[1] / s.batch):g})")
     elif need > limit:
         why = f"needs {need:,.0f} {s.unit}s, more than the {limit:,} the run may take"
+    elif t is None:
+        why = "the prediction has no time per step (no timeline of the first layer's epochs)"
     reached = why is None and t is not None
     block.update(reached=reached, steps=need if reached else None,
                  time_s=need * t if reached else None, step_time_s=t,
