@@ -37,6 +37,7 @@ from executor.calibration.convergence_fit import (
     fit,
     predicted,
 )
+from executor.interpreter.target import Window
 from simulator.console import columns
 from simulator.convergence import Setting, setting_of
 from simulator.convergence_file import dump_convergence
@@ -66,11 +67,12 @@ def derived_scenario(path: Path, strategy: str, learning_rate: float, seed: int,
         if isinstance(d, dict) and isinstance(d.get(key), str) and not os.path.isabs(d[key]):
             d[key] = str(base / d[key])
 
-    absolute(data.get("data"), "path")
-    for key in ("files", "paths"):
-        files = (data.get("data") or {}).get(key)
-        if isinstance(files, list):
-            data["data"][key] = [f if os.path.isabs(f) else str(base / f) for f in files]
+    spec = data.get("data") if isinstance(data.get("data"), dict) else {}
+    for key in ("path", "images", "labels"):  # the loaders' file keys (executor/loaders.py)
+        absolute(spec, key)
+    if isinstance(spec.get("batches"), list):  # cifar10's batch files
+        spec["batches"] = [f if not isinstance(f, str) or os.path.isabs(f) else str(base / f)
+                           for f in spec["batches"]]
     absolute(data.get("cluster"), "profile")
     training = data["training"]
     training.pop("convergence", None)
@@ -82,18 +84,12 @@ def derived_scenario(path: Path, strategy: str, learning_rate: float, seed: int,
     data.pop("sweep", None)
     import yaml
 
+    from simulator.profile import _plain
+
     name = f"{strategy}-b{batch or training['batch_size']}-lr{learning_rate:g}-seed{seed}"
     out = folder / (name.replace("/", "_").replace(os.sep, "_") + ".yaml")
     out.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
     return out
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v
 
 
 def launch(scenario: Path, strategy: str, ranks: int, out: Path, backend: str,
@@ -124,18 +120,18 @@ def launch(scenario: Path, strategy: str, ranks: int, out: Path, backend: str,
 # ---- reading a run: steps to each level ---------------------------------------------------
 
 def windowed(entry: dict[str, Any], target: TargetSpec) -> list[tuple[float, float]]:
-    """``(samples so far, windowed metric)`` after every point of the run's training curve:
-    the sample-weighted mean of the batch metric over the last ``ceil(window / n)`` points,
-    ``n`` the samples of a point (the rule the executor stops by)."""
+    """``(samples so far, windowed metric)`` after every point of the run's training curve,
+    by the executor's own window (``executor.interpreter.target.Window``: the last
+    ``ceil(window / n)`` points, ``n`` the samples of a point, sample-weighted)."""
     t = entry.get("training") or {}
     samples, values = t.get("samples") or [], t.get(target.metric) or []
-    out, points, prev = [], [], 0.0
+    out, window, prev = [], None, 0.0
     for cum, v in zip(samples, values):
         n = cum - prev if cum > prev else 1.0
         prev = max(prev, cum)
-        points.append((n, v))
-        keep = points[-max(1, math.ceil(target.window / n)):]
-        out.append((cum, sum(w * x for w, x in keep) / sum(w for w, _ in keep)))
+        window = window or Window(target, n)
+        window.add(v * n, v * n, n)  # the point's sum of the metric, whichever it is
+        out.append((cum, window.value))
     return out
 
 
@@ -213,6 +209,8 @@ def cmd_calibrate_convergence(args: Any) -> int:
     check_outputs([args.output], args.force)
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {args.repeats})")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds (got {args.timeout})")
     rates = [scenario.training.learning_rate] + [r for r in (args.learning_rate or [])
                                                  if r != scenario.training.learning_rate]
     if any(not (r > 0 and math.isfinite(r)) for r in rates):

@@ -82,3 +82,23 @@ def test_the_window_is_the_executors():
     assert [w for _, w in got] == pytest.approx([4.0, 3.5, 3.0, 2.0])
     levels = choose_levels([entry], TargetSpec(metric="loss", value=1.0, window=250), dbn=False)
     assert levels[-1] == 1.0 and levels[0] < 4.0 and levels == sorted(levels, reverse=True)
+
+
+def test_a_derived_run_names_the_scenarios_files_from_anywhere(tmp_path):
+    import yaml
+
+    from executor.calibration.convergence_runs import derived_scenario
+
+    (tmp_path / "s").mkdir()
+    scenario = tmp_path / "s" / "x.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "x", "seed": 1, "data": {"kind": "cifar10", "batches": ["b1", "/abs/b2"]},
+        "cluster": {"profile": "p.yaml"},
+        "training": {"batch_size": 8, "learning_rate": 0.1, "convergence": {"profile": "c"}},
+        "strategies": [{"name": "a"}, {"name": "b"}], "sweep": {"devices": [1, 2]}}))
+    out = yaml.safe_load(derived_scenario(scenario, "b", 0.2, 3, tmp_path, 16).read_text())
+    base = scenario.parent.resolve()
+    assert out["data"]["batches"] == [str(base / "b1"), "/abs/b2"]
+    assert out["cluster"]["profile"] == str(base / "p.yaml")
+    assert out["training"] == {"batch_size": 16, "learning_rate": 0.2}
+    assert out["strategies"] == [{"name": "b"}] and out["seed"] == 3 and "sweep" not in out
