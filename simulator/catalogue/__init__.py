@@ -26,6 +26,10 @@ DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBp
                "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
                "comm_sms", "kernels", "cache_MiB", "source")
 HOT = "hot:"  # a kernel curve's name prefix: the kernel timed with hot caches
+# the largest effective efficiency a curve may give: Winograd F(4x4, 3x3) does 4x fewer
+# multiplications than the direct convolution (Lavin & Gray 2016, sec. 4), FFT more for large
+# kernels; beyond 16x the figure is a mistake (a time in the wrong unit)
+MAX_EFFECTIVE = 16.0
 LINK_KEYS = ("scope", "bandwidth_GBps", "latency_us", "efficiency", "source", "eager_limit_KiB")
 
 
@@ -72,14 +76,18 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
 def read_kernel_curves(f: Fields) -> dict[str, tuple[tuple[float, float], ...]]:
     """``kernels``: per kernel kind (``dense.fwd``, ``conv.bwd``, ``update``, ...) a measured
     efficiency curve, ``{flops: [...], efficiency: [...]}`` with FLOPs strictly increasing; a
-    name prefixed ``hot:`` is the same kernel timed with hot caches (``cache_MiB``)."""
+    name prefixed ``hot:`` is the same kernel timed with hot caches (``cache_MiB``).
+
+    An efficiency is the op's own FLOPs (the direct count, ``simulator/model/layers.py``) over
+    peak x time: a kernel that does fewer multiplications than that (Winograd, FFT) can run
+    above 1, up to ``MAX_EFFECTIVE``."""
     out = {}
     for name in list(f.data):
         if not isinstance(name, str) or not name:
             raise f.error(name, "must name a kernel kind such as dense.fwd", value=name)
         c = f.sub(name)
         flops = c.get("flops", list_of(number()))
-        eff = c.get("efficiency", list_of(number(maximum=1.0)))
+        eff = c.get("efficiency", list_of(number(maximum=MAX_EFFECTIVE)))
         c.done(("flops", "efficiency"))
         if len(flops) != len(eff):
             raise c.error("efficiency", f"must have one value per flops entry ({len(flops)})",
