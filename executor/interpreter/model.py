@@ -89,6 +89,15 @@ def check_executable(graph: nx.DiGraph) -> None:
         if graph.in_degree(n) > 1 and node["kind"] != "add":
             raise ExecutorError(f"layer {n!r} has several inputs; the executor joins branches "
                                 "only by adding them (residual connections)")
+        # the kernels take KH x KW from the weights but one stride and one padding for both
+        # axes (``executor/kernels/base.py``); a pool's window is square too
+        keys = {"conv": ("stride", "padding"), "pool": ("kernel", "stride", "padding")}
+        for key in keys.get(node["kind"], ()):
+            if len(set(node[key])) != 1:
+                raise ExecutorError(
+                    f"layer {n!r} has {key} {tuple(node[key])}; the executor runs a "
+                    f"{node['kind']} only with the same {key} along height and width"
+                    + (" (a rectangular kernel is fine)" if node["kind"] == "conv" else ""))
 
 
 def init_weights(graph: nx.DiGraph, order: list[str], seed: int) -> dict[str, dict[str, Any]]:

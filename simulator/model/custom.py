@@ -6,21 +6,24 @@ Each item is a mapping with ``kind``, an optional ``name`` and the kind's keys:
 kind     keys (default)
 ======== =========================================================================
 dense    units
-conv     out_channels, kernel, stride (1), padding (0), groups (1)
+conv     out_channels, kernel, stride (1), padding (0), groups (1) -- kernel, stride and
+         padding: one int (square) or [h, w]
 pool     kernel, stride (= kernel), padding (0), mode (max) -- max or avg
 act      fn -- relu, sigmoid, tanh or gelu
 dropout  rate (0.5)
 norm     (none) -- batch norm over channels, layer norm over the last dimension
+lrn      size (5) -- local response normalisation across channels (Krizhevsky 2012)
 flatten  (none)
 softmax  (none)
 rbm      units
 ======== =========================================================================
 
-Kernels are square (one int). Nothing is guessed: an unknown kind or key, a wrong type, a size
-that is not positive, or a layer that does not fit its input (dense after conv without a
-flatten, conv on a vector, a kernel larger than its input) raises
-:class:`~simulator.errors.ScenarioError` with the field path (``model.layers[3].units``) and the
-bad value. Unnamed layers are called ``<kind><index>`` (``conv0``, ``act1``).
+A conv's ``kernel``, ``stride`` and ``padding`` may be ``[h, w]`` pairs (``kernel: [1, 7]``, as
+PyTorch's ``nn.Conv2d`` takes them); a pool's are one int (square). Nothing is guessed: an
+unknown kind or key, a wrong type, a size that is not positive, or a layer that does not fit its
+input (dense after conv without a flatten, conv on a vector, a kernel larger than its input)
+raises :class:`~simulator.errors.ScenarioError` with the field path (``model.layers[3].units``)
+and the bad value. Unnamed layers are called ``<kind><index>`` (``conv0``, ``act1``).
 """
 
 from __future__ import annotations
@@ -35,16 +38,32 @@ from simulator.model import checks
 from simulator.model.layers import ACT_FNS, POOL_MODES, GraphBuilder, LayerError
 
 _REQUIRED = object()
+_Check = Callable[[object, str], object]
+_PAIR = "must be an integer or a list of two integers [h, w]"
+
+
+def _pair_of(check: _Check) -> _Check:
+    """One int checked by ``check`` (a square window), or ``[h, w]``, each checked by it."""
+    def pair(value: object, path: str) -> object:
+        if isinstance(value, list):
+            if len(value) != 2:
+                raise ScenarioError(_PAIR, path=path, value=value, has_value=True)
+            # a list, so that an error the builder raises echoes what the user wrote
+            return [check(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        if not checks.is_int(value):
+            raise ScenarioError(_PAIR, path=path, value=value, has_value=True)
+        return check(value, path)
+    return pair
+
 
 # kind -> key -> (default or _REQUIRED, check(value, path) -> value)
-_Check = Callable[[object, str], object]
 _SPECS: dict[str, dict[str, tuple[object, _Check]]] = {
     "dense": {"units": (_REQUIRED, checks.positive_int)},
     "conv": {
         "out_channels": (_REQUIRED, checks.positive_int),
-        "kernel": (_REQUIRED, checks.positive_int),
-        "stride": (1, checks.positive_int),
-        "padding": (0, checks.nonneg_int),
+        "kernel": (_REQUIRED, _pair_of(checks.positive_int)),
+        "stride": (1, _pair_of(checks.positive_int)),
+        "padding": (0, _pair_of(checks.nonneg_int)),
         "groups": (1, checks.positive_int),
     },
     "pool": {
@@ -56,6 +75,7 @@ _SPECS: dict[str, dict[str, tuple[object, _Check]]] = {
     "act": {"fn": (_REQUIRED, lambda v, p: checks.choice(v, p, ACT_FNS))},
     "dropout": {"rate": (0.5, checks.fraction)},
     "norm": {},
+    "lrn": {"size": (5, checks.positive_int)},
     "flatten": {},
     "softmax": {},
     "rbm": {"units": (_REQUIRED, checks.positive_int)},

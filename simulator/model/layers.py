@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Integral
 
 import networkx as nx
 
@@ -56,11 +57,27 @@ def _positive(value: int, field: str) -> int:
     return value
 
 
-def _window(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output length of a sliding window (floor mode, as PyTorch and cuDNN default)."""
+def _pair(value: int | Sequence[int], field: str, *, zero_ok: bool = False) -> tuple[int, int]:
+    """An ``(h, w)`` pair from one int (square) or a two-item sequence, as PyTorch's
+    ``nn.Conv2d`` takes ``kernel_size``, ``stride`` and ``padding``."""
+    items = (value, value) if isinstance(value, Integral) else value
+    if (isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) != 2
+            or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in items)):
+        raise LayerError(f"{field} must be an int or an (h, w) pair of ints", field, value)
+    if min(items) < (0 if zero_ok else 1):
+        rule = "must not be negative" if zero_ok else "must be positive"
+        raise LayerError(f"{field} {rule}", field, value)
+    return int(items[0]), int(items[1])
+
+
+def _window(size: int, kernel: int, stride: int, padding: int, axis: str = "",
+            value: object = None) -> int:
+    """Output length of a sliding window (floor mode, as PyTorch and cuDNN default) along
+    ``axis`` (``height``, ``width``); ``value`` is the kernel as given, for the error."""
     if size + 2 * padding < kernel:
-        raise LayerError(f"kernel {kernel} is larger than the input ({size}, padding {padding})",
-                         "kernel", kernel)
+        where = f"{axis} {size}" if axis else f"{size}"
+        raise LayerError(f"kernel {kernel} is larger than the input ({where}, padding {padding})",
+                         "kernel", kernel if value is None else value)
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -125,26 +142,29 @@ class GraphBuilder:
 
     # -- layers with weights -------------------------------------------------------------------
 
-    def conv(self, name: str, out_channels: int, kernel: int, stride: int = 1, padding: int = 0,
+    def conv(self, name: str, out_channels: int, kernel: int | Sequence[int],
+             stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
              groups: int = 1, *, bias: bool = True, cross_tower: bool = False) -> str:
+        """2-D convolution. ``kernel``, ``stride`` and ``padding`` are one int (square) or an
+        ``(h, w)`` pair (Inception V3's 1x7 and 7x1 convolutions); the node holds pairs."""
         c, h, w = self._image("conv")
-        for field, value in (("out_channels", out_channels), ("kernel", kernel),
-                             ("stride", stride), ("groups", groups)):
+        for field, value in (("out_channels", out_channels), ("groups", groups)):
             _positive(value, field)
-        if padding < 0:
-            raise LayerError("padding must not be negative", "padding", padding)
+        kh, kw = _pair(kernel, "kernel")
+        sh, sw = _pair(stride, "stride")
+        ph, pw = _pair(padding, "padding", zero_ok=True)
         if c % groups or out_channels % groups:
             raise LayerError(f"groups must divide the input ({c}) and output ({out_channels})"
                              " channels", "groups", groups)
-        out = (out_channels, _window(h, kernel, stride, padding),
-               _window(w, kernel, stride, padding))
-        fan_in = c // groups * kernel * kernel
+        out = (out_channels, _window(h, kh, sh, ph, "height", kernel),
+               _window(w, kw, sw, pw, "width", kernel))
+        fan_in = c // groups * kh * kw
         # conv multiply-adds: every output element is a dot product over its fan-in
         macs = math.prod(out) * fan_in
         params = out_channels * fan_in + (out_channels if bias else 0)
         return self._add(name, "conv", out, params, 2 * macs, split_dim=out_channels,
-                         groups=groups, cross_tower=cross_tower, kernel=(kernel, kernel),
-                         stride=(stride, stride), padding=(padding, padding))
+                         groups=groups, cross_tower=cross_tower, kernel=(kh, kw),
+                         stride=(sh, sw), padding=(ph, pw), bias=bool(bias))
 
     def dense(self, name: str, units: int, *, bias: bool = True, tied_to: str | None = None,
               cross_tower: bool = False) -> str:
@@ -160,7 +180,8 @@ class GraphBuilder:
         extra = {"tied_to": tied_to} if tied_to else {}
         # GEMM (rows x fan_in) @ (fan_in x units): rows * fan_in * units multiply-adds
         return self._add(name, "dense", shape[:-1] + (units,), params, 2 * rows * fan_in * units,
-                         split_dim=units, cross_tower=cross_tower, **extra)
+                         split_dim=units, cross_tower=cross_tower, bias=bool(bias and not tied_to),
+                         **extra)
 
     def rbm(self, name: str, units: int) -> str:
         """Restricted Boltzmann machine, visible (v,) -> hidden (h,) probabilities.

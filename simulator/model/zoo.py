@@ -16,6 +16,7 @@ alexnet_2gpu   input_shape ([3, 227, 227]), classes (1000)
 vgg16          input_shape ([3, 224, 224]), classes (1000)
 resnet50       input_shape ([3, 224, 224]), classes (1000)
 inception      input_shape ([3, 224, 224]), classes (1000)
+inception_v3   input_shape ([3, 299, 299]), classes (1000)
 gpt            layers (12), hidden (768), heads (12), seq_len (1024), vocab (50257),
                dropout (0.1)
 =============  ===================================================================
@@ -33,6 +34,7 @@ from simulator.model.layers import LayerError
 from simulator.model.zoo_gpt import gpt
 from simulator.model.zoo_imagenet import alexnet, alexnet_2gpu, vgg16
 from simulator.model.zoo_inception import inception
+from simulator.model.zoo_inception_v3 import inception_v3
 from simulator.model.zoo_resnet import resnet50
 from simulator.model.zoo_small import dbn, lenet5, mlp
 from simulator.schema import did_you_mean
@@ -55,6 +57,7 @@ ZOO: dict[str, tuple[Callable[..., nx.DiGraph], dict[str, _Check]]] = {
     "vgg16": (vgg16, _CNN),
     "resnet50": (resnet50, _CNN),
     "inception": (inception, _CNN),
+    "inception_v3": (inception_v3, _CNN),
     "gpt": (gpt, {**{key: checks.positive_int
                      for key in ("layers", "hidden", "heads", "seq_len", "vocab")},
                   "dropout": checks.fraction}),

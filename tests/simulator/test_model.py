@@ -315,3 +315,19 @@ def test_model_imports_no_engine():
             "print(sorted({'simpy', 'mpi4py', 'numba'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_custom_lrn_layer_normalises_across_channels():
+    g = build_custom([{"kind": "conv", "out_channels": 8, "kernel": 3},
+                      {"kind": "lrn", "size": 3}], [3, 8, 8])
+    lrn = g.nodes["lrn1"]
+    assert lrn["kind"] == "lrn" and lrn["size"] == 3 and lrn["out_shape"] == (8, 6, 6)
+    assert lrn["fwd_flops"] == 2 * 3 * 8 * 6 * 6  # its window sum of squares per element
+    with pytest.raises(ScenarioError, match=r"model.layers\[0\].size"):
+        build_custom([{"kind": "lrn", "size": 0}], [3, 8, 8])
+
+
+def test_conv_and_dense_layers_say_whether_they_add_a_bias():
+    g = build_zoo("resnet50")
+    assert g.nodes["fc"]["bias"] and not g.nodes["conv1"]["bias"]
+    assert build_zoo("vgg16").nodes["conv1_1"]["bias"]
