@@ -26,15 +26,25 @@ Latency of a route: each maximal run of edges of one link type pays that type's 
 link on the way to another node pays none (the inter link's end-to-end latency has the hosts'
 PCIe in it).
 Bandwidth: an edge's effective bandwidth (bandwidth x efficiency x any degradation factor).
+
+A cluster that names a node topology (``cluster.node``) or a fabric (``cluster.fabric``) is
+built and routed by ``simulator/topology.py`` instead (PCIe trees, NVLink meshes, NVSwitch;
+fat trees, rails, tori, graph files). Its latency rule is this one, with two additions: a link
+between two switches (``LinkSpec.per_hop``: a PCIe switch's uplink, a socket link, a fat
+tree's leaf-to-spine link) pays its own latency at every hop and does not end the run of the
+link around it, and in a described node a route that leaves the node does not pay its
+devices' own intra-node links (the network's end-to-end figures have the hosts' PCIe in them,
+as the host link's rule above says); its switch hops it does pay.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
 from simulator.specs import ClusterSpec, DeviceSpec, LinkSpec
+from simulator.topology import Topology
 
 SWITCH = "switch"
 
@@ -45,6 +55,8 @@ def device_name(spec: ClusterSpec, index: int) -> str:
 
 
 def topology_elements(spec: ClusterSpec) -> set[str]:
+    if spec.node is not None or spec.fabric is not None:
+        return set(build_cluster(replace(spec, degraded_links=())).graph.nodes)
     names = {device_name(spec, i) for i in range(spec.device_count)}
     names |= {f"node{n}.nic{k}" for n in range(spec.nodes) for k in range(spec.nics_per_node)}
     names |= {f"node{n}.fabric" for n in range(spec.nodes)}
@@ -66,6 +78,7 @@ class Cluster:
     slowdown: dict[str, float]
     _routes: dict[tuple[str, str], tuple[Edge, ...]] = field(default_factory=dict, repr=False)
     _latencies: dict[tuple[Edge, ...], float] = field(default_factory=dict, repr=False)
+    topology: Topology | None = None  # a described node or fabric (``simulator/topology.py``)
 
     @property
     def device_spec(self) -> DeviceSpec:
@@ -91,6 +104,9 @@ class Cluster:
         hit = self._routes.get(key)
         if hit is not None:
             return hit
+        if self.topology is not None:
+            route = self._routes[key] = self.topology.route(a, b)
+            return route
         up, down = self._host_chain(a, b), self._host_chain(b, a)
         lca = next(x for x in up if x in down)
         up, down = up[:up.index(lca) + 1], down[:down.index(lca) + 1]
@@ -122,8 +138,16 @@ class Cluster:
     def _latency(self, route: tuple[Edge, ...]) -> float:
         total, last = 0.0, None
         host = self.spec.host_link
+        edges = self.graph.edges
+        leaves = self.spec.node is not None and any(edges[e]["link"].scope == "inter"
+                                                    for e in route)
         for e in route:
-            link = self.graph.edges[e]["link"]
+            link = edges[e]["link"]
+            if link.per_hop:  # a switch-to-switch hop: its own latency, the run goes on
+                total += link.latency
+                continue
+            if leaves and link.scope == "intra":  # (module docstring)
+                continue
             if host is not None and link is host and len(route) > 2:
                 # the inter link's latency is end to end (MPI level), the hosts' PCIe
                 # included: a host link between a device and its NIC adds no latency of its own
@@ -143,12 +167,29 @@ class Cluster:
 
     def rated(self, edge: Edge) -> float:
         """The edge's bandwidth before any ``degraded_links`` factor."""
-        return self.graph.edges[edge]["link"].effective_bandwidth
+        attrs = self.graph.edges[edge]
+        return attrs.get("rated", attrs["link"].effective_bandwidth)
+
+    @property
+    def mirrorable(self) -> bool:
+        """Whether node shifts map routes onto routes (``simulator/engine/symmetry.py``)."""
+        return self.topology is None or self.topology.mirrorable
+
+    def nic_sharers(self, device: str) -> int:
+        """How many of its node's devices use ``device``'s NIC."""
+        if self.topology is None:
+            return -(-self.spec.devices_per_node // self.spec.nics_per_node)
+        return self.topology.nic_local.count(self.graph.nodes[device]["nic"])
 
 
 def build_cluster(spec: ClusterSpec) -> Cluster:
     g = nx.DiGraph()
     degrade = {d.element: d.factor for d in spec.degraded_links}
+    if spec.node is not None or spec.fabric is not None:
+        topo = Topology(spec, g, degrade)
+        devices = tuple(device_name(spec, i) for i in range(spec.device_count))
+        slowdown = {devices[s.device]: s.slowdown for s in spec.stragglers}
+        return Cluster(spec=spec, devices=devices, graph=g, slowdown=slowdown, topology=topo)
 
     def connect(child: str, parent: str, link: LinkSpec) -> None:
         bw = link.effective_bandwidth * degrade.get(child, 1.0)

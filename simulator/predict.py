@@ -145,6 +145,8 @@ def cluster_record(scenario: Scenario) -> dict[str, Any]:
             "device_memory_bytes": c.device.memory, "intra_link": c.intra_link.name,
             "inter_link": c.inter_link.name, "nics_per_node": c.nics_per_node,
             **({"host_link": c.host_link.name} if c.host_link else {}),
+            **({"node": c.node.name} if c.node else {}),
+            **({"fabric": c.fabric.kind} if c.fabric else {}),
             "parameter_server_hosts": ps.hosts if ps else 0,
             "stragglers": [{"device": s.device, "slowdown": s.slowdown} for s in c.stragglers],
             "degraded_links": [{"element": d.element, "factor": d.factor}

@@ -14,7 +14,7 @@ from typing import Any
 
 import networkx as nx
 
-from simulator import catalogue, limits
+from simulator import catalogue, limits, topology_file
 from simulator.convergence import check_scheme
 from simulator.convergence_file import convergence_field, target_field
 from simulator.errors import ScenarioError
@@ -195,21 +195,33 @@ def _profile(f: Fields, file: str) -> Profile | None:
 def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
     profile = _profile(f, file)
     nodes = f.get("nodes", integer(1))
-    per_node = f.get("devices_per_node", integer(1))
+    links = {**catalogue.links(), **(profile.links if profile else {})}
+    node = topology_file.node_field(f, catalogue.nodes(), links, catalogue.read_link)
+    per_node = f.get("devices_per_node", integer(1), node.devices if node else ...)
+    if node is not None and per_node != node.devices:
+        raise f.error("devices_per_node", f"the node {node.name!r} holds {node.devices} "
+                      "devices")
     if limits.active() and nodes * per_node > limits.DEVICES:
         raise f.error("nodes", f"{nodes:,} nodes x {per_node:,} devices per node = "
                       f"{nodes * per_node:,} devices, more than the limit of "
                       f"{limits.DEVICES:,}; {limits.LIFT}", has_value=False)
-    device = device_field(f, "device", profile)
-    intra = link_field(f, "intra_link", "intra", profile)
+    device = (catalogue.devices()[node.device] if node is not None and node.device
+              and not f.has("device") and profile is None else device_field(f, "device", profile))
+    intra = (next(e[2] for e in node.edges if e[0] == "gpu0") if node is not None
+             and not f.has("intra_link") else link_field(f, "intra_link", "intra", profile))
     has_inter = f.has("inter_link") or (profile is not None and profile.link("inter"))
     inter = (link_field(f, "inter_link", "inter", profile) if has_inter or nodes > 1
              else None)
-    nics = f.get("nics_per_node", integer(1), 1)
+    nics = f.get("nics_per_node", integer(1), node.nics if node and node.nics else 1)
+    if node is not None and node.nics and nics != node.nics:
+        raise f.error("nics_per_node", f"the node {node.name!r} has {node.nics} NICs")
     if limits.active() and nodes * nics > limits.DEVICES:
         raise f.error("nics_per_node", f"{nodes:,} nodes x {nics:,} NICs = {nodes * nics:,} "
                       f"NICs, more than the limit of {limits.DEVICES:,}; {limits.LIFT}")
     host = link_field(f, "host_link", "intra", profile) if f.has("host_link") else None
+    if host is not None and node is not None:
+        raise f.error("host_link", "comes with the flat node; a described node says where "
+                      "its NICs sit (cluster.node.nics)")
     jitter = f.get("compute_jitter", number(positive=False, minimum=0.0, maximum=1.0), 0.0)
     cores = f.get("cores_per_node", integer(1), profile.cores_per_node if profile else 0)
     ps = None
@@ -223,6 +235,9 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
                                  device=device_field(pf, "device", profile),
                                  nic=link_field(pf, "nic", "inter", profile))
         pf.done(("hosts", "device", "nic"))
+    if node is not None and not node.nics and (nodes > 1 or ps):
+        raise f.error("node", "has no NICs to reach the other nodes or the parameter "
+                      "servers", value=node.name)
     count = nodes * per_node
     straggler_fields = _items(f, "stragglers")
     stragglers = tuple(_straggler(s, count) for s in straggler_fields)
@@ -230,12 +245,14 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
     degraded_fields = _items(f, "degraded_links")
     degraded = tuple(_degraded(s) for s in degraded_fields)
     _unique(degraded_fields, "element", "degraded_links entry")
-    f.done(("nodes", "devices_per_node", "device", "intra_link", "inter_link", "nics_per_node",
-            "host_link",
-            "parameter_servers", "stragglers", "degraded_links", "compute_jitter",
-            "cores_per_node", "profile"))
     if inter is None:  # one node and no inter-node link given: the NIC still exists for PS traffic
         inter = ps.nic if ps else catalogue.links()["eth_10g"]
+    fabric = topology_file.fabric_field(f, file, nodes, nics, ps.hosts if ps else 0, links,
+                                        catalogue.read_link)
+    f.done(("nodes", "devices_per_node", "device", "intra_link", "inter_link", "nics_per_node",
+            "host_link", "node", "fabric",
+            "parameter_servers", "stragglers", "degraded_links", "compute_jitter",
+            "cores_per_node", "profile"))
     spec = ClusterSpec(nodes=nodes, devices_per_node=per_node, device=device, intra_link=intra,
                        inter_link=inter, nics_per_node=nics, host_link=host,
                        parameter_servers=ps,
@@ -244,7 +261,8 @@ def _cluster(f: Fields, file: str = "<scenario>") -> ClusterSpec:
                        profile=profile.file if profile else "",
                        profile_hosts=tuple(profile.calibration.get("hosts", ())) if profile
                        else (),
-                       measured=profile.measured if profile else NodeMeasurements())
+                       measured=profile.measured if profile else NodeMeasurements(),
+                       node=node, fabric=fabric)
     from simulator.cluster import topology_elements
 
     elements = topology_elements(spec)

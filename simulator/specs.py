@@ -31,6 +31,9 @@ class DeviceSpec:
     # measured it (``cache_MiB``; 0: unknown); a rank whose working set fits half its share
     # of it takes the profile's ``hot:`` curves (``simulator.engine.hardware.runs_hot``)
     cache: float = 0.0
+    # how a GPU's conv and dense kernels are timed: ``tiles`` (the per-kernel model of
+    # ``simulator/engine/gpu.py``) or ``roofline`` (FLOPs at one efficiency, bytes at another)
+    kernel_model: str = "tiles"
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class LinkSpec:
     efficiency: float
     source: str
     eager_limit: float = 16 * 2**10  # bytes
+    # a link between two switches (a PCIe switch's uplink, a socket link, a fat tree's
+    # leaf-to-spine link): its latency is one hop's and is paid at every hop, and it does not
+    # end the run of the link around it (``Cluster.latency``)
+    per_hop: bool = False
+
     @property
     def effective_bandwidth(self) -> float:
         return self.bandwidth * self.efficiency
@@ -105,6 +113,40 @@ class NodeMeasurements:
 
 
 @dataclass(frozen=True)
+class NodeTopology:
+    """A node's inside as a graph (``simulator/topology.py``): full-duplex links between its
+    elements, named locally (``gpu{i}`` for device i whatever its kind, ``pcie{w}`` PCIe
+    switches, ``socket{s}`` CPU sockets' root complexes, ``nvswitch``, ``nic{k}``)."""
+
+    name: str
+    devices: int
+    nics: int
+    # (child, parent, link, width): ``width`` links of the type side by side (two NVLinks
+    # between one pair of GPUs); a degraded element's factor applies where it is the child
+    edges: tuple[tuple[str, str, LinkSpec, int], ...]
+    source: str
+    device: str = ""  # the catalogue device the box holds, when it has one (the default)
+
+
+@dataclass(frozen=True)
+class FabricSpec:
+    """The network between the nodes' NICs and the parameter-server hosts
+    (``simulator/topology.py``)."""
+
+    kind: str  # switch | fat_tree | rails | torus | graph
+    nodes_per_leaf: int = 0  # fat_tree: nodes whose NICs one leaf switch holds
+    spines: int = 1  # fat_tree, rails: spine switches
+    oversubscription: float = 1.0  # fat_tree, rails: a leaf's downlink / uplink bandwidth
+    dims: tuple[int, ...] = ()  # torus: (X, Y, Z)
+    link: LinkSpec | None = None  # torus: the link between neighbouring routers
+    hop_latency: float = 0.0  # s, paid at each switch-to-switch (router-to-router) hop
+    # graph: (a, b, link) full-duplex edges between NICs, PS hosts and switches (a link
+    # between two switches is ``per_hop``)
+    edges: tuple[tuple[str, str, LinkSpec], ...] = ()
+    file: str = ""
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     nodes: int
     devices_per_node: int
@@ -125,6 +167,8 @@ class ClusterSpec:
     profile: str = ""  # the calibration profile the device and links came from, if any
     profile_hosts: tuple[str, ...] = ()  # the hosts that profile was measured on
     measured: NodeMeasurements = field(default_factory=lambda: NodeMeasurements())
+    node: NodeTopology | None = None  # None: the flat node fabric
+    fabric: FabricSpec | None = None  # None: one non-blocking core switch
 
     @property
     def device_count(self) -> int:

@@ -11,26 +11,30 @@ a tf32 peak (V100 and older, CPU cores) runs a tf32 scenario at its fp32 peak.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from simulator.errors import ScenarioError
-from simulator.schema import Fields, choice, integer, list_of, number, string
-from simulator.specs import DeviceSpec, LinkSpec
+from simulator.schema import Fields, boolean, choice, integer, list_of, number, string
+from simulator.specs import DeviceSpec, LinkSpec, NodeTopology
+from simulator.topology_file import read_node
 from simulator.units import TFLOPS
 from simulator.yaml_input import load_yaml
 
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8")
 DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",
                "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
-               "comm_sms", "kernels", "cache_MiB", "source")
+               "comm_sms", "kernels", "cache_MiB", "kernel_model", "source")
 HOT = "hot:"  # a kernel curve's name prefix: the kernel timed with hot caches
 # the largest effective efficiency a curve may give: Winograd F(4x4, 3x3) does 4x fewer
 # multiplications than the direct convolution (Lavin & Gray 2016, sec. 4), FFT more for large
 # kernels; beyond 16x the figure is a mistake (a time in the wrong unit)
 MAX_EFFECTIVE = 16.0
-LINK_KEYS = ("scope", "bandwidth_GBps", "latency_us", "efficiency", "source", "eager_limit_KiB")
+KERNEL_MODELS = ("tiles", "roofline")  # a GPU's conv and dense kernels: simulator/engine/gpu.py
+LINK_KEYS = ("scope", "bandwidth_GBps", "latency_us", "efficiency", "source", "eager_limit_KiB",
+             "per_hop")
 
 
 def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceSpec:
@@ -64,6 +68,8 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
                  else dict(base.kernels) if base else {}),
         cache=f.get("cache_MiB", number(positive=False, minimum=0.0),
                     base.cache if base else 0.0),
+        kernel_model=f.get("kernel_model", choice(KERNEL_MODELS),
+                           base.kernel_model if base else "tiles"),
         source=get("source", string, "source") if base is None else f.get("source", string,
                                                                          base.source),
     )
@@ -113,6 +119,7 @@ def read_link(name: str, f: Fields, base: LinkSpec | None = None) -> LinkSpec:
                                                                          base.source),
         eager_limit=f.get("eager_limit_KiB", number(positive=False, minimum=0),
                           base.eager_limit if base else LinkSpec.eager_limit),
+        per_hop=f.get("per_hop", boolean, base.per_hop if base else False),
     )
     f.done(LINK_KEYS + (("base",) if base else ()))
     return link
@@ -130,9 +137,41 @@ def _read_file(filename: str, reader: Callable[[str, Fields], Any]) -> dict[str,
 
 @cache
 def devices() -> dict[str, DeviceSpec]:
+    """The devices of devices.yaml, with the GPU kernel curves kernel_curves.yaml fits for
+    them from published per-layer tables (a device entry's own ``kernels`` win)."""
+    out = dict(catalogue_devices())
+    for name, curves in kernel_curves().items():
+        if name not in out:
+            raise ScenarioError(f"curves for {name!r}, a device devices.yaml does not have",
+                                file="catalogue/kernel_curves.yaml")
+        out[name] = replace(out[name], kernels={**curves, **out[name].kernels})
+    return out
+
+
+@cache
+def catalogue_devices() -> dict[str, DeviceSpec]:
+    """devices.yaml's entries as written (no fitted curves)."""
     return _read_file("devices.yaml", read_device)
+
+
+@cache
+def kernel_curves() -> dict[str, dict[str, tuple[tuple[float, float], ...]]]:
+    def read(name: str, f: Fields) -> dict:
+        f.get("source", string)
+        curves = read_kernel_curves(f.sub("kernels"))
+        f.done(("source", "kernels"))
+        return curves
+    return _read_file("kernel_curves.yaml", read)
 
 
 @cache
 def links() -> dict[str, LinkSpec]:
     return _read_file("links.yaml", read_link)
+
+
+@cache
+def nodes() -> dict[str, NodeTopology]:
+    """``nodes.yaml``: classic boxes' insides (``simulator/topology.py``), their links named
+    from ``links.yaml``."""
+    table = links()
+    return _read_file("nodes.yaml", lambda name, f: read_node(name, f, table, read_link))

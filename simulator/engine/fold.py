@@ -160,6 +160,10 @@ class FoldModel:
         if any(len(self._flows_of(group, ph.pairs)) != 1
                for ph in collectives.phases(op.collective, op.algorithm, devs, 1.0, c.node_of)):
             return NO
+        if c.topology is not None:
+            # a described node's links (PCIe switches, NVLink relays) may carry other ranks'
+            # transfers: the run is watched, so it folds only while they are free
+            return WATCHED
         fabric = f"node{node}.fabric"
         ports = {(mine, fabric), (fabric, mine)}
         peers, groups = self._contacts(rank, ops)

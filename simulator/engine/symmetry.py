@@ -32,6 +32,9 @@ from a union-find over the generators (linear in ranks), the images of a pair of
 topology edge from a search over the generators (linear in the orbit's size, each orbit once).
 A generator that is not an automorphism of the topology (NICs shared unevenly by the ranks it
 moves) is left out; the others still apply.
+In a described node (``cluster.node``) only whole-node shifts are kept (the node's switches,
+sockets and NICs move with it; routes inside a node are the same in every node); on a fabric
+other than the one core switch (ECMP hashes, dimension-ordered routes) no mirror is used.
 
 This is exact where the symmetry holds: the per-rank path gives the same times
 (``tests/simulator/test_symmetry.py``). Not simulated: the images' own trace spans and timeline
@@ -91,6 +94,8 @@ class Symmetry:
         touched = frozenset(r.rank for r in plan.ranks if r.device in cluster.slowdown)
         degraded = {e: cluster.rated(e) for e in cluster.graph.edges
                     if cluster.bandwidth(e) != cluster.rated(e)}
+        if not cluster.mirrorable:  # ECMP and torus routes tell the nodes apart
+            return None
         n = len(plan.ranks)
         gens = [tuple(m) for m in plan.mirrors]
         if any(len(g) != n or sorted(g) != list(range(n)) for g in gens):
@@ -294,6 +299,8 @@ def topology_map(plan: Plan, cluster: Cluster, perm: tuple[int, ...]) -> dict[st
     m = {n: n for n in g.nodes}
     for r, prog in enumerate(plan.ranks):
         m[prog.device] = plan.ranks[perm[r]].device
+    if cluster.spec.node is not None:
+        return _node_shift(cluster, m)
     placed: dict[str, str] = {}
     for d in [n for n, a in g.nodes(data=True) if a.get("kind") == "device"]:
         for x, y in ((f"node{cluster.node_of(d)}.fabric", f"node{cluster.node_of(m[d])}.fabric"),
@@ -305,5 +312,33 @@ def topology_map(plan: Plan, cluster: Cluster, perm: tuple[int, ...]) -> dict[st
         return None
     for u, v in g.edges:  # (rated capacities: degraded links are split off, orbit_pairs)
         if not g.has_edge(m[u], m[v]) or cluster.rated((m[u], m[v])) != cluster.rated((u, v)):
+            return None
+    return m
+
+
+def _node_shift(cluster: Cluster, m: dict[str, str]) -> dict[str, str] | None:
+    """In a described node (``simulator/topology.py``) only whole nodes move: a permutation
+    that takes every device to the same device of another node takes the node's switches,
+    sockets and NICs along (routes inside a node are the same in every node); one that moves
+    devices inside a node is left out. Then it must be an automorphism, links and all."""
+    g = cluster.graph
+    shift: dict[int, int] = {}
+    for d, a in g.nodes(data=True):
+        if a.get("kind") != "device":
+            continue
+        src, dst = d.split(".", 1), m[d].split(".", 1)
+        if src[1] != dst[1] or shift.setdefault(a["node"], g.nodes[m[d]]["node"]) != \
+                g.nodes[m[d]]["node"]:
+            return None
+    for x, a in g.nodes(data=True):
+        n = a.get("node")
+        if n is not None and a.get("kind") != "device":
+            m[x] = f"node{shift.get(n, n)}.{x.split('.', 1)[1]}"
+    if len(set(m.values())) != len(m):
+        return None
+    for u, v in g.edges:
+        e = (m[u], m[v])
+        if (not g.has_edge(*e) or cluster.rated(e) != cluster.rated((u, v))
+                or g.edges[e]["link"] != g.edges[u, v]["link"]):
             return None
     return m
