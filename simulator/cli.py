@@ -41,6 +41,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      "timeline is cut to its first devices' spans)")
     sim.add_argument("--report", metavar="FILE", help="write an HTML comparison report"
                      " (- for standard output)")
+    sim.add_argument("--profile", metavar="FILE", help="predict with this calibration profile "
+                     "(written by parasim calibrate) in place of the scenario's device and links")
     sim.add_argument("--force", action="store_true", help="overwrite output files")
     sim.set_defaults(func=cmd_simulate)
     sw = sub.add_parser("sweep", help="simulate a grid of cluster sizes or field values",
@@ -170,6 +172,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.predict import simulate_scenario
 
     scenario = _load(args.scenario, args.strategy)
+    if args.profile:
+        from simulator.scenario import with_profile
+
+        scenario = with_profile(args.scenario, args.profile)
     check_outputs([args.json, args.trace, args.report], args.force)
     from simulator.progress import factory
 
@@ -344,5 +350,9 @@ def format_table(result: dict[str, Any]) -> str:
         st = e["staleness"]
         out.append(f"{e['strategy']}: gradient staleness mean {st['mean']:.2f}, max {st['max']}")
     out += [line for e in result["results"] if (line := target_line(e))]
+    roofline = sorted({k for e in result["results"] for k in e.get("kernels_on_roofline", ())})
+    if roofline:
+        out.append(f"on the {sc['device']} roofline (no published per-layer curve): "
+                   + ", ".join(roofline))
     return "\n".join(out)
 

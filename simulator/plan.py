@@ -78,6 +78,12 @@ class Compute(Op):
     # a forward run again before the backward (activation recomputation): it restores what the
     # layer keeps for backward from the layer's input, and sends nothing
     recompute: bool = False
+    # a backward that needs no input gradient: the layer reads the data itself (frameworks
+    # skip the first layer's data gradient; the op's FLOPs keep it, see layers.py)
+    input_grad: bool = True
+    # the layer adds a bias: a GPU framework adds it, and reduces its gradient, in kernels of
+    # their own (``simulator/engine/gpu.py``)
+    bias: bool = False
     kind: ClassVar[str] = "compute"
 
 

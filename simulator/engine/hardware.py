@@ -24,6 +24,7 @@ update when the coordinator says so.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -32,12 +33,16 @@ import numpy as np
 import simpy
 
 from simulator.catalogue import HOT
+from simulator.engine import gpu
 from simulator.plan import Compute, Op
 from simulator.specs import DeviceSpec
+from simulator.units import BYTES_PER_ELEMENT
 
 # a working set runs hot up to this fraction of its share of the cache, inverted: LeNet-5 on 2
 # ranks (5.2 MiB of memory need each, shares of 6 MiB) ran as its cold curves price it
 HOT_MARGIN = 2.0
+_CHOICES: dict[tuple[int, str], dict] = {}
+_KEEP: dict[int, DeviceSpec] = {}
 
 
 class Device:
@@ -51,6 +56,13 @@ class Device:
         self.spec = spec
         pf = spec.peak_flops
         self.peak = pf.get(precision) or pf.get("fp32") or max(pf.values())
+        self.precision = precision
+        self.bpe = BYTES_PER_ELEMENT[precision]
+        # the GPU kernel curves this device lacked, its ops on the roofline (``kernel_time``)
+        self.on_roofline: set[str] = set()
+        # the per-kernel model's choices, by op geometry: shared by every device of one spec
+        self._choices = _CHOICES.setdefault((id(spec), precision), {})
+        _KEEP[id(spec)] = spec  # an id stays that spec's while the cache is used
         self.slowdown = slowdown
         self.jitter = jitter
         self.spread = spread
@@ -61,19 +73,37 @@ class Device:
     def kernel_time(self, op: Op) -> float:
         """Seconds one compute/update op takes on this device right now."""
         s = self.spec
-        curve = None
-        if s.kernels:  # the curve of this shape when one was measured, else the kind's;
-            # on a device that runs hot, its hot curves first
-            key, shape = curve_key(op), getattr(op, "shape", "")
+        curve, name, cls = None, "", ""
+        tiles = s.kind == "gpu" and s.kernel_model == "tiles" and isinstance(op, Compute)
+        key, shape = curve_key(op), getattr(op, "shape", "")
+        if tiles and shape:
+            cls = shape_class(op.layer_kind, shape)
+        if s.kernels:  # the curve of this shape when one was measured, else its shape
+            # class's (a GPU's), else the kind's; on a device that runs hot, hot curves first
             names = (f"{key}@{shape}", key) if shape else (key,)
+            if cls:
+                names = (names[0], f"{self.precision}:{key}#{cls}", f"{key}#{cls}", key)
             if self.hot:
                 names = tuple(HOT + n for n in names) + names
-            curve = next((c for c in map(s.kernels.get, names) if c is not None), None)
+            name = next((n for n in names if n in s.kernels), "")
+            curve = s.kernels.get(name)
+        sms = s.sms - (s.comm_sms if self.comm_active else 0)
+        if curve is not None and "#" in name:  # the class's efficiency in the per-kernel model
+            choice = self.gpu_choice(op, sms, efficiency_at(curve, op.flops))
+            if choice is not None:
+                return choice.seconds * self.slowdown
         if curve is not None:
             kernels = getattr(op, "kernels", 1)
             t = op.flops / (self.peak * efficiency_at(curve, op.flops)) if op.flops else 0.0
             return (s.launch_overhead * kernels + t) * self.slowdown
-        sms = s.sms - (s.comm_sms if self.comm_active else 0)
+        if tiles and cls:
+            # a convolution or dense layer of a shape class no published table covers on this
+            # device stays on the roofline below, and the prediction says so
+            self.on_roofline.add(f"{self.precision}:{key}#{cls}")
+        elif tiles:  # memory-bound layers: their passes (simulator/engine/gpu.py)
+            choice = self.gpu_choice(op, sms, s.compute_efficiency)
+            if choice is not None:
+                return choice.seconds * self.slowdown
         share = sms / s.sms
         wave_eff = 1.0
         if isinstance(op, Compute):
@@ -84,6 +114,21 @@ class Device:
         t_flops = op.flops / (self.peak * s.compute_efficiency * share * wave_eff)
         t_mem = op.bytes / (s.memory_bandwidth * s.memory_efficiency)
         return (s.launch_overhead * kernels + max(t_flops, t_mem)) * self.slowdown
+
+    def gpu_choice(self, op: Compute, sms: int, efficiency: float) -> gpu.Choice | None:
+        """The per-kernel model's algorithm and time for a conv or dense op on ``sms`` SMs,
+        its kernels reaching ``efficiency`` of an SM's peak (``simulator/engine/gpu.py``);
+        None for the kinds it leaves to the roofline."""
+        key = (op.layer_kind, op.phase, op.shape, op.samples, sms, op.input_grad, op.bias,
+               efficiency)
+        hit = self._choices.get(key, False)
+        if hit is False:
+            geo = gpu.parse_shape(op.shape)
+            model = gpu.Model(self.spec, self.peak, self.bpe, sms, efficiency)
+            hit = self._choices[key] = (None if geo is None else
+                                        model.choose(op.layer_kind, op.phase, geo, op.samples,
+                                                     op.input_grad, op.bias))
+        return hit
 
     def noise(self) -> float:
         """A run of kernels' time factor: log-normal with mean 1 and relative std ``jitter``
@@ -127,6 +172,12 @@ def runs_hot(spec: DeviceSpec, working_set: float, sharers: int) -> bool:
         return False
     share = spec.cache / (max(1, sharers) if spec.kind == "cpu" else 1)
     return working_set * HOT_MARGIN <= share
+
+
+@functools.cache
+def shape_class(kind: str, shape: str) -> str:
+    """``gpu.shape_class`` of a kernel-shape string, parsed once per shape."""
+    return gpu.shape_class(kind, gpu.parse_shape(shape))
 
 
 def curve_key(op: Op) -> str:

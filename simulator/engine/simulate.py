@@ -129,6 +129,9 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
         utilisation_per_device=_utilisation(eng, plan, window),
         utilisation_per_link=dict(sorted(link_util.items())),
     )
+    roofline = sorted(set().union(*(d.on_roofline for d in eng.devices.values())))
+    if roofline:  # GPU conv/dense kernels of classes no published curve covers
+        base["kernels_on_roofline"] = roofline
     if eng.timeline:
         t_start = min(s[3] for s in eng.timeline)
         base["timeline"] = {

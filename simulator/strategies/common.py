@@ -111,7 +111,10 @@ def _costs(ctx: Context, layer: str, phase: str, samples: int, shards: int, spli
     return {"layer": layer, "phase": phase, "samples": samples, "shards": shards,
             "flops": float(flops), "bytes": float(nbytes), "blocks": blocks,
             "layer_kind": kernel_kind(n), "shape": kernel_shape(n, shards),
-            "recompute": recompute}
+            "recompute": recompute,
+            **({"input_grad": False} if phase == "bwd" and not ctx.graph.in_degree(layer)
+               else {}),
+            **({"bias": True} if n.get("bias") else {})}
 
 
 def kernel_kind(node: dict) -> str:

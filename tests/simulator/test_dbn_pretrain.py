@@ -36,7 +36,8 @@ B = 10e9  # link bandwidth, bytes/s
 ALPHA = 5e-6  # link latency, s
 DEVICE = ("{kind: gpu, sms: 1, peak_TFLOPS: {fp32: 10}, memory_GiB: 16, "
           "memory_bandwidth_GBps: 1000000, launch_overhead_us: 0, compute_efficiency: 0.5, "
-          "memory_efficiency: 0.8, blocks_per_sm: 1, comm_sms: 0, source: test}")
+          "memory_efficiency: 0.8, blocks_per_sm: 1, comm_sms: 0, kernel_model: roofline, "
+          "source: test}")
 LINK = "{{scope: {}, bandwidth_GBps: 10, latency_us: 5, efficiency: 1.0, source: test}}"
 
 

@@ -47,7 +47,8 @@ def device(*, sms: int = SMS, blocks_per_sm: int = BLOCKS_PER_SM, mem_GBps: floa
     return (f"{{kind: gpu, sms: {sms}, peak_TFLOPS: {{fp32: 10}}, memory_GiB: 16, "
             f"memory_bandwidth_GBps: {mem_GBps}, launch_overhead_us: {launch_us}, "
             f"compute_efficiency: {EFF}, memory_efficiency: {MEM_EFF}, "
-            f"blocks_per_sm: {blocks_per_sm}, comm_sms: 0, source: test}}")
+            f"blocks_per_sm: {blocks_per_sm}, comm_sms: 0, kernel_model: roofline, "
+            f"source: test}}")
 
 
 def link(scope: str, GBps: float = 10, us: float = 5, eager_KiB: float | None = None) -> str:

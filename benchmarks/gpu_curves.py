@@ -1,0 +1,191 @@
+"""The catalogue's GPU kernel curves, fitted from published per-layer tables.
+
+    python benchmarks/gpu_curves.py            # print the fitted curves and per-row residuals
+    python benchmarks/gpu_curves.py --write    # rewrite simulator/catalogue/kernel_curves.yaml
+
+Input: ``benchmarks/data/gpu_layers.yaml`` (every row cites its source). For each catalogue
+device with published rows (P100, V100 and the Maxwell Titan X: Baidu's DeepBench convolution
+and GEMM training tables; K40: cuBLAS 7.0 SGEMM), each row is timed by parasim's per-kernel
+model (``simulator/engine/gpu.py``: tiles, waves, the autotuned convolution algorithm) and the
+efficiency a kernel's math must reach for the model to take the published time is solved for
+(bisection; the model's time falls as the efficiency grows). The points are grouped by
+precision, kernel (``conv.fwd``, ``conv.bwd`` = data + weight gradient, ``dense.fwd`` and
+``dense.bwd`` = a GEMM) and shape class (``gpu.shape_class``), and each group becomes a curve
+over the op's FLOPs: the median efficiency of up to ``BINS`` bins of equal count (the solve and
+the binning are ``simulator/engine/gpu_fit.py``'s, which the import of a framework's profile
+shares); a class of fewer than ``MIN_POINTS`` published rows gets no curve. A row whose time
+the model cannot reach even at the bound (faster than this model allows, or slower at any
+efficiency) is kept at that bound and counted.
+
+A convolution or dense layer of a class no curve covers stays on the device roofline (its direct
+FLOPs at ``compute_efficiency``, devices.yaml says where that comes from), and the prediction
+says so: the K40's convolutions, large filters, grouped convolutions, every other device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simulator.catalogue import catalogue_devices  # noqa: E402
+from simulator.engine import gpu  # noqa: E402
+from simulator.engine.gpu_fit import curve, solve  # noqa: E402
+from simulator.units import BYTES_PER_ELEMENT, TFLOPS  # noqa: E402
+
+DATA = ROOT / "benchmarks" / "data" / "gpu_layers.yaml"
+OUT = ROOT / "simulator" / "catalogue" / "kernel_curves.yaml"
+# the tables' gpu_class -> the catalogue device
+FITTED = {"P100": "P100", "V100": "V100", "K40": "K40", "TitanX_Maxwell": "TitanX"}
+# a curve needs two bins of three rows at least: a class seen in fewer published shapes
+# describes those shapes, not the class, and stays on the roofline
+MIN_POINTS = 6
+
+
+def precision_of(row: dict) -> str | None:
+    p = str(row.get("precision", ""))
+    if p == "fp32":
+        return "fp32"
+    if p.startswith("fp16 inputs, fp16 multiply"):  # V100 tensor cores, fp32 accumulate
+        return "fp16"
+    return None  # P100's "pseudo fp16" (fp32 math) is no precision a scenario trains in
+
+
+def clock_scale(row: dict, device: str) -> float:
+    """Times measured at another clock than the catalogue's peak assumes, scaled to it: the
+    K40 rows ran at the 875 MHz boost clock, the catalogue's K40 is the 745 MHz base."""
+    mhz = row.get("clock_MHz")
+    if not mhz:
+        return 1.0
+    base = {"K40": 745}[device]
+    return mhz / base
+
+
+def conv_geometry(row: dict) -> gpu.Geometry:
+    r, s = int(row["R"]), int(row["S"])
+    sh, sw = int(row["stride_h"]), int(row["stride_w"])
+    ph, pw = int(row["pad_h"]), int(row["pad_w"])
+    h, w = int(row["H"]), int(row["W"])
+    p = (h + 2 * ph - r) // sh + 1
+    q = (w + 2 * pw - s) // sw + 1
+    return gpu.Geometry((int(row["C"]), h, w), (int(row["K"]), p, q), (r, s), (sh, sw),
+                        (ph, pw))
+
+
+def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, float, str]]:  # noqa: ANN001
+    """The curve points one published row gives: (curve name, op FLOPs, efficiency, bound)."""
+    peak = spec.peak_flops.get(prec) or spec.peak_flops["fp32"]
+    bpe = BYTES_PER_ELEMENT[prec]
+
+    def model(e: float) -> gpu.Model:
+        return gpu.Model(spec, peak, bpe, None, e)
+
+    if row["kind"] == "gemm":
+        g = gpu.Gemm(int(row["M"]), int(row["N"]), int(row["K"]))
+        e, bound = solve(lambda e: model(e).run([gpu.Kernel(g)]),
+                         float(row["time_ms"]) * 1e-3 * scale)
+        flops = 2.0 * g.m * g.n * g.k
+        return [(f"{prec}:dense.{phase}#gemm", flops, e, bound) for phase in ("fwd", "bwd")]
+    times = row["time_ms"]
+    if not isinstance(times, dict) or "fwd" not in times:
+        return []
+    geo = conv_geometry(row)
+    n = int(row["N"])
+    cls = gpu.shape_class("conv", geo)
+    fwd_flops = 2.0 * n * math.prod(geo.out_shape) * geo.in_shape[0] * math.prod(geo.kernel)
+    e, bound = solve(lambda e: model(e).choose("conv", "fwd", geo, n).seconds,
+                     float(times["fwd"]) * 1e-3 * scale)
+    out = [(f"{prec}:conv.fwd#{cls}", fwd_flops, e, bound)]
+    data, filt = times.get("bwd_data"), times.get("bwd_filter")
+    if isinstance(filt, (int, float)):
+        grad = isinstance(data, (int, float))  # no data gradient: a network's first layer
+        t = (float(filt) + (float(data) if grad else 0.0)) * 1e-3 * scale
+        e, bound = solve(lambda e: model(e).choose("conv", "bwd", geo, n, grad).seconds, t)
+        out.append((f"{prec}:conv.bwd#{cls}", 2 * fwd_flops, e, bound))
+    return out
+
+
+def points(rows: list[dict]) -> tuple[dict, list[str]]:
+    """(device, curve name) -> [(flops, efficiency)], and notes on rows kept at a bound."""
+    cat = catalogue_devices()
+    out: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    notes = []
+    for row in rows:
+        device = FITTED.get(row.get("gpu_class"))
+        prec = precision_of(row)
+        if device is None or prec is None or row["kind"] not in ("gemm", "conv2d"):
+            continue
+        for name, flops, e, bound in fit_row(row, cat[device], prec, clock_scale(row, device)):
+            out[(device, name)].append((flops, e))
+            if bound:
+                notes.append(f"{device} {name} {row['source']}: at the {bound} bound")
+    return out, notes
+
+
+def build(rows: list[dict], sources: list[dict]) -> tuple[dict, list[str]]:
+    pts, notes = points(rows)
+    by_id = {s["id"]: s for s in sources}
+    used: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if FITTED.get(row.get("gpu_class")) and precision_of(row):
+            used[FITTED[row["gpu_class"]]].add(row["source_id"])
+    out: dict = {}
+    for (device, name) in sorted(pts):
+        if len(pts[(device, name)]) < MIN_POINTS:
+            notes.append(f"{device} {name}: {len(pts[(device, name)])} published rows, "
+                         f"fewer than {MIN_POINTS}: no curve")
+            continue
+        flops, eff = curve(pts[(device, name)])
+        entry = out.setdefault(device, {"source": "", "kernels": {}})
+        entry["kernels"][name] = {"flops": flops, "efficiency": eff}
+    for device, entry in out.items():
+        refs = "; ".join(f"{by_id[i]['title']} ({by_id[i]['ref']})"
+                         for i in sorted(used[device]))
+        entry["source"] = (f"fitted by benchmarks/gpu_curves.py from {refs}: per row, the "
+                           "efficiency at which simulator/engine/gpu.py's model takes the "
+                           "published time; per curve, medians of equal-count bins by FLOPs")
+    return out, notes
+
+
+HEADER = """\
+# GPU kernel curves per catalogue device, fitted from published per-layer tables: written by
+# `python benchmarks/gpu_curves.py --write` from benchmarks/data/gpu_layers.yaml; do not edit.
+# A curve `PRECISION:KIND.PHASE#CLASS` gives, over an op's FLOPs, the efficiency its kernels'
+# math reaches in simulator/engine/gpu.py's model (tiles, waves, the convolution algorithm)
+# at that precision and shape class; what no curve covers takes the device's
+# compute_efficiency (devices.yaml).
+"""
+
+
+def dump(curves: dict) -> str:
+    return HEADER + yaml.safe_dump(curves, sort_keys=True, width=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--write", action="store_true", help=f"rewrite {OUT.relative_to(ROOT)}")
+    args = ap.parse_args(argv)
+    data = yaml.safe_load(DATA.read_text())
+    curves, notes = build(data["entries"], data["sources"])
+    for device, entry in curves.items():
+        print(device)
+        for name, c in entry["kernels"].items():
+            pts = " ".join(f"{f / TFLOPS * 1e3:.3g}GF:{e:.2f}"
+                           for f, e in zip(c["flops"], c["efficiency"]))
+            print(f"  {name:28s} {pts}")
+    print(f"{len(notes)} notes (rows at a bound, classes without a curve)")
+    if args.write:
+        OUT.write_text(dump(curves))
+        print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

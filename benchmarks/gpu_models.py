@@ -1,0 +1,203 @@
+"""Single-GPU training throughput: parasim's predictions against published figures.
+
+    python benchmarks/gpu_models.py            # the table, MAPE, worst error, PASS/FAIL
+    python benchmarks/gpu_models.py --all      # every published row, not only the selection
+
+The published figures are data in ``benchmarks/data/gpu_throughput.yaml``, each with its source
+and a quote of the row it came from. Which rows are compared (fixed before looking at any
+prediction, and applied to every source alike):
+
+* the four models AlexNet, VGG-16, ResNet-50 and Inception V3, on K40, P100 and V100, fp32;
+* synthetic data or data not stated (a real input pipeline is not modelled);
+* per source, model and device, the largest published batch per GPU up to 512: at small
+  batches a framework's host-side time per operator, which parasim does not model, dominates
+  (MXNet's Inception V3 at batch 1 ran 21.8 images/s on a V100, at batch 128 253.7).
+
+Each prediction is ``parasim``'s single-device data-parallel step on the catalogue device
+(``simulator/engine/gpu.py``'s per-kernel model with the catalogue's kernel curves,
+``simulator/catalogue/kernel_curves.yaml``, fitted from the *per-layer* tables in
+``benchmarks/data/gpu_layers.yaml`` by ``benchmarks/gpu_curves.py``; nothing here is fitted to
+these per-model figures). A source that timed forward and backward only (the Torch tables)
+is compared without the optimizer step.
+
+The bars (the issue that asked for this table): every prediction within 25%, MAPE within 12%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import simpy
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simulator.cluster import build_cluster  # noqa: E402
+from simulator.engine.hardware import Device  # noqa: E402
+from simulator.plan import Update  # noqa: E402
+from simulator.predict import simulate_scenario  # noqa: E402
+from simulator.scenario import build_graph, parse_scenario  # noqa: E402
+from simulator.strategies import build_plan  # noqa: E402
+from simulator.strategies.common import Context  # noqa: E402
+
+DATA = ROOT / "benchmarks" / "data" / "gpu_throughput.yaml"
+MODELS = ("alexnet", "vgg16", "resnet50", "inception_v3")
+DEVICES = {"K40": "K40", "P100": "P100", "V100": "V100"}  # gpu_class -> catalogue entry
+MAX_BATCH = 512
+WITHIN, MAPE = 0.25, 0.12
+
+
+def _conv(out: int, k: int, s: int = 1, p: int = 0) -> list[dict]:
+    return [{"kind": "conv", "out_channels": out, "kernel": k, "stride": s, "padding": p},
+            {"kind": "act", "fn": "relu"}]
+
+
+def _classifier() -> list[dict]:
+    out: list[dict] = [{"kind": "flatten"}]
+    for units in (4096, 4096):
+        out += [{"kind": "dense", "units": units}, {"kind": "act", "fn": "relu"},
+                {"kind": "dropout"}]
+    return out + [{"kind": "dense", "units": 1000}, {"kind": "softmax"}]
+
+
+POOL = {"kind": "pool", "kernel": 3, "stride": 2}
+LRN = {"kind": "lrn", "size": 5}
+
+# AlexNet differs by framework; each as the benchmark's own model code defines it
+ALEXNETS = {
+    # tf_cnn_benchmarks models/alexnet_model.py: 227x227 input, VALID first conv, widths
+    # 64-192-384-384-256, no LRN, no groups
+    "tensorflow": {"layers": _conv(64, 11, 4) + [POOL] + _conv(192, 5, 1, 2) + [POOL]
+                   + _conv(384, 3, 1, 1) + _conv(384, 3, 1, 1) + _conv(256, 3, 1, 1)
+                   + [POOL] + _classifier(), "input_shape": [3, 227, 227]},
+    # MXNet example/image-classification/symbols/alexnet.py: widths 96-256-384-384-256 with
+    # LRN after the first two convs, no groups, 224x224 input
+    "mxnet": {"layers": _conv(96, 11, 4) + [LRN, POOL] + _conv(256, 5, 1, 2) + [LRN, POOL]
+              + _conv(384, 3, 1, 1) + _conv(384, 3, 1, 1) + _conv(256, 3, 1, 1) + [POOL]
+              + _classifier(), "input_shape": [3, 224, 224]},
+    # the Torch tables ran BVLC AlexNet (Caffe's, grouped convs and LRN) on 224x224 inputs
+    "torch": {"zoo": "alexnet_2gpu", "params": {"input_shape": [3, 224, 224]}},
+}
+
+
+def framework(entry: dict) -> str:
+    f = str(entry.get("framework", "")).lower()
+    for name in ("tensorflow", "mxnet", "pytorch", "caffe"):
+        if name in f:
+            return name
+    return "torch"  # Torch7
+
+
+def model_spec(entry: dict) -> dict[str, Any]:
+    name = entry["model"]
+    if name == "alexnet":
+        return dict(ALEXNETS[framework(entry)] if framework(entry) in ALEXNETS
+                    else ALEXNETS["torch"])
+    return {"zoo": name}
+
+
+def forward_backward_only(entry: dict) -> bool:
+    m = str(entry.get("measured", "")).lower()
+    return "forward" in m and ("no parameter update" in m or "pass pair" in m)
+
+
+def selected(entries: list[dict]) -> list[dict]:
+    """The rows the table compares (the rule in the module docstring)."""
+    keep: dict[tuple, dict] = {}
+    for e in entries:
+        if (e["model"] not in MODELS or e.get("gpu_class") not in DEVICES
+                or not str(e.get("precision", "")).startswith("fp32")
+                or not isinstance(e.get("batch_size"), int)
+                or not 16 <= e["batch_size"] <= MAX_BATCH
+                or str(e.get("data", "")).startswith("real")):
+            continue
+        key = (e["source_id"], e["model"], e["gpu_class"], e.get("framework"))
+        if key not in keep or e["batch_size"] > keep[key]["batch_size"]:
+            keep[key] = e
+    return list(keep.values())
+
+
+@dataclass
+class Row:
+    entry: dict
+    predicted: float  # images/s
+    measured: float
+
+    @property
+    def error(self) -> float:
+        return self.predicted / self.measured - 1
+
+
+def scenario(entry: dict, device: str | None = None) -> Any:
+    return parse_scenario({
+        "name": f"{entry['model']} on {entry['gpu_class']}", "seed": 1,
+        "model": model_spec(entry),
+        "cluster": {"nodes": 1, "devices_per_node": 1,
+                    "device": device or DEVICES[entry["gpu_class"]],
+                    "intra_link": "pcie3", "inter_link": "ib_edr"},
+        "training": {"batch_size": entry["batch_size"], "precision": "fp32",
+                     "optimizer": "momentum", "iterations": 2, "warmup_iterations": 1},
+        "strategies": [{"name": "one-gpu", "scheme": "data_parallel"}],
+    }, file=f"<{entry['source_id']}>")
+
+
+def predict(entry: dict) -> Row:
+    sc = scenario(entry)
+    result, _ = simulate_scenario(sc)
+    step = result["results"][0]["iteration_time_s"]
+    if forward_backward_only(entry):  # the source timed no optimizer step
+        ctx = Context(build_graph(sc.model), build_cluster(sc.cluster), sc.training)
+        plan = build_plan(ctx, sc.strategies[0])
+        dev = Device(simpy.Environment(), "gpu", sc.cluster.device, "fp32")
+        step -= sum(dev.kernel_time(op) for op in plan.ranks[0].ops if isinstance(op, Update))
+    return Row(entry, entry["batch_size"] / step, float(entry["images_per_s"]))
+
+
+def table(rows: list[Row]) -> str:
+    lines = [f"{'model':13s}{'GPU':6s}{'framework':12s}{'batch':>6s}{'predicted':>11s}"
+             f"{'published':>11s}{'error':>8s}  source"]
+    for r in rows:
+        e = r.entry
+        lines.append(f"{e['model']:13s}{e['gpu_class']:6s}{framework(e):12s}"
+                     f"{e['batch_size']:6d}{r.predicted:11.1f}{r.measured:11.1f}"
+                     f"{r.error:+8.1%}  {e['source_id']}")
+    return "\n".join(lines)
+
+
+def summary(rows: list[Row]) -> tuple[float, Row, bool]:
+    mape = sum(abs(r.error) for r in rows) / len(rows)
+    worst = max(rows, key=lambda r: abs(r.error))
+    return mape, worst, mape <= MAPE and abs(worst.error) <= WITHIN
+
+
+def load() -> list[dict]:
+    return yaml.safe_load(DATA.read_text())["entries"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--all", action="store_true",
+                    help="every fp32 row of the four models on K40/P100/V100, any batch")
+    args = ap.parse_args(argv)
+    entries = load()
+    rows_in = selected(entries) if not args.all else [
+        e for e in entries if e["model"] in MODELS and e.get("gpu_class") in DEVICES
+        and str(e.get("precision", "")).startswith("fp32") and isinstance(e.get("batch_size"), int)]
+    rows = sorted((predict(e) for e in rows_in),
+                  key=lambda r: (r.entry["gpu_class"], r.entry["model"], r.entry["batch_size"]))
+    print(table(rows))
+    mape, worst, ok = summary(rows)
+    print(f"\n{len(rows)} published figures: MAPE {mape:.1%} (bar {MAPE:.0%}), worst "
+          f"{worst.error:+.1%} ({worst.entry['model']} on {worst.entry['gpu_class']}, "
+          f"bar {WITHIN:.0%})")
+    print("PASS" if ok else "FAIL")
+    return 0 if ok or args.all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""A GPU kernel's time from its shape: the GEMMs a layer runs, their tiles and waves over the
+SMs, and the algorithm a vendor library would pick for a convolution.
+
+A convolution or dense layer's op becomes the GEMMs its kernels compute (NVIDIA, *Matrix
+Multiplication Background User's Guide* and *Convolutional Layers User's Guide*, Deep Learning
+Performance documentation, 2020-2023: a convolution is an implicit GEMM of M = N x P x Q output
+pixels, N = K filters, K = C x R x S; its data gradient and weight gradient are GEMMs of the
+same three sizes in other roles; a dense layer's three products likewise):
+
+* **Tiles and waves.** A GEMM's output is split into CTA tiles (128x128 down to 32x64 and
+  64x32, the shapes CUTLASS's SGEMM kernels come in; the library's heuristic takes the tile
+  that finishes first, here by this model). The
+  tiles run in waves of ``SMs x blocks_per_sm``; a partial last wave leaves SMs idle (wave
+  quantization) and a tile past the matrix edge computes padding (tile quantization), both as
+  that guide describes. A GEMM with fewer tiles than SMs and a long reduction splits its K into
+  slices summed by a second pass (split-K, as CUTLASS's ``GemmSplitKParallel`` does).
+* **A roofline per wave** (Williams, Waterman & Patterson 2009): a wave takes the longer of
+  its math (a tile's FLOPs at one SM's share of peak x ``compute_efficiency``) and its memory
+  traffic at ``memory_bandwidth x memory_efficiency``. The tiles of one wave share operands
+  through L2 (a wave covers a near-square block of tiles, as a swizzled rasterisation gives):
+  its traffic is the A rows and B columns of that block and its output tiles. An implicit
+  GEMM's A operand is the im2col view of the input; neighbouring output pixels read the same
+  input through the caches, so its traffic is divided by the overlap ``R x S / (stride_h x
+  stride_w)`` (at least 1). The whole GEMM moves at least its compulsory bytes.
+* **The convolution algorithm.** Libraries autotune (cuDNN's ``cudnnFind...Algorithm``,
+  TensorFlow's autotuning, PyTorch's ``cudnn.benchmark``): they time the algorithms a layer is
+  eligible for and keep the fastest. Here the same rule, on this model's times. Eligibility
+  as the cuDNN Developer Guide (``cudnnConvolutionFwdAlgo_t``) states it:
+
+  - implicit GEMM: every convolution;
+  - Winograd (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): 3x3
+    filters, stride 1, one group; fused F(2x2, 3x3) (16 GEMMs on 4x4 transformed tiles, 2.25x
+    fewer multiplications, the transforms inside the kernel) and non-fused F(4x4, 3x3) (36
+    GEMMs on 6x6 tiles, 4x fewer, input and output transforms as memory-bound kernels of
+    their own), forward and data gradient (a 180-degree-rotated filter is again 3x3, stride 1);
+  - FFT (Mathieu, Henaff & LeCun 2014; Vasilache et al. 2015, "fbfft"): stride 1, filters of
+    5x5 and larger, one group; every plane padded to a power of two L (fbfft's sizes), a
+    complex GEMM per frequency bin (8 real FLOPs per complex multiply-add) and transforms as
+    memory-bound kernels of complex64 planes, forward and data gradient.
+
+  The weight gradient runs as an implicit GEMM (its reduction over N x P x Q split-K).
+
+Element-wise, pooling and normalisation layers are memory-bound passes (``PASSES``); a layer
+with a bias adds it in a pass of its own and reduces its gradient in another (cuDNN's
+cudnnAddTensor and cudnnConvolutionBackwardBias, as frameworks of the published benchmarks
+call them). Attention, RBM and embedding kernels keep the device roofline of
+``hardware.Device``.
+
+Ignored: tensor-core shape alignment (a dimension not a multiple of 8 in fp16), the L2's own
+bandwidth (operands shared within a wave are free, between waves they are read again), the
+transforms' arithmetic (Winograd's adds, FFT's butterflies: counted as bytes only), and
+occupancy beyond ``blocks_per_sm``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simulator.specs import DeviceSpec
+
+# memory-bound layers: the tensors a library call reads and writes, in passes over the layer's
+# input and output (forward, backward), each pass once through DRAM. The cuDNN API (cuDNN
+# Developer Guide, e.g. cudnnActivationBackward(y, dy, x) -> dx, cudnnPoolingBackward(y, dy,
+# x) -> dx, cudnnLRNCrossChannelBackward(y, dy, x) -> dx) names them; batch norm in training
+# reads x once for the batch statistics before it normalises (Ioffe & Szegedy 2015, alg. 1),
+# and its backward reduces dy and dy x x_hat before it writes dx (their sec. 3); dropout
+# writes a mask of one byte per element beside y (cudnnDropoutForward's reserve space, counted
+# here as a quarter pass of fp32); a residual add reads two and writes one forward, and its
+# gradient is accumulated where the branches fork (one add backward); concat copies; flatten is
+# a view.
+PASSES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    # kind: ((input passes, output passes) forward, (input, output) backward)
+    "act": ((1, 1), (1, 2)),
+    "pool": ((1, 1), (2, 2)),
+    "norm": ((2, 1), (3, 2)),
+    "lrn": ((1, 1), (2, 2)),
+    "dropout": ((1, 1.25), (1, 1.25)),
+    "add": ((2, 1), (2, 1)),
+    "concat": ((1, 1), (1, 1)),
+    "softmax": ((1, 1), (1, 2)),
+    "flatten": ((0, 0), (0, 0)),
+}
+TILES = ((128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (32, 128), (64, 32), (32, 64))
+SPLIT_K_MIN = 512  # the shortest reduction slice split-K makes (elements of K)
+WINOGRAD_SMALL = (2, 3)  # F(2x2, 3x3): 2x2 outputs from a 4x4 tile, fused
+WINOGRAD_LARGE = (4, 3)  # F(4x4, 3x3): 4x4 outputs from a 6x6 tile, transforms in DRAM
+FFT_MIN_KERNEL = 5
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A layer's per-sample geometry, parsed from its op's ``shape`` string."""
+
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    shards: int = 1
+
+
+_SHAPE = re.compile(r"^(?P<inp>[\dx]+)>(?P<out>[\dx]+)(?:k(?P<k>\d+x\d+)s(?P<s>\d+x\d+)"
+                    r"p(?P<p>\d+x\d+))?(?:g(?P<g>\d+))?(?:/(?P<sh>\d+))?$")
+
+
+def parse_shape(shape: str) -> Geometry | None:
+    """The geometry in a ``kernel_shape`` string (``3x224x224>64x55x55k11x11s4x4p2x2``,
+    ``4096>1000/2``); None for a string of another form."""
+    m = _SHAPE.match(shape or "")
+    if m is None:
+        return None
+
+    def dims(v: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in v.split("x"))
+
+    extra = {}
+    if m["k"]:
+        extra = {"kernel": dims(m["k"]), "stride": dims(m["s"]), "padding": dims(m["p"])}
+    return Geometry(dims(m["inp"]), dims(m["out"]), groups=int(m["g"] or 1),
+                    shards=int(m["sh"] or 1), **extra)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """``batch`` independent products of an (m x k) by a (k x n) matrix; ``reuse``: how many
+    times the im2col view repeats each input element (an implicit GEMM's A operand)."""
+
+    m: int
+    n: int
+    k: int
+    batch: int = 1
+    reuse: float = 1.0
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel an algorithm launches: a GEMM, or a memory-bound pass of ``bytes``."""
+
+    gemm: Gemm | None = None
+    bytes: float = 0.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    algorithm: str  # implicit_gemm | winograd_fused | winograd_nonfused | fft | gemm
+    seconds: float
+    kernels: int
+
+
+class Model:
+    """Kernel times on one device at one precision (``bpe`` bytes per element)."""
+
+    def __init__(self, spec: DeviceSpec, peak: float, bpe: int, sms: int | None = None,
+                 efficiency: float | None = None):
+        self.spec = spec
+        self.peak = peak
+        self.bpe = bpe
+        self.sms = sms or spec.sms  # the SMs compute may use now (communication takes some)
+        # the fraction of an SM's peak a kernel's math reaches: the device's, or its shape
+        # class's curve (a catalogue's or profile's ``kind.phase#class``)
+        self.efficiency = spec.compute_efficiency if efficiency is None else efficiency
+        self.bandwidth = spec.memory_bandwidth * spec.memory_efficiency
+
+    # -- one GEMM ---------------------------------------------------------------------------
+
+    def gemm_time(self, g: Gemm) -> float:
+        """The fastest tile's time for ``g`` (launch overhead not included)."""
+        return min(self._tiled(g, tm, tn) for tm, tn in TILES)
+
+    def _tiled(self, g: Gemm, tm: int, tn: int) -> float:
+        s = self.spec
+        rows, cols = -(-g.m // tm), -(-g.n // tn)
+        tiles = rows * cols * g.batch
+        slots = self.sms * s.blocks_per_sm
+        k, extra = g.k, 0.0
+        if tiles < self.sms and g.k >= 2 * SPLIT_K_MIN:  # split-K fills the idle SMs
+            split = min(self.sms // tiles, g.k // SPLIT_K_MIN)
+            if split > 1:
+                k = -(-g.k // split)
+                tiles *= split
+                # the partial sums: written by every slice, read and reduced by a second pass
+                extra = (2 * split + 1) * g.m * g.n * g.batch * 4 / self.bandwidth
+        sm_rate = self.peak * self.efficiency / s.sms
+        tile_flops = 2.0 * tm * tn * k
+
+        def wave_time(wave: int) -> float:
+            if wave <= 0:
+                return 0.0
+            # the SMs hold ceil(wave / SMs) tiles each, sharing the SM's math
+            math_t = -(-wave // self.sms) * tile_flops / sm_rate
+            # the wave's block of tiles: near-square, inside the output's tile grid
+            side_r = min(rows, max(1, math.isqrt(wave)))
+            side_c = min(cols * g.batch, -(-wave // side_r))
+            traffic = (side_r * tm * k / g.reuse + side_c * tn * k + wave * tm * tn) * self.bpe
+            return max(math_t, traffic / self.bandwidth)
+
+        full, last = divmod(tiles, slots)
+        total = full * wave_time(slots) + wave_time(last)
+        compulsory = (g.m * g.k / g.reuse + g.k * g.n + g.m * g.n) * g.batch * self.bpe
+        return max(total, compulsory / self.bandwidth) + extra
+
+    def memory_time(self, nbytes: float) -> float:
+        return nbytes / self.bandwidth
+
+    def run(self, kernels: list[Kernel]) -> float:
+        """Seconds of a sequence of kernels, each paying its launch overhead."""
+        t = 0.0
+        for kern in kernels:
+            t += self.spec.launch_overhead
+            t += self.gemm_time(kern.gemm) if kern.gemm else self.memory_time(kern.bytes)
+        return t
+
+    # -- one layer's op -------------------------------------------------------------------
+
+    def choose(self, kind: str, phase: str, geo: Geometry, samples: int,
+               input_grad: bool = True, bias: bool = False) -> Choice | None:
+        """The algorithm and seconds of an op on ``samples`` samples: a conv or dense layer's
+        GEMMs (forward, or backward: data gradient unless ``input_grad`` is False, and weight
+        gradient) and its bias's pass, or a memory-bound layer's passes (``PASSES``); None for
+        the kinds this model leaves to the device roofline."""
+        out_elems = samples * math.prod(geo.out_shape) / geo.shards
+        extra = []
+        if bias:  # bias add after the forward GEMM; the bias gradient reduces dy
+            extra = [Kernel(bytes=(2 if phase == "fwd" else 1) * out_elems * self.bpe)]
+        if kind == "dense":
+            passes = dense_gemms(geo, samples, phase)[0 if input_grad else 1:]
+            kernels = [Kernel(g) for g in passes] + extra
+            return Choice("gemm", self.run(kernels), len(kernels))
+        if kind == "conv" and len(geo.in_shape) == 3:
+            return self._conv(geo, samples, phase, input_grad, extra)
+        passes = PASSES.get(kind.split("_", 1)[0])
+        if passes is None:
+            return None
+        in_elems = samples * math.prod(geo.in_shape) / geo.shards
+        ins, outs = passes[0 if phase == "fwd" else 1]
+        nbytes = (ins * in_elems + outs * out_elems) * self.bpe
+        if not nbytes:
+            return Choice("view", 0.0, 0)
+        return Choice("memory", self.run([Kernel(bytes=nbytes)]), 1)
+
+    def _conv(self, geo: Geometry, samples: int, phase: str, input_grad: bool,
+              extra: list[Kernel]) -> Choice:
+        roles = ("fwd",) if phase == "fwd" else ("dgrad", "wgrad") if input_grad else ("wgrad",)
+        parts = [conv_candidates(geo, samples, role, self.bpe) for role in roles]
+        seconds, kernels, names = self.run(extra), len(extra), []
+        for candidates in parts:
+            timed = [(self.run(ks), name, len(ks)) for name, ks in candidates]
+            t, name, n = min(timed, key=lambda x: x[0])
+            seconds, kernels = seconds + t, kernels + n
+            names.append(name)
+        return Choice("+".join(names), seconds, kernels)
+
+
+def dense_gemms(geo: Geometry, samples: int, phase: str) -> list[Gemm]:
+    rows = samples * math.prod(geo.in_shape[:-1])
+    fan_in, units = geo.in_shape[-1], max(1, geo.out_shape[-1] // geo.shards)
+    if phase == "fwd":
+        return [Gemm(rows, units, fan_in)]
+    return [Gemm(rows, fan_in, units), Gemm(units, fan_in, rows)]  # data, weight gradients
+
+
+def conv_candidates(geo: Geometry, samples: int, role: str, bpe: int
+                    ) -> list[tuple[str, list[Kernel]]]:
+    """The algorithms ``role`` (fwd, dgrad, wgrad) of a convolution is eligible for, each as
+    the kernels it launches."""
+    c, h, w = geo.in_shape
+    k_out, p, q = geo.out_shape
+    g = geo.groups
+    k_out = max(1, k_out // geo.shards)
+    (r, s), (sh, sw) = geo.kernel, geo.stride
+    cg, kg = c // g, max(1, k_out // g)
+    overlap = max(1.0, r * s / (sh * sw))
+    npq = samples * p * q
+    if role == "fwd":
+        out = [("implicit_gemm", [Kernel(Gemm(npq, kg, cg * r * s, g, overlap))])]
+    elif role == "dgrad":
+        out = [("implicit_gemm", [Kernel(Gemm(samples * h * w, cg, kg * r * s, g, overlap))])]
+    else:
+        out = [("implicit_gemm", [Kernel(Gemm(kg, cg * r * s, npq, g, overlap))])]
+    if g == 1 and (sh, sw) == (1, 1):
+        # the forward maps C planes of H x W to K planes of P x Q; the data gradient the
+        # reverse; the weight gradient correlates the input with the output gradient, the
+        # same transformed planes reduced over the tiles instead of the channels
+        cin, cout = (k_out, c) if role == "dgrad" else (c, k_out)
+        hw_out = (h, w) if role == "dgrad" else (p, q)
+        hw_in = (p, q) if role == "dgrad" else (h + 2 * geo.padding[0], w + 2 * geo.padding[1])
+        if (r, s) == (3, 3):
+            out += winograd(samples, cin, cout, hw_out, bpe, role == "wgrad")
+        if min(r, s) >= FFT_MIN_KERNEL:
+            out.append(("fft", fft(samples, cin, cout, hw_in, bpe, role == "wgrad")))
+    return out
+
+
+def winograd(n: int, cin: int, cout: int, hw: tuple[int, int], bpe: int, wgrad: bool = False
+             ) -> list[tuple[str, list[Kernel]]]:
+    """The Winograd algorithms: per element of the a x a transformed tile, a product of the
+    tiles' transformed inputs and the transformed filters (forward, data gradient), or of the
+    transformed inputs and output gradients reduced over the tiles (weight gradient, cuDNN's
+    non-fused one only)."""
+    out = []
+    for name, (m, r) in (("winograd_fused", WINOGRAD_SMALL),
+                         ("winograd_nonfused", WINOGRAD_LARGE)):
+        if wgrad and name == "winograd_fused":
+            continue
+        a = m + r - 1  # transformed tile side
+        tiles = n * -(-hw[0] // m) * -(-hw[1] // m)
+        product = Kernel(Gemm(cout, cin, tiles, a * a) if wgrad else
+                         Gemm(tiles, cout, cin, a * a))
+        if name == "winograd_fused":
+            out.append((name, [product]))
+        else:
+            # input transform: read the input, write a x a values per tile and channel; output
+            # transform: read a x a per tile and filter, write the output; filter transform
+            # read and written once per step (small)
+            into = (n * cin * hw[0] * hw[1] + a * a * tiles * cin) * bpe
+            back = (a * a * tiles * cout + n * cout * hw[0] * hw[1]) * bpe
+            filt = (9 + a * a) * cin * cout * bpe
+            out.append((name, [Kernel(bytes=into), Kernel(bytes=filt), product,
+                               Kernel(bytes=back)]))
+    return out
+
+
+def fft(n: int, cin: int, cout: int, hw_in: tuple[int, int], bpe: int, wgrad: bool = False
+        ) -> list[Kernel]:
+    """FFT convolution: transform the planes, a complex product per frequency bin (the
+    forward and data gradient reduce over the channels, the weight gradient over the
+    samples), transform the result back."""
+    side = 1 << max(1, math.ceil(math.log2(max(hw_in))))
+    bins = side * (side // 2 + 1)  # a real plane's non-redundant half spectrum
+    cplx = 8  # complex64 bytes
+    plane = hw_in[0] * hw_in[1] * bpe
+    a_planes, b_planes = n * cin, (n * cout if wgrad else cin * cout)
+    out_planes = cin * cout if wgrad else n * cout
+    # per bin a complex product, 4 real GEMMs' FLOPs
+    product = Gemm(cout, cin, n, 4 * bins) if wgrad else Gemm(n, cout, cin, 4 * bins)
+    return [
+        Kernel(bytes=a_planes * (plane + bins * cplx)),  # inputs forward
+        Kernel(bytes=b_planes * (plane + bins * cplx)),  # filters (or output gradients)
+        Kernel(product),
+        Kernel(bytes=out_planes * (bins * cplx + plane)),  # back
+    ]
+
+
+def shape_class(kind: str, geo: Geometry | None) -> str:
+    """The shape class a kernel curve may be given for (``conv.fwd#3x3s1``): convolutions by
+    the algorithms they are eligible for (``1x1``, ``3x3s1``, ``large_s1``, ``strided``,
+    ``grouped``), dense layers ``gemm``; empty for other kinds."""
+    if geo is None:
+        return ""
+    if kind == "dense":
+        return "gemm"
+    if kind != "conv":
+        return ""
+    if geo.groups > 1:
+        return "grouped"
+    if geo.stride != (1, 1):
+        return "strided"
+    if geo.kernel == (1, 1):
+        return "1x1"
+    if geo.kernel == (3, 3):
+        return "3x3s1"
+    if min(geo.kernel) >= FFT_MIN_KERNEL:
+        return "large_s1"
+    return "other_s1"
+
+
+def solve_efficiency(time_at: Callable[[float], float], seconds: float, low: float = 0.02,
+                     high: float = 16.0) -> tuple[float, str]:
+    """The efficiency at which a kernel's modelled time ``time_at(e)`` equals a measured
+    ``seconds`` (bisection in log e: the time falls as the efficiency grows), and ``low`` or
+    ``high`` when it lies past those bounds (the bound is returned): how a published or
+    profiled kernel time becomes a point of a ``#class`` curve."""
+    lo, hi = math.log(low), math.log(high)
+    if time_at(high) > seconds:
+        return high, "high"
+    if time_at(low) < seconds:
+        return low, "low"
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if time_at(math.exp(mid)) > seconds:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2), ""

@@ -1,0 +1,261 @@
+"""The per-kernel GPU model (simulator/engine/gpu.py) against closed forms of its mechanisms:
+tile and wave quantization, split-K, the convolution algorithms' arithmetic, memory-bound
+passes, and how a device picks its curves."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import simpy
+
+from simulator.catalogue import catalogue_devices, devices, kernel_curves
+from simulator.engine import gpu
+from simulator.engine.hardware import Device
+from simulator.model.layers import GraphBuilder
+from simulator.plan import Compute
+from simulator.specs import DeviceSpec
+from simulator.strategies.common import kernel_shape
+
+ROOT = Path(__file__).resolve().parents[2]
+PEAK = 10e12
+
+
+def spec(sms: int = 10, blocks: int = 1, bandwidth: float = 1e18, launch: float = 0.0,
+         eff: float = 1.0) -> DeviceSpec:
+    return DeviceSpec(name="t", kind="gpu", sms=sms, peak_flops={"fp32": PEAK}, memory=16e9,
+                      memory_bandwidth=bandwidth, launch_overhead=launch,
+                      compute_efficiency=eff, memory_efficiency=1.0, blocks_per_sm=blocks,
+                      comm_sms=0, source="test")
+
+
+def model(**kw) -> gpu.Model:
+    return gpu.Model(spec(**kw), PEAK, 4)
+
+
+# ---- shapes ------------------------------------------------------------------------------
+
+def test_a_kernel_shape_string_parses_back_to_its_geometry():
+    b = GraphBuilder("t", (48, 27, 27))
+    b.conv("c", 128, (1, 7), (1, 2), (0, 3), groups=2)
+    node = b.graph.nodes["c"]
+    geo = gpu.parse_shape(kernel_shape(node, 4))
+    assert geo == gpu.Geometry((48, 27, 27), node["out_shape"], (1, 7), (1, 2), (0, 3), 2, 4)
+    assert gpu.parse_shape(kernel_shape({"in_shape": (4096,), "out_shape": (1000,)})) == \
+        gpu.Geometry((4096,), (1000,))
+    assert gpu.parse_shape("not a shape") is None
+
+
+@pytest.mark.parametrize("kernel, stride, groups, cls", [
+    ((1, 1), (1, 1), 1, "1x1"), ((3, 3), (1, 1), 1, "3x3s1"), ((5, 5), (1, 1), 1, "large_s1"),
+    ((3, 3), (2, 2), 1, "strided"), ((3, 3), (1, 1), 2, "grouped"), ((1, 7), (1, 1), 1,
+                                                                      "other_s1")])
+def test_shape_classes(kernel, stride, groups, cls):
+    geo = gpu.Geometry((64, 28, 28), (64, 28, 28), kernel, stride, (0, 0), groups)
+    assert gpu.shape_class("conv", geo) == cls
+    assert gpu.shape_class("dense", gpu.Geometry((10,), (10,))) == "gemm"
+    assert gpu.shape_class("act_relu", geo) == ""
+
+
+# ---- tiles and waves ---------------------------------------------------------------------
+
+def one_tile(k: int) -> float:
+    return 2 * 128 * 128 * k / (PEAK / 10)  # a 128x128 tile on one of 10 SMs
+
+
+def test_a_full_wave_takes_one_tile_time():
+    k = 1024
+    assert model().gemm_time(gpu.Gemm(128 * 10, 128, k)) == pytest.approx(one_tile(k))
+
+
+def test_one_tile_past_a_wave_costs_the_best_tiling_of_the_second_wave():
+    # 11 tiles of 128x128 on 10 SMs: two waves (2x). Smaller tiles lose less: 32x64 tiles
+    # make 88, nine waves of 1/8 of the time: 9/8, the least of the tile shapes
+    k = 1024
+    t = model().gemm_time(gpu.Gemm(128 * 11, 128, k))
+    assert t == pytest.approx(one_tile(k) * 9 / 8)
+
+
+def test_tile_quantization_pads_the_matrix_edge():
+    # 129 x 128 on 1 SM: the best tiling is 160 x 128 rows' worth (five 32-row tiles)
+    k = 512
+    t = model(sms=1).gemm_time(gpu.Gemm(129, 128, k))
+    assert t == pytest.approx(2 * 160 * 128 * k / PEAK)
+
+
+def test_split_k_fills_idle_sms_and_pays_for_the_partial_sums():
+    # a 32x32 output is one tile of any shape (the 32x64 one wastes least); K = 8192 on 8
+    # SMs splits into 8 slices of 1024, one per SM, then the partial sums pass (each slice
+    # writes its sum, a second pass reads them and writes the result)
+    bw = 1e12
+    t = model(sms=8, bandwidth=bw).gemm_time(gpu.Gemm(32, 32, 8192))
+    slice_t = 2 * 32 * 64 * 1024 / (PEAK / 8)
+    sums = (2 * 8 + 1) * 32 * 32 * 4 / bw
+    compulsory = (32 * 8192 * 2 + 32 * 32) * 4 / bw
+    assert slice_t > compulsory  # math-bound
+    assert t == pytest.approx(slice_t + sums)
+    unsplit = 2 * 32 * 64 * 8192 / (PEAK / 8)
+    assert t < unsplit / 4
+
+
+def test_a_memory_bound_gemm_takes_its_compulsory_bytes():
+    bw = 1e9
+    m = model(bandwidth=bw)
+    g = gpu.Gemm(4096, 4096, 8)  # a thin reduction: the output dominates
+    assert m.gemm_time(g) >= (4096 * 8 * 2 + 4096 * 4096) * 4 / bw
+
+
+# ---- convolution algorithms ---------------------------------------------------------------
+
+def conv(c, h, k_out, kernel, stride=1, padding=0, groups=1) -> gpu.Geometry:
+    p = (h + 2 * padding - kernel) // stride + 1
+    return gpu.Geometry((c, h, h), (k_out, p, p), (kernel, kernel), (stride, stride),
+                        (padding, padding), groups)
+
+
+def test_winograd_does_2_25x_and_4x_fewer_multiplications_than_direct():
+    geo = conv(64, 56, 64, 3, padding=1)
+    direct = 2 * 8 * 56 * 56 * 64 * 64 * 9
+    algos = dict(gpu.conv_candidates(geo, 8, "fwd", 4))
+    fused = algos["winograd_fused"][0].gemm
+    nonfused = next(kn.gemm for kn in algos["winograd_nonfused"] if kn.gemm)
+    assert 2 * fused.m * fused.n * fused.k * fused.batch * 2.25 == pytest.approx(direct)
+    # F(4x4, 3x3): 56 is a multiple of 4, so exactly 4x
+    assert 2 * nonfused.m * nonfused.n * nonfused.k * nonfused.batch * 4 == \
+        pytest.approx(direct)
+
+
+@pytest.mark.parametrize("geo, eligible", [
+    (conv(64, 56, 64, 3, padding=1), {"implicit_gemm", "winograd_fused", "winograd_nonfused"}),
+    (conv(64, 27, 192, 5, padding=2), {"implicit_gemm", "fft"}),
+    (conv(64, 56, 64, 1), {"implicit_gemm"}),
+    (conv(64, 56, 64, 3, stride=2, padding=1), {"implicit_gemm"}),
+    (conv(64, 56, 64, 3, padding=1, groups=2), {"implicit_gemm"}),
+])
+def test_the_algorithms_a_convolution_is_eligible_for(geo, eligible):
+    assert {name for name, _ in gpu.conv_candidates(geo, 8, "fwd", 4)} == eligible
+    assert {name for name, _ in gpu.conv_candidates(geo, 8, "wgrad", 4)} == \
+        eligible - {"winograd_fused"}
+
+
+def test_the_chosen_algorithm_is_the_fastest_candidate():
+    m = model(sms=80, bandwidth=900e9, launch=5e-6, eff=0.8)
+    geo = conv(128, 28, 128, 3, padding=1)
+    choice = m.choose("conv", "fwd", geo, 32)
+    times = {name: m.run(ks) for name, ks in gpu.conv_candidates(geo, 32, "fwd", 4)}
+    assert choice.algorithm == min(times, key=times.get)
+    assert choice.seconds == pytest.approx(min(times.values()))
+
+
+def test_a_first_layer_backward_has_no_data_gradient():
+    m = model(sms=80, bandwidth=900e9)
+    geo = conv(3, 224, 64, 7, stride=2, padding=3)
+    both = m.choose("conv", "bwd", geo, 16)
+    wgrad = m.choose("conv", "bwd", geo, 16, input_grad=False)
+    assert wgrad.algorithm == "implicit_gemm" and both.algorithm.count("+") == 1
+    assert wgrad.seconds < both.seconds
+
+
+def test_dense_backward_is_two_gemms_and_a_bias_gradient_pass():
+    bw = 100e9
+    m = model(bandwidth=bw)
+    geo = gpu.Geometry((1024,), (1024,))
+    plain = m.choose("dense", "bwd", geo, 256)
+    biased = m.choose("dense", "bwd", geo, 256, bias=True)
+    assert plain.kernels == 2 and biased.kernels == 3
+    assert biased.seconds - plain.seconds == pytest.approx(256 * 1024 * 4 / bw)
+
+
+# ---- memory-bound layers -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, phase, passes", [
+    ("act_relu", "fwd", 2), ("act_relu", "bwd", 3), ("norm", "fwd", 3), ("norm", "bwd", 5),
+    ("add", "fwd", 3), ("flatten", "fwd", 0)])
+def test_memory_bound_layers_take_their_passes(kind, phase, passes):
+    bw, launch = 500e9, 4e-6
+    m = model(bandwidth=bw, launch=launch)
+    geo = gpu.Geometry((64, 28, 28), (64, 28, 28))
+    choice = m.choose(kind, phase, geo, 32)
+    elems = 32 * 64 * 28 * 28
+    expected = passes * elems * 4 / bw + (launch if passes else 0.0)
+    assert choice.seconds == pytest.approx(expected)
+
+
+def test_a_pool_reads_its_input_and_writes_its_smaller_output():
+    m = model(bandwidth=1e11)
+    geo = gpu.Geometry((64, 56, 56), (64, 28, 28), (2, 2), (2, 2))
+    assert m.choose("pool_max", "fwd", geo, 8).seconds == pytest.approx(
+        8 * 64 * (56 * 56 + 28 * 28) * 4 / 1e11)
+
+
+def test_attention_and_rbm_stay_on_the_device_roofline():
+    assert model().choose("attention", "fwd", gpu.Geometry((128, 64), (128, 64)), 4) is None
+
+
+# ---- the device: which curve, which model --------------------------------------------------
+
+def op(shape: str, kind: str = "conv", phase: str = "fwd", flops: float = 1e9) -> Compute:
+    return Compute(id=0, stream="compute", deps=(), layer="l", phase=phase, micro_batch=0,
+                   samples=8, shard=0, shards=1, flops=flops, bytes=1e6, blocks=64,
+                   layer_kind=kind, shape=shape)
+
+
+def device(s: DeviceSpec, precision: str = "fp32") -> Device:
+    return Device(simpy.Environment(), "d", s, precision)
+
+
+SHAPE = "64x28x28>64x28x28k3x3s1x1p1x1"
+
+
+def test_a_class_curve_sets_the_kernels_efficiency_in_the_model():
+    base = spec(sms=80, bandwidth=900e9, eff=0.8)
+    curved = replace(base, kernels={"fp32:conv.fwd#3x3s1": ((1.0, 0.4), (1e12, 0.4))})
+    geo = gpu.parse_shape(SHAPE)
+    want = gpu.Model(base, PEAK, 4, None, 0.4).choose("conv", "fwd", geo, 8).seconds
+    dev = device(curved)
+    assert dev.kernel_time(op(SHAPE)) == pytest.approx(want)
+    assert not dev.on_roofline
+
+
+def test_a_class_without_a_curve_stays_on_the_roofline_and_says_so():
+    base = spec(sms=1, bandwidth=1e18, eff=0.8)
+    curved = replace(base, kernels={"fp32:conv.fwd#3x3s1": ((1.0, 0.4), (1e12, 0.4))})
+    dev = device(curved, "fp16")  # the curve is fp32's
+    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.8))
+    assert dev.on_roofline == {"fp16:conv.fwd#3x3s1"}
+    # memory-bound layers take their passes, with or without curves
+    act = op("64x28x28>64x28x28", kind="act_relu", flops=0.0)
+    assert device(base).kernel_time(act) == pytest.approx(2 * 8 * 64 * 28 * 28 * 4 / 1e18)
+
+
+def test_a_shape_curve_still_replaces_the_model():
+    s = replace(spec(), kernels={f"conv.fwd@{SHAPE}": ((1.0, 0.5), (1e12, 0.5))})
+    assert device(s).kernel_time(op(SHAPE, flops=2e9)) == pytest.approx(2e9 / (PEAK * 0.5))
+
+
+def test_the_roofline_kernel_model_keeps_flops_over_one_efficiency():
+    s = replace(spec(sms=1, eff=0.5), kernel_model="roofline")
+    assert device(s).kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.5))
+
+
+def test_catalogue_devices_carry_the_fitted_curves():
+    cat, plain = devices(), catalogue_devices()
+    for name, curves in kernel_curves().items():
+        assert set(curves) <= set(cat[name].kernels)
+        assert not plain[name].kernels
+        assert all(":" in k and "#" in k for k in curves)
+
+
+def test_the_shipped_curves_are_what_the_fit_writes_from_the_shipped_tables():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_curves
+    import yaml
+
+    data = yaml.safe_load(gpu_curves.DATA.read_text())
+    curves, _ = gpu_curves.build(data["entries"], data["sources"])
+    assert gpu_curves.dump(curves) == gpu_curves.OUT.read_text()
+    assert math.isfinite(sum(e for d in curves.values() for c in d["kernels"].values()
+                             for e in c["efficiency"]))

@@ -1,0 +1,76 @@
+"""benchmarks/gpu_models.py: the published figures it compares with, the rule that selects
+them, and the table docs/simulator.md quotes (it must be what the benchmark prints)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def printed() -> str:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        gpu_models.main([])
+    return out.getvalue()
+
+
+def test_every_published_figure_cites_its_source_and_quotes_its_row():
+    entries = gpu_models.load()
+    sources = {s["id"] for s in gpu_models.yaml.safe_load(gpu_models.DATA.read_text())["sources"]}
+    assert entries
+    for e in entries:
+        assert e["source_id"] in sources and e["source"] and e["quote"], e
+        assert e["images_per_s"] > 0
+
+
+def test_the_selection_rule():
+    entries = gpu_models.load()
+    rows = gpu_models.selected(entries)
+    devices = {e["gpu_class"] for e in rows}
+    assert devices == {"K40", "P100", "V100"}
+    assert {e["model"] for e in rows} == set(gpu_models.MODELS)
+    keys = [(e["source_id"], e["model"], e["gpu_class"], e.get("framework")) for e in rows]
+    assert len(keys) == len(set(keys))  # one figure per source, model and device
+    for e in rows:
+        assert e["precision"].startswith("fp32") and 16 <= e["batch_size"] <= 512
+        assert not str(e.get("data", "")).startswith("real")
+        # the largest such batch that source published for that model and device
+        same = [x for x in entries if (x["source_id"], x["model"], x["gpu_class"],
+                                       x.get("framework")) == (e["source_id"], e["model"],
+                                                                e["gpu_class"],
+                                                                e.get("framework"))
+                and x["precision"].startswith("fp32") and isinstance(x["batch_size"], int)
+                and 16 <= x["batch_size"] <= 512
+                and not str(x.get("data", "")).startswith("real")]
+        assert e["batch_size"] == max(x["batch_size"] for x in same)
+
+
+def test_forward_backward_only_sources_are_compared_without_the_update():
+    e = next(x for x in gpu_models.selected(gpu_models.load())
+             if gpu_models.forward_backward_only(x))
+    whole = dict(e, measured="forward, backward and update")
+    assert gpu_models.predict(e).predicted > gpu_models.predict(whole).predicted
+
+
+def test_the_summary_is_the_mean_absolute_error(printed):
+    rows = [gpu_models.predict(e) for e in gpu_models.selected(gpu_models.load())]
+    mape, worst, ok = gpu_models.summary(rows)
+    assert mape == pytest.approx(sum(abs(r.predicted / r.measured - 1) for r in rows) / len(rows))
+    assert abs(worst.error) == max(abs(r.error) for r in rows)
+    assert ("PASS" if ok else "FAIL") in printed
+
+
+def test_the_docs_quote_the_table_the_benchmark_prints(printed):
+    docs = (ROOT / "docs" / "simulator.md").read_text()
+    table = printed.rsplit("\nPASS", 1)[0].rsplit("\nFAIL", 1)[0].strip()
+    assert table in docs
