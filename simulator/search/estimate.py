@@ -5,7 +5,7 @@ best of them: closed forms, no SimPy.
   the larger of FLOPs over peak x efficiency and bytes over memory bandwidth x efficiency),
   or a calibration profile's curve for the kinds it measured, hot for a rank whose working set
   (its memory need) fits half its share of the cache, as the simulator chooses
-  (``hardware.runs_hot``), summed; no overlap with communication.
+  (``hardware.runs_hot``), summed in program order.
 * Collectives: the closed forms the simulator's collectives are tested against without
   contention (docs/simulator.md, Collectives): with p members, S bytes, alpha the route's
   latency and B its bottleneck bandwidth,
@@ -23,8 +23,12 @@ best of them: closed forms, no SimPy.
 * Parameter servers: each worker pushes and pulls its gradient bytes once per step; a step
   takes the larger of the worker's own NIC time and its share of the servers' NICs.
 
-What it leaves out (the simulator has it): contention between different transfers, overlap of
-communication with computation, the schedule's exact dependencies, asynchronous staleness.
+* Overlap: a collective runs on its own stream from when its dependencies are done (a bucket's
+  all-reduce beside the rest of backward); the step is the later of the two streams' ends.
+
+What it leaves out (the simulator has it): contention between different transfers, messages
+overlapping computation, the schedule's exact dependencies across ranks, asynchronous
+staleness.
 It ranks; the simulator decides.
 """
 
@@ -102,7 +106,7 @@ class Estimator:
         return hit
 
     def _link(self, devs: list[str]) -> tuple[float, float]:
-        c, spec = self.cluster, self.cluster.spec
+        c = self.cluster
         route = c.route(devs[0], devs[1])
         nodes = {c.node_of(d) for d in devs}
         alpha = c.latency(route)
@@ -111,7 +115,7 @@ class Estimator:
         other = next(d for d in devs if c.node_of(d) != c.node_of(devs[0]))
         route = c.route(devs[0], other)
         alpha = c.latency(route)
-        per_nic = -(-spec.devices_per_node // spec.nics_per_node)
+        per_nic = c.nic_sharers(devs[0])
         bw = min(c.bandwidth(e) / (per_nic if ".nic" in e[0] or ".nic" in e[1] else 1)
                  for e in route)
         return alpha, bw
@@ -153,8 +157,9 @@ class Estimator:
 
     # ---- any plan ------------------------------------------------------------------------------
     def plan(self, plan: Plan) -> Estimate:
-        """A built plan's iteration: per distinct program, its kernels, collectives and
-        messages one after another; the slowest program's, over the plan's period."""
+        """A built plan's iteration: per distinct program, its kernels and messages one after
+        another and its collectives beside them (from when their dependencies are done); the
+        slowest program's, over the plan's period."""
         dev_of = {r.rank: r.device for r in plan.ranks}
         groups: dict[str, list[str]] = {}
         seen: dict[tuple[int, bool], float] = {}
@@ -174,26 +179,43 @@ class Estimator:
                 continue
             compute = comm = 0.0
             pushed = 0.0
+            # collectives on their own stream, everything else one after another: an op
+            # starts when its stream is free and its dependencies are done (no contention),
+            # so bucketed exchanges overlap backward
+            free: dict[str, float] = {}
+            done: dict[int, float] = {}
             for op in ops:
+                t = 0.0
                 if isinstance(op, WorkLoop):
                     share = max(1, plan.portions // max(1, len(workers)))
                     for inner in op.body:
-                        compute += share * self._op_compute(inner, dev)
+                        t += share * self._op_compute(inner, dev)
+                    compute += t
                 elif isinstance(op, Collective):
                     devs = groups.get(op.group)
                     if devs is None:
                         devs = groups[op.group] = [dev_of[m] for m in plan.groups[op.group]]
-                    comm += self.collective(op.collective, op.algorithm, devs, op.bytes)
+                    t = self.collective(op.collective, op.algorithm, devs, op.bytes)
+                    comm += t
                 elif isinstance(op, Send):
-                    comm += self.p2p(r.device, dev_of[op.peer], op.bytes)
+                    t = self.p2p(r.device, dev_of[op.peer], op.bytes)
+                    comm += t
                 elif isinstance(op, (PSPush, PSPull)):
                     pushed += op.bytes
                 elif not isinstance(op, Recv):
-                    compute += self._op_compute(op, dev)
+                    t = self._op_compute(op, dev)
+                    compute += t
+                stream = op.stream if isinstance(op, Collective) else "main"
+                start = max([free.get(stream, 0.0)] + [done.get(d, 0.0) for d in op.deps])
+                done[op.id] = free[stream] = start + t
+            span = max(done.values(), default=0.0)
             if pushed:
                 nic = self.cluster.spec.inter_link.effective_bandwidth
-                comm += max(pushed / nic, pushed * len(workers) / (len(ps) * ps_bw)
-                            if ps else 0.0)
+                push = max(pushed / nic, pushed * len(workers) / (len(ps) * ps_bw)
+                           if ps else 0.0)
+                comm += push
+                span += push
+            comm = span - compute  # what the streams do not hide
             seen[(id(ops), dev.hot)] = compute + comm
             if compute + comm > worst:
                 worst, parts = compute + comm, {"compute": compute, "communication": comm}

@@ -10,7 +10,8 @@ scenario could hold, so that the search's pick can be pasted into one.
   recomputation; sequence parallelism with tensor parallelism; ZeRO stages 0-3 (0-1 with a
   pipeline, as DeepSpeed runs them);
 * data parallel (``data_parallel``): every all-reduce algorithm, once after backward and in
-  25 MiB buckets overlapping it (PyTorch DDP's default bucket), the parameter server when the
+  25 MiB buckets overlapping it (PyTorch DDP's default bucket; a model with less than 100 MiB
+  of gradients also in 4 buckets of a quarter of them), the parameter server when the
   cluster has one, ZeRO stages 1-3; with recomputation, the ring (plain, overlapped, ZeRO).
   A grid of one stage and no tensor split is data parallel: it is left to this scheme;
 * a deep belief net whose scenario pre-trains it (every strategy ``dbn_pretrain``): each
@@ -37,6 +38,7 @@ from simulator.strategies.partition import blocks_of
 SCHEME_FAMILIES = ("parallel_3d", "data_parallel", "hybrid", "branch", "downpour",
                    "sandblaster", "dbn_pretrain")
 BUCKET_MIB = 25.0  # PyTorch DistributedDataParallel's default bucket_cap_mb
+SMALL_BUCKETS = 4  # a small model's gradients overlap in this many buckets
 # Downpour's fetch and push intervals: every step, and every 4 steps (Dean et al. 2012 name
 # n_fetch and n_push as the knobs that trade communication for staleness)
 DOWNPOUR_EVERY = (1, 4)
@@ -54,6 +56,18 @@ class Constraints:
     synchronous_only: bool = False
     cross_node_tensor: bool = False
     top: int = 20
+
+
+def _buckets(scenario: Scenario, graph) -> list[float]:  # noqa: ANN001
+    """Gradient bucket sizes to overlap backward with: DDP's 25 MiB, and for a model whose
+    gradients fit in fewer than ``SMALL_BUCKETS`` such buckets a bucket of 1/``SMALL_BUCKETS``
+    of them too (one 25 MiB bucket would hold all and overlap nothing)."""
+    from simulator.units import BYTES_PER_ELEMENT, MIB
+
+    grads = sum(d["params"] for _, d in graph.nodes(data=True)) * BYTES_PER_ELEMENT[
+        scenario.training.precision] / MIB
+    small = float(f"{grads / SMALL_BUCKETS:.3g}")
+    return [BUCKET_MIB] + ([small] if 0 < small and grads < SMALL_BUCKETS * BUCKET_MIB else [])
 
 
 def divisors(n: int) -> list[int]:
@@ -94,9 +108,10 @@ def candidates(scenario: Scenario, graph, constraints: Constraints,  # noqa: ANN
                         continue  # (recomputation is for memory: with the one exchange)
                     out.append(("data_parallel", {"devices": n, "exchange": exchange, **more}))
                     if exchange != "ps":
-                        out.append(("data_parallel", {"devices": n, "exchange": exchange,
-                                                      "bucket_MiB": BUCKET_MIB,
-                                                      "overlap": True, **more}))
+                        for bucket in _buckets(scenario, graph):
+                            out.append(("data_parallel", {"devices": n, "exchange": exchange,
+                                                          "bucket_MiB": bucket,
+                                                          "overlap": True, **more}))
                 for zero in (1, 2, 3):
                     out.append(("data_parallel", {"devices": n, "exchange": "ring",
                                                   "zero": zero, **more}))
@@ -208,7 +223,8 @@ def label(scheme: str, options: dict) -> str:
     if scheme == "dbn_pretrain":
         return f"{o['from']}-{o['exchange']}"
     if o.get("overlap"):
-        parts.append("overlap")
+        parts.append("overlap" if o.get("bucket_MiB", BUCKET_MIB) == BUCKET_MIB
+                     else f"overlap{o['bucket_MiB']:g}MiB")
     if o.get("recompute", "none") != "none":
         parts.append(f"rc-{o['recompute']}")
     if o.get("zero"):

@@ -52,6 +52,15 @@ def build_plan(ctx, spec):  # noqa: ANN001, ANN201 - (Context, StrategySpec) -> 
 
 
 def default_options(scheme: str, **given: object) -> dict:
-    """A scheme's options as a scenario entry with only ``given`` written would have them."""
+    """A scheme's options as a scenario entry with only ``given`` written would have them
+    (values in the unit their key names, ``bucket_MiB: 25``, become SI as at load)."""
+    from simulator.schema import unit_factor
+
     options = {key: default for key, (_, default) in scheme_module(scheme).OPTIONS.items()}
-    return {**options, **given}
+    def si(key: str, value: object) -> object:
+        factor = unit_factor(key)
+        if factor == 1.0 or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        return value * factor
+
+    return {**options, **{k: si(k, v) for k, v in given.items()}}
