@@ -59,12 +59,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="overwrite output files (and start a --checkpoint folder afresh)")
     ex.set_defaults(func=cmd_execute)
     cal = sub.add_parser(
-        "calibrate", help="measure this allocation (under mpiexec) and write a profile",
+        "calibrate", help="measure this allocation (under mpiexec), or import a PyTorch "
+                          "profiler trace, and write a profile",
         description="Run under mpiexec with at least two ranks (placed across nodes when "
                     "there are several): mpiexec -n 2 parasim calibrate -o profile.yaml. "
                     "Measures kernel efficiency curves, launch overhead, memory and copy "
                     "bandwidth, core sharing, point-to-point latency and bandwidth, and "
-                    "all-reduce times; writes them in the catalogue's format.")
+                    "all-reduce times; writes them in the catalogue's format. With "
+                    "--from-profile TRACE --scenario S (no mpiexec, no GPU): fits the same "
+                    "profile to the kernels of a torch.profiler trace of a real job, matched "
+                    "to the layers of S's model (docs/validation.md, 'Calibrating from a "
+                    "framework's profile').")
     cal.add_argument("-o", "--output", required=True, metavar="FILE",
                      help="the profile to write (YAML)")
     cal.add_argument("--grid", choices=("tiny", "small", "full"), default="small",
@@ -73,9 +78,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
                      help="the kernels to time: cpu (Numba on the cores) or cuda (numba-cuda on "
                      "the GPUs; default cpu)")
-    cal.add_argument("--name", default="calibrated",
-                     help="the device's name in the profile (links get _intra / _inter)")
+    cal.add_argument("--name", default=None,
+                     help="the device's name in the profile (links get _intra / _inter; "
+                     "default: calibrated, or DEVICE_traced from a trace)")
     cal.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    cal.add_argument("--from-profile", metavar="TRACE",
+                     help="import this Chrome-trace JSON of torch.profiler "
+                     "(prof.export_chrome_trace) instead of measuring; needs --scenario")
+    cal.add_argument("--scenario", metavar="SCENARIO",
+                     help="with --from-profile: the scenario whose model the trace ran (its "
+                     "layers are matched to the trace's operators)")
+    cal.add_argument("--device", metavar="NAME",
+                     help="with --from-profile: the catalogue device for the peaks (default: "
+                     "the one the trace's GPU name gives)")
+    cal.add_argument("--intra-link", metavar="NAME",
+                     help="with --from-profile: the catalogue link to write as the intra-node "
+                     "link (default: from the trace's NCCL all-reduce fit)")
+    cal.add_argument("--comm-scope", choices=("intra", "inter"), default="intra",
+                     help="with --from-profile: the groups the traced all-reduces ran over, "
+                     "one node (intra, default) or several (inter)")
     cal.add_argument("--accept-noisy", action="store_true",
                      help="write the profile even when the machine was too busy to measure or a "
                      "figure is outside its physical bounds (refused otherwise: exit 2, no "
@@ -180,11 +201,16 @@ def _warn_uncalibrated(predicted: dict[str, Any], measured: dict[str, Any]) -> N
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-
+    if args.from_profile or args.scenario:
+        return cmd_calibrate_from_trace(args)
+    args.name = args.name or "calibrated"
     MPI = mpi()
     comm = MPI.COMM_WORLD
     failure = None
     try:
+        for option in ("device", "intra_link"):
+            if getattr(args, option):
+                raise UsageError(f"--{option.replace('_', '-')} goes with --from-profile")
         if comm.Get_size() < 2:
             raise UsageError("parasim calibrate needs at least two ranks (to measure links and "
                              "all-reduce): mpiexec -n 2 parasim calibrate -o FILE")
@@ -208,6 +234,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"parasim: warning: {line}", file=sys.stderr)
         write_text(args.output, outcome.text)
         print(f"profile written to {args.output}")
+    return 0
+
+
+def cmd_calibrate_from_trace(args: argparse.Namespace) -> int:
+    """``parasim calibrate --from-profile TRACE --scenario S -o FILE``: no MPI, no Numba."""
+    if not (args.from_profile and args.scenario):
+        raise UsageError("--from-profile TRACE and --scenario SCENARIO go together: the "
+                         "scenario's model is what the trace's kernels are matched to")
+    check_outputs([args.output], args.force)
+    from executor.calibration.trace_import import import_trace
+
+    imported = import_trace(args.from_profile, args.scenario, device=args.device,
+                            name=args.name, comm_scope=args.comm_scope,
+                            intra_link=args.intra_link)
+    print("\n".join(imported.lines))
+    for line in imported.warnings:
+        print(f"parasim: warning: {line}", file=sys.stderr)
+    write_text(args.output, imported.text)
+    print(f"profile written to {args.output}")
     return 0
 
 

@@ -7,7 +7,8 @@ A profile is a YAML file with three parts::
       hosts: [node-a]
       ranks: 2
       ranks_per_node: 2
-      cores_per_node: 2      # read by the simulator: ranks beyond this share cores
+      cores_per_node: 2      # read by the simulator: ranks beyond this share cores (0: not
+                             # measured, no core sharing: a profile imported from a GPU trace)
       co_run: {ranks: 2, slowdown: 1.12}   # read by the simulator (see NodeMeasurements)
       wakeup:                # read by the simulator: a blocked thread's wake-up latency
         - {ranks_per_core: 1.0, latency_us: 20}
@@ -37,6 +38,8 @@ A profile is a YAML file with three parts::
                   median_spread: 0.03, max_spread: 0.2, noisy: []}
         warnings: []         # as printed by calibrate; figures it refused, when accepted
         accepted_noisy: false  # written with --accept-noisy
+        simulated: true      # only when the kernels ran under numba's CUDA simulator (CPU
+                             # emulation): the device's figures are not a GPU's
       measured: {...}        # kernel, copy, point-to-point and all-reduce tables, as measured
     devices:                 # exactly one entry, read like devices.yaml (with ``kernels`` curves)
       NAME: {...}
@@ -74,7 +77,8 @@ from simulator.yaml_input import load_yaml, read_text
 CALIBRATION_KEYS = ("date", "hosts", "ranks", "ranks_per_node", "cores_per_node", "co_run",
                     "wakeup", "message_wakeup", "migration", "spread", "collectives", "backend",
                     "versions", "conditions", "measured")
-CONDITIONS_KEYS = ("load", "foreign_share", "repeats", "warnings", "accepted_noisy")
+CONDITIONS_KEYS = ("load", "foreign_share", "repeats", "warnings", "accepted_noisy",
+                   "simulated")
 ALGORITHMS = ("ring", "tree", "mpi")
 
 
@@ -128,7 +132,7 @@ def parse_profile(data: Any, file: str = "<profile>") -> Profile:
     }
     if cal.has("conditions"):  # profiles written before calibrate checked itself have none
         record["conditions"] = _conditions(cal.sub("conditions"))
-    cores = cal.get("cores_per_node", integer(1))
+    cores = cal.get("cores_per_node", integer(0))
     co = cal.sub("co_run")
     co_run = (co.get("ranks", integer(1)), co.get("slowdown", number(minimum=1.0)))
     co.done(("ranks", "slowdown"))
@@ -240,6 +244,8 @@ def _conditions(f: Fields) -> dict[str, Any]:
            "repeats": dict(f.get("repeats", _mapping, {})),
            "warnings": list(f.get("warnings", list_of(string, min_len=0), ())),
            "accepted_noisy": f.get("accepted_noisy", boolean, False)}
+    if f.has("simulated"):  # written only for numba's CUDA simulator
+        out["simulated"] = f.get("simulated", boolean)
     f.done(CONDITIONS_KEYS)
     return out
 
