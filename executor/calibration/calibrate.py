@@ -13,6 +13,11 @@ Run under ``mpiexec`` with at least two ranks. Measured, in this order:
   (``kernels.cache_sweep``); a rank whose working set fits half its share of it takes the hot
   curves (``simulator/engine/hardware.py``);
 * host-device copy bandwidth, on a GPU backend;
+* on a GPU backend (``cuda``) the device's memory bandwidth is a streaming ``axpy`` on it (12
+  bytes moved per element), its SM count and memory are the device's, and the host's cache is
+  not swept (a GPU kernel does not use it); the core-sharing, wake-up and spread measurements
+  below run their work on the host's cores (the ``cpu`` kernels) either way: they measure how
+  the node's cores and the OS treat the ranks' threads;
 * core sharing: the cores each node gives this job, ranks per node, the slowdown of a kernel
   while the node's other ranks run the same kernel (``co_run``), and, when ranks outnumber
   cores, the slowdown while they wait inside MPI (whether MPI's waits poll);
@@ -36,6 +41,11 @@ them too; timings are checked for the spread of their repeats, and the profile's
 physical bounds (``executor/calibration/checks.py``). A machine too busy to be measured, or a
 figure no machine can have, is a refusal (no profile) unless ``--accept-noisy``; doubtful
 figures are warnings. Both are recorded in the profile's ``calibration.conditions``.
+
+Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, no GPU) the ``cuda`` kernels run as
+Python threads on the CPU: they are timed on the smallest shapes (``kernels.SIMULATED``), the
+device's figures are the emulator's and are not judged against a GPU's bounds, and the profile
+says so (``calibration.conditions.simulated: true``, a warning, the device's ``source``).
 
 The profile (``simulator/profile.py``) is written by rank 0.
 """
@@ -75,8 +85,10 @@ from executor.calibration.kernels import (
     HOT,
     cache_sweep,
     checked,
+    kernel_grid,
     measure_kernels,
     runner_overhead,
+    simulated,
     timed_samples,
 )
 from executor.calibration.load import LoadProbe
@@ -86,6 +98,9 @@ from simulator.predict import code_version
 F32 = np.float32
 LOAD_WINDOW_S = {"tiny": 0.1, "small": 0.5, "full": 1.0}  # each sleeping look at the load
 LOAD_TRIES = 3  # looks at most, while other processes take a tenth of the cores or more
+SIMULATED_NOTE = ("the cuda kernels ran under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), "
+                  "CPU emulation: the device's figures (peak, kernel curves, memory and copy "
+                  "bandwidth, launch overhead, SMs, memory) are the emulator's, not a GPU's")
 
 
 @dataclass
@@ -101,7 +116,16 @@ class Outcome:
 
 class Calibration(CommCalibration, SharingCalibration):
     def __init__(self, comm: MPI.Comm, backend: Any, grid: str):
-        self.comm, self.k, self.grid = comm, backend, grid
+        self.comm, self.backend, self.grid = comm, backend, grid
+        self.gpu = backend.name == "cuda"
+        self.simulated = simulated(backend)
+        # the kernels the host-side measurements (``SharingCalibration``) run as work: the
+        # host's cores, which a GPU backend's kernels leave to the rank's threads
+        self.k = backend
+        if self.gpu:
+            from executor.kernels import get_backend
+
+            self.k = get_backend("cpu")
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         hosts = comm.allgather(MPI.Get_processor_name())
@@ -135,7 +159,7 @@ class Calibration(CommCalibration, SharingCalibration):
 
     # ---- kernels and memory (rank 0) ------------------------------------------------------
     def kernels(self) -> dict[str, list[tuple[float, float]]]:
-        out = measure_kernels(self.k, self.grid, self.repeats) if self.rank == 0 else {}
+        out = measure_kernels(self.backend, self.grid, self.repeats) if self.rank == 0 else {}
         quiet_barrier(self.comm)
         return out
 
@@ -144,25 +168,44 @@ class Calibration(CommCalibration, SharingCalibration):
         model of 4-wide layers, less the same kernels called directly, per op."""
         value = 0.0
         if self.rank == 0:
-            value = runner_overhead(self.k, GRIDS[self.grid], self.repeats)
+            value = runner_overhead(self.backend, kernel_grid(self.backend, self.grid),
+                                    self.repeats)
         quiet_barrier(self.comm)
         return self.comm.bcast(value, root=0)
 
     def memory(self) -> tuple[float, dict[str, Any]]:
-        """Rank 0's memory bandwidth, and the cache its data stay in (``cache_sweep``)."""
+        """Rank 0's memory bandwidth (the host's: all-reduce sums there), and the cache its data
+        stay in (``cache_sweep``; none on a GPU backend, whose kernels do not use it)."""
         value, cache = 0.0, {}
         if self.rank == 0:
             n = 1 << 24
             a, b = np.ones(n, F32), np.ones(n, F32)
             t = checked(self.repeats, "memory bandwidth: a streaming add", lambda: timed_samples(
                 lambda: np.add(a, b, out=a), lambda: None, 5, 0.05))
-            value, cache = 3 * 4 * n / t, cache_sweep(self.repeats, GRIDS[self.grid])
+            value = 3 * 4 * n / t
+            cache = {} if self.gpu else cache_sweep(self.repeats, GRIDS[self.grid])
         quiet_barrier(self.comm)
         return self.comm.bcast((value, cache), root=0)
 
+    def device_memory(self) -> float:
+        """Rank 0's GPU memory bandwidth: ``y += a x`` over device arrays (read x and y, write
+        y: 12 bytes an element) of 64 MiB each, past any GPU's L2 cache (256 elements, once,
+        under the simulator: a Python thread each)."""
+        value = 0.0
+        if self.rank == 0:
+            k = self.backend
+            n, reps = (1 << 8, 1) if self.simulated else (1 << 24, 5)
+            x, y = k.to_device(np.ones(n, F32)), k.to_device(np.ones(n, F32))
+            t = checked(self.repeats, "memory bandwidth: a streaming axpy on the device",
+                        lambda: timed_samples(lambda: k.axpy(0.0, x, y), k.synchronize, reps,
+                                              0.05 * reps))
+            value = 3 * 4 * n / t
+        quiet_barrier(self.comm)
+        return self.comm.bcast(value, root=0)
+
     def copies(self) -> dict[str, Any] | None:
         """Host-to-device and device-to-host bandwidth (GPU backends only)."""
-        if self.k.name != "cuda":
+        if not self.gpu:
             return None
         out = None
         if self.rank == 0:
@@ -170,15 +213,14 @@ class Calibration(CommCalibration, SharingCalibration):
             h2d, d2h = [], []
             for s in sizes:
                 host = np.ones(s // 4, F32)
-                dev = self.k.to_device(host)
+                k = self.backend
+                dev = k.to_device(host)
                 h2d.append(checked(self.repeats, f"host-to-device copy of {s} B",
-                                   lambda host=host: timed_samples(
-                                       lambda: self.k.to_device(host), self.k.synchronize, 3,
-                                       0.02)))
+                                   lambda host=host, k=k: timed_samples(
+                                       lambda: k.to_device(host), k.synchronize, 3, 0.02)))
                 d2h.append(checked(self.repeats, f"device-to-host copy of {s} B",
-                                   lambda dev=dev: timed_samples(
-                                       lambda: self.k.to_host(dev), self.k.synchronize, 3,
-                                       0.02)))
+                                   lambda dev=dev, k=k: timed_samples(
+                                       lambda: k.to_host(dev), k.synchronize, 3, 0.02)))
             out = {"bytes": sizes, "host_to_device_s": h2d, "device_to_host_s": d2h,
                    "host_to_device_GBps": sizes[-1] / h2d[-1] / 1e9,
                    "device_to_host_GBps": sizes[-1] / d2h[-1] / 1e9}
@@ -190,10 +232,35 @@ def versions(backend: Any) -> dict[str, str]:
     import numba
 
     lib = MPI.Get_library_version().strip().splitlines()[0]
-    return {"parasim": code_version(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__,
-            "mpi4py": __import__("mpi4py").__version__, "mpi": lib, "backend": backend.name,
-            "platform": platform.platform(), "argv": " ".join(sys.argv[1:])}
+    out = {"parasim": code_version(), "python": platform.python_version(),
+           "numpy": np.__version__, "numba": numba.__version__,
+           "mpi4py": __import__("mpi4py").__version__, "mpi": lib, "backend": backend.name,
+           "platform": platform.platform(), "argv": " ".join(sys.argv[1:])}
+    if backend.name == "cuda":
+        from importlib import metadata
+
+        try:
+            out["numba-cuda"] = metadata.version("numba-cuda")
+        except metadata.PackageNotFoundError:
+            pass
+        out["gpu"] = gpu_properties(backend)["name"]
+    return out
+
+
+def gpu_properties(backend: Any) -> dict[str, Any]:
+    """The current CUDA device's name, SM count and memory (bytes, None when unknown); under
+    the simulator, which has no SMs and whose device memory is the host's, the simulator."""
+    from numba import cuda
+
+    if simulated(backend):
+        return {"name": "numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1, CPU emulation)",
+                "sms": 1, "memory_bytes": None}
+    dev = cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    return {"name": f"{name} (compute capability "
+                    f"{'.'.join(map(str, dev.compute_capability))})",
+            "sms": int(dev.MULTIPROCESSOR_COUNT),
+            "memory_bytes": int(cuda.current_context().get_memory_info().total)}
 
 
 def now() -> str:
@@ -217,18 +284,24 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
     if refusal is not None:  # every rank has the same figures
         return Outcome(refusal=refusal)
     began = cal.probe.mark()
+    if cal.simulated:
+        cal.say(f"  {SIMULATED_NOTE}; the kernels are timed once each, on the "
+                "smallest shapes")
     step("kernel efficiency curves, per kind and per layer shape")
     curves = cal.kernels()
     cold = [k for k in curves if not k.startswith(HOT)]
     kinds = [k for k in cold if "@" not in k]
     cal.say(f"  kernels: {sum(len(curves[k]) for k in kinds)} points over {len(kinds)} kinds "
-            f"and {len(cold) - len(kinds)} layer shapes, each timed cold and hot")
+            f"and {len(cold) - len(kinds)} layer shapes, "
+            + ("each timed back to back" if cal.gpu else "each timed cold and hot"))
     step("launch overhead")
     launch = cal.launch_overhead()
     step("memory bandwidth, and the cache a step's data stay in")
     membw, cache = cal.memory()
-    cal.say(f"  cache: {cache['effective_MiB']:g} MiB of the {cache['last_level_MiB']:g} MiB "
-            "last-level cache keeps a working set from one pass to the next")
+    device_membw = cal.device_memory() if cal.gpu else membw
+    if cache:
+        cal.say(f"  cache: {cache['effective_MiB']:g} MiB of the {cache['last_level_MiB']:g} "
+                "MiB last-level cache keeps a working set from one pass to the next")
     step("host-device copies")
     copies = cal.copies()
     step("core sharing: ranks computing side by side, and beside waiting ranks")
@@ -286,12 +359,13 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
     hosts = sorted(set(cal.hosts))
     where = f"measured by parasim calibrate on {', '.join(hosts)} at {date}"
     dense = curves.get("dense.fwd") or next(iter(curves.values()))
+    gpu = gpu_properties(backend) if cal.gpu else {}
     device = {
-        "kind": "gpu" if backend.name == "cuda" else "cpu",
-        "sms": int(getattr(backend, "sm_count", 1)),
+        "kind": "gpu" if cal.gpu else "cpu",
+        "sms": gpu.get("sms", 1),
         "peak_TFLOPS": {"fp32": peak / 1e12},
-        "memory_GiB": _memory_per_rank(cal.ranks_per_node) / 2**30,
-        "memory_bandwidth_GBps": membw / 1e9,
+        "memory_GiB": (gpu.get("memory_bytes") or _memory_per_rank(cal.ranks_per_node)) / 2**30,
+        "memory_bandwidth_GBps": device_membw / 1e9,
         "launch_overhead_us": launch * 1e6,
         "compute_efficiency": round(min(1.0, dense[-1][0] / dense[-1][1] / peak), 5),
         "memory_efficiency": 1.0,
@@ -301,8 +375,10 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
         # the cache a working set stays in; measured on the host, so a GPU's own is not
         # known (0: the simulator keeps the cold curves)
         "cache_MiB": cache["effective_MiB"] if backend.name != "cuda" else 0.0,
-        "source": f"{where} ({backend.name} backend): peak is the fastest kernel rate "
-                  "measured; efficiencies per kernel kind against it",
+        "source": f"{where} ({backend.name} backend"
+                  f"{', ' + gpu['name'] if gpu else ''}): peak is the fastest kernel rate "
+                  "measured; efficiencies per kernel kind against it"
+                  + (f"; {SIMULATED_NOTE}" if cal.simulated else ""),
     }
     link_entries = {}
     for scope, m in links.items():
@@ -315,6 +391,7 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
                       "largest blocking send that returned before its receiver was there"}
     measured = {"kernels_s": {k: [[f, t] for f, t in v] for k, v in sorted(curves.items())},
                 "memory_bandwidth_GBps": membw / 1e9, "cache": cache,
+                **({"device_memory_bandwidth_GBps": device_membw / 1e9} if cal.gpu else {}),
                 "launch_overhead_s": launch,
                 "core_sharing": sharing, "wakeup": wakeup, "message_wakeup": message_wakeup,
                 "migration": migration, "spread": spread, "p2p": links,
@@ -342,7 +419,8 @@ def calibrate(comm: MPI.Comm, backend: Any, grid: str, name: str, accept_noisy: 
                    "backend": backend.name, "versions": versions(backend),
                    "measured": measured}
     warnings, refusal = conclude(calibration, (name, device), link_entries, machine_load,
-                                 cal.probe.cores, cal.repeats, accept_noisy)
+                                 cal.probe.cores, cal.repeats, accept_noisy,
+                                 SIMULATED_NOTE if cal.simulated else None)
     if refusal is not None:
         return Outcome(refusal=refusal)
     from simulator.profile import dump_profile
@@ -368,9 +446,10 @@ def summary(device: dict, links: dict, rows: list[dict], sharing: dict, cal: Cal
     curves = device["kernels"]
     cold = [key for key in curves if not key.startswith(HOT)]
     shaped = sum("@" in key for key in cold)
-    out.append(f"  kernel curves: {len(cold) - shaped} kinds, {shaped} layer shapes, cold and "
-               f"hot (hot where a rank's working set fits half its share of "
-               f"{device['cache_MiB']:g} MiB)")
+    out.append(f"  kernel curves: {len(cold) - shaped} kinds, {shaped} layer shapes, "
+               + ("back to back" if device["kind"] == "gpu" else
+                  f"cold and hot (hot where a rank's working set fits half its share of "
+                  f"{device['cache_MiB']:g} MiB)"))
     for key in cold:
         if "@" in key:
             continue

@@ -17,7 +17,9 @@ tested on synthetic measurements:
   ``LOAD_LIMIT``.
 * **Physical bounds** (``check_profile``): each figure of the profile against a floor and a
   ceiling no machine this runs on can pass (a refusal) and a narrower range outside which it is
-  doubtful (a warning). Each bound's reason is beside it.
+  doubtful (a warning). Each bound's reason is beside it. A device measured under numba's CUDA
+  simulator (CPU emulation) is no GPU: its figures are not judged, and the profile is marked
+  ``simulated`` instead (``conclude``).
 
 The command refuses (exit 2, no profile) on any refusal unless ``--accept-noisy``; warnings are
 printed one a line and recorded in the profile's ``calibration.conditions`` either way.
@@ -168,6 +170,10 @@ MEMORY = Bound(floor=0.5, ceiling=1000.0, low=2.0, high=200.0,
                impossible="one core streaming memory: DRAM since 2003 moves 3.2 GB/s a channel "
                           "or more, and no core's L1 cache moves 1000 GB/s",
                doubtful="below 2 the core was shared, above 200 the arrays stayed in a cache")
+GPU_MEMORY = Bound(floor=10.0, ceiling=20_000.0, low=100.0,
+                   impossible="a GPU streaming its memory: no CUDA GPU's moves less than "
+                              "10 GB/s, and HBM3e moves 4.8-8 TB/s",
+                   doubtful="below 100 GB/s the GPU was shared, or its clocks held down")
 PEAK = {"cpu": Bound(floor=1e-4, ceiling=1.0, low=1e-3,
                      impossible="the fastest kernel rate, which every efficiency is against: a "
                                 "core does at most FMA units x SIMD lanes x 2 x clock (0.32 "
@@ -211,9 +217,11 @@ LOAD = Bound(ceiling=LOAD_LIMIT, high=LOAD_DOUBT,
 
 
 def check_profile(calibration: dict[str, Any], device: tuple[str, dict[str, Any]],
-                  links: dict[str, dict[str, Any]]) -> list[Finding]:
+                  links: dict[str, dict[str, Any]], device_bounds: bool = True
+                  ) -> list[Finding]:
     """Every bound on the figures of a profile as ``calibrate`` builds it (the profile's
-    units): the refusals and the doubts."""
+    units): the refusals and the doubts; the device's own figures (memory bandwidth, peak,
+    kernel times, launch overhead) only with ``device_bounds``."""
     name, dev = device
     over = calibration["ranks_per_node"] / max(1, calibration["cores_per_node"])
     measured = calibration.get("measured", {})
@@ -228,15 +236,8 @@ def check_profile(calibration: dict[str, Any], device: tuple[str, dict[str, Any]
         out += time_shared(over, False).judge(
             "calibration.measured.core_sharing.polling_wait_slowdown",
             sharing["polling_wait_slowdown"])
-    out += MEMORY.judge(f"devices.{name}.memory_bandwidth_GBps", dev["memory_bandwidth_GBps"])
-    out += PEAK[dev["kind"]].judge(f"devices.{name}.peak_TFLOPS.fp32", dev["peak_TFLOPS"]["fp32"])
-    for key, points in measured.get("kernels_s", {}).items():
-        least = min(t for _, t in points)
-        if least <= 0:
-            out.append(Finding(f"calibration.measured.kernels_s.{key}", least, "below", 0.0,
-                               True, "a kernel time that is not positive: the timer did not "
-                               "advance"))
-    out += LAUNCH.judge(f"devices.{name}.launch_overhead_us", dev["launch_overhead_us"])
+    if device_bounds:
+        out += device_findings(name, dev, measured.get("kernels_s", {}))
     for link, entry in links.items():
         out += LATENCY.judge(f"links.{link}.latency_us", entry["latency_us"])
         out += LINK_BANDWIDTH[entry["scope"]].judge(f"links.{link}.bandwidth_GBps",
@@ -257,6 +258,22 @@ def check_profile(calibration: dict[str, Any], device: tuple[str, dict[str, Any]
             out += LATENCY.judge(f"calibration.collectives.{alg}.latency_us", fit["latency_us"])
             out += FIT_BANDWIDTH.judge(f"calibration.collectives.{alg}.bandwidth_GBps",
                                        fit["bandwidth_GBps"])
+    return out
+
+
+def device_findings(name: str, dev: dict[str, Any], kernels_s: dict[str, list]
+                    ) -> list[Finding]:
+    """The bounds on a device entry's own figures, and its kernel times positive."""
+    memory = GPU_MEMORY if dev["kind"] == "gpu" else MEMORY
+    out = memory.judge(f"devices.{name}.memory_bandwidth_GBps", dev["memory_bandwidth_GBps"])
+    out += PEAK[dev["kind"]].judge(f"devices.{name}.peak_TFLOPS.fp32", dev["peak_TFLOPS"]["fp32"])
+    for key, points in kernels_s.items():
+        least = min(t for _, t in points)
+        if least <= 0:
+            out.append(Finding(f"calibration.measured.kernels_s.{key}", least, "below", 0.0,
+                               True, "a kernel time that is not positive: the timer did not "
+                               "advance"))
+    out += LAUNCH.judge(f"devices.{name}.launch_overhead_us", dev["launch_overhead_us"])
     return out
 
 
@@ -300,21 +317,28 @@ def verdict(findings: list[Finding], accept_noisy: bool, refuses: str = "write t
 
 def conclude(calibration: dict[str, Any], device: tuple[str, dict[str, Any]],
              links: dict[str, dict[str, Any]], load: dict[str, dict[str, Any]], cores: int,
-             repeats: Repeats, accept_noisy: bool) -> tuple[list[str], Refused | None]:
+             repeats: Repeats, accept_noisy: bool, simulated: str | None = None
+             ) -> tuple[list[str], Refused | None]:
     """Check a profile as ``calibrate`` built it, and the load it was measured under: the
     warnings and the refusal (``verdict``); without a refusal, ``calibration["conditions"]``
-    records them, with the spread of the repeats (placed before the raw ``measured`` tables)."""
+    records them, with the spread of the repeats (placed before the raw ``measured`` tables).
+    ``simulated``: why the device is no GPU (numba's CUDA simulator); its figures are not
+    judged, the reason is the first warning, and the conditions say ``simulated: true``."""
     warnings, refusal = verdict(check_load(load, cores)
-                                + check_profile(calibration, device, links), accept_noisy)
+                                + check_profile(calibration, device, links,
+                                                device_bounds=simulated is None), accept_noisy)
     if refusal is not None:
         return warnings, refusal
+    if simulated is not None:
+        warnings.insert(0, f"{simulated}; they were not checked against a GPU's bounds")
     record = repeats.record()
     warnings += noisy_lines(record)
     shares = [w["foreign_share"] for w in load.values() if w["foreign_share"] is not None]
     measured = calibration.pop("measured", {})
     calibration["conditions"] = {"load": load, "foreign_share": max(shares) if shares else None,
                                  "repeats": record, "warnings": warnings,
-                                 "accepted_noisy": accept_noisy}
+                                 "accepted_noisy": accept_noisy,
+                                 **({"simulated": True} if simulated is not None else {})}
     calibration["measured"] = measured
     return warnings, None
 

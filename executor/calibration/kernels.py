@@ -21,6 +21,15 @@ the rank's working set against half its share of the cache (``simulator/engine/h
 Hot timing writes no spill buffer, and a kernel long enough that the cache's refill is a small
 part of it is filed at its cold time untimed: the hot timings add about a tenth to a fifth of
 the kernel step's time.
+
+On a GPU backend (``cuda``) every point is timed once, back to back, under the plain names: the
+host's spill buffer does not reach the GPU's L2 cache, and a GPU profile has no cache size, so
+the simulator takes the same curves for any working set (the L2 is left out). Under numba's CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``: a Python thread per GPU thread, ``executor/kernels/
+cuda.py``; a GEMM of one 128 x 128 tile is 256 of them) any grid's shapes would take hours; the
+cases shrink to ``SIMULATED`` (one smallest shape of each kind, one batch, one repeat), which
+times every kernel the executor calls once, and the profile says its figures are the
+emulator's (``executor/calibration/calibrate.py``).
 """
 
 from __future__ import annotations
@@ -54,12 +63,40 @@ CONV = [((1, 28, 28), 6, 5, 2), ((1, 32, 32), 6, 5, 0), ((6, 14, 14), 16, 5, 0),
 POOL = [(6, 28), (16, 10), (32, 16), (64, 16)]
 ELEMENTS = [256, 4096, 65536, 262144]
 RBM = [(784, 500), (500, 500), (500, 2000), (256, 256)]
+SHAPES = {"dense": DENSE, "conv": CONV, "pool": POOL, "elements": ELEMENTS, "rbm": RBM}
 HOT_UNTIMED = 10  # a kernel this many times the cache's refill cold is not timed hot
+# ``warmup``: a call before the timed ones (JIT compilation, caches, the GPU's clocks);
+# ``depth`` and ``periods``: the (dense, relu) pairs of the model whose one-rank period gives
+# the launch overhead, and the periods timed
 GRIDS: dict[str, dict[str, Any]] = {
-    "tiny": {"batches": (16, 64), "take": 2, "repeats": 3, "min_s": 0.005},
-    "small": {"batches": (32, 64, 128, 256), "take": 5, "repeats": 5, "min_s": 0.03},
-    "full": {"batches": (16, 64, 128, 256, 512), "take": 99, "repeats": 7, "min_s": 0.1},
+    "tiny": {"batches": (16, 64), "take": 2, "repeats": 3, "min_s": 0.005, "shapes": SHAPES,
+             "warmup": True, "depth": 11, "periods": 9},
+    "small": {"batches": (32, 64, 128, 256), "take": 5, "repeats": 5, "min_s": 0.03,
+              "shapes": SHAPES, "warmup": True, "depth": 11, "periods": 15},
+    "full": {"batches": (16, 64, 128, 256, 512), "take": 99, "repeats": 7, "min_s": 0.1,
+             "shapes": SHAPES, "warmup": True, "depth": 11, "periods": 21},
 }
+# under numba's CUDA simulator, whatever the grid: each kind once, at its smallest, one call
+# each (the simulator compiles nothing: no warm-up)
+SIMULATED: dict[str, Any] = {
+    "batches": (2,), "take": 1, "repeats": 1, "min_s": 0.0, "warmup": False, "depth": 1,
+    "periods": 1,
+    "shapes": {"dense": [(8, 8)], "conv": [((1, 6, 6), 2, 3, 1)], "pool": [(2, 4)],
+               "elements": [64], "rbm": [(8, 8)]}}
+
+
+def simulated(backend: Any) -> bool:
+    """Whether ``backend``'s kernels run under numba's CUDA simulator (CPU emulation)."""
+    if getattr(backend, "name", "") != "cuda":
+        return False
+    from numba import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+def kernel_grid(backend: Any, grid_name: str) -> dict[str, Any]:
+    """The grid the kernels of ``backend`` are timed on: ``SIMULATED`` under the simulator."""
+    return SIMULATED if simulated(backend) else GRIDS[grid_name]
 
 
 def last_level_cache() -> int:
@@ -130,23 +167,25 @@ def cache_sweep(repeats: Repeats | None, grid: dict[str, Any]) -> dict[str, Any]
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: float,
-          evict: bool = False) -> float:
+          evict: bool = False, warmup: bool = True) -> float:
     """Median seconds of ``fn`` after one warm-up call, over at least ``repeats`` calls and
     ``min_s`` seconds (:func:`timed_samples`)."""
-    return statistics.median(timed_samples(fn, sync, repeats, min_s, evict))
+    return statistics.median(timed_samples(fn, sync, repeats, min_s, evict, warmup))
 
 
 def timed_samples(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, min_s: float,
-                  evict: bool = False) -> list[float]:
-    """Seconds of each call of ``fn`` after one warm-up call, at least ``repeats`` calls and
-    ``min_s`` seconds (200 at most). With ``evict``, a buffer twice the last-level cache is
+                  evict: bool = False, warmup: bool = True) -> list[float]:
+    """Seconds of each call of ``fn`` after one warm-up call (unless not ``warmup``), at least
+    ``repeats`` calls and ``min_s`` seconds (200 at most). With ``evict``, a buffer twice the
+    last-level cache is
     written before each call (not timed): in a training step the rest of the model's weights,
     gradients and activations pass through the caches between two uses of one layer's data,
     and a kernel timed back to back with hot caches runs measurably faster (the momentum
     update of a 1024x1024 layer 2.3-2.6x on this project's 2-core test machine, as
     ``benchmarks/machine_effects.py`` prints it)."""
-    fn()
-    sync()
+    if warmup:
+        fn()
+        sync()
     spill = spill_buffer() if evict else None
     times: list[float] = []
     began = time.perf_counter()
@@ -176,22 +215,22 @@ def checked(repeats: Repeats | None, name: str, samples: Callable[[], list[float
 
 
 def _cases(grid: dict[str, Any]) -> list[tuple[list[dict], list[int]]]:
-    take = grid["take"]
+    take, shapes = grid["take"], grid["shapes"]
     out = []
-    for i, o in DENSE[:take + 1]:
+    for i, o in shapes["dense"][:take + 1]:
         out.append(([{"kind": "dense", "units": o}, {"kind": "act", "fn": "relu"},
                      {"kind": "dense", "units": 10}, {"kind": "softmax"}], [i]))
-    for shape, oc, k, pad in CONV[:take]:
+    for shape, oc, k, pad in shapes["conv"][:take]:
         out.append(([{"kind": "conv", "out_channels": oc, "kernel": k, "padding": pad},
                      {"kind": "flatten"}], list(shape)))
-    for c, hw in POOL[:take]:
+    for c, hw in shapes["pool"][:take]:
         for mode in ("max", "avg"):
             out.append(([{"kind": "pool", "kernel": 2, "stride": 2, "mode": mode}],
                         [c, hw, hw]))
-    for n in ELEMENTS[:take + 1]:
+    for n in shapes["elements"][:take + 1]:
         for fn in ("sigmoid", "tanh"):
             out.append(([{"kind": "act", "fn": fn}], [n]))
-    for v, h in RBM[:take]:
+    for v, h in shapes["rbm"][:take]:
         out.append(([{"kind": "rbm", "units": h}], [v]))
     return out
 
@@ -229,7 +268,7 @@ class KernelTimer:
         without these)."""
         g = self.grid
         t = checked(self.repeats, name, lambda: timed_samples(
-            fn, self.k.synchronize, g["repeats"], g["min_s"], evict=self.evict))
+            fn, self.k.synchronize, g["repeats"], g["min_s"], self.evict, g["warmup"]))
         if not self.hot:
             return t, None
         if t >= HOT_UNTIMED * self.refill_s:
@@ -323,10 +362,11 @@ def measure_kernels(backend: Any, grid_name: str, repeats: Repeats | None = None
                     ) -> dict[str, list[tuple[float, float]]]:
     """``kind.phase -> [(FLOPs, seconds), ...]`` sorted by FLOPs, equal FLOPs merged (the
     median time), zero-FLOP layers (flatten) left out: they cost the launch overhead only;
-    every curve timed cold, and hot under its ``hot:`` name (the same points).
-    ``repeats``: check each timing's spread and keep the record."""
-    grid = GRIDS[grid_name]
-    timer = KernelTimer(backend, grid, repeats=repeats, hot=True)
+    every curve timed cold, and hot under its ``hot:`` name (the same points); on a GPU
+    backend once, back to back. ``repeats``: check each timing's spread and keep the record."""
+    grid = kernel_grid(backend, grid_name)
+    host = backend.name != "cuda"
+    timer = KernelTimer(backend, grid, evict=host, repeats=repeats, hot=host)
     raw: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for layers, shape in _cases(grid):
         for batch in grid["batches"]:
@@ -344,8 +384,8 @@ def measure_kernels(backend: Any, grid_name: str, repeats: Repeats | None = None
 
 def runner_overhead(backend: Any, grid: dict[str, Any], repeats: Repeats) -> float:
     """Seconds the executor spends per op beyond the kernel: a real one-rank period
-    (``RankRunner``) of a deep model of 4-wide layers, less the same kernels called directly,
-    per op (``launch_overhead_us``)."""
+    (``RankRunner``) of a deep model of 4-wide layers (``grid["depth"]`` dense and relu pairs),
+    less the same kernels called directly, per op (``launch_overhead_us``)."""
     from mpi4py import MPI
 
     from executor.interpreter.runner import RankRunner
@@ -355,7 +395,7 @@ def runner_overhead(backend: Any, grid: dict[str, Any], repeats: Repeats) -> flo
     from simulator.strategies import build_plan, default_options
     from simulator.strategies.common import Context
 
-    layers = ([{"kind": "dense", "units": 4}, {"kind": "act", "fn": "relu"}] * 11
+    layers = ([{"kind": "dense", "units": 4}, {"kind": "act", "fn": "relu"}] * grid["depth"]
               + [{"kind": "dense", "units": 2}, {"kind": "softmax"}])
     graph = build_custom(layers, [4])
     cluster = build_cluster(ClusterSpec(nodes=1, devices_per_node=1,
@@ -371,8 +411,8 @@ def runner_overhead(backend: Any, grid: dict[str, Any], repeats: Repeats) -> flo
     x = np.ones((batch, 4), F32)
     y = np.zeros(batch, np.int64)
     period = checked(repeats, "launch overhead: a one-rank period", lambda: timed_samples(
-        lambda: runner.run_period(x, y), backend.synchronize, grid["repeats"] * 3,
-        grid["min_s"]))
+        lambda: runner.run_period(x, y), backend.synchronize, grid["periods"], grid["min_s"],
+        warmup=grid["warmup"]))
     direct: dict[str, list[tuple[float, float]]] = defaultdict(list)
     # back to back like the period's own kernels (their data stays in the caches)
     KernelTimer(backend, grid, evict=False).case(layers, [4], batch, direct)
