@@ -17,6 +17,7 @@ from mpi4py import MPI
 
 from executor.calibration.kernels import spill_buffer
 from executor.mpi import collectives as xcomm
+from simulator.engine.collectives import fit_allreduce
 
 F32 = np.float32
 P2P_SIZES = {"tiny": [8, 4096, 1 << 18], "small": [8, 1024, 1 << 14, 1 << 18, 1 << 21, 1 << 23],
@@ -251,15 +252,8 @@ def fit_collectives(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                for r in rows if r["algorithm"] == algorithm]
         if not pts:
             continue
-        a = np.array([[s, v] for s, v, _ in pts], float)
-        t = np.array([x for _, _, x in pts], float)
-        w = 1.0 / t  # relative errors: small messages count as much as large ones
-        (lat, per_byte), *_ = np.linalg.lstsq(a * w[:, None], t * w, rcond=None)
-        if lat < 0:
-            lat, per_byte = 0.0, float(np.median(t / a[:, 1]))
-        if per_byte <= 0:
-            per_byte = float(t.max() / a[:, 1].max())
-        out[algorithm] = {"latency_us": float(lat) * 1e6, "bandwidth_GBps": 1e-9 / per_byte,
+        lat, per_byte = fit_allreduce([(s, v) for s, v, _ in pts], [x for _, _, x in pts])
+        out[algorithm] = {"latency_us": lat * 1e6, "bandwidth_GBps": 1e-9 / per_byte,
                           "ranks": sorted({r["ranks"] for r in rows})}
     return out
 

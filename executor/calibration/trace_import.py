@@ -43,7 +43,7 @@ from executor.calibration.trace_classes import class_points, fit_curves, plan_op
 from executor.calibration.trace_match import Matching, match_trace
 from executor.calibration.trace_read import Trace, TraceError, read_trace
 from simulator.catalogue import MAX_EFFECTIVE, devices, links
-from simulator.engine.collectives import allreduce_terms
+from simulator.engine.collectives import allreduce_terms, fit_allreduce
 from simulator.specs import DeviceSpec
 from simulator.units import BYTES_PER_ELEMENT, TFLOPS
 
@@ -268,12 +268,7 @@ def _collectives(trace: Trace) -> tuple[dict[str, Any], list[dict[str, Any]], li
             notes.append(f"{alg} all-reduce: one message size, so latency and bandwidth cannot "
                          "be told apart: all of the time taken as per byte (latency 0)")
         else:
-            w = 1.0 / t  # relative errors: small messages count as much as large ones
-            (lat, per_byte), *_ = np.linalg.lstsq(terms * w[:, None], t * w, rcond=None)
-            if lat < 0:
-                lat, per_byte = 0.0, float(np.median(t / terms[:, 1]))
-            if per_byte <= 0:
-                per_byte = float(t.max() / terms[:, 1].max())
+            lat, per_byte = fit_allreduce(terms, t)
         fits[alg] = {"latency_us": round(float(lat) * 1e6, 4),
                      "bandwidth_GBps": round(1e-9 / per_byte, 6),
                      "ranks": sorted({r["ranks"] for r in pts})}

@@ -95,6 +95,23 @@ def allreduce_terms(algorithm: str, p: int, nbytes: float) -> tuple[int, float]:
     return (2 * (p - 1) if algorithm == "ring" else 2 * log), 2 * (p - 1) / p * nbytes
 
 
+def fit_allreduce(terms: Sequence[tuple[float, float]], seconds: Sequence[float]
+                  ) -> tuple[float, float]:
+    """(seconds per step, seconds per byte) of ``steps x latency + volume / bandwidth`` fitted
+    to measured all-reduces (``terms``: ``allreduce_terms`` of each), least squares of the
+    relative error (small messages count as much as large ones), latency at least 0."""
+    import numpy as np
+
+    a, t = np.asarray(terms, float), np.asarray(seconds, float)
+    w = 1.0 / t
+    (lat, per_byte), *_ = np.linalg.lstsq(a * w[:, None], t * w, rcond=None)
+    if lat < 0:
+        lat, per_byte = 0.0, float(np.median(t / a[:, 1]))
+    if per_byte <= 0:
+        per_byte = float(t.max() / a[:, 1].max())
+    return float(lat), float(per_byte)
+
+
 def reduced_bytes(collective: str, algorithm: str, p: int, nbytes: float) -> float:
     """Bytes one rank adds into its buffer during the collective (see the module docstring)."""
     if p <= 1 or collective not in ("allreduce", "reduce_scatter"):
