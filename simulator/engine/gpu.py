@@ -19,9 +19,10 @@ same three sizes in other roles; a dense layer's three products likewise):
   traffic at ``memory_bandwidth x memory_efficiency``. The tiles of one wave share operands
   through L2 (a wave covers a near-square block of tiles, as a swizzled rasterisation gives):
   its traffic is the A rows and B columns of that block and its output tiles. An implicit
-  GEMM's A operand is the im2col view of the input; neighbouring output pixels read the same
-  input through the caches, so its traffic is divided by the overlap ``R x S / (stride_h x
-  stride_w)`` (at least 1). The whole GEMM moves at least its compulsory bytes.
+  GEMM's im2col operand (A forward and for the data gradient, B for the weight gradient) is a
+  view of the input; neighbouring output pixels read the same input through the caches, so
+  its traffic is divided by the overlap ``R x S / (stride_h x stride_w)`` (at least 1). The
+  whole GEMM moves at least its compulsory bytes.
 * **The convolution algorithm.** Libraries autotune (cuDNN's ``cudnnFind...Algorithm``,
   TensorFlow's autotuning, PyTorch's ``cudnn.benchmark``): they time the algorithms a layer is
   eligible for and keep the fastest. Here the same rule, on this model's times. Eligibility
@@ -126,14 +127,16 @@ def parse_shape(shape: str) -> Geometry | None:
 
 @dataclass(frozen=True)
 class Gemm:
-    """``batch`` independent products of an (m x k) by a (k x n) matrix; ``reuse``: how many
-    times the im2col view repeats each input element (an implicit GEMM's A operand)."""
+    """``batch`` independent products of an (m x k) by a (k x n) matrix; ``reuse`` and
+    ``reuse_b``: how many times the im2col view repeats each input element when A (forward,
+    data gradient) or B (weight gradient) is that view of an implicit GEMM."""
 
     m: int
     n: int
     k: int
     batch: int = 1
     reuse: float = 1.0
+    reuse_b: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -195,12 +198,14 @@ class Model:
             # the wave's block of tiles: near-square, inside the output's tile grid
             side_r = min(rows, max(1, math.isqrt(wave)))
             side_c = min(cols * g.batch, -(-wave // side_r))
-            traffic = (side_r * tm * k / g.reuse + side_c * tn * k + wave * tm * tn) * self.bpe
+            traffic = (side_r * tm * k / g.reuse + side_c * tn * k / g.reuse_b
+                       + wave * tm * tn) * self.bpe
             return max(math_t, traffic / self.bandwidth)
 
         full, last = divmod(tiles, slots)
         total = full * wave_time(slots) + wave_time(last)
-        compulsory = (g.m * g.k / g.reuse + g.k * g.n + g.m * g.n) * g.batch * self.bpe
+        compulsory = (g.m * g.k / g.reuse + g.k * g.n / g.reuse_b + g.m * g.n) * g.batch \
+            * self.bpe
         return max(total, compulsory / self.bandwidth) + extra
 
     def memory_time(self, nbytes: float) -> float:
@@ -280,7 +285,7 @@ def conv_candidates(geo: Geometry, samples: int, role: str, bpe: int
     elif role == "dgrad":
         out = [("implicit_gemm", [Kernel(Gemm(samples * h * w, cg, kg * r * s, g, overlap))])]
     else:
-        out = [("implicit_gemm", [Kernel(Gemm(kg, cg * r * s, npq, g, overlap))])]
+        out = [("implicit_gemm", [Kernel(Gemm(kg, cg * r * s, npq, g, reuse_b=overlap))])]
     if g == 1 and (sh, sw) == (1, 1):
         # the forward maps C planes of H x W to K planes of P x Q; the data gradient the
         # reverse; the weight gradient correlates the input with the output gradient, the
