@@ -102,7 +102,8 @@ def class_points(rows: list[dict[str, Any]], ops: dict[tuple[str, str], Compute]
 
 def fit_curves(rows: list[dict[str, Any]], leave_out: tuple[str, str] | None = None
                ) -> dict[str, dict[str, list[float]]]:
-    """The profile's ``kernels``: a curve per shape, per class and per kind; without the rows
+    """The profile's ``kernels``: a curve per shape, per class, and per kind for the kinds the
+    per-kernel model does not time (memory-bound ones, on the roofline); without the rows
     of ``leave_out`` (``(curve, shape)``, e.g. ``("conv.fwd", "1x32x32>6x28x28k5x5s1x1p0x0")``)
     when given: the profile as a trace without that shape would have fitted it."""
     points: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -115,9 +116,12 @@ def fit_curves(rows: list[dict[str, Any]], leave_out: tuple[str, str] | None = N
             points[f"{r['curve']}@{r['shape']}"][r["flops"]].append(r["efficiency"])
         if "class" in r and "class_left_out" not in r:
             classes[r["class"]].append((r["flops"], r["class_efficiency"]))
+    # a kind the per-kernel model times (a class was solved for) gets no kind-wide curve: it
+    # would replace the model for the shapes the trace did not run
+    modelled = {r["curve"] for r in rows if "class" in r}
     out = {name: {"flops": sorted(p), "efficiency": [float(statistics.median(p[f]))
                                                      for f in sorted(p)]}
-           for name, p in points.items()}
+           for name, p in points.items() if name not in modelled}
     for name, pts in classes.items():
         flops, eff = curve(pts)
         out[name] = {"flops": flops, "efficiency": eff}

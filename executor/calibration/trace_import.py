@@ -109,7 +109,9 @@ def import_trace(trace_path: str, scenario_path: str, *, device: str | None = No
                               if r["shape"]})
     skipped += class_points(rows, ops, replace(base, sms=sms, launch_overhead=launch, kernels={}),
                             peak, BYTES_PER_ELEMENT[precision], precision)
-    curves = fit_curves(rows)
+    # the catalogue's class curves for the classes the trace did not run, the trace's own win
+    curves = {**{k: {"flops": [f for f, _ in c], "efficiency": [e for _, e in c]}
+                 for k, c in base.kernels.items() if "#" in k}, **fit_curves(rows)}
     fits, comm_rows, comm_notes = _collectives(trace)
     group = max((r["ranks"] for r in comm_rows), default=_world(trace))
     date = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
@@ -127,8 +129,9 @@ def import_trace(trace_path: str, scenario_path: str, *, device: str | None = No
         "comm_sms": base.comm_sms, "kernels": curves, "cache_MiB": 0.0,
         "source": f"{where} ({gpu.get('name', 'GPU not named')}) on {date}: kernel "
                   f"efficiency curves of the operators matched to {graph.graph['name']}'s "
-                  f"layers, against the {precision} peak, per shape, per kind and per conv "
-                  f"and dense shape class (the class's inside the per-kernel model); launch "
+                  f"layers, against the {precision} peak, per shape, per conv and dense shape "
+                  f"class (the class's inside the per-kernel model; the catalogue's for the "
+                  f"classes the trace did not run) and per memory-bound kind; launch "
                   f"overhead from {launch_source}; "
                   f"peaks, SMs (unless the trace gives them), memory bandwidth and the "
                   f"roofline's efficiencies from the catalogue's {base_name} entry",
