@@ -24,7 +24,8 @@ best of them: closed forms, no SimPy.
   takes the larger of the worker's own NIC time and its share of the servers' NICs.
 
 * Overlap: a collective runs on its own stream from when its dependencies are done (a bucket's
-  all-reduce beside the rest of backward); the step is the later of the two streams' ends.
+  all-reduce beside the rest of backward), and a kernel starting while one runs gets the SMs
+  it leaves (``comm_sms``); the step is the later of the two streams' ends.
 
 What it leaves out (the simulator has it): contention between different transfers, messages
 overlapping computation, the schedule's exact dependencies across ranks, asynchronous
@@ -177,37 +178,13 @@ class Estimator:
                 per_node[self.cluster.node_of(r.device)])]
             if (id(ops), dev.hot) in seen:
                 continue
-            compute = comm = 0.0
-            pushed = 0.0
-            # collectives on their own stream, everything else one after another: an op
-            # starts when its stream is free and its dependencies are done (no contention),
-            # so bucketed exchanges overlap backward
-            free: dict[str, float] = {}
-            done: dict[int, float] = {}
-            for op in ops:
-                t = 0.0
-                if isinstance(op, WorkLoop):
-                    share = max(1, plan.portions // max(1, len(workers)))
-                    for inner in op.body:
-                        t += share * self._op_compute(inner, dev)
-                    compute += t
-                elif isinstance(op, Collective):
-                    devs = groups.get(op.group)
-                    if devs is None:
-                        devs = groups[op.group] = [dev_of[m] for m in plan.groups[op.group]]
-                    t = self.collective(op.collective, op.algorithm, devs, op.bytes)
-                    comm += t
-                elif isinstance(op, Send):
-                    t = self.p2p(r.device, dev_of[op.peer], op.bytes)
-                    comm += t
-                elif isinstance(op, (PSPush, PSPull)):
-                    pushed += op.bytes
-                elif not isinstance(op, Recv):
-                    t = self._op_compute(op, dev)
-                    compute += t
-                stream = op.stream if isinstance(op, Collective) else "main"
-                start = max([free.get(stream, 0.0)] + [done.get(d, 0.0) for d in op.deps])
-                done[op.id] = free[stream] = start + t
+            # collectives on their own stream, everything else one after another, twice: the
+            # second pass gives a kernel that starts while a collective runs (the first pass's
+            # windows) the SMs the collective leaves (``comm_sms``), as the simulator does
+            done, compute, comm, pushed, windows = self._schedule(
+                ops, dev, plan, r.device, dev_of, groups, len(workers), None)
+            done, compute, comm, pushed, _ = self._schedule(
+                ops, dev, plan, r.device, dev_of, groups, len(workers), windows)
             span = max(done.values(), default=0.0)
             if pushed:
                 nic = self.cluster.spec.inter_link.effective_bandwidth
@@ -223,6 +200,52 @@ class Estimator:
         memory = max((m.total for m in plan.memory), default=0.0)
         return Estimate(worst / steps, {k: v / steps for k, v in parts.items()}, memory,
                         self.cluster.spec.device.memory)
+
+    def _schedule(self, ops, dev: Device, plan: Plan, device: str, dev_of: dict,  # noqa: ANN001
+                  groups: dict, workers: int, windows: list[tuple[float, float]] | None
+                  ) -> tuple[dict[int, float], float, float, float, list[tuple[float, float]]]:
+        """One rank's ops on two streams (collectives on theirs, the rest in order): when each
+        ends, the compute and communication seconds, the bytes pushed to parameter servers,
+        and the collectives' windows. With ``windows``, a kernel starting inside one runs on
+        the SMs a communication kernel leaves."""
+        free: dict[str, float] = {}
+        done: dict[int, float] = {}
+        spans: list[tuple[float, float]] = []
+        compute = comm = pushed = 0.0
+        slow = False
+        for op in ops:
+            t = 0.0
+            stream = op.stream if isinstance(op, Collective) else "main"
+            start = max([free.get(stream, 0.0)] + [done.get(d, 0.0) for d in op.deps])
+            if isinstance(op, WorkLoop):
+                share = max(1, plan.portions // max(1, workers))
+                for inner in op.body:
+                    t += share * self._op_compute(inner, dev)
+                compute += t
+            elif isinstance(op, Collective):
+                devs = groups.get(op.group)
+                if devs is None:
+                    devs = groups[op.group] = [dev_of[m] for m in plan.groups[op.group]]
+                t = self.collective(op.collective, op.algorithm, devs, op.bytes)
+                comm += t
+                spans.append((start, start + t))
+            elif isinstance(op, Send):
+                t = self.p2p(device, dev_of[op.peer], op.bytes)
+                comm += t
+            elif isinstance(op, (PSPush, PSPull)):
+                pushed += op.bytes
+            elif not isinstance(op, Recv):
+                # the engine times a run of kernels (one after another, no wait) with the
+                # SMs free when the run starts: a run begun inside a window keeps fewer
+                busy = bool(windows) and (any(a <= start < b for a, b in windows)
+                                          or (slow and start == free.get("main", -1.0)))
+                dev.comm_active += busy
+                t = self._op_compute(op, dev)
+                dev.comm_active -= busy
+                compute += t
+                slow = busy
+            done[op.id] = free[stream] = start + t
+        return done, compute, comm, pushed, spans
 
     def _op_compute(self, op, dev: Device) -> float:  # noqa: ANN001
         return dev.kernel_time(op) if isinstance(op, KERNEL_OPS) else 0.0
