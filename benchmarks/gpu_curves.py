@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulator.catalogue import catalogue_devices  # noqa: E402
 from simulator.engine import gpu  # noqa: E402
-from simulator.engine.gpu_fit import curve, solve  # noqa: E402
+from simulator.engine.gpu_fit import class_name, curve, op_efficiency, solve  # noqa: E402
 from simulator.units import BYTES_PER_ELEMENT, TFLOPS  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "gpu_layers.yaml"
@@ -83,13 +83,9 @@ def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, 
     """The curve points one published row gives: (curve name, op FLOPs, efficiency, bound)."""
     peak = spec.peak_flops.get(prec) or spec.peak_flops["fp32"]
     bpe = BYTES_PER_ELEMENT[prec]
-
-    def model(e: float) -> gpu.Model:
-        return gpu.Model(spec, peak, bpe, None, e)
-
     if row["kind"] == "gemm":
         g = gpu.Gemm(int(row["M"]), int(row["N"]), int(row["K"]))
-        e, bound = solve(lambda e: model(e).run([gpu.Kernel(g)]),
+        e, bound = solve(lambda e: gpu.Model(spec, peak, bpe, None, e).run([gpu.Kernel(g)]),
                          float(row["time_ms"]) * 1e-3 * scale)
         flops = 2.0 * g.m * g.n * g.k
         return [(f"{prec}:dense.{phase}#gemm", flops, e, bound) for phase in ("fwd", "bwd")]
@@ -98,17 +94,16 @@ def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, 
         return []
     geo = conv_geometry(row)
     n = int(row["N"])
-    cls = gpu.shape_class("conv", geo)
     fwd_flops = 2.0 * n * math.prod(geo.out_shape) * geo.in_shape[0] * math.prod(geo.kernel)
-    e, bound = solve(lambda e: model(e).choose("conv", "fwd", geo, n).seconds,
-                     float(times["fwd"]) * 1e-3 * scale)
-    out = [(f"{prec}:conv.fwd#{cls}", fwd_flops, e, bound)]
+    fwd = float(times["fwd"]) * 1e-3 * scale
+    out = [(class_name(prec, "conv", "fwd", geo), fwd_flops,
+            *op_efficiency(spec, peak, bpe, "conv", "fwd", geo, n, fwd))]
     data, filt = times.get("bwd_data"), times.get("bwd_filter")
     if isinstance(filt, (int, float)):
         grad = isinstance(data, (int, float))  # no data gradient: a network's first layer
-        t = (float(filt) + (float(data) if grad else 0.0)) * 1e-3 * scale
-        e, bound = solve(lambda e: model(e).choose("conv", "bwd", geo, n, grad).seconds, t)
-        out.append((f"{prec}:conv.bwd#{cls}", 2 * fwd_flops, e, bound))
+        bwd = (float(filt) + (float(data) if grad else 0.0)) * 1e-3 * scale
+        out.append((class_name(prec, "conv", "bwd", geo), 2 * fwd_flops,
+                    *op_efficiency(spec, peak, bpe, "conv", "bwd", geo, n, bwd, grad)))
     return out
 
 

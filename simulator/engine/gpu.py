@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from simulator.specs import DeviceSpec
@@ -371,23 +370,3 @@ def shape_class(kind: str, geo: Geometry | None) -> str:
     if min(geo.kernel) >= FFT_MIN_KERNEL:
         return "large_s1"
     return "other_s1"
-
-
-def solve_efficiency(time_at: Callable[[float], float], seconds: float, low: float = 0.02,
-                     high: float = 16.0) -> tuple[float, str]:
-    """The efficiency at which a kernel's modelled time ``time_at(e)`` equals a measured
-    ``seconds`` (bisection in log e: the time falls as the efficiency grows), and ``low`` or
-    ``high`` when it lies past those bounds (the bound is returned): how a published or
-    profiled kernel time becomes a point of a ``#class`` curve."""
-    lo, hi = math.log(low), math.log(high)
-    if time_at(high) > seconds:
-        return high, "high"
-    if time_at(low) < seconds:
-        return low, "low"
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if time_at(math.exp(mid)) > seconds:
-            lo = mid
-        else:
-            hi = mid
-    return math.exp((lo + hi) / 2), ""

@@ -4,7 +4,7 @@ points.
 
 A point: the efficiency ``e`` of an SM's peak at which ``gpu.Model(spec, peak, bpe, None,
 e)`` times the op (its GEMMs, the autotuned convolution algorithm, its bias pass, a launch
-overhead per kernel) as measured, found by bisection (``gpu.solve_efficiency``, between
+overhead per kernel) as measured, found by bisection (``solve``, between
 ``LOW`` and the catalogue's ``MAX_EFFECTIVE``). A time the model cannot reach at any
 efficiency in those bounds (a kernel memory- or launch-bound in the model, measured faster
 than that floor; or slower than at ``LOW``) comes back at the bound, named.
@@ -35,9 +35,21 @@ LOW = 0.02  # below this a kernel's math is not what made it slow: the fit is at
 
 
 def solve(time_at: Callable[[float], float], seconds: float) -> tuple[float, str]:
-    """The efficiency at which ``time_at(e)`` is ``seconds``, and ``"low"``/``"high"`` when it
-    is past a bound (the bound returned)."""
-    return gpu.solve_efficiency(time_at, seconds, LOW, MAX_EFFECTIVE)
+    """The efficiency at which ``time_at(e)`` is ``seconds`` (bisection in log e: the time
+    falls as the efficiency grows), and ``"low"``/``"high"`` when it is past a bound (the
+    bound returned)."""
+    lo, hi = math.log(LOW), math.log(MAX_EFFECTIVE)
+    if time_at(MAX_EFFECTIVE) > seconds:
+        return MAX_EFFECTIVE, "high"
+    if time_at(LOW) < seconds:
+        return LOW, "low"
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if time_at(math.exp(mid)) > seconds:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2), ""
 
 
 def class_name(precision: str, kind: str, phase: str, geo: gpu.Geometry | None) -> str:
