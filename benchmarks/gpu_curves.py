@@ -5,7 +5,8 @@
 
 Input: ``benchmarks/data/gpu_layers.yaml`` (every row cites its source). For each catalogue
 device with published rows (P100, V100 and the Maxwell Titan X: Baidu's DeepBench convolution
-and GEMM training tables; K40: cuBLAS 7.0 SGEMM), each row is timed by parasim's per-kernel
+and GEMM training tables; K40: cuBLAS 7.0 SGEMM, and cuDNN R2's convolutions on a GTX Titan
+Black, the K40's chip), each row is timed by parasim's per-kernel
 model (``simulator/engine/gpu.py``: tiles, waves, the autotuned convolution algorithm) and the
 efficiency a kernel's math must reach for the model to take the published time is solved for
 (bisection; the model's time falls as the efficiency grows). The points are grouped by
@@ -17,9 +18,12 @@ shares); a class of fewer than ``MIN_POINTS`` published rows gets no curve. A ro
 the model cannot reach even at the bound (faster than this model allows, or slower at any
 efficiency) is kept at that bound and counted.
 
-A convolution or dense layer of a class no curve covers stays on the device roofline (its direct
-FLOPs at ``compute_efficiency``, devices.yaml says where that comes from), and the prediction
-says so: the K40's convolutions, large filters, grouped convolutions, every other device.
+A table whose library computed every convolution as a GEMM (``GEMM_ONLY``) gives instead the
+device's convolution roofline, ``PRECISION:conv.PHASE``: the rows' direct FLOPs over time and
+peak. A convolution or dense layer of a class no curve covers stays on the device roofline (its
+direct FLOPs at that convolution roofline where there is one, else at ``compute_efficiency``,
+devices.yaml says where that comes from), and the prediction says so: the K40's convolutions,
+large filters, grouped convolutions, every other device.
 """
 
 from __future__ import annotations
@@ -43,10 +47,20 @@ from simulator.units import BYTES_PER_ELEMENT, TFLOPS  # noqa: E402
 DATA = ROOT / "benchmarks" / "data" / "gpu_layers.yaml"
 OUT = ROOT / "simulator" / "catalogue" / "kernel_curves.yaml"
 # the tables' gpu_class -> the catalogue device
-FITTED = {"P100": "P100", "V100": "V100", "K40": "K40", "TitanX_Maxwell": "TitanX"}
+FITTED = {"P100": "P100", "V100": "V100", "K40": "K40", "TitanX_Maxwell": "TitanX",
+          # the GTX Titan Black is the K40's chip (GK110B: 15 SMX, 2880 cores) at another
+          # clock: its kernels' fraction of peak is the K40's (times scaled by the clocks)
+          "TitanBlack": "K40"}
 # a curve needs two bins of three rows at least: a class seen in fewer published shapes
 # describes those shapes, not the class, and stays on the roofline
 MIN_POINTS = 6
+# A library that computed every convolution as a GEMM (cuDNN R1 and R2: FFT convolutions came
+# with v3, Winograd with v5) ran at the rate its rows show on the layers' direct FLOPs. Its
+# rows give no class curve (the model would time them with algorithms that library did not
+# have) but the device's convolution roofline, PRECISION:conv.PHASE: the FLOPs over the time
+# and the peak, pooled over every shape, from ROOFLINE_MIN_POINTS rows up (one bin, a median).
+GEMM_ONLY = ("cuDNN R1", "cuDNN R2")
+ROOFLINE_MIN_POINTS = 3
 
 
 def precision_of(row: dict) -> str | None:
@@ -66,6 +80,10 @@ def clock_scale(row: dict, device: str) -> float:
         return 1.0
     base = {"K40": 745}[device]
     return mhz / base
+
+
+def gemm_only(row: dict) -> bool:
+    return str(row.get("library", "")).startswith(GEMM_ONLY)
 
 
 def conv_geometry(row: dict) -> gpu.Geometry:
@@ -96,12 +114,19 @@ def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, 
     n = int(row["N"])
     fwd_flops = 2.0 * n * math.prod(geo.out_shape) * geo.in_shape[0] * math.prod(geo.kernel)
     fwd = float(times["fwd"]) * 1e-3 * scale
+    data, filt = times.get("bwd_data"), times.get("bwd_filter")
+    grad = isinstance(data, (int, float))  # no data gradient: a network's first layer
+    bwd = ((float(filt) + (float(data) if grad else 0.0)) * 1e-3 * scale
+           if isinstance(filt, (int, float)) else None)
+    if gemm_only(row):  # the device's convolution roofline: direct FLOPs over time and peak
+        out = [(f"{prec}:conv.fwd", fwd_flops, fwd_flops / (fwd * peak), "")]
+        if bwd is not None:
+            flops = fwd_flops * (2 if grad else 1)
+            out.append((f"{prec}:conv.bwd", flops, flops / (bwd * peak), ""))
+        return out
     out = [(class_name(prec, "conv", "fwd", geo), fwd_flops,
             *op_efficiency(spec, peak, bpe, "conv", "fwd", geo, n, fwd))]
-    data, filt = times.get("bwd_data"), times.get("bwd_filter")
-    if isinstance(filt, (int, float)):
-        grad = isinstance(data, (int, float))  # no data gradient: a network's first layer
-        bwd = (float(filt) + (float(data) if grad else 0.0)) * 1e-3 * scale
+    if bwd is not None:
         out.append((class_name(prec, "conv", "bwd", geo), 2 * fwd_flops,
                     *op_efficiency(spec, peak, bpe, "conv", "bwd", geo, n, bwd, grad)))
     return out
@@ -133,9 +158,10 @@ def build(rows: list[dict], sources: list[dict]) -> tuple[dict, list[str]]:
             used[FITTED[row["gpu_class"]]].add(row["source_id"])
     out: dict = {}
     for (device, name) in sorted(pts):
-        if len(pts[(device, name)]) < MIN_POINTS:
+        least = MIN_POINTS if "#" in name else ROOFLINE_MIN_POINTS
+        if len(pts[(device, name)]) < least:
             notes.append(f"{device} {name}: {len(pts[(device, name)])} published rows, "
-                         f"fewer than {MIN_POINTS}: no curve")
+                         f"fewer than {least}: no curve")
             continue
         flops, eff = curve(pts[(device, name)])
         entry = out.setdefault(device, {"source": "", "kernels": {}})
@@ -176,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                            for f, e in zip(c["flops"], c["efficiency"]))
             print(f"  {name:28s} {pts}")
     print(f"{len(notes)} notes (rows at a bound, classes without a curve)")
+    # a convolution roofline is one bin of few rows: show the rows it is the median of
+    pts, _ = points(data["entries"])
+    for (device, name), p in sorted(pts.items()):
+        if "#" not in name:
+            print(f"{device} {name} per row, by FLOPs: "
+                  + " ".join(f"{f / TFLOPS * 1e3:.3g}GF:{e:.2f}" for f, e in sorted(p)))
     if args.write:
         OUT.write_text(dump(curves))
         print(f"wrote {OUT.relative_to(ROOT)}")

@@ -352,7 +352,7 @@ def format_table(result: dict[str, Any]) -> str:
     out += [line for e in result["results"] if (line := target_line(e))]
     roofline = sorted({k for e in result["results"] for k in e.get("kernels_on_roofline", ())})
     if roofline:
-        out.append(f"on the {sc['device']} roofline (no published per-layer curve): "
+        out.append(f"on the {sc['device']} roofline (no per-class kernel curve): "
                    + ", ".join(roofline))
     return "\n".join(out)
 

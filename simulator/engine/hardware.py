@@ -79,10 +79,12 @@ class Device:
         if tiles and shape:
             cls = shape_class(op.layer_kind, shape)
         if s.kernels:  # the curve of this shape when one was measured, else its shape
-            # class's (a GPU's), else the kind's; on a device that runs hot, hot curves first
-            names = (f"{key}@{shape}", key) if shape else (key,)
+            # class's (a GPU's), else the kind's at this precision (a GPU's convolution
+            # roofline), else the kind's; on a device that runs hot, hot curves first
+            kind = (f"{self.precision}:{key}", key)
+            names = (f"{key}@{shape}", *kind) if shape else kind
             if cls:
-                names = (names[0], f"{self.precision}:{key}#{cls}", f"{key}#{cls}", key)
+                names = (names[0], f"{self.precision}:{key}#{cls}", f"{key}#{cls}", *kind)
             if self.hot:
                 names = tuple(HOT + n for n in names) + names
             name = next((n for n in names if n in s.kernels), "")
@@ -93,8 +95,15 @@ class Device:
             if choice is not None:
                 return choice.seconds * self.slowdown
         if curve is not None:
+            share = 1.0
+            if tiles and cls and name.endswith(f"{self.precision}:{key}"):
+                # no class curve: the device's convolution roofline (still a roofline, and
+                # said so), on the SMs a running collective leaves
+                self.on_roofline.add(f"{self.precision}:{key}#{cls}")
+                share = sms / s.sms
             kernels = getattr(op, "kernels", 1)
-            t = op.flops / (self.peak * efficiency_at(curve, op.flops)) if op.flops else 0.0
+            t = (op.flops / (self.peak * efficiency_at(curve, op.flops) * share)
+                 if op.flops else 0.0)
             return (s.launch_overhead * kernels + t) * self.slowdown
         if tiles and cls:
             # a convolution or dense layer of a shape class no published table covers on this

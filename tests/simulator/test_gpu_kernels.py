@@ -231,6 +231,20 @@ def test_a_class_without_a_curve_stays_on_the_roofline_and_says_so():
     assert device(base).kernel_time(act) == pytest.approx(2 * 8 * 64 * 28 * 28 * 4 / 1e18)
 
 
+def test_a_class_without_a_curve_takes_the_precisions_convolution_roofline():
+    base = replace(spec(sms=4, bandwidth=1e18, eff=0.8), comm_sms=1)
+    curved = replace(base, kernels={"fp32:conv.fwd": ((1.0, 0.25), (1e12, 0.25)),
+                                    "fp32:conv.fwd#1x1": ((1.0, 0.5), (1e12, 0.5))})
+    dev = device(curved)
+    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.25))
+    assert dev.on_roofline == {"fp32:conv.fwd#3x3s1"}  # still a roofline, and said so
+    dev.comm_active = 1  # a collective holds comm_sms of the SMs
+    want = 1e9 / (PEAK * 0.25 * 3 / 4)
+    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(want)
+    assert device(curved, "fp16").kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(
+        1e9 / (PEAK * 0.8))  # another precision: the device's own efficiency
+
+
 def test_a_shape_curve_still_replaces_the_model():
     s = replace(spec(), kernels={f"conv.fwd@{SHAPE}": ((1.0, 0.5), (1e12, 0.5))})
     assert device(s).kernel_time(op(SHAPE, flops=2e9)) == pytest.approx(2e9 / (PEAK * 0.5))
@@ -246,7 +260,10 @@ def test_catalogue_devices_carry_the_fitted_curves():
     for name, curves in kernel_curves().items():
         assert set(curves) <= set(cat[name].kernels)
         assert not plain[name].kernels
-        assert all(":" in k and "#" in k for k in curves)
+        # a precision's class curves, or a precision's convolution roofline (the K40's,
+        # from a table whose library computed every convolution as a GEMM)
+        assert all(":" in k and ("#" in k or k.split(":")[1] in ("conv.fwd", "conv.bwd"))
+                   for k in curves)
 
 
 def test_the_shipped_curves_are_what_the_fit_writes_from_the_shipped_tables():
@@ -259,3 +276,23 @@ def test_the_shipped_curves_are_what_the_fit_writes_from_the_shipped_tables():
     assert gpu_curves.dump(curves) == gpu_curves.OUT.read_text()
     assert math.isfinite(sum(e for d in curves.values() for c in d["kernels"].values()
                              for e in c["efficiency"]))
+
+
+def test_a_table_of_gemm_convolutions_gives_their_direct_flops_rate_at_the_devices_clock():
+    # cuDNN R2 computed every convolution as a GEMM: its rows give the device's convolution
+    # roofline (direct FLOPs over time and peak), not class curves through the algorithms the
+    # model would choose; a Titan Black's times at 980 MHz are the K40's at 745 scaled
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_curves
+
+    row = {"kind": "conv2d", "library": "cuDNN R2 (Torch)", "N": 128, "C": 384, "H": 13,
+           "W": 13, "K": 384, "R": 3, "S": 3, "stride_h": 1, "stride_w": 1, "pad_h": 0,
+           "pad_w": 0, "time_ms": {"fwd": 17.10, "bwd_data": 20.97, "bwd_filter": 27.19}}
+    k40 = catalogue_devices()["K40"]
+    flops = 2.0 * 128 * 384 * 384 * 9 * 11 * 11
+    fwd, bwd = gpu_curves.fit_row(row, k40, "fp32", 980 / 745)
+    assert fwd[:2] == ("fp32:conv.fwd", flops) and bwd[:2] == ("fp32:conv.bwd", 2 * flops)
+    assert fwd[2] == pytest.approx(flops / (17.10e-3 * 980 / 745 * 4.29e12))
+    assert bwd[2] == pytest.approx(2 * flops / ((20.97 + 27.19) * 1e-3 * 980 / 745 * 4.29e12))
+    shipped = kernel_curves()["K40"]["fp32:conv.fwd"]
+    assert len(shipped) == 1 and 0.3 < shipped[0][1] < 0.6  # one bin: the rows' median
