@@ -132,47 +132,91 @@ def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, 
     return out
 
 
-def points(rows: list[dict]) -> tuple[dict, list[str]]:
-    """(device, curve name) -> [(flops, efficiency)], and notes on rows kept at a bound."""
+def points(rows: list[dict], libraries: dict[str, str] | None = None
+           ) -> tuple[dict, list[str]]:
+    """(device, library, curve name) -> [(flops, efficiency)], and notes on rows kept at a
+    bound; ``libraries``: source id -> the library version its rows are a table of ("" or
+    absent: the device's default tables)."""
     cat = catalogue_devices()
-    out: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    out: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     notes = []
     for row in rows:
         device = FITTED.get(row.get("gpu_class"))
         prec = precision_of(row)
         if device is None or prec is None or row["kind"] not in ("gemm", "conv2d"):
             continue
+        lib = (libraries or {}).get(row["source_id"], "")
         for name, flops, e, bound in fit_row(row, cat[device], prec, clock_scale(row, device)):
-            out[(device, name)].append((flops, e))
+            out[(device, lib, name)].append((flops, e))
             if bound:
                 notes.append(f"{device} {name} {row['source']}: at the {bound} bound")
     return out, notes
 
 
 def build(rows: list[dict], sources: list[dict]) -> tuple[dict, list[str]]:
-    pts, notes = points(rows)
+    """Per device, the curves of its default tables, and under ``libraries`` those of each
+    table of a named library version (a source's ``library``)."""
+    libraries = {s["id"]: str(s["library"]) for s in sources if s.get("library")}
+    pts, notes = points(rows, libraries)
     by_id = {s["id"]: s for s in sources}
-    used: dict[str, set[str]] = defaultdict(set)
+    used: dict[tuple[str, str], set[str]] = defaultdict(set)
     for row in rows:
         if FITTED.get(row.get("gpu_class")) and precision_of(row):
-            used[FITTED[row["gpu_class"]]].add(row["source_id"])
-    out: dict = {}
-    for (device, name) in sorted(pts):
+            used[(FITTED[row["gpu_class"]], libraries.get(row["source_id"], ""))].add(
+                row["source_id"])
+    fitted: dict[tuple[str, str], dict] = {}
+    for (device, lib, name) in sorted(pts):
         least = MIN_POINTS if "#" in name else ROOFLINE_MIN_POINTS
-        if len(pts[(device, name)]) < least:
-            notes.append(f"{device} {name}: {len(pts[(device, name)])} published rows, "
+        label = f"{device}{'@' + lib if lib else ''}"
+        if len(pts[(device, lib, name)]) < least:
+            notes.append(f"{label} {name}: {len(pts[(device, lib, name)])} published rows, "
                          f"fewer than {least}: no curve")
             continue
-        flops, eff = curve(pts[(device, name)])
-        entry = out.setdefault(device, {"source": "", "kernels": {}})
+        flops, eff = curve(pts[(device, lib, name)])
+        entry = fitted.setdefault((device, lib), {"source": "", "kernels": {}})
         entry["kernels"][name] = {"flops": flops, "efficiency": eff}
-    for device, entry in out.items():
-        refs = "; ".join(f"{by_id[i]['title']} ({by_id[i]['ref']})"
-                         for i in sorted(used[device]))
+    for key, entry in fitted.items():
+        refs = "; ".join(f"{by_id[i]['title']} ({by_id[i]['ref']})" for i in sorted(used[key]))
         entry["source"] = (f"fitted by benchmarks/gpu_curves.py from {refs}: per row, the "
                            "efficiency at which simulator/engine/gpu.py's model takes the "
                            "published time; per curve, medians of equal-count bins by FLOPs")
+    out: dict = {}
+    for (device, lib), entry in sorted(fitted.items()):
+        if not lib:
+            out.setdefault(device, {}).update(entry)
+    for (device, lib), entry in sorted(fitted.items()):
+        if lib:
+            if device not in out:
+                raise ValueError(f"{device}: a {lib} table but no default one")
+            out[device].setdefault("libraries", {})[lib] = entry
     return out, notes
+
+
+def library_ratios(rows: list[dict], sources: list[dict]) -> list[str]:
+    """Per library table, how much longer its fp32 convolutions took than the same shapes in
+    the device's default tables: the geometric mean of the time ratios, per class and phase."""
+    libraries = {s["id"]: str(s["library"]) for s in sources if s.get("library")}
+
+    def key(r: dict) -> tuple:
+        return (r.get("gpu_class"), r["precision"], *(r.get(k) for k in (
+            "N", "C", "H", "W", "K", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w")))
+    convs = [r for r in rows if r["kind"] == "conv2d" and r["precision"] == "fp32"
+             and isinstance(r.get("time_ms"), dict) and r.get("gpu_class") in FITTED]
+    default = {key(r): r for r in convs if r["source_id"] not in libraries}
+    ratios: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+    for r in convs:
+        lib = libraries.get(r["source_id"])
+        other = default.get(key(r)) if lib else None
+        if other is None:
+            continue
+        cls = gpu.shape_class("conv", conv_geometry(r))
+        for phase in ("fwd", "bwd_data", "bwd_filter"):
+            a, b = r["time_ms"].get(phase), other["time_ms"].get(phase)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 < b:
+                ratios[(FITTED[r["gpu_class"]], lib, cls, phase)].append(a / b)
+    return [f"{dev} {lib} / default, fp32 conv {cls} {phase}: {len(v)} shapes, time ratio "
+            f"{math.exp(sum(map(math.log, v)) / len(v)):.2f} (geometric mean)"
+            for (dev, lib, cls, phase), v in sorted(ratios.items())]
 
 
 HEADER = """\
@@ -181,7 +225,8 @@ HEADER = """\
 # A curve `PRECISION:KIND.PHASE#CLASS` gives, over an op's FLOPs, the efficiency its kernels'
 # math reaches in simulator/engine/gpu.py's model (tiles, waves, the convolution algorithm)
 # at that precision and shape class; what no curve covers takes the device's
-# compute_efficiency (devices.yaml).
+# compute_efficiency (devices.yaml). A device's `libraries` hold the curves of tables measured
+# with a named library version, which a device's `library` selects instead.
 """
 
 
@@ -196,18 +241,22 @@ def main(argv: list[str] | None = None) -> int:
     data = yaml.safe_load(DATA.read_text())
     curves, notes = build(data["entries"], data["sources"])
     for device, entry in curves.items():
-        print(device)
-        for name, c in entry["kernels"].items():
-            pts = " ".join(f"{f / TFLOPS * 1e3:.3g}GF:{e:.2f}"
-                           for f, e in zip(c["flops"], c["efficiency"]))
-            print(f"  {name:28s} {pts}")
+        for label, one in [(device, entry)] + [(f"{device} library {lib}", e) for lib, e
+                                               in entry.get("libraries", {}).items()]:
+            print(label)
+            for name, c in one["kernels"].items():
+                pts = " ".join(f"{f / TFLOPS * 1e3:.3g}GF:{e:.2f}"
+                               for f, e in zip(c["flops"], c["efficiency"]))
+                print(f"  {name:28s} {pts}")
     print(f"{len(notes)} notes (rows at a bound, classes without a curve)")
     # a convolution roofline is one bin of few rows: show the rows it is the median of
     pts, _ = points(data["entries"])
-    for (device, name), p in sorted(pts.items()):
+    for (device, _, name), p in sorted(pts.items()):
         if "#" not in name:
             print(f"{device} {name} per row, by FLOPs: "
                   + " ".join(f"{f / TFLOPS * 1e3:.3g}GF:{e:.2f}" for f, e in sorted(p)))
+    for line in library_ratios(data["entries"], data["sources"]):
+        print(line)
     if args.write:
         OUT.write_text(dump(curves))
         print(f"wrote {OUT.relative_to(ROOT)}")

@@ -34,6 +34,9 @@ class DeviceSpec:
     # how a GPU's conv and dense kernels are timed: ``tiles`` (the per-kernel model of
     # ``simulator/engine/gpu.py``) or ``roofline`` (FLOPs at one efficiency, bytes at another)
     kernel_model: str = "tiles"
+    # the library whose published kernel curves a catalogue GPU takes (``library``: e.g.
+    # ``cudnn7.0``, where kernel_curves.yaml has a table of that version); "" the default's
+    library: str = ""
 
 
 @dataclass(frozen=True)

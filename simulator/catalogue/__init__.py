@@ -26,7 +26,7 @@ from simulator.yaml_input import load_yaml
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8")
 DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",
                "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
-               "comm_sms", "kernels", "cache_MiB", "kernel_model", "source")
+               "comm_sms", "kernels", "cache_MiB", "kernel_model", "library", "source")
 HOT = "hot:"  # a kernel curve's name prefix: the kernel timed with hot caches
 # the largest effective efficiency a curve may give: Winograd F(4x4, 3x3) does 4x fewer
 # multiplications than the direct convolution (Lavin & Gray 2016, sec. 4), FFT more for large
@@ -51,6 +51,12 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
         if not peak:
             raise ScenarioError("must give at least one precision", path=pf.path,
                                 line=pf.start_line)
+    kernels = (read_kernel_curves(f.sub("kernels")) if f.has("kernels")
+               else dict(base.kernels) if base else {})
+    library = base.library if base else ""
+    if f.has("library"):
+        library = f.get("library", string)
+        kernels = with_library(f, base, library, kernels)
     dev = DeviceSpec(
         name=name,
         kind=get("kind", choice(("gpu", "cpu")), "kind"),
@@ -64,8 +70,8 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
         memory_efficiency=get("memory_efficiency", number(maximum=1.0), "memory_efficiency"),
         blocks_per_sm=get("blocks_per_sm", integer(1), "blocks_per_sm"),
         comm_sms=get("comm_sms", integer(0), "comm_sms"),
-        kernels=(read_kernel_curves(f.sub("kernels")) if f.has("kernels")
-                 else dict(base.kernels) if base else {}),
+        kernels=kernels,
+        library=library,
         cache=f.get("cache_MiB", number(positive=False, minimum=0.0),
                     base.cache if base else 0.0),
         kernel_model=f.get("kernel_model", choice(KERNEL_MODELS),
@@ -77,6 +83,25 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
     if dev.comm_sms >= dev.sms:
         raise f.error("comm_sms", f"must be fewer than the device's {dev.sms} SMs")
     return dev
+
+
+def with_library(f: Fields, base: DeviceSpec | None, library: str,
+                 kernels: dict[str, tuple[tuple[float, float], ...]]
+                 ) -> dict[str, tuple[tuple[float, float], ...]]:
+    """``kernels`` with the catalogue device's fitted curves swapped for those of the
+    ``library`` version kernel_curves.yaml has a table of (curves the entry gives win)."""
+    name = base.name if base else ""
+    libs = library_curves().get(name, {})
+    if library not in libs:
+        where = f"the catalogue's {name}" if libs else "a device without library tables"
+        have = f" (catalogue has: {', '.join(sorted(libs))})" if libs else ""
+        raise f.error("library", f"no kernel curves for this library on {where}{have}",
+                      value=library)
+    if f.has("kernels"):  # this entry's own curves win over the library's
+        return {**libs[library], **kernels}
+    fitted = kernel_curves().get(name, {})
+    own = {k: v for k, v in kernels.items() if k not in fitted}  # the base entry's own
+    return {**libs[library], **own}
 
 
 def read_kernel_curves(f: Fields) -> dict[str, tuple[tuple[float, float], ...]]:
@@ -156,11 +181,33 @@ def catalogue_devices() -> dict[str, DeviceSpec]:
 
 @cache
 def kernel_curves() -> dict[str, dict[str, tuple[tuple[float, float], ...]]]:
-    def read(name: str, f: Fields) -> dict:
+    """kernel_curves.yaml: per device, the curves fitted from its default tables."""
+    return {name: curves for name, (curves, _) in _curve_file().items()}
+
+
+@cache
+def library_curves() -> dict[str, dict[str, dict[str, tuple[tuple[float, float], ...]]]]:
+    """kernel_curves.yaml: per device and library version (``cudnn7.0``), the curves fitted
+    from a table measured with that version (a device's ``library`` selects them)."""
+    return {name: libs for name, (_, libs) in _curve_file().items() if libs}
+
+
+@cache
+def _curve_file() -> dict[str, tuple[dict, dict]]:
+    def read(name: str, f: Fields) -> tuple[dict, dict]:
         f.get("source", string)
         curves = read_kernel_curves(f.sub("kernels"))
-        f.done(("source", "kernels"))
-        return curves
+        libs = {}
+        if f.has("libraries"):
+            lf = f.sub("libraries")
+            for lib in list(lf.data):
+                one = lf.sub(lib)
+                one.get("source", string)
+                libs[str(lib)] = read_kernel_curves(one.sub("kernels"))
+                one.done(("source", "kernels"))
+            lf.done()
+        f.done(("source", "kernels", "libraries"))
+        return curves, libs
     return _read_file("kernel_curves.yaml", read)
 
 

@@ -216,3 +216,37 @@ def test_fp32_on_an_a100_still_uses_the_non_tensor_peak():
     sc = tf32_scenario("A100", precision="fp32")
     ctx = Context(build_graph(sc.model), build_cluster(sc.cluster), sc.training)
     assert ctx.peak() == pytest.approx(19.5 * TFLOPS)
+
+
+def _device(device: object) -> object:
+    return parse_scenario({
+        "name": "lib", "model": {"zoo": "lenet5"},
+        "cluster": {"nodes": 1, "devices_per_node": 1, "device": device,
+                    "intra_link": "pcie3", "inter_link": "ib_edr"},
+        "training": {"batch_size": 8},
+        "strategies": [{"name": "one", "scheme": "data_parallel"}],
+    }, file="lib.yaml").cluster.device
+
+
+def test_a_library_version_swaps_the_fitted_curves_for_its_table():
+    libs = catalogue.library_curves()["V100"]
+    assert "cudnn7.0" in libs
+    dev = _device({"base": "V100", "library": "cudnn7.0"})
+    assert dev.library == "cudnn7.0" and dev.kernels == libs["cudnn7.0"]
+    assert dev.kernels != catalogue.devices()["V100"].kernels  # not the default (cuDNN 7.6)
+    own = {"fp32:conv.fwd#1x1": {"flops": [1.0, 2.0], "efficiency": [0.5, 0.5]}}
+    mine = _device({"base": "V100", "library": "cudnn7.0", "kernels": own})
+    assert mine.kernels["fp32:conv.fwd#1x1"] == ((1.0, 0.5), (2.0, 0.5))  # the entry's win
+    assert mine.kernels["fp32:conv.fwd#3x3s1"] == libs["cudnn7.0"]["fp32:conv.fwd#3x3s1"]
+
+
+@pytest.mark.parametrize("device, says", [
+    ({"base": "V100", "library": "cudnn9.9"}, "catalogue has: cudnn7.0"),
+    ({"base": "K40", "library": "cudnn7.0"}, "a device without library tables"),
+])
+def test_an_unknown_library_names_the_field_and_value(device, says):
+    with pytest.raises(Exception) as err:
+        _device(device)
+    text = str(err.value)
+    assert "cluster.device.library" in text and repr(device["library"]) in text
+    assert says in text

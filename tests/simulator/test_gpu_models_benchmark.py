@@ -74,3 +74,21 @@ def test_the_docs_quote_the_table_the_benchmark_prints(printed):
     docs = (ROOT / "docs" / "simulator.md").read_text()
     table = printed.rsplit("\nPASS", 1)[0].rsplit("\nFAIL", 1)[0].strip()
     assert table in docs
+
+
+def test_a_figure_is_predicted_with_the_curves_of_the_cudnn_it_states():
+    sources = gpu_models.load_sources()
+    rows = gpu_models.selected(gpu_models.load())
+    by = {(e["gpu_class"], gpu_models.framework(e), e["model"]): e for e in rows}
+    v100 = by[("V100", "torch", "vgg16")]  # "cudnn: 7.0.04"
+    assert gpu_models.cudnn(v100, sources) == "7.0"
+    assert gpu_models.library(v100, sources) == "cudnn7.0"
+    pytorch = by[("V100", "pytorch", "vgg16")]  # stated in the row's device cell only
+    assert gpu_models.cudnn(pytorch, sources) == "7.0"
+    p100 = by[("P100", "tensorflow", "vgg16")]  # the source's "CUDA 8.0 / cuDNN 5.1"
+    assert gpu_models.cudnn(p100, sources) == "5.1"
+    assert gpu_models.library(p100, sources) == ""  # no cuDNN 5.1 table: the default curves
+    assert gpu_models.predict(v100, sources=sources).library == "cudnn7.0"
+    default = gpu_models.predict(dict(v100, cudnn="7.6"), sources=sources)
+    assert default.library == "" and default.predicted != gpu_models.predict(
+        v100, sources=sources).predicted
