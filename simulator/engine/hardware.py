@@ -95,15 +95,13 @@ class Device:
             if choice is not None:
                 return choice.seconds * self.slowdown
         if curve is not None:
-            share = 1.0
+            kernels = getattr(op, "kernels", 1)
+            t = op.flops / (self.peak * efficiency_at(curve, op.flops)) if op.flops else 0.0
             if tiles and cls and name.endswith(f"{self.precision}:{key}"):
                 # no class curve: the device's convolution roofline (still a roofline, and
-                # said so), on the SMs a running collective leaves
+                # said so): on the SMs a running collective leaves, and no faster than its bytes
                 self.on_roofline.add(f"{self.precision}:{key}#{cls}")
-                share = sms / s.sms
-            kernels = getattr(op, "kernels", 1)
-            t = (op.flops / (self.peak * efficiency_at(curve, op.flops) * share)
-                 if op.flops else 0.0)
+                t = max(t * s.sms / sms, op.bytes / (s.memory_bandwidth * s.memory_efficiency))
             return (s.launch_overhead * kernels + t) * self.slowdown
         if tiles and cls:
             # a convolution or dense layer of a shape class no published table covers on this

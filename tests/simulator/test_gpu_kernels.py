@@ -243,6 +243,8 @@ def test_a_class_without_a_curve_takes_the_precisions_convolution_roofline():
     assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(want)
     assert device(curved, "fp16").kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(
         1e9 / (PEAK * 0.8))  # another precision: the device's own efficiency
+    slow = replace(curved, memory_bandwidth=1e9)  # a roofline: no faster than its bytes
+    assert device(slow).kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e6 / 1e9)
 
 
 def test_a_shape_curve_still_replaces_the_model():
