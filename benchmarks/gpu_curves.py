@@ -29,6 +29,7 @@ large filters, grouped convolutions, every other device.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 from collections import defaultdict
@@ -51,6 +52,10 @@ FITTED = {"P100": "P100", "V100": "V100", "K40": "K40", "TitanX_Maxwell": "Titan
           # the GTX Titan Black is the K40's chip (GK110B: 15 SMX, 2880 cores) at another
           # clock: its kernels' fraction of peak is the K40's (times scaled by the clocks)
           "TitanBlack": "K40"}
+# a device whose SMs are another's (same microarchitecture, another count and clock) takes its
+# curves: an efficiency is a fraction of an SM's peak, the count and the clock are in the
+# model. The K20 is Kepler GK110, the K40's SMX (192 cores, 4 schedulers) 13 times over
+SAME_SMS = {"K20": "K40"}
 # a curve needs two bins of three rows at least: a class seen in fewer published shapes
 # describes those shapes, not the class, and stays on the roofline
 MIN_POINTS = 6
@@ -184,6 +189,10 @@ def build(rows: list[dict], sources: list[dict]) -> tuple[dict, list[str]]:
     for (device, lib), entry in sorted(fitted.items()):
         if not lib:
             out.setdefault(device, {}).update(entry)
+    for device, like in SAME_SMS.items():
+        if like in out:
+            out[device] = {"kernels": copy.deepcopy(out[like]["kernels"]),
+                           "source": f"the {like}'s (the same SMs): {out[like]['source']}"}
     for (device, lib), entry in sorted(fitted.items()):
         if lib:
             if device not in out:
