@@ -15,14 +15,14 @@ prediction, and applied to every source alike):
   batches a framework's host-side time per operator, which parasim does not model, dominates
   (MXNet's Inception V3 at batch 1 ran 21.8 images/s on a V100, at batch 128 253.7).
 
-Each prediction is ``parasim``'s single-device data-parallel step on the catalogue device, with
-the kernel curves of the cuDNN version the figure states where the catalogue has a table of
-that version for the device (``library``; the ``curves`` column: ``default`` where it has not),
+Each prediction is ``parasim``'s single-device data-parallel step on the catalogue device
 (``simulator/engine/gpu.py``'s per-kernel model with the catalogue's kernel curves,
 ``simulator/catalogue/kernel_curves.yaml``, fitted from the *per-layer* tables in
 ``benchmarks/data/gpu_layers.yaml`` by ``benchmarks/gpu_curves.py``; nothing here is fitted to
-these per-model figures). A source that timed forward and backward only (the Torch tables)
-is compared without the optimizer step.
+these per-model figures), with the curves of the cuDNN version the figure states where the
+catalogue has a table of that version for the device (a device's ``library``; the ``curves``
+column, ``default`` where it has not). A source that timed forward and backward only (the
+Torch tables) is compared without the optimizer step.
 
 The bars (the issue that asked for this table): every prediction within 25%, MAPE within 12%.
 """
