@@ -13,6 +13,7 @@ each slice's gradient, as Megatron-LM's vocabulary-parallel cross entropy does.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,11 @@ class Forward:
     def __init__(self, backend: Any):
         self.k = backend
         self._pos: dict[tuple[int, int], Any] = {}
+        # a layer's gradients are added to here (the compute stream) and taken away by a
+        # collective on the comm stream (ZeRO's per-micro-batch reduce-scatter, while the next
+        # micro-batch's backward runs): an add and a take never interleave, or a gradient
+        # added into an array already taken would be lost
+        self.grad_lock = threading.Lock()
 
     def forward(self, layer: Layer, x: Any, *, mask: Any = None,
                 table: Any = None) -> tuple[Any, Any]:
@@ -178,10 +184,11 @@ class Forward:
         return pos
 
     def _accumulate(self, layer: Layer, key: str, g: Any) -> None:
-        if key in layer.grads:
-            self.k.axpy(1.0, g, layer.grads[key])
-        else:
-            layer.grads[key] = g
+        with self.grad_lock:
+            if key in layer.grads:
+                self.k.axpy(1.0, g, layer.grads[key])
+            else:
+                layer.grads[key] = g
 
     def loss(self, logits: Any, labels: Any, normaliser: int) -> tuple[float, int, Any]:
         """Cross-entropy summed over these predictions / ``normaliser`` (the global batch's

@@ -96,9 +96,10 @@ class ZeroState:
         """Reduce-scatter a segment's gradients; keep this rank's chunk of the sum."""
         s = self.segments[op.tensor.split(":", 1)[1]]
         group = self.groups[op.group]
+        with self.fwd.grad_lock:  # taken whole: the next micro-batch adds to fresh arrays
+            taken = [self.layers[n].grads.pop(k, None) for n, k, _ in s.keys]
         parts = []
-        for n, k, shape in s.keys:
-            g = self.layers[n].grads.pop(k, None)
+        for (_, _, shape), g in zip(s.keys, taken):
             parts.append(np.zeros(int(np.prod(shape)), np.float32) if g is None else
                          np.asarray(self._to_host(g), np.float32).ravel())
         flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
