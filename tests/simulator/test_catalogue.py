@@ -17,6 +17,7 @@ import simpy
 from simulator import catalogue
 from simulator.cluster import build_cluster
 from simulator.engine.hardware import Device
+from simulator.errors import ScenarioError
 from simulator.scenario import build_graph, parse_scenario
 from simulator.strategies.common import Context
 from simulator.units import BYTES_PER_ELEMENT, GB, GIB, TFLOPS
@@ -245,7 +246,7 @@ def test_a_library_version_swaps_the_fitted_curves_for_its_table():
     ({"base": "K40", "library": "cudnn7.0"}, "a device without library tables"),
 ])
 def test_an_unknown_library_names_the_field_and_value(device, says):
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ScenarioError) as err:
         _device(device)
     text = str(err.value)
     assert "cluster.device.library" in text and repr(device["library"]) in text
