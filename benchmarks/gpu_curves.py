@@ -158,11 +158,19 @@ def points(rows: list[dict], libraries: dict[str, str] | None = None
     return out, notes
 
 
-def build(rows: list[dict], sources: list[dict]) -> tuple[dict, list[str]]:
+def library_tables(sources: list[dict]) -> dict[str, str]:
+    """Source id -> the library version its rows are a table of (a source's ``library``)."""
+    return {s["id"]: str(s["library"]) for s in sources if s.get("library")}
+
+
+def build(rows: list[dict], sources: list[dict],
+          fitted_points: tuple[dict, list[str]] | None = None) -> tuple[dict, list[str]]:
     """Per device, the curves of its default tables, and under ``libraries`` those of each
-    table of a named library version (a source's ``library``)."""
-    libraries = {s["id"]: str(s["library"]) for s in sources if s.get("library")}
-    pts, notes = points(rows, libraries)
+    table of a named library version (a source's ``library``); ``fitted_points``: what
+    ``points`` gave for these rows, if the caller has it already."""
+    libraries = library_tables(sources)
+    pts, notes = fitted_points or points(rows, libraries)
+    notes = list(notes)
     by_id = {s["id"]: s for s in sources}
     used: dict[tuple[str, str], set[str]] = defaultdict(set)
     for row in rows:
@@ -204,7 +212,7 @@ def build(rows: list[dict], sources: list[dict]) -> tuple[dict, list[str]]:
 def library_ratios(rows: list[dict], sources: list[dict]) -> list[str]:
     """Per library table, how much longer its fp32 convolutions took than the same shapes in
     the device's default tables: the geometric mean of the time ratios, per class and phase."""
-    libraries = {s["id"]: str(s["library"]) for s in sources if s.get("library")}
+    libraries = library_tables(sources)
 
     def key(r: dict) -> tuple:
         return (r.get("gpu_class"), r["precision"], *(r.get(k) for k in (
@@ -248,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help=f"rewrite {OUT.relative_to(ROOT)}")
     args = ap.parse_args(argv)
     data = yaml.safe_load(DATA.read_text())
-    curves, notes = build(data["entries"], data["sources"])
+    fitted = points(data["entries"], library_tables(data["sources"]))  # the slow part: once
+    curves, notes = build(data["entries"], data["sources"], fitted)
     for device, entry in curves.items():
         for label, one in [(device, entry)] + [(f"{device} library {lib}", e) for lib, e
                                                in entry.get("libraries", {}).items()]:
@@ -259,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:28s} {pts}")
     print(f"{len(notes)} notes (rows at a bound, classes without a curve)")
     # a convolution roofline is one bin of few rows: show the rows it is the median of
-    pts, _ = points(data["entries"])
-    for (device, _, name), p in sorted(pts.items()):
+    for (device, _, name), p in sorted(fitted[0].items()):
         if "#" not in name:
             print(f"{device} {name} per row, by FLOPs: "
                   + " ".join(f"{f / TFLOPS * 1e3:.3g}GF:{e:.2f}" for f, e in sorted(p)))

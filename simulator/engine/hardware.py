@@ -97,7 +97,7 @@ class Device:
         if curve is not None:
             kernels = getattr(op, "kernels", 1)
             t = op.flops / (self.peak * efficiency_at(curve, op.flops)) if op.flops else 0.0
-            if tiles and cls and name.endswith(f"{self.precision}:{key}"):
+            if tiles and cls and name.endswith(kind[0]):  # PRECISION:KIND.PHASE
                 # no class curve: the device's convolution roofline (still a roofline, and
                 # said so): on the SMs a running collective leaves, and no faster than its bytes
                 self.on_roofline.add(f"{self.precision}:{key}#{cls}")
