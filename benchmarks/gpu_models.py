@@ -22,7 +22,10 @@ Each prediction is ``parasim``'s single-device data-parallel step on the catalog
 these per-model figures), with the curves of the cuDNN version the figure states where the
 catalogue has a table of that version for the device (a device's ``library``; the ``curves``
 column, ``default`` where it has not). A source that timed forward and backward only (the
-Torch tables) is compared without the optimizer step.
+Torch tables) is compared without the optimizer step; one whose code computes the input's
+gradient too (Torch7's ``nn``, a PyTorch input with ``requires_grad``: the source's
+``input_gradient`` says which, and where in its code) is predicted with
+``training.input_gradient``.
 
 The bars (the issue that asked for this table): every prediction within 25%, MAPE within 12%.
 """
@@ -163,7 +166,14 @@ def library(entry: dict, sources: dict[str, dict] | None = None) -> str:
     return lib if lib in library_curves().get(DEVICES[entry["gpu_class"]], {}) else ""
 
 
-def scenario(entry: dict, device: Any = None) -> Any:
+def input_gradient(entry: dict, sources: dict[str, dict] | None = None) -> bool:
+    """Whether the benchmark's code computes the gradient of its input (its source's
+    ``input_gradient`` names the frameworks whose code does, with the evidence)."""
+    said = ((sources or {}).get(entry["source_id"]) or {}).get("input_gradient") or {}
+    return framework(entry) in said.get("frameworks", ())
+
+
+def scenario(entry: dict, device: Any = None, input_grad: bool = False) -> Any:
     return parse_scenario({
         "name": f"{entry['model']} on {entry['gpu_class']}", "seed": 1,
         "model": model_spec(entry),
@@ -171,7 +181,8 @@ def scenario(entry: dict, device: Any = None) -> Any:
                     "device": device or DEVICES[entry["gpu_class"]],
                     "intra_link": "pcie3", "inter_link": "ib_edr"},
         "training": {"batch_size": entry["batch_size"], "precision": "fp32",
-                     "optimizer": "momentum", "iterations": 2, "warmup_iterations": 1},
+                     "optimizer": "momentum", "iterations": 2, "warmup_iterations": 1,
+                     "input_gradient": input_grad},
         "strategies": [{"name": "one-gpu", "scheme": "data_parallel"}],
     }, file=f"<{entry['source_id']}>")
 
@@ -185,7 +196,7 @@ def predict(entry: dict, roofline: bool = False, sources: dict[str, dict] | None
     lib = "" if default_curves else library(entry, sources)
     device = ({"base": base, "kernel_model": "roofline", "kernels": {}} if roofline
               else {"base": base, "library": lib} if lib else None)
-    sc = scenario(entry, device)
+    sc = scenario(entry, device, input_gradient(entry, sources))
     result, _ = simulate_scenario(sc)
     step = result["results"][0]["iteration_time_s"]
     if forward_backward_only(entry):  # the source timed no optimizer step

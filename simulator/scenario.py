@@ -326,12 +326,13 @@ def _training(f: Fields, file: str = "<scenario>") -> TrainingSpec:
         warmup_iterations=f.get("warmup_iterations", integer(0), 1),
         learning_rate=f.get("learning_rate", number(), 0.05),
         momentum=f.get("momentum", number(positive=False, minimum=0.0, maximum=0.999), 0.9),
+        input_gradient=f.get("input_gradient", boolean, False),
         target=target,
         convergence=(convergence_field(f.sub("convergence"), target, file)
                      if f.has("convergence") else None),
     )
     f.done(("batch_size", "precision", "optimizer", "iterations", "warmup_iterations",
-            "learning_rate", "momentum", "target", "convergence"))
+            "learning_rate", "momentum", "input_gradient", "target", "convergence"))
     return t
 
 

@@ -234,6 +234,10 @@ class TrainingSpec:
     warmup_iterations: int
     learning_rate: float = 0.05  # the executor's SGD step
     momentum: float = 0.9
+    # the backward also computes the gradient of the model's input (the first layer's data
+    # gradient): Torch7's nn, whose backward computes every module's gradInput, or an input
+    # tensor that requires a gradient; frameworks otherwise skip it
+    input_gradient: bool = False
     target: TargetSpec | None = None  # run to this quality (the iterations are then a cap)
     convergence: ConvergenceSpec | None = None  # how many steps the target takes
 

@@ -113,7 +113,7 @@ def _costs(ctx: Context, layer: str, phase: str, samples: int, shards: int, spli
             "layer_kind": kernel_kind(n), "shape": kernel_shape(n, shards),
             "recompute": recompute,
             **({"input_grad": False} if phase == "bwd" and not ctx.graph.in_degree(layer)
-               else {}),
+               and not ctx.training.input_gradient else {}),
             **({"bias": True} if n.get("bias") else {})}
 
 

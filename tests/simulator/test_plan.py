@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from simulator.cluster import build_cluster
+from simulator.errors import ScenarioError
 from simulator.plan import (
     COMM,
     COMPUTE,
@@ -161,3 +162,28 @@ def test_memory_need_total_and_fits():
                    capacity=10.0)
     assert m.total == 10.0 and m.fits
     assert not MemoryNeed("d", 1.0, 2.0, 3.0, 4.5, 10.0).fits
+
+
+def test_the_first_layers_data_gradient_only_where_the_training_asks_for_it():
+    from dataclasses import replace
+
+    sc = scenario(per_node=1, layers=LAYERS, input_shape="[2, 4, 4]", batch=8)
+    graph, cluster = build_graph(sc.model), build_cluster(sc.cluster)
+
+    def first_backward(training) -> Compute:
+        plan = build_plan(Context(graph, cluster, training), sc.strategies[0])
+        return next(op for op in plan.ranks[0].ops if isinstance(op, Compute)
+                    and op.phase == "bwd" and not graph.in_degree(op.layer))
+
+    assert not sc.training.input_gradient
+    assert first_backward(sc.training).input_grad is False  # frameworks skip it
+    asked = replace(sc.training, input_gradient=True)  # Torch7's nn, requires_grad inputs
+    assert first_backward(asked).input_grad is True
+    text = ("name: t\nmodel: {layers: [{kind: dense, units: 4}], input_shape: [4]}\n"
+            "cluster: {nodes: 1, devices_per_node: 1, device: V100, intra_link: pcie3, "
+            "inter_link: ib_edr}\n"
+            "training: {batch_size: 8, input_gradient: %s}\n"
+            "strategies: [{name: dp, scheme: data_parallel}]\n")
+    assert parse_scenario(load_yaml(text % "true")).training.input_gradient is True
+    with pytest.raises(ScenarioError, match="training.input_gradient: must be true or false"):
+        parse_scenario(load_yaml(text % "2"))
