@@ -19,11 +19,13 @@ the model cannot reach even at the bound (faster than this model allows, or slow
 efficiency) is kept at that bound and counted.
 
 A table whose library computed every convolution as a GEMM (``GEMM_ONLY``) gives instead the
-device's convolution roofline, ``PRECISION:conv.PHASE``: the rows' direct FLOPs over time and
-peak. A convolution or dense layer of a class no curve covers stays on the device roofline (its
-direct FLOPs at that convolution roofline where there is one, else at ``compute_efficiency``,
-devices.yaml says where that comes from), and the prediction says so: the K40's convolutions,
-large filters, grouped convolutions, every other device.
+device's GEMM convolution curve, ``PRECISION:conv.PHASE``: its rows solved with the model's
+GEMM algorithms alone (``gpu.GEMM_ALGORITHMS``), as the median fraction of the device's GEMM
+curve they reached, that fraction of the GEMM curve at every size. A convolution or dense
+layer of a class no curve covers takes that curve where there is one (as GEMMs), else stays on
+the device roofline (its direct FLOPs at ``compute_efficiency``, devices.yaml says where that
+comes from), and the prediction says which: large filters, grouped convolutions, every other
+device.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -43,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from simulator.catalogue import catalogue_devices  # noqa: E402
 from simulator.engine import gpu  # noqa: E402
 from simulator.engine.gpu_fit import class_name, curve, op_efficiency, solve  # noqa: E402
+from simulator.engine.hardware import efficiency_at  # noqa: E402
 from simulator.units import BYTES_PER_ELEMENT, TFLOPS  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "gpu_layers.yaml"
@@ -60,12 +64,11 @@ SAME_SMS = {"K20": "K40"}
 # describes those shapes, not the class, and stays on the roofline
 MIN_POINTS = 6
 # A library that computed every convolution as a GEMM (cuDNN R1 and R2: FFT convolutions came
-# with v3, Winograd with v5) ran at the rate its rows show on the layers' direct FLOPs. Its
-# rows give no class curve (the model would time them with algorithms that library did not
-# have) but the device's convolution roofline, PRECISION:conv.PHASE: the FLOPs over the time
-# and the peak, pooled over every shape, from ROOFLINE_MIN_POINTS rows up (one bin, a median).
+# with v3, Winograd with v5) prices the device's GEMM algorithms only. Its rows give no class
+# curve but the device's GEMM convolution curve, PRECISION:conv.PHASE (``gemm_scaled``), pooled
+# over every shape, from KIND_MIN_POINTS rows up.
 GEMM_ONLY = ("cuDNN R1", "cuDNN R2")
-ROOFLINE_MIN_POINTS = 3
+KIND_MIN_POINTS = 3
 
 
 def precision_of(row: dict) -> str | None:
@@ -123,17 +126,16 @@ def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, 
     grad = isinstance(data, (int, float))  # no data gradient: a network's first layer
     bwd = ((float(filt) + (float(data) if grad else 0.0)) * 1e-3 * scale
            if isinstance(filt, (int, float)) else None)
-    if gemm_only(row):  # the device's convolution roofline: direct FLOPs over time and peak
-        out = [(f"{prec}:conv.fwd", fwd_flops, fwd_flops / (fwd * peak), "")]
-        if bwd is not None:
-            flops = fwd_flops * (2 if grad else 1)
-            out.append((f"{prec}:conv.bwd", flops, flops / (bwd * peak), ""))
-        return out
-    out = [(class_name(prec, "conv", "fwd", geo), fwd_flops,
-            *op_efficiency(spec, peak, bpe, "conv", "fwd", geo, n, fwd))]
+    # a GEMM-only library's rows: the device's implicit-GEMM curve for every shape
+    algorithms = gpu.GEMM_ALGORITHMS if gemm_only(row) else None
+    names = ((f"{prec}:conv.fwd", f"{prec}:conv.bwd") if algorithms else
+             (class_name(prec, "conv", "fwd", geo), class_name(prec, "conv", "bwd", geo)))
+    out = [(names[0], fwd_flops,
+            *op_efficiency(spec, peak, bpe, "conv", "fwd", geo, n, fwd, algorithms=algorithms))]
     if bwd is not None:
-        out.append((class_name(prec, "conv", "bwd", geo), 2 * fwd_flops,
-                    *op_efficiency(spec, peak, bpe, "conv", "bwd", geo, n, bwd, grad)))
+        out.append((names[1], 2 * fwd_flops,
+                    *op_efficiency(spec, peak, bpe, "conv", "bwd", geo, n, bwd, grad,
+                                   algorithms=algorithms)))
     return out
 
 
@@ -179,20 +181,26 @@ def build(rows: list[dict], sources: list[dict],
                 row["source_id"])
     fitted: dict[tuple[str, str], dict] = {}
     for (device, lib, name) in sorted(pts):
-        least = MIN_POINTS if "#" in name else ROOFLINE_MIN_POINTS
+        least = MIN_POINTS if "#" in name else KIND_MIN_POINTS
         label = f"{device}{'@' + lib if lib else ''}"
         if len(pts[(device, lib, name)]) < least:
             notes.append(f"{label} {name}: {len(pts[(device, lib, name)])} published rows, "
                          f"fewer than {least}: no curve")
             continue
-        flops, eff = curve(pts[(device, lib, name)])
+        if "#" in name:
+            flops, eff = curve(pts[(device, lib, name)])
+        else:
+            flops, eff = gemm_scaled(pts, device, lib, name)
         entry = fitted.setdefault((device, lib), {"source": "", "kernels": {}})
         entry["kernels"][name] = {"flops": flops, "efficiency": eff}
     for key, entry in fitted.items():
         refs = "; ".join(f"{by_id[i]['title']} ({by_id[i]['ref']})" for i in sorted(used[key]))
         entry["source"] = (f"fitted by benchmarks/gpu_curves.py from {refs}: per row, the "
                            "efficiency at which simulator/engine/gpu.py's model takes the "
-                           "published time; per curve, medians of equal-count bins by FLOPs")
+                           "published time; per curve, medians of equal-count bins by FLOPs"
+                           + ("; PRECISION:conv.PHASE (a GEMM-only library's rows): their "
+                              "median fraction of the GEMM curve, times that curve"
+                              if any("#" not in n for n in entry["kernels"]) else ""))
     out: dict = {}
     for (device, lib), entry in sorted(fitted.items()):
         if not lib:
@@ -207,6 +215,32 @@ def build(rows: list[dict], sources: list[dict],
                 raise ValueError(f"{device}: a {lib} table but no default one")
             out[device].setdefault("libraries", {})[lib] = entry
     return out, notes
+
+
+def gemm_scaled(pts: dict, device: str, lib: str, name: str) -> tuple[list[float], list[float]]:
+    """A GEMM-only library's implicit-GEMM curve ``PRECISION:conv.PHASE``: its rows'
+    efficiencies as a fraction of the device's GEMM curve at the same FLOPs (the median
+    fraction), over that GEMM curve's FLOPs: an implicit GEMM falls off with its size as the
+    device's GEMMs do. Without a GEMM curve, the rows' median (one bin)."""
+    gemm, ratio = gemm_fraction(pts, device, lib, name)
+    if gemm is None:
+        return curve(pts[(device, lib, name)])
+    return gemm[0], [round(ratio * e, 4) for e in gemm[1]]
+
+
+def gemm_fraction(pts: dict, device: str, lib: str, name: str
+                  ) -> tuple[tuple[list[float], list[float]] | None, float]:
+    """The device's GEMM curve at ``name``'s precision (None without one of ``MIN_POINTS``
+    rows) and the median fraction of it that ``name``'s rows reached at their FLOPs."""
+    prec = name.split(":", 1)[0]
+    gemm = pts.get((device, lib, f"{prec}:dense.fwd#gemm")) or pts.get(
+        (device, "", f"{prec}:dense.fwd#gemm"))
+    if not gemm or len(gemm) < MIN_POINTS:
+        return None, 1.0
+    g_flops, g_eff = curve(gemm)
+    at = tuple(zip(g_flops, g_eff))
+    return (g_flops, g_eff), statistics.median(e / efficiency_at(at, f)
+                                               for f, e in pts[(device, lib, name)])
 
 
 def library_ratios(rows: list[dict], sources: list[dict]) -> list[str]:
@@ -267,11 +301,13 @@ def main(argv: list[str] | None = None) -> int:
                                for f, e in zip(c["flops"], c["efficiency"]))
                 print(f"  {name:28s} {pts}")
     print(f"{len(notes)} notes (rows at a bound, classes without a curve)")
-    # a convolution roofline is one bin of few rows: show the rows it is the median of
-    for (device, _, name), p in sorted(fitted[0].items()):
+    # a GEMM convolution curve is a median of few rows: show the rows and the fraction
+    for (device, lib, name), p in sorted(fitted[0].items()):
         if "#" not in name:
+            _, ratio = gemm_fraction(fitted[0], device, lib, name)
             print(f"{device} {name} per row, by FLOPs: "
-                  + " ".join(f"{f / TFLOPS * 1e3:.3g}GF:{e:.2f}" for f, e in sorted(p)))
+                  + " ".join(f"{f / TFLOPS * 1e3:.3g}GF:{e:.2f}" for f, e in sorted(p))
+                  + f"; {ratio:.2f} of the device's GEMM curve (median)")
     for line in library_ratios(data["entries"], data["sources"]):
         print(line)
     if args.write:

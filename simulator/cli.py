@@ -354,5 +354,9 @@ def format_table(result: dict[str, Any]) -> str:
     if roofline:
         out.append(f"on the {sc['device']} roofline (no per-class kernel curve): "
                    + ", ".join(roofline))
+    gemm = sorted({k for e in result["results"] for k in e.get("kernels_on_gemm_curve", ())})
+    if gemm:
+        out.append(f"as GEMMs on the {sc['device']}'s convolution curve (no per-class kernel "
+                   "curve): " + ", ".join(gemm))
     return "\n".join(out)
 

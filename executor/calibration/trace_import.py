@@ -109,9 +109,10 @@ def import_trace(trace_path: str, scenario_path: str, *, device: str | None = No
                               if r["shape"]})
     skipped += class_points(rows, ops, replace(base, sms=sms, launch_overhead=launch, kernels={}),
                             peak, BYTES_PER_ELEMENT[precision], precision)
-    # the catalogue's class curves for the classes the trace did not run, the trace's own win
+    # the catalogue's class curves for the classes the trace did not run (and its GEMM
+    # convolution curve, PRECISION:conv.PHASE, where it has one), the trace's own win
     curves = {**{k: {"flops": [f for f, _ in c], "efficiency": [e for _, e in c]}
-                 for k, c in base.kernels.items() if "#" in k}, **fit_curves(rows)}
+                 for k, c in base.kernels.items() if ":" in k}, **fit_curves(rows)}
     fits, comm_rows, comm_notes = _collectives(trace)
     group = max((r["ranks"] for r in comm_rows), default=_world(trace))
     date = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -28,7 +28,11 @@ same three sizes in other roles; a dense layer's three products likewise):
   eligible for and keep the fastest. Here the same rule, on this model's times. Eligibility
   as the cuDNN Developer Guide (``cudnnConvolutionFwdAlgo_t``) states it:
 
-  - implicit GEMM: every convolution;
+  - implicit GEMM: every convolution; a strided data gradient as one stride-1 product per
+    phase of the input pixels;
+  - for the data gradient, the output gradient times the filters as one GEMM whose columns
+    are added into the input gradient where their taps fall (``CUDNN_CONVOLUTION_BWD_DATA_ALGO_0``,
+    "a sum of matrix products ... using atomic adds"): any stride, any channel count;
   - Winograd (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): 3x3
     filters, stride 1, one group; fused F(2x2, 3x3) (16 GEMMs on 4x4 transformed tiles, 2.25x
     fewer multiplications, the transforms inside the kernel) and non-fused F(4x4, 3x3) (36
@@ -40,6 +44,9 @@ same three sizes in other roles; a dense layer's three products likewise):
     memory-bound kernels of complex64 planes, forward and data gradient.
 
   The weight gradient runs as an implicit GEMM (its reduction over N x P x Q split-K).
+  A device whose convolutions were measured only under a library that computed every
+  convolution as a GEMM (cuDNN R1 and R2) is timed with its GEMM algorithms alone
+  (``GEMM_ALGORITHMS``, ``hardware.Device.kernel_time``): no table prices another there.
 
 Element-wise, pooling and normalisation layers are memory-bound passes (``PASSES``); a layer
 with a bias adds it in a pass of its own and reduces its gradient in another (cuDNN's
@@ -88,6 +95,9 @@ SPLIT_K_MIN = 512  # the shortest reduction slice split-K makes (elements of K)
 WINOGRAD_SMALL = (2, 3)  # F(2x2, 3x3): 2x2 outputs from a 4x4 tile, fused
 WINOGRAD_LARGE = (4, 3)  # F(4x4, 3x3): 4x4 outputs from a 6x6 tile, transforms in DRAM
 FFT_MIN_KERNEL = 5
+# the convolution algorithms of a library that computed every convolution as a GEMM (cuDNN
+# R1, R2): the implicit GEMM and, for a data gradient, the scatter GEMM
+GEMM_ALGORITHMS = ("implicit_gemm", "gemm_scatter")
 
 
 @dataclass(frozen=True)
@@ -157,8 +167,11 @@ class Model:
     """Kernel times on one device at one precision (``bpe`` bytes per element)."""
 
     def __init__(self, spec: DeviceSpec, peak: float, bpe: int, sms: int | None = None,
-                 efficiency: float | None = None):
+                 efficiency: float | None = None, algorithms: tuple[str, ...] | None = None):
         self.spec = spec
+        # the convolution algorithms the autotuner may pick (None: every one a layer is
+        # eligible for); implicit GEMM is always among them
+        self.algorithms = algorithms
         self.peak = peak
         self.bpe = bpe
         self.sms = sms or spec.sms  # the SMs compute may use now (communication takes some)
@@ -249,7 +262,8 @@ class Model:
     def _conv(self, geo: Geometry, samples: int, phase: str, input_grad: bool,
               extra: list[Kernel]) -> Choice:
         roles = ("fwd",) if phase == "fwd" else ("dgrad", "wgrad") if input_grad else ("wgrad",)
-        parts = [conv_candidates(geo, samples, role, self.bpe) for role in roles]
+        parts = [[(name, ks) for name, ks in conv_candidates(geo, samples, role, self.bpe)
+                  if self.algorithms is None or name in self.algorithms] for role in roles]
         seconds, kernels, names = self.run(extra), len(extra), []
         for candidates in parts:
             timed = [(self.run(ks), name, len(ks)) for name, ks in candidates]
@@ -282,7 +296,21 @@ def conv_candidates(geo: Geometry, samples: int, role: str, bpe: int
     if role == "fwd":
         out = [("implicit_gemm", [Kernel(Gemm(npq, kg, cg * r * s, g, overlap))])]
     elif role == "dgrad":
-        out = [("implicit_gemm", [Kernel(Gemm(samples * h * w, cg, kg * r * s, g, overlap))])]
+        # a strided convolution's data gradient as sh x sw stride-1 ones, one per phase of
+        # the input pixels (each phase's pixels take the taps congruent to it, about r / sh
+        # by s / sw of them); the phases without a tap (a filter smaller than its stride)
+        # receive nothing. A product over every input pixel and all r x s taps would
+        # multiply the zeros the stride leaves in the upsampled output gradient
+        tr, ts = -(-r // sh), -(-s // sw)
+        phases = min(sh, r) * min(sw, s)
+        pixels = samples * -(-h // sh) * -(-w // sw)
+        out = [("implicit_gemm", [Kernel(Gemm(pixels, cg, kg * tr * ts, g * phases,
+                                              max(1.0, tr * ts)))]),
+               # the product of the output gradient and the filters, a column per input tap,
+               # added into the input gradient where the taps fall (cuDNN's
+               # CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, atomic adds): a GEMM of any stride and
+               # channel count; every column is written
+               ("gemm_scatter", [Kernel(Gemm(npq, cg * r * s, kg, g))])]
     else:
         out = [("implicit_gemm", [Kernel(Gemm(kg, cg * r * s, npq, g, reuse_b=overlap))])]
     if g == 1 and (sh, sw) == (1, 1):

@@ -61,12 +61,14 @@ def class_name(precision: str, kind: str, phase: str, geo: gpu.Geometry | None) 
 
 def op_efficiency(spec: DeviceSpec, peak: float, bpe: int, kind: str, phase: str,
                   geo: gpu.Geometry, samples: int, seconds: float, input_grad: bool = True,
-                  bias: bool = False) -> tuple[float, str]:
+                  bias: bool = False, algorithms: tuple[str, ...] | None = None
+                  ) -> tuple[float, str]:
     """The efficiency at which the model times the op as ``seconds`` (launch overheads
-    included), and the bound it is at, if any."""
+    included), and the bound it is at, if any; ``algorithms``: the convolution algorithms
+    the measured library had (None: every one)."""
     def time_at(e: float) -> float:
-        choice = gpu.Model(spec, peak, bpe, None, e).choose(kind, phase, geo, samples,
-                                                            input_grad, bias)
+        choice = gpu.Model(spec, peak, bpe, None, e, algorithms).choose(
+            kind, phase, geo, samples, input_grad, bias)
         if choice is None:
             raise ValueError(f"the per-kernel model does not time {kind} ops")
         return choice.seconds

@@ -60,6 +60,8 @@ class Device:
         self.bpe = BYTES_PER_ELEMENT[precision]
         # the GPU kernel curves this device lacked, its ops on the roofline (``kernel_time``)
         self.on_roofline: set[str] = set()
+        # ... and those it timed as GEMMs on its precision's one convolution curve per phase
+        self.on_kind_curve: set[str] = set()
         # the per-kernel model's choices, by op geometry: shared by every device of one spec
         self._choices = _CHOICES.setdefault((id(spec), precision), {})
         _KEEP[id(spec)] = spec  # an id stays that spec's while the cache is used
@@ -94,14 +96,18 @@ class Device:
             choice = self.gpu_choice(op, sms, efficiency_at(curve, op.flops))
             if choice is not None:
                 return choice.seconds * self.slowdown
+        if curve is not None and tiles and cls and name.endswith(kind[0]):
+            # no class curve but the precision's PRECISION:KIND.PHASE: the device's
+            # implicit-GEMM efficiency, measured under a library that had no other
+            # convolution algorithm (gpu_curves.GEMM_ONLY), so the op runs as implicit GEMM
+            choice = self.gpu_choice(op, sms, efficiency_at(curve, op.flops),
+                                     gpu.GEMM_ALGORITHMS)
+            if choice is not None:
+                self.on_kind_curve.add(f"{self.precision}:{key}#{cls}")
+                return choice.seconds * self.slowdown
         if curve is not None:
             kernels = getattr(op, "kernels", 1)
             t = op.flops / (self.peak * efficiency_at(curve, op.flops)) if op.flops else 0.0
-            if tiles and cls and name.endswith(kind[0]):  # PRECISION:KIND.PHASE
-                # no class curve: the device's convolution roofline (still a roofline, and
-                # said so): on the SMs a running collective leaves, and no faster than its bytes
-                self.on_roofline.add(f"{self.precision}:{key}#{cls}")
-                t = max(t * s.sms / sms, op.bytes / (s.memory_bandwidth * s.memory_efficiency))
             return (s.launch_overhead * kernels + t) * self.slowdown
         if tiles and cls:
             # a convolution or dense layer of a shape class no published table covers on this
@@ -122,16 +128,18 @@ class Device:
         t_mem = op.bytes / (s.memory_bandwidth * s.memory_efficiency)
         return (s.launch_overhead * kernels + max(t_flops, t_mem)) * self.slowdown
 
-    def gpu_choice(self, op: Compute, sms: int, efficiency: float) -> gpu.Choice | None:
+    def gpu_choice(self, op: Compute, sms: int, efficiency: float,
+                   algorithms: tuple[str, ...] | None = None) -> gpu.Choice | None:
         """The per-kernel model's algorithm and time for a conv or dense op on ``sms`` SMs,
-        its kernels reaching ``efficiency`` of an SM's peak (``simulator/engine/gpu.py``);
-        None for the kinds it leaves to the roofline."""
+        its kernels reaching ``efficiency`` of an SM's peak (``simulator/engine/gpu.py``),
+        a convolution by one of ``algorithms`` (None: any); None for the kinds it leaves to
+        the roofline."""
         key = (op.layer_kind, op.phase, op.shape, op.samples, sms, op.input_grad, op.bias,
-               efficiency)
+               efficiency, algorithms)
         hit = self._choices.get(key, False)
         if hit is False:
             geo = gpu.parse_shape(op.shape)
-            model = gpu.Model(self.spec, self.peak, self.bpe, sms, efficiency)
+            model = gpu.Model(self.spec, self.peak, self.bpe, sms, efficiency, algorithms)
             hit = self._choices[key] = (None if geo is None else
                                         model.choose(op.layer_kind, op.phase, geo, op.samples,
                                                      op.input_grad, op.bias))

@@ -148,8 +148,8 @@ def test_a_shape_left_out_of_the_fit_is_predicted_from_its_class(imported):
     record). The shipped trace's times are the catalogue V100's per-kernel model with a
     lognormal noise of sigma 0.1 per layer and phase on the kernels' work (make_traces.py): a
     held-out shape's error is its own noise against its class's, about sqrt(2) x 0.1 in log,
-    so 25% is some two standard deviations. Measured: 15.8% and 12.8% at worst; the same check
-    gave 27.0% with the first layer's forward point in its class curve (memory-bound in the
+    so 25% is some two standard deviations. Measured: 15.9% and 12.1% at worst; the same check
+    gave 27.1% with the first layer's forward point in its class curve (memory-bound in the
     model, its efficiency fitted the noise: now left out) and 126.8% on the trace's former,
     hand-chosen times."""
     path, _ = imported

@@ -159,6 +159,37 @@ def test_a_first_layer_backward_has_no_data_gradient():
     assert wgrad.seconds < both.seconds
 
 
+def gemm_flops(kernels) -> float:
+    return sum(2.0 * k.gemm.m * k.gemm.n * k.gemm.k * k.gemm.batch for k in kernels if k.gemm)
+
+
+@pytest.mark.parametrize("c, k, r, stride, phases", [
+    (64, 128, 3, 2, 4), (64, 128, 1, 2, 1), (3, 96, 11, 4, 16), (64, 64, 3, 1, 1)])
+def test_a_strided_data_gradient_multiplies_no_zeros(c, k, r, stride, phases):
+    # as stride x stride stride-1 products (one per phase of the input pixels), only the
+    # phases a tap falls on: about the forward's FLOPs, not stride^2 times them
+    geo = conv(c, 56, k, r, stride=stride, padding=r // 2)
+    out = geo.out_shape[1]
+    fwd = 2.0 * 8 * out * out * k * c * r * r
+    algos = dict(gpu.conv_candidates(geo, 8, "dgrad", 4))
+    g = algos["implicit_gemm"][0].gemm
+    assert g.batch == phases
+    taps = -(-r // stride)
+    assert g.m == 8 * (-(-56 // stride)) ** 2 and g.k == k * taps * taps
+    assert fwd <= gemm_flops(algos["implicit_gemm"]) <= fwd * (taps * stride / r) ** 2 * 1.2
+    # the scatter form: the forward's FLOPs exactly, whatever the stride
+    assert gemm_flops(algos["gemm_scatter"]) == pytest.approx(fwd)
+
+
+def test_a_three_channel_data_gradient_takes_the_scatter_gemm():
+    # an input gradient of 3 channels is a 3-wide implicit GEMM (its tiles nearly empty); its
+    # columns' GEMM, C x R x S wide, fills them
+    m = model(sms=80, bandwidth=900e9, eff=0.8)
+    geo = conv(3, 224, 64, 7, stride=2, padding=3)
+    both = m.choose("conv", "bwd", geo, 16)
+    assert both.algorithm == "gemm_scatter+implicit_gemm"
+
+
 def test_dense_backward_is_two_gemms_and_a_bias_gradient_pass():
     bw = 100e9
     m = model(bandwidth=bw)
@@ -231,20 +262,29 @@ def test_a_class_without_a_curve_stays_on_the_roofline_and_says_so():
     assert device(base).kernel_time(act) == pytest.approx(2 * 8 * 64 * 28 * 28 * 4 / 1e18)
 
 
-def test_a_class_without_a_curve_takes_the_precisions_convolution_roofline():
-    base = replace(spec(sms=4, bandwidth=1e18, eff=0.8), comm_sms=1)
+def test_a_class_without_a_curve_takes_the_precisions_gemm_convolution_curve():
+    # the precision's kind-wide curve (the K40's, from a library that computed every
+    # convolution as a GEMM): the per-kernel model at that efficiency, GEMM algorithms only
+    base = replace(spec(sms=4, bandwidth=900e9, eff=0.8), comm_sms=1)
     curved = replace(base, kernels={"fp32:conv.fwd": ((1.0, 0.25), (1e12, 0.25)),
                                     "fp32:conv.fwd#1x1": ((1.0, 0.5), (1e12, 0.5))})
+    geo = gpu.parse_shape(SHAPE)  # 3x3, stride 1: Winograd-eligible
+    gemm = gpu.Model(base, PEAK, 4, None, 0.25, gpu.GEMM_ALGORITHMS).choose("conv", "fwd", geo,
+                                                                     8)
+    anything = gpu.Model(base, PEAK, 4, None, 0.25).choose("conv", "fwd", geo, 8)
+    assert gemm.algorithm == "implicit_gemm" and anything.seconds < gemm.seconds
     dev = device(curved)
-    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.25))
-    assert dev.on_roofline == {"fp32:conv.fwd#3x3s1"}  # still a roofline, and said so
+    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(gemm.seconds)
+    assert not dev.on_roofline  # timed by the model, with a curve measured on the device
+    assert dev.on_kind_curve == {"fp32:conv.fwd#3x3s1"}  # not its class's own: said so
     dev.comm_active = 1  # a collective holds comm_sms of the SMs
-    want = 1e9 / (PEAK * 0.25 * 3 / 4)
-    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(want)
-    assert device(curved, "fp16").kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(
-        1e9 / (PEAK * 0.8))  # another precision: the device's own efficiency
-    slow = replace(curved, memory_bandwidth=1e9)  # a roofline: no faster than its bytes
-    assert device(slow).kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e6 / 1e9)
+    fewer = gpu.Model(base, PEAK, 4, 3, 0.25, gpu.GEMM_ALGORITHMS).choose(
+        "conv", "fwd", geo, 8)
+    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(fewer.seconds)
+    assert fewer.seconds > gemm.seconds
+    roof = device(curved, "fp16")  # another precision: the device roofline, and said so
+    assert roof.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.8))
+    assert roof.on_roofline == {"fp16:conv.fwd#3x3s1"}
 
 
 def test_a_shape_curve_still_replaces_the_model():
@@ -262,7 +302,7 @@ def test_catalogue_devices_carry_the_fitted_curves():
     for name, curves in kernel_curves().items():
         assert set(curves) <= set(cat[name].kernels)
         assert not plain[name].kernels
-        # a precision's class curves, or a precision's convolution roofline (the K40's,
+        # a precision's class curves, or a precision's GEMM convolution curve (the K40's,
         # from a table whose library computed every convolution as a GEMM)
         assert all(":" in k and ("#" in k or k.split(":")[1] in ("conv.fwd", "conv.bwd"))
                    for k in curves)
@@ -280,10 +320,10 @@ def test_the_shipped_curves_are_what_the_fit_writes_from_the_shipped_tables():
                              for e in c["efficiency"]))
 
 
-def test_a_table_of_gemm_convolutions_gives_their_direct_flops_rate_at_the_devices_clock():
-    # cuDNN R2 computed every convolution as a GEMM: its rows give the device's convolution
-    # roofline (direct FLOPs over time and peak), not class curves through the algorithms the
-    # model would choose; a Titan Black's times at 980 MHz are the K40's at 745 scaled
+def test_a_table_of_gemm_convolutions_is_fitted_through_the_gemm_algorithms_only():
+    # cuDNN R2 computed every convolution as a GEMM: its rows are solved with the model's GEMM
+    # algorithms alone (not Winograd, which the model would pick for this 3x3), at the
+    # device's clock (a Titan Black's times at 980 MHz are the K40's at 745 scaled)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_curves
 
@@ -294,7 +334,28 @@ def test_a_table_of_gemm_convolutions_gives_their_direct_flops_rate_at_the_devic
     flops = 2.0 * 128 * 384 * 384 * 9 * 11 * 11
     fwd, bwd = gpu_curves.fit_row(row, k40, "fp32", 980 / 745)
     assert fwd[:2] == ("fp32:conv.fwd", flops) and bwd[:2] == ("fp32:conv.bwd", 2 * flops)
-    assert fwd[2] == pytest.approx(flops / (17.10e-3 * 980 / 745 * 4.29e12))
-    assert bwd[2] == pytest.approx(2 * flops / ((20.97 + 27.19) * 1e-3 * 980 / 745 * 4.29e12))
-    shipped = kernel_curves()["K40"]["fp32:conv.fwd"]
-    assert len(shipped) == 1 and 0.3 < shipped[0][1] < 0.6  # one bin: the rows' median
+    geo = gpu_curves.conv_geometry(row)
+    for (_, _, e, bound), phase, ms in ((fwd, "fwd", 17.10), (bwd, "bwd", 20.97 + 27.19)):
+        assert not bound
+        took = gpu.Model(k40, 4.29e12, 4, None, e, gpu.GEMM_ALGORITHMS).choose(
+            "conv", phase, geo, 128)
+        assert took.seconds == pytest.approx(ms * 1e-3 * 980 / 745, rel=1e-6)
+        assert "winograd" not in took.algorithm
+
+
+def test_a_gemm_only_curve_falls_off_with_size_as_the_devices_gemms_do():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_curves
+
+    gemm = [(1e8, 0.2), (2e8, 0.2), (3e8, 0.2), (1e11, 0.6), (2e11, 0.6), (3e11, 0.6)]
+    convs = [(1e11, 0.3), (2e11, 0.3), (3e11, 0.3)]
+    pts = {("D", "", "fp32:dense.fwd#gemm"): gemm, ("D", "", "fp32:conv.fwd"): convs}
+    flops, eff = gpu_curves.gemm_scaled(pts, "D", "", "fp32:conv.fwd")
+    g_flops, g_eff = gpu_curves.curve(gemm)
+    assert flops == g_flops and eff == [pytest.approx(e / 2) for e in g_eff]  # 0.3 of 0.6
+    # without a GEMM curve: the rows' median
+    assert gpu_curves.gemm_scaled({("D", "", "fp32:conv.fwd"): convs}, "D", "",
+                                  "fp32:conv.fwd") == gpu_curves.curve(convs)
+    shipped = kernel_curves()["K40"]
+    assert [f for f, _ in shipped["fp32:conv.fwd"]] == \
+        [f for f, _ in shipped["fp32:dense.fwd#gemm"]]
