@@ -283,3 +283,17 @@ def test_the_import_loads_neither_mpi_nor_numba(tmp_path: Path):
     ("NVIDIA GeForce RTX 4090", None)])
 def test_a_gpu_name_gives_its_catalogue_entry(gpu, entry):
     assert catalogue_name(gpu) == entry
+
+
+def test_a_profile_on_a_device_with_a_gemm_convolution_curve_keeps_it(tmp_path):
+    # the K40's convolutions have no class curves but its GEMM convolution curve
+    # (kernel_curves.yaml's fp32:conv.PHASE): a profile made on it carries that curve for the
+    # classes the trace did not run, as it carries a device's class curves
+    proc = cli(tmp_path, TRACE, "--device", "K40")
+    assert proc.returncode == 0, proc.stderr
+    (spec,) = load_profile(tmp_path / "p.yaml").devices.values()
+    k40 = devices()["K40"].kernels
+    for name in ("fp32:conv.fwd", "fp32:conv.bwd"):
+        assert spec.kernels[name] == k40[name]
+    # the trace's own class curves win over the K40's
+    assert spec.kernels["fp32:dense.fwd#gemm"] != k40["fp32:dense.fwd#gemm"]
