@@ -126,7 +126,7 @@ def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, 
     grad = isinstance(data, (int, float))  # no data gradient: a network's first layer
     bwd = ((float(filt) + (float(data) if grad else 0.0)) * 1e-3 * scale
            if isinstance(filt, (int, float)) else None)
-    # a GEMM-only library's rows: the device's implicit-GEMM curve for every shape
+    # a GEMM-only library's rows: the device's GEMM convolution curve, for every shape
     algorithms = gpu.GEMM_ALGORITHMS if gemm_only(row) else None
     names = ((f"{prec}:conv.fwd", f"{prec}:conv.bwd") if algorithms else
              (class_name(prec, "conv", "fwd", geo), class_name(prec, "conv", "bwd", geo)))
@@ -218,10 +218,10 @@ def build(rows: list[dict], sources: list[dict],
 
 
 def gemm_scaled(pts: dict, device: str, lib: str, name: str) -> tuple[list[float], list[float]]:
-    """A GEMM-only library's implicit-GEMM curve ``PRECISION:conv.PHASE``: its rows'
-    efficiencies as a fraction of the device's GEMM curve at the same FLOPs (the median
-    fraction), over that GEMM curve's FLOPs: an implicit GEMM falls off with its size as the
-    device's GEMMs do. Without a GEMM curve, the rows' median (one bin)."""
+    """A GEMM-only library's convolution curve ``PRECISION:conv.PHASE``: its rows'
+    efficiencies as a fraction of the device's GEMM curve at the same op FLOPs (the median
+    fraction), over that GEMM curve's FLOPs: a convolution computed as GEMMs falls off with
+    its size as the device's GEMMs do. Without a GEMM curve, the rows' curve as it is."""
     gemm, ratio = gemm_fraction(pts, device, lib, name)
     if gemm is None:
         return curve(pts[(device, lib, name)])

@@ -262,8 +262,9 @@ class Model:
     def _conv(self, geo: Geometry, samples: int, phase: str, input_grad: bool,
               extra: list[Kernel]) -> Choice:
         roles = ("fwd",) if phase == "fwd" else ("dgrad", "wgrad") if input_grad else ("wgrad",)
+        allowed = None if self.algorithms is None else {"implicit_gemm", *self.algorithms}
         parts = [[(name, ks) for name, ks in conv_candidates(geo, samples, role, self.bpe)
-                  if self.algorithms is None or name in self.algorithms] for role in roles]
+                  if allowed is None or name in allowed] for role in roles]
         seconds, kernels, names = self.run(extra), len(extra), []
         for candidates in parts:
             timed = [(self.run(ks), name, len(ks)) for name, ks in candidates]

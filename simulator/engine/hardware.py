@@ -97,9 +97,10 @@ class Device:
             if choice is not None:
                 return choice.seconds * self.slowdown
         if curve is not None and tiles and cls and name.endswith(kind[0]):
-            # no class curve but the precision's PRECISION:KIND.PHASE: the device's
-            # implicit-GEMM efficiency, measured under a library that had no other
-            # convolution algorithm (gpu_curves.GEMM_ONLY), so the op runs as implicit GEMM
+            # no class curve but the precision's PRECISION:KIND.PHASE: the device's GEMM
+            # convolution curve, measured under a library that computed every convolution as
+            # a GEMM (gpu_curves.GEMM_ONLY), so the op runs as GEMMs (implicit, or the
+            # scatter data gradient), and the prediction says so
             choice = self.gpu_choice(op, sms, efficiency_at(curve, op.flops),
                                      gpu.GEMM_ALGORITHMS)
             if choice is not None:

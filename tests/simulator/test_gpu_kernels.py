@@ -359,3 +359,13 @@ def test_a_gemm_only_curve_falls_off_with_size_as_the_devices_gemms_do():
     shipped = kernel_curves()["K40"]
     assert [f for f, _ in shipped["fp32:conv.fwd"]] == \
         [f for f, _ in shipped["fp32:dense.fwd#gemm"]]
+
+
+def test_a_restricted_algorithm_set_keeps_the_implicit_gemm():
+    # every convolution is eligible for the implicit GEMM: a set that does not name it still
+    # has it (a forward, whose only other candidates here are Winograd's)
+    geo = conv(64, 56, 64, 3, padding=1)
+    m = gpu.Model(spec(sms=80, bandwidth=900e9), PEAK, 4, None, 0.8, ("gemm_scatter",))
+    assert m.choose("conv", "fwd", geo, 8).algorithm == "implicit_gemm"
+    assert m.choose("conv", "bwd", geo, 8).algorithm in (
+        "implicit_gemm+implicit_gemm", "gemm_scatter+implicit_gemm")
