@@ -21,11 +21,13 @@ efficiency) is kept at that bound and counted.
 A table whose library computed every convolution as a GEMM (``GEMM_ONLY``) gives instead the
 device's GEMM convolution curve, ``PRECISION:conv.PHASE``: its rows solved with the model's
 GEMM algorithms alone (``gpu.GEMM_ALGORITHMS``), as the median fraction of the device's GEMM
-curve they reached, that fraction of the GEMM curve at every size. A convolution or dense
-layer of a class no curve covers takes that curve where there is one (as GEMMs), else stays on
-the device roofline (its direct FLOPs at ``compute_efficiency``, devices.yaml says where that
-comes from), and the prediction says which: large filters, grouped convolutions, every other
-device.
+curve they reached, that fraction of the GEMM curve at every size. The other tables' rows of
+shapes that run as GEMMs only (1x1, strided: ``gpu.runs_as_gemm``) are points of their class
+curve and of ``PRECISION:conv.PHASE#gemm`` too, the device's convolutions run as GEMMs. A
+convolution of a class no curve covers takes the first of those that applies (as GEMMs), else
+stays on the device roofline (its direct FLOPs at ``compute_efficiency``, devices.yaml says
+where that comes from), and the prediction says which: large filters on the P100 and V100,
+every device without tables.
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, 
            if isinstance(filt, (int, float)) else None)
     # a GEMM-only library's rows: the device's GEMM convolution curve, for every shape
     algorithms = gpu.GEMM_ALGORITHMS if gemm_only(row) else None
-    names = ((f"{prec}:conv.fwd", f"{prec}:conv.bwd") if algorithms else
+    kinds = (f"{prec}:conv.fwd", f"{prec}:conv.bwd")
+    names = (kinds if algorithms else
              (class_name(prec, "conv", "fwd", geo), class_name(prec, "conv", "bwd", geo)))
     out = [(names[0], fwd_flops,
             *op_efficiency(spec, peak, bpe, "conv", "fwd", geo, n, fwd, algorithms=algorithms))]
@@ -136,6 +139,11 @@ def fit_row(row: dict, spec, prec: str, scale: float) -> list[tuple[str, float, 
         out.append((names[1], 2 * fwd_flops,
                     *op_efficiency(spec, peak, bpe, "conv", "bwd", geo, n, bwd, grad,
                                    algorithms=algorithms)))
+    if not algorithms and gpu.runs_as_gemm(geo):
+        # a shape every algorithm of which is a GEMM one measures the device's convolutions
+        # computed as GEMMs too: a point of its class curve and of PRECISION:conv.PHASE#gemm
+        out += [(f"{kind}#{gpu.GEMM_CLASS}", flops, e, "")
+                for kind, (_, flops, e, _) in zip(kinds, list(out))]
     return out
 
 

@@ -356,7 +356,7 @@ def format_table(result: dict[str, Any]) -> str:
                    + ", ".join(roofline))
     gemm = sorted({k for e in result["results"] for k in e.get("kernels_on_gemm_curve", ())})
     if gemm:
-        out.append(f"as GEMMs on the {sc['device']}'s convolution curve (no per-class kernel "
-                   "curve): " + ", ".join(gemm))
+        out.append(f"on the {sc['device']}'s curve of convolutions run as GEMMs (no "
+                   "per-class kernel curve): " + ", ".join(gemm))
     return "\n".join(out)
 

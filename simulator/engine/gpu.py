@@ -98,6 +98,9 @@ FFT_MIN_KERNEL = 5
 # the convolution algorithms of a library that computed every convolution as a GEMM (cuDNN
 # R1, R2): the implicit GEMM and, for a data gradient, the scatter GEMM
 GEMM_ALGORITHMS = ("implicit_gemm", "gemm_scatter")
+# the curve of a device's convolutions that run as GEMMs only (``runs_as_gemm``), pooled over
+# their classes: ``PRECISION:conv.PHASE#gemm``, for such a shape whose class has no curve
+GEMM_CLASS = "gemm"
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,14 @@ def conv_candidates(geo: Geometry, samples: int, role: str, bpe: int
         if min(r, s) >= FFT_MIN_KERNEL:
             out.append(("fft", fft(samples, cin, cout, hw_in, bpe, role == "wgrad")))
     return out
+
+
+def runs_as_gemm(geo: Geometry) -> bool:
+    """Whether every algorithm a convolution is eligible for, in every role, is a GEMM one
+    (``GEMM_ALGORITHMS``): a 1x1, strided, grouped or other non-square filter, which no
+    Winograd or FFT algorithm takes."""
+    return all(name in GEMM_ALGORITHMS for role in ("fwd", "dgrad", "wgrad")
+               for name, _ in conv_candidates(geo, 1, role, 4))
 
 
 def winograd(n: int, cin: int, cout: int, hw: tuple[int, int], bpe: int, wgrad: bool = False

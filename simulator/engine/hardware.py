@@ -60,7 +60,8 @@ class Device:
         self.bpe = BYTES_PER_ELEMENT[precision]
         # the GPU kernel curves this device lacked, its ops on the roofline (``kernel_time``)
         self.on_roofline: set[str] = set()
-        # ... and those it timed as GEMMs on its precision's one convolution curve per phase
+        # ... and those it timed on its curve of convolutions run as GEMMs instead (a
+        # GEMM-only library's PRECISION:conv.PHASE, or PRECISION:conv.PHASE#gemm)
         self.on_kind_curve: set[str] = set()
         # the per-kernel model's choices, by op geometry: shared by every device of one spec
         self._choices = _CHOICES.setdefault((id(spec), precision), {})
@@ -86,7 +87,13 @@ class Device:
             kind = (f"{self.precision}:{key}", key)
             names = (f"{key}@{shape}", *kind) if shape else kind
             if cls:
-                names = (names[0], f"{self.precision}:{key}#{cls}", f"{key}#{cls}", *kind)
+                # a convolution that runs as GEMMs only, of a class without a curve: the
+                # device's curve of such convolutions (``PRECISION:conv.PHASE#gemm``)
+                pooled = ((f"{self.precision}:{key}#{gpu.GEMM_CLASS}",)
+                          if op.layer_kind == "conv" and cls != gpu.GEMM_CLASS
+                          and runs_as_gemm(shape) else ())
+                names = (names[0], f"{self.precision}:{key}#{cls}", f"{key}#{cls}", *pooled,
+                         *kind)
             if self.hot:
                 names = tuple(HOT + n for n in names) + names
             name = next((n for n in names if n in s.kernels), "")
@@ -95,6 +102,8 @@ class Device:
         if curve is not None and "#" in name:  # the class's efficiency in the per-kernel model
             choice = self.gpu_choice(op, sms, efficiency_at(curve, op.flops))
             if choice is not None:
+                if not name.endswith(f"#{cls}"):  # the pooled GEMM convolutions' curve
+                    self.on_kind_curve.add(f"{self.precision}:{key}#{cls}")
                 return choice.seconds * self.slowdown
         if curve is not None and tiles and cls and name.endswith(kind[0]):
             # no class curve but the precision's PRECISION:KIND.PHASE: the device's GEMM
@@ -188,6 +197,13 @@ def runs_hot(spec: DeviceSpec, working_set: float, sharers: int) -> bool:
         return False
     share = spec.cache / (max(1, sharers) if spec.kind == "cpu" else 1)
     return working_set * HOT_MARGIN <= share
+
+
+@functools.cache
+def runs_as_gemm(shape: str) -> bool:
+    """``gpu.runs_as_gemm`` of a convolution's kernel-shape string, parsed once per shape."""
+    geo = gpu.parse_shape(shape)
+    return geo is not None and len(geo.in_shape) == 3 and gpu.runs_as_gemm(geo)
 
 
 @functools.cache

@@ -133,7 +133,7 @@ def predict(plan: Plan, cluster: Cluster, training: TrainingSpec, *,
     if roofline:  # GPU conv/dense kernels of classes no published curve covers
         base["kernels_on_roofline"] = roofline
     kind_wide = sorted(set().union(*(d.on_kind_curve for d in eng.devices.values())))
-    if kind_wide:  # ... covered by the device's one GEMM convolution curve per phase
+    if kind_wide:  # ... or by the device's curve of convolutions run as GEMMs
         base["kernels_on_gemm_curve"] = kind_wide
     if eng.timeline:
         t_start = min(s[3] for s in eng.timeline)

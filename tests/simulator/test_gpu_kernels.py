@@ -369,3 +369,47 @@ def test_a_restricted_algorithm_set_keeps_the_implicit_gemm():
     assert m.choose("conv", "fwd", geo, 8).algorithm == "implicit_gemm"
     assert m.choose("conv", "bwd", geo, 8).algorithm in (
         "implicit_gemm+implicit_gemm", "gemm_scatter+implicit_gemm")
+
+
+@pytest.mark.parametrize("geo, gemm_only", [
+    (conv(64, 56, 64, 1), True), (conv(64, 56, 64, 3, stride=2, padding=1), True),
+    (conv(64, 56, 64, 3, padding=1, groups=2), True),
+    (gpu.Geometry((64, 17, 17), (64, 17, 17), (1, 7), (1, 1), (0, 3)), True),
+    (conv(64, 56, 64, 3, padding=1), False), (conv(64, 27, 192, 5, padding=2), False)])
+def test_which_convolutions_run_as_gemms_only(geo, gemm_only):
+    assert gpu.runs_as_gemm(geo) is gemm_only
+
+
+def test_a_gemm_only_class_without_a_curve_takes_the_devices_gemm_convolution_curve():
+    # a 1x7 convolution (no Winograd, no FFT) of a class no table covers: the curve of the
+    # device's convolutions that ran as GEMMs (its 1x1 and strided rows), in the model; a
+    # 5x5 one, which could run an FFT no table prices, stays on the roofline
+    base = spec(sms=80, bandwidth=900e9, eff=0.8)
+    curved = replace(base, kernels={"fp32:conv.fwd#gemm": ((1.0, 0.3), (1e12, 0.3))})
+    seven = "64x17x17>64x17x17k1x7s1x1p0x3"
+    dev = device(curved)
+    want = gpu.Model(base, PEAK, 4, None, 0.3).choose("conv", "fwd", gpu.parse_shape(seven), 8)
+    assert dev.kernel_time(op(seven)) == pytest.approx(want.seconds)
+    assert dev.on_kind_curve == {"fp32:conv.fwd#other_s1"} and not dev.on_roofline
+    five = "64x27x27>192x27x27k5x5s1x1p2x2"
+    wave = 64 / 80  # the op's 64 blocks on 80 SMs: one partial wave
+    assert dev.kernel_time(op(five, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.8 * wave))
+    assert dev.on_roofline == {"fp32:conv.fwd#large_s1"}
+
+
+def test_a_gemm_only_shapes_row_is_a_point_of_its_class_and_of_the_gemm_convolutions():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_curves
+
+    row = {"kind": "conv2d", "library": "cuDNN 7.6", "N": 16, "C": 256, "H": 14, "W": 14,
+           "K": 256, "R": 1, "S": 1, "stride_h": 1, "stride_w": 1, "pad_h": 0, "pad_w": 0,
+           "time_ms": {"fwd": 0.05, "bwd_data": 0.05, "bwd_filter": 0.06}}
+    v100 = catalogue_devices()["V100"]
+    pts = gpu_curves.fit_row(row, v100, "fp32", 1.0)
+    by = {name: (flops, e) for name, flops, e, _ in pts}
+    assert set(by) == {"fp32:conv.fwd#1x1", "fp32:conv.bwd#1x1", "fp32:conv.fwd#gemm",
+                       "fp32:conv.bwd#gemm"}
+    assert by["fp32:conv.fwd#gemm"] == by["fp32:conv.fwd#1x1"]
+    three = dict(row, R=3, S=3, pad_h=1, pad_w=1)  # Winograd-eligible: its class only
+    assert {name for name, *_ in gpu_curves.fit_row(three, v100, "fp32", 1.0)} == {
+        "fp32:conv.fwd#3x3s1", "fp32:conv.bwd#3x3s1"}
