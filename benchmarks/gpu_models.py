@@ -4,6 +4,7 @@
     python benchmarks/gpu_models.py --all      # every published row, not only the selection
     python benchmarks/gpu_models.py --roofline # the same rows on the device roofline alone
     python benchmarks/gpu_models.py --default-curves  # each GPU's default curves for all
+    python benchmarks/gpu_models.py --layers   # ... and the model against per-layer tables
 
 The published figures are data in ``benchmarks/data/gpu_throughput.yaml``, each with its source
 and a quote of the row it came from. Which rows are compared (fixed before looking at any
@@ -45,8 +46,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import gpu_curves  # noqa: E402  (benchmarks/: the per-layer tables' reader)
+
 from simulator.catalogue import library_curves  # noqa: E402
 from simulator.cluster import build_cluster  # noqa: E402
+from simulator.engine.gpu import parse_shape  # noqa: E402
 from simulator.engine.hardware import Device  # noqa: E402
 from simulator.plan import Update  # noqa: E402
 from simulator.predict import simulate_scenario  # noqa: E402
@@ -208,6 +212,38 @@ def predict(entry: dict, roofline: bool = False, sources: dict[str, dict] | None
                "" if roofline else lib)
 
 
+def layer_check(entry: dict, sources: dict[str, dict] | None = None) -> list[tuple]:
+    """The figure's convolutions that a per-layer table of its GPU and library timed at its
+    batch (``benchmarks/data/gpu_layers.yaml``): (layer, phase, the model's seconds, the
+    table's seconds). The model's include the layer's bias passes, which the tables' do not."""
+    data = yaml.safe_load(gpu_curves.DATA.read_text())
+    lib = library(entry, sources)
+    wanted = {s["id"] for s in data["sources"] if str(s.get("library", "")) == lib}
+    table = {}
+    for r in data["entries"]:
+        if (r["kind"] == "conv2d" and r["source_id"] in wanted and r.get("precision") == "fp32"
+                and r.get("gpu_class") == entry["gpu_class"] and r["N"] == entry["batch_size"]
+                and isinstance(r["time_ms"], dict)):
+            table[gpu_curves.conv_geometry(r)] = r["time_ms"]
+    sc = scenario(entry, {"base": DEVICES[entry["gpu_class"]], "library": lib} if lib else None,
+                  input_gradient(entry, sources))
+    ctx = Context(build_graph(sc.model), build_cluster(sc.cluster), sc.training)
+    dev = Device(simpy.Environment(), "gpu", sc.cluster.device, "fp32")
+    out = []
+    for op in build_plan(ctx, sc.strategies[0]).ranks[0].ops:
+        geo = parse_shape(getattr(op, "shape", "")) if getattr(op, "layer_kind", "") == "conv" \
+            else None
+        times = table.get(geo) if geo is not None else None
+        if times is None:
+            continue
+        parts = ("fwd",) if op.phase == "fwd" else (
+            ("bwd_data", "bwd_filter") if op.input_grad else ("bwd_filter",))
+        if all(isinstance(times.get(p), (int, float)) for p in parts):
+            out.append((op.layer, op.phase, dev.kernel_time(op),
+                        sum(float(times[p]) for p in parts) * 1e-3))
+    return out
+
+
 def table(rows: list[Row]) -> str:
     lines = [f"{'model':13s}{'GPU':6s}{'framework':12s}{'batch':>6s}{'predicted':>11s}"
              f"{'published':>11s}{'error':>8s}  {'curves':10s}source"]
@@ -243,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--roofline", action="store_true",
                     help="predict with every kernel on the device roofline (no per-kernel "
                     "model, no curves), for comparison")
+    ap.add_argument("--layers", action="store_true",
+                    help="also each figure's convolutions that a per-layer table of its GPU "
+                    "and library timed at its batch: the model's time against the table's")
     args = ap.parse_args(argv)
     entries = load()
     rows_in = selected(entries) if not args.all else [
@@ -257,6 +296,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{worst.error:+.1%} ({worst.entry['model']} on {worst.entry['gpu_class']}, "
           f"bar {WITHIN:.0%})")
     print("PASS" if ok else "FAIL")
+    if args.layers:
+        for r in rows:
+            e, matched = r.entry, layer_check(r.entry, sources)
+            if matched:
+                model, published = sum(m[2] for m in matched), sum(m[3] for m in matched)
+                print(f"{e['model']} {e['gpu_class']} {framework(e)} batch {e['batch_size']}: "
+                      f"{len(matched)} convolution ops in the per-layer tables, model "
+                      f"{model * 1e3:.3f} ms (bias passes included), tables "
+                      f"{published * 1e3:.3f} ms ({model / published - 1:+.1%})")
     return 0 if ok or args.all or args.roofline or args.default_curves else 1
 
 

@@ -82,16 +82,17 @@ class Device:
         if tiles and shape:
             cls = shape_class(op.layer_kind, shape)
         if s.kernels:  # the curve of this shape when one was measured, else its shape
-            # class's (a GPU's), else the kind's at this precision (a GPU's convolution
-            # roofline), else the kind's; on a device that runs hot, hot curves first
+            # class's (a GPU's), else the device's curve of convolutions run as GEMMs (for a
+            # convolution that runs as GEMMs only), else the kind's at this precision (a
+            # GEMM-only library's convolutions), else the kind's; on a device that runs
+            # hot, hot curves first
             kind = (f"{self.precision}:{key}", key)
             names = (f"{key}@{shape}", *kind) if shape else kind
             if cls:
                 # a convolution that runs as GEMMs only, of a class without a curve: the
                 # device's curve of such convolutions (``PRECISION:conv.PHASE#gemm``)
                 pooled = ((f"{self.precision}:{key}#{gpu.GEMM_CLASS}",)
-                          if op.layer_kind == "conv" and cls != gpu.GEMM_CLASS
-                          and runs_as_gemm(shape) else ())
+                          if op.layer_kind == "conv" and runs_as_gemm(shape) else ())
                 names = (names[0], f"{self.precision}:{key}#{cls}", f"{key}#{cls}", *pooled,
                          *kind)
             if self.hot:
