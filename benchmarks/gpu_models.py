@@ -26,7 +26,9 @@ column, ``default`` where it has not). A source that timed forward and backward 
 Torch tables) is compared without the optimizer step; one whose code computes the input's
 gradient too (Torch7's ``nn``, a PyTorch input with ``requires_grad``: the source's
 ``input_gradient`` says which, and where in its code) is predicted with
-``training.input_gradient``.
+``training.input_gradient``; what a benchmark's timed region runs besides the step (the
+source's ``timed_region``: gradients zeroed in place, gradients fetched to the host) is added
+to it (``timed_extra``).
 
 The bars (the issue that asked for this table): every prediction within 25%, MAPE within 12%.
 """
@@ -52,7 +54,7 @@ from simulator.catalogue import library_curves  # noqa: E402
 from simulator.cluster import build_cluster  # noqa: E402
 from simulator.engine.gpu import parse_shape  # noqa: E402
 from simulator.engine.hardware import Device  # noqa: E402
-from simulator.plan import Update  # noqa: E402
+from simulator.plan import Compute, Update  # noqa: E402
 from simulator.predict import simulate_scenario  # noqa: E402
 from simulator.scenario import build_graph, parse_scenario  # noqa: E402
 from simulator.strategies import build_plan  # noqa: E402
@@ -177,6 +179,48 @@ def input_gradient(entry: dict, sources: dict[str, dict] | None = None) -> bool:
     return framework(entry) in said.get("frameworks", ())
 
 
+def timed_region(entry: dict, sources: dict[str, dict] | None = None) -> set[str]:
+    """What the benchmark's timed region runs besides the training step, by its source's
+    ``timed_region`` (per item, the frameworks whose benchmark code does it, and where):
+    ``zero_grad``, every parameter's gradient zeroed in place before the backward, which adds
+    its new gradient into it (PyTorch's ``Module.zero_grad`` before 1.7 and its
+    ``AccumulateGrad``); ``fetch_gradients``, the gradients copied to the host as the
+    backward makes them (a TensorFlow ``sess.run`` of the gradient tensors)."""
+    said = ((sources or {}).get(entry["source_id"]) or {}).get("timed_region") or {}
+    return {item for item, v in said.items() if framework(entry) in v.get("frameworks", ())}
+
+
+def timed_extra(items: set[str], sc: Any, ops: list, dev: Device, params: dict[str, int]
+                ) -> float:
+    """Seconds the ``timed_region`` items add to a step of ``ops`` on ``dev``.
+
+    ``zero_grad``: four passes over the parameters' bytes (the zeroing writes each gradient,
+    the accumulation reads it and the new one and writes it), two kernels per parameter tensor
+    (a weight and a bias per layer). ``fetch_gradients``: each layer's gradient is copied over
+    the host link (the cluster's intra-node link, a copy per tensor) when its backward op ends,
+    one copy at a time, beside the kernels that follow (TensorFlow copies on a stream of its
+    own); what the copies take past the backward's end is added."""
+    spec, bpe = dev.spec, 4  # the table's figures are fp32
+    extra = 0.0
+    held = [n for n, p in params.items() if p]
+    if "zero_grad" in items:
+        nbytes = 4 * sum(params.values()) * bpe
+        extra += (2 * 2 * len(held) * spec.launch_overhead
+                  + nbytes / (spec.memory_bandwidth * spec.memory_efficiency))
+    if "fetch_gradients" in items:
+        link = sc.cluster.intra_link
+        t = copied = 0.0
+        for op in ops:
+            if not isinstance(op, Compute):
+                continue
+            t += dev.kernel_time(op)
+            if op.phase == "bwd" and params.get(op.layer):
+                copied = (max(t, copied) + 2 * link.latency
+                          + params[op.layer] * bpe / link.effective_bandwidth)
+        extra += max(0.0, copied - t)
+    return extra
+
+
 def scenario(entry: dict, device: Any = None, input_grad: bool = False) -> Any:
     return parse_scenario({
         "name": f"{entry['model']} on {entry['gpu_class']}", "seed": 1,
@@ -203,11 +247,16 @@ def predict(entry: dict, roofline: bool = False, sources: dict[str, dict] | None
     sc = scenario(entry, device, input_gradient(entry, sources))
     result, _ = simulate_scenario(sc)
     step = result["results"][0]["iteration_time_s"]
-    if forward_backward_only(entry):  # the source timed no optimizer step
-        ctx = Context(build_graph(sc.model), build_cluster(sc.cluster), sc.training)
-        plan = build_plan(ctx, sc.strategies[0])
+    items = set() if roofline else timed_region(entry, sources)
+    if forward_backward_only(entry) or items:
+        graph = build_graph(sc.model)
+        ops = build_plan(Context(graph, build_cluster(sc.cluster), sc.training),
+                         sc.strategies[0]).ranks[0].ops
         dev = Device(simpy.Environment(), "gpu", sc.cluster.device, "fp32")
-        step -= sum(dev.kernel_time(op) for op in plan.ranks[0].ops if isinstance(op, Update))
+        if forward_backward_only(entry):  # the source timed no optimizer step
+            step -= sum(dev.kernel_time(op) for op in ops if isinstance(op, Update))
+        step += timed_extra(items, sc, ops, dev,
+                            {n: int(d["params"]) for n, d in graph.nodes(data=True)})
     return Row(entry, entry["batch_size"] / step, float(entry["images_per_s"]),
                "" if roofline else lib)
 

@@ -106,3 +106,65 @@ def test_the_models_convolutions_against_the_per_layer_table_of_the_same_gpu_and
     assert len(matched) == 14 and {m[1] for m in matched} == {"fwd", "bwd"}
     model, table = sum(m[2] for m in matched), sum(m[3] for m in matched)
     assert table < model < 1.25 * table
+
+
+def _vgg16_v100(name: str) -> dict:
+    return next(x for x in gpu_models.selected(gpu_models.load()) if x["model"] == "vgg16"
+                and x["gpu_class"] == "V100" and gpu_models.framework(x) == name)
+
+
+def _step_parts(e: dict, sources: dict) -> tuple:
+    sc = gpu_models.scenario(e, {"base": "V100", "library": gpu_models.library(e, sources)},
+                             gpu_models.input_gradient(e, sources))
+    graph = gpu_models.build_graph(sc.model)
+    ops = gpu_models.build_plan(gpu_models.Context(graph, gpu_models.build_cluster(sc.cluster),
+                                                   sc.training), sc.strategies[0]).ranks[0].ops
+    dev = gpu_models.Device(gpu_models.simpy.Environment(), "gpu", sc.cluster.device, "fp32")
+    return sc, ops, dev, {n: int(d["params"]) for n, d in graph.nodes(data=True)}
+
+
+def test_what_a_benchmark_times_besides_the_step_is_predicted_with_it():
+    # u39kun's PyTorch code times zero_grad with forward and backward, its TensorFlow code a
+    # sess.run of the gradients (benchmarks/data/gpu_throughput.yaml says where); the others
+    # time a training step only
+    sources = gpu_models.load_sources()
+    pytorch, tf = _vgg16_v100("pytorch"), _vgg16_v100("tensorflow")
+    assert gpu_models.timed_region(pytorch, sources) == {"zero_grad"}
+    assert gpu_models.timed_region(tf, sources) == {"fetch_gradients"}
+    assert gpu_models.timed_region(_vgg16_v100("torch"), sources) == set()
+    bare = {k: dict(v, timed_region={}) for k, v in sources.items()}
+    for e in (pytorch, tf):
+        assert (gpu_models.predict(e, sources=sources).predicted
+                < gpu_models.predict(e, sources=bare).predicted)
+
+
+def test_zero_grad_is_four_passes_over_the_parameters_and_four_kernels_a_layer():
+    sources = gpu_models.load_sources()
+    sc, ops, dev, params = _step_parts(_vgg16_v100("pytorch"), sources)
+    spec = dev.spec
+    held = sum(1 for p in params.values() if p)
+    assert held == 16  # 13 convolutions and 3 dense layers, a weight and a bias each
+    want = (4 * sum(params.values()) * 4 / (spec.memory_bandwidth * spec.memory_efficiency)
+            + 4 * held * spec.launch_overhead)
+    assert gpu_models.timed_extra({"zero_grad"}, sc, ops, dev, params) == pytest.approx(want)
+
+
+def test_fetched_gradients_queue_on_the_host_link_behind_the_backward():
+    # VGG-16's first gradients to leave are the dense layers' (123.6M of its 138.4M
+    # parameters): from then on the link never waits, so the copies end their total time
+    # after the first one starts, and the step ends there rather than with the backward
+    sources = gpu_models.load_sources()
+    sc, ops, dev, params = _step_parts(_vgg16_v100("tensorflow"), sources)
+    link = sc.cluster.intra_link
+    t, first, end = 0.0, None, 0.0
+    for op in ops:
+        if isinstance(op, gpu_models.Compute):
+            t += dev.kernel_time(op)
+            if op.phase == "bwd" and params.get(op.layer) and first is None:
+                first = t
+    end = t
+    total = sum(2 * link.latency + p * 4 / link.effective_bandwidth
+                for p in params.values() if p)
+    assert first + total > end  # the link, not the kernels, ends this step
+    got = gpu_models.timed_extra({"fetch_gradients"}, sc, ops, dev, params)
+    assert got == pytest.approx(first + total - end, rel=1e-9)
