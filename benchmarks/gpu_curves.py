@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_curves.py            # print the fitted curves and per-row residuals
     python benchmarks/gpu_curves.py --write    # rewrite simulator/catalogue/kernel_curves.yaml
+    python benchmarks/gpu_curves.py --held-out # each row predicted from the others: by FLOPs
+                                               # (the curves), or within its channel count
 
 Input: ``benchmarks/data/gpu_layers.yaml`` (every row cites its source). For each catalogue
 device with published rows (P100, V100 and the Maxwell Titan X: Baidu's DeepBench convolution
@@ -278,6 +280,40 @@ def library_ratios(rows: list[dict], sources: list[dict]) -> list[str]:
             for (dev, lib, cls, phase), v in sorted(ratios.items())]
 
 
+def channel_points(rows: list[dict], libraries: dict[str, str]) -> dict:
+    """(device, library, curve name) -> [(op FLOPs, efficiency, channels)] of the fp32 class
+    curves' points (``fit_row``), ``channels`` the layer's smaller channel count."""
+    cat = catalogue_devices()
+    out: dict[tuple[str, str, str], list[tuple[float, float, int]]] = defaultdict(list)
+    for row in rows:
+        device = FITTED.get(row.get("gpu_class"))
+        if (device is None or precision_of(row) != "fp32" or row["kind"] != "conv2d"
+                or gemm_only(row)):
+            continue
+        geo = conv_geometry(row)
+        channels = min(geo.in_shape[0], geo.out_shape[0])
+        for name, flops, e, _ in fit_row(row, cat[device], "fp32", clock_scale(row, device)):
+            if not name.endswith(f"#{gpu.GEMM_CLASS}"):
+                out[(device, libraries.get(row["source_id"], ""), name)].append(
+                    (flops, e, channels))
+    return out
+
+
+def held_out(pts: list[tuple[float, float, int]], by: str) -> list[float]:
+    """Each point's efficiency predicted from the others' (leave one out), as |ln(predicted /
+    fitted)|: ``by="flops"`` the catalogue's curve over FLOPs; ``by="channels"`` that curve
+    over the points of the same channel count only (three at least, else all of them)."""
+    errors = []
+    for i, (flops, e, channels) in enumerate(pts):
+        rest = pts[:i] + pts[i + 1:]
+        if by == "channels":
+            same = [p for p in rest if p[2] == channels]
+            rest = same if len(same) >= 3 else rest
+        f, eff = curve([(p[0], p[1]) for p in rest])
+        errors.append(abs(math.log(e / efficiency_at(tuple(zip(f, eff)), flops))))
+    return errors
+
+
 HEADER = """\
 # GPU kernel curves per catalogue device, fitted from published per-layer tables: written by
 # `python benchmarks/gpu_curves.py --write` from benchmarks/data/gpu_layers.yaml; do not edit.
@@ -296,8 +332,27 @@ def dump(curves: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help=f"rewrite {OUT.relative_to(ROOT)}")
+    ap.add_argument("--held-out", action="store_true",
+                    help="predict each fp32 convolution row's efficiency from the other rows of "
+                    "its class, by a curve over FLOPs and by one over the rows of its channel "
+                    "count, and print the mean error of each")
     args = ap.parse_args(argv)
     data = yaml.safe_load(DATA.read_text())
+    if args.held_out:
+        errors: dict[str, list[float]] = {"flops": [], "channels": []}
+        for (device, lib, name), p in sorted(
+                channel_points(data["entries"], library_tables(data["sources"])).items()):
+            if len(p) < MIN_POINTS:
+                continue
+            got = {by: held_out(p, by) for by in errors}
+            for by, e in got.items():
+                errors[by] += e
+            print(f"{device}{'@' + lib if lib else ''} {name}: {len(p)} rows, mean |ln| held out: "
+                  + ", ".join(f"over {by} {statistics.fmean(e):.3f}" for by, e in got.items()))
+        print(f"all {len(errors['flops'])} rows: mean |ln(predicted / fitted efficiency)| held "
+              f"out, curve over FLOPs {statistics.fmean(errors['flops']):.3f}, over FLOPs "
+              f"within a channel count {statistics.fmean(errors['channels']):.3f}")
+        return 0
     fitted = points(data["entries"], library_tables(data["sources"]))  # the slow part: once
     curves, notes = build(data["entries"], data["sources"], fitted)
     for device, entry in curves.items():

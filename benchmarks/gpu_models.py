@@ -221,6 +221,13 @@ def timed_extra(items: set[str], sc: Any, ops: list, dev: Device, params: dict[s
     return extra
 
 
+def optimizer(entry: dict) -> str:
+    """The optimizer a figure's row states (tf_cnn_benchmarks' default ``--optimizer=sgd``),
+    else SGD with momentum, what the other benchmarks' training scripts default to."""
+    stated = str(entry.get("optimizer", "")).lower()
+    return stated if stated in ("sgd", "momentum", "adam") else "momentum"
+
+
 def scenario(entry: dict, device: Any = None, input_grad: bool = False) -> Any:
     return parse_scenario({
         "name": f"{entry['model']} on {entry['gpu_class']}", "seed": 1,
@@ -229,7 +236,7 @@ def scenario(entry: dict, device: Any = None, input_grad: bool = False) -> Any:
                     "device": device or DEVICES[entry["gpu_class"]],
                     "intra_link": "pcie3", "inter_link": "ib_edr"},
         "training": {"batch_size": entry["batch_size"], "precision": "fp32",
-                     "optimizer": "momentum", "iterations": 2, "warmup_iterations": 1,
+                     "optimizer": optimizer(entry), "iterations": 2, "warmup_iterations": 1,
                      "input_gradient": input_grad},
         "strategies": [{"name": "one-gpu", "scheme": "data_parallel"}],
     }, file=f"<{entry['source_id']}>")

@@ -413,3 +413,21 @@ def test_a_gemm_only_shapes_row_is_a_point_of_its_class_and_of_the_gemm_convolut
     three = dict(row, R=3, S=3, pad_h=1, pad_w=1)  # Winograd-eligible: its class only
     assert {name for name, *_ in gpu_curves.fit_row(three, v100, "fp32", 1.0)} == {
         "fp32:conv.fwd#3x3s1", "fp32:conv.bwd#3x3s1"}
+
+
+def test_held_out_rows_tell_a_curve_over_flops_from_one_within_a_channel_count():
+    # gpu_curves.py --held-out: each point predicted from the others; where the efficiency
+    # follows the channels and not the FLOPs, the curves within a channel count predict it
+    # better, and where it follows the FLOPs, the curve over FLOPs does no worse
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_curves
+
+    flops = [2.0 ** i * 1e9 for i in range(12)]
+    by_channels = [(f, 0.3 if i % 2 else 0.8, 64 if i % 2 else 256) for i, f in enumerate(flops)]
+    by_flops = [(f, 0.2 + 0.05 * i, 64 if i % 2 else 256) for i, f in enumerate(flops)]
+
+    def mean(pts: list, by: str) -> float:
+        return sum(gpu_curves.held_out(pts, by)) / len(pts)
+
+    assert mean(by_channels, "channels") < 0.5 * mean(by_channels, "flops")
+    assert mean(by_flops, "flops") <= mean(by_flops, "channels")
