@@ -242,6 +242,14 @@ def scenario(entry: dict, device: Any = None, input_grad: bool = False) -> Any:
     }, file=f"<{entry['source_id']}>")
 
 
+def step_parts(sc: Any) -> tuple[Any, list, Device]:
+    """A one-GPU scenario's model graph, its rank's ops in order, and its device."""
+    graph = build_graph(sc.model)
+    ops = build_plan(Context(graph, build_cluster(sc.cluster), sc.training),
+                     sc.strategies[0]).ranks[0].ops
+    return graph, ops, Device(simpy.Environment(), "gpu", sc.cluster.device, "fp32")
+
+
 def predict(entry: dict, roofline: bool = False, sources: dict[str, dict] | None = None,
             default_curves: bool = False) -> Row:
     """``roofline``: every kernel on the device roofline (``kernel_model: roofline``, no
@@ -256,10 +264,7 @@ def predict(entry: dict, roofline: bool = False, sources: dict[str, dict] | None
     step = result["results"][0]["iteration_time_s"]
     items = set() if roofline else timed_region(entry, sources)
     if forward_backward_only(entry) or items:
-        graph = build_graph(sc.model)
-        ops = build_plan(Context(graph, build_cluster(sc.cluster), sc.training),
-                         sc.strategies[0]).ranks[0].ops
-        dev = Device(simpy.Environment(), "gpu", sc.cluster.device, "fp32")
+        graph, ops, dev = step_parts(sc)
         if forward_backward_only(entry):  # the source timed no optimizer step
             step -= sum(dev.kernel_time(op) for op in ops if isinstance(op, Update))
         step += timed_extra(items, sc, ops, dev,
@@ -283,10 +288,9 @@ def layer_check(entry: dict, sources: dict[str, dict] | None = None) -> list[tup
             table[gpu_curves.conv_geometry(r)] = r["time_ms"]
     sc = scenario(entry, {"base": DEVICES[entry["gpu_class"]], "library": lib} if lib else None,
                   input_gradient(entry, sources))
-    ctx = Context(build_graph(sc.model), build_cluster(sc.cluster), sc.training)
-    dev = Device(simpy.Environment(), "gpu", sc.cluster.device, "fp32")
+    _, ops, dev = step_parts(sc)
     out = []
-    for op in build_plan(ctx, sc.strategies[0]).ranks[0].ops:
+    for op in ops:
         geo = parse_shape(getattr(op, "shape", "")) if getattr(op, "layer_kind", "") == "conv" \
             else None
         times = table.get(geo) if geo is not None else None

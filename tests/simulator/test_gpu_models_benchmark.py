@@ -116,10 +116,7 @@ def _vgg16_v100(name: str) -> dict:
 def _step_parts(e: dict, sources: dict) -> tuple:
     sc = gpu_models.scenario(e, {"base": "V100", "library": gpu_models.library(e, sources)},
                              gpu_models.input_gradient(e, sources))
-    graph = gpu_models.build_graph(sc.model)
-    ops = gpu_models.build_plan(gpu_models.Context(graph, gpu_models.build_cluster(sc.cluster),
-                                                   sc.training), sc.strategies[0]).ranks[0].ops
-    dev = gpu_models.Device(gpu_models.simpy.Environment(), "gpu", sc.cluster.device, "fp32")
+    graph, ops, dev = gpu_models.step_parts(sc)
     return sc, ops, dev, {n: int(d["params"]) for n, d in graph.nodes(data=True)}
 
 
