@@ -4,6 +4,7 @@
     python benchmarks/gpu_curves.py --write    # rewrite simulator/catalogue/kernel_curves.yaml
     python benchmarks/gpu_curves.py --held-out # each row predicted from the others: by FLOPs
                                                # (the curves), or within its channel count
+    python benchmarks/gpu_curves.py --fft      # the model's FFT against fbfft's layer times
 
 Input: ``benchmarks/data/gpu_layers.yaml`` (every row cites its source). For each catalogue
 device with published rows (P100, V100 and the Maxwell Titan X: Baidu's DeepBench convolution
@@ -27,9 +28,9 @@ curve they reached, that fraction of the GEMM curve at every size. The other tab
 shapes that run as GEMMs only (1x1, strided: ``gpu.runs_as_gemm``) are points of their class
 curve and of ``PRECISION:conv.PHASE#gemm`` too, the device's convolutions run as GEMMs. A
 convolution of a class no curve covers takes the first of those that applies (as GEMMs), else
-stays on the device roofline (its direct FLOPs at ``compute_efficiency``, devices.yaml says
-where that comes from), and the prediction says which: large filters on the P100 and V100,
-every device without tables.
+stays on the device roofline at ``compute_efficiency`` (devices.yaml says where that comes
+from; in the per-kernel model on a device with curves, its direct FLOPs on one without), and
+the prediction says which: large filters on the P100 and V100, every device without tables.
 """
 
 from __future__ import annotations
@@ -314,6 +315,33 @@ def held_out(pts: list[tuple[float, float, int]], by: str) -> list[float]:
     return errors
 
 
+def fft_check(rows: list[dict]) -> list[tuple[str, str, float, float]]:
+    """The model's FFT convolution (``gpu.fft``, at the device's ``compute_efficiency``)
+    against the published times of fbfft's layers (convnet-benchmarks, the Maxwell Titan X;
+    layers given without padding): (layer, phase, model seconds, published seconds), the
+    forward, and the data plus weight gradients as the table sums them."""
+    cat = catalogue_devices()
+    out = []
+    for row in rows:
+        if row.get("library") != "fbfft" or row["kind"] != "conv2d":
+            continue
+        spec = cat[FITTED[row["gpu_class"]]]
+        geo = conv_geometry(dict(row, pad_h=0, pad_w=0))
+        n = int(row["N"])
+        if min(geo.kernel) < gpu.FFT_MIN_KERNEL or geo.stride != (1, 1):
+            continue
+        m = gpu.Model(spec, spec.peak_flops["fp32"], 4)
+        fft = {role: next(c.kernels for c in gpu.conv_candidates(geo, n, role, 4)
+                          if c.name == "fft") for role in ("fwd", "dgrad", "wgrad")}
+        times = row["time_ms"]
+        out.append((row["layer"], "fwd", m.run(fft["fwd"]), float(times["fwd"]) * 1e-3))
+        bwd = times.get("bwd_data_plus_bwd_filter")
+        if isinstance(bwd, (int, float)):
+            out.append((row["layer"], "bwd", m.run(fft["dgrad"]) + m.run(fft["wgrad"]),
+                        float(bwd) * 1e-3))
+    return out
+
+
 HEADER = """\
 # GPU kernel curves per catalogue device, fitted from published per-layer tables: written by
 # `python benchmarks/gpu_curves.py --write` from benchmarks/data/gpu_layers.yaml; do not edit.
@@ -336,8 +364,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="predict each fp32 convolution row's efficiency from the other rows of "
                     "its class, by a curve over FLOPs and by one over the rows of its channel "
                     "count, and print the mean error of each")
+    ap.add_argument("--fft", action="store_true",
+                    help="the model's FFT convolution against fbfft's published layer times")
     args = ap.parse_args(argv)
     data = yaml.safe_load(DATA.read_text())
+    if args.fft:
+        checked = fft_check(data["entries"])
+        for layer, phase, model, published in checked:
+            print(f"{layer} {phase}: model FFT {model * 1e3:.2f} ms, fbfft {published * 1e3:.2f} "
+                  f"ms (model / published {model / published:.2f})")
+        ratios = [m / p for _, _, m, p in checked]
+        print(f"{len(ratios)} fbfft layer times: model / published geometric mean "
+              f"{math.exp(statistics.fmean(math.log(r) for r in ratios)):.2f}, from "
+              f"{min(ratios):.2f} to {max(ratios):.2f}")
+        return 0
     if args.held_out:
         errors: dict[str, list[float]] = {"flops": [], "channels": []}
         for (device, lib, name), p in sorted(

@@ -4,6 +4,7 @@
     python benchmarks/gpu_models.py --all      # every published row, not only the selection
     python benchmarks/gpu_models.py --roofline # the same rows on the device roofline alone
     python benchmarks/gpu_models.py --default-curves  # each GPU's default curves for all
+    python benchmarks/gpu_models.py --no-workspace-limit  # no framework's workspace cap
     python benchmarks/gpu_models.py --layers   # ... and the model against per-layer tables
 
 The published figures are data in ``benchmarks/data/gpu_throughput.yaml``, each with its source
@@ -221,6 +222,23 @@ def timed_extra(items: set[str], sc: Any, ops: list, dev: Device, params: dict[s
     return extra
 
 
+def workspace_limit(entry: dict, sources: dict[str, dict] | None = None) -> float:
+    """The MiB of workspace the figure's framework lets cuDNN's autotuner give a convolution
+    algorithm (its source's ``workspace_limit``, per framework, with the code that sets it);
+    0: none stated (the autotuner tries every algorithm)."""
+    said = ((sources or {}).get(entry["source_id"]) or {}).get("workspace_limit") or {}
+    return float((said.get(framework(entry)) or {}).get("MiB", 0))
+
+
+def device(entry: dict, sources: dict[str, dict] | None = None, lib: str = "") -> Any:
+    """The scenario's device: the catalogue GPU, with the curves of ``lib`` and the
+    framework's workspace limit where there are."""
+    extra = {"library": lib} if lib else {}
+    if workspace_limit(entry, sources):
+        extra["workspace_MiB"] = workspace_limit(entry, sources)
+    return {"base": DEVICES[entry["gpu_class"]], **extra} if extra else None
+
+
 def optimizer(entry: dict) -> str:
     """The optimizer a figure's row states (tf_cnn_benchmarks' default ``--optimizer=sgd``),
     else SGD with momentum, what the other benchmarks' training scripts default to."""
@@ -255,11 +273,10 @@ def predict(entry: dict, roofline: bool = False, sources: dict[str, dict] | None
     """``roofline``: every kernel on the device roofline (``kernel_model: roofline``, no
     curves), the model this one replaced, for comparison; ``default_curves``: the GPU's
     default curves whatever cuDNN the figure states."""
-    base = DEVICES[entry["gpu_class"]]
     lib = "" if default_curves else library(entry, sources)
-    device = ({"base": base, "kernel_model": "roofline", "kernels": {}} if roofline
-              else {"base": base, "library": lib} if lib else None)
-    sc = scenario(entry, device, input_gradient(entry, sources))
+    dev = ({"base": DEVICES[entry["gpu_class"]], "kernel_model": "roofline", "kernels": {}}
+           if roofline else device(entry, sources, lib))
+    sc = scenario(entry, dev, input_gradient(entry, sources))
     result, _ = simulate_scenario(sc)
     step = result["results"][0]["iteration_time_s"]
     items = set() if roofline else timed_region(entry, sources)
@@ -286,8 +303,7 @@ def layer_check(entry: dict, sources: dict[str, dict] | None = None) -> list[tup
                 and r.get("gpu_class") == entry["gpu_class"] and r["N"] == entry["batch_size"]
                 and isinstance(r["time_ms"], dict)):
             table[gpu_curves.conv_geometry(r)] = r["time_ms"]
-    sc = scenario(entry, {"base": DEVICES[entry["gpu_class"]], "library": lib} if lib else None,
-                  input_gradient(entry, sources))
+    sc = scenario(entry, device(entry, sources, lib), input_gradient(entry, sources))
     _, ops, dev = step_parts(sc)
     out = []
     for op in ops:
@@ -339,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--roofline", action="store_true",
                     help="predict with every kernel on the device roofline (no per-kernel "
                     "model, no curves), for comparison")
+    ap.add_argument("--no-workspace-limit", action="store_true",
+                    help="predict as if no framework capped cuDNN's workspace (the sources' "
+                    "workspace_limit left out), for comparison")
     ap.add_argument("--layers", action="store_true",
                     help="also each figure's convolutions that a per-layer table of its GPU "
                     "and library timed at its batch: the model's time against the table's")
@@ -348,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         e for e in entries if e["model"] in MODELS and e.get("gpu_class") in DEVICES
         and str(e.get("precision", "")).startswith("fp32") and isinstance(e.get("batch_size"), int)]
     sources = load_sources()
+    if args.no_workspace_limit:
+        sources = {k: dict(v, workspace_limit={}) for k, v in sources.items()}
     rows = sorted((predict(e, args.roofline, sources, args.default_curves) for e in rows_in),
                   key=lambda r: (r.entry["gpu_class"], r.entry["model"], r.entry["batch_size"]))
     print(table(rows))
@@ -365,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{len(matched)} convolution ops in the per-layer tables, model "
                       f"{model * 1e3:.3f} ms (bias passes included), tables "
                       f"{published * 1e3:.3f} ms ({model / published - 1:+.1%})")
-    return 0 if ok or args.all or args.roofline or args.default_curves else 1
+    return 0 if (ok or args.all or args.roofline or args.default_curves
+                 or args.no_workspace_limit) else 1
 
 
 if __name__ == "__main__":

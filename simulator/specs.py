@@ -37,6 +37,10 @@ class DeviceSpec:
     # the library whose published kernel curves a catalogue GPU takes (``library``: e.g.
     # ``cudnn7.0``, where kernel_curves.yaml has a table of that version); "" the default's
     library: str = ""
+    # the most workspace (bytes) the framework lets the library's autotuner give a
+    # convolution algorithm (``workspace_MiB``: TensorFlow's TF_CUDNN_WORKSPACE_LIMIT_IN_MB,
+    # MXNet's ``workspace``); an algorithm that needs more is not tried. 0: no limit
+    workspace: float = 0.0
 
 
 @dataclass(frozen=True)

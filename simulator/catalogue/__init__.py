@@ -26,7 +26,8 @@ from simulator.yaml_input import load_yaml
 PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8")
 DEVICE_KEYS = ("kind", "sms", "peak_TFLOPS", "memory_GiB", "memory_bandwidth_GBps",
                "launch_overhead_us", "compute_efficiency", "memory_efficiency", "blocks_per_sm",
-               "comm_sms", "kernels", "cache_MiB", "kernel_model", "library", "source")
+               "comm_sms", "kernels", "cache_MiB", "kernel_model", "library", "workspace_MiB",
+               "source")
 HOT = "hot:"  # a kernel curve's name prefix: the kernel timed with hot caches
 # the largest effective efficiency a curve may give: Winograd F(4x4, 3x3) does 4x fewer
 # multiplications than the direct convolution (Lavin & Gray 2016, sec. 4), FFT more for large
@@ -76,6 +77,8 @@ def read_device(name: str, f: Fields, base: DeviceSpec | None = None) -> DeviceS
                     base.cache if base else 0.0),
         kernel_model=f.get("kernel_model", choice(KERNEL_MODELS),
                            base.kernel_model if base else "tiles"),
+        workspace=f.get("workspace_MiB", number(positive=False, minimum=0.0),
+                        base.workspace if base else 0.0),
         source=get("source", string, "source") if base is None else f.get("source", string,
                                                                          base.source),
     )

@@ -39,11 +39,18 @@ same three sizes in other roles; a dense layer's three products likewise):
     GEMMs on 6x6 tiles, 4x fewer, input and output transforms as memory-bound kernels of
     their own), forward and data gradient (a 180-degree-rotated filter is again 3x3, stride 1);
   - FFT (Mathieu, Henaff & LeCun 2014; Vasilache et al. 2015, "fbfft"): stride 1, filters of
-    5x5 and larger, one group; every plane padded to a power of two L (fbfft's sizes), a
-    complex GEMM per frequency bin (8 real FLOPs per complex multiply-add) and transforms as
-    memory-bound kernels of complex64 planes, forward and data gradient.
+    5x5 and larger, one group; the cuFFT + cuBLAS pipeline (``fft``): zero-padded copies of
+    power-of-two planes, transforms, transposes to and from a complex GEMM per frequency bin
+    (8 real FLOPs per complex multiply-add), the crop, every step but the GEMM memory-bound;
+    forward, data and weight gradients.
 
-  The weight gradient runs as an implicit GEMM (its reduction over N x P x Q split-K).
+  An algorithm that keeps intermediate tensors in a workspace (non-fused Winograd, FFT:
+  ``Candidate.workspace``) is not tried where it needs more than the framework allows
+  (``Model.workspace``, a device's ``workspace_MiB``), as cuDNN's autotuning within
+  TensorFlow's and MXNet's caps does.
+
+  The weight gradient runs as an implicit GEMM (its reduction over N x P x Q split-K), or as
+  the non-fused Winograd or the FFT where they take the filter.
   A device whose convolutions were measured only under a library that computed every
   convolution as a GEMM (cuDNN R1 and R2) is timed with its GEMM algorithms alone
   (``GEMM_ALGORITHMS``, ``hardware.Device.kernel_time``): no table prices another there.
@@ -65,6 +72,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from simulator.specs import DeviceSpec
 
@@ -159,6 +167,15 @@ class Kernel:
     bytes: float = 0.0
 
 
+class Candidate(NamedTuple):
+    """An algorithm a convolution role is eligible for: the kernels it launches and the bytes
+    of workspace it needs (the intermediate tensors it keeps in device memory between them)."""
+
+    name: str
+    kernels: list[Kernel]
+    workspace: float = 0.0
+
+
 @dataclass(frozen=True)
 class Choice:
     algorithm: str  # implicit_gemm | winograd_fused | winograd_nonfused | fft | gemm
@@ -170,11 +187,15 @@ class Model:
     """Kernel times on one device at one precision (``bpe`` bytes per element)."""
 
     def __init__(self, spec: DeviceSpec, peak: float, bpe: int, sms: int | None = None,
-                 efficiency: float | None = None, algorithms: tuple[str, ...] | None = None):
+                 efficiency: float | None = None, algorithms: tuple[str, ...] | None = None,
+                 workspace: float = 0.0):
         self.spec = spec
         # the convolution algorithms the autotuner may pick (None: every one a layer is
         # eligible for); implicit GEMM is always among them
         self.algorithms = algorithms
+        # the most workspace (bytes) the framework lets the autotuner give an algorithm (0: no
+        # limit); implicit GEMM needs none
+        self.workspace = workspace
         self.peak = peak
         self.bpe = bpe
         self.sms = sms or spec.sms  # the SMs compute may use now (communication takes some)
@@ -266,8 +287,10 @@ class Model:
               extra: list[Kernel]) -> Choice:
         roles = ("fwd",) if phase == "fwd" else ("dgrad", "wgrad") if input_grad else ("wgrad",)
         allowed = None if self.algorithms is None else {"implicit_gemm", *self.algorithms}
-        parts = [[(name, ks) for name, ks in conv_candidates(geo, samples, role, self.bpe)
-                  if allowed is None or name in allowed] for role in roles]
+        parts = [[(c.name, c.kernels) for c in conv_candidates(geo, samples, role, self.bpe)
+                  if (allowed is None or c.name in allowed)
+                  and (not self.workspace or c.workspace <= self.workspace)]
+                 for role in roles]
         seconds, kernels, names = self.run(extra), len(extra), []
         for candidates in parts:
             timed = [(self.run(ks), name, len(ks)) for name, ks in candidates]
@@ -285,8 +308,7 @@ def dense_gemms(geo: Geometry, samples: int, phase: str) -> list[Gemm]:
     return [Gemm(rows, fan_in, units), Gemm(units, fan_in, rows)]  # data, weight gradients
 
 
-def conv_candidates(geo: Geometry, samples: int, role: str, bpe: int
-                    ) -> list[tuple[str, list[Kernel]]]:
+def conv_candidates(geo: Geometry, samples: int, role: str, bpe: int) -> list[Candidate]:
     """The algorithms ``role`` (fwd, dgrad, wgrad) of a convolution is eligible for, each as
     the kernels it launches."""
     c, h, w = geo.in_shape
@@ -298,7 +320,7 @@ def conv_candidates(geo: Geometry, samples: int, role: str, bpe: int
     overlap = max(1.0, r * s / (sh * sw))
     npq = samples * p * q
     if role == "fwd":
-        out = [("implicit_gemm", [Kernel(Gemm(npq, kg, cg * r * s, g, overlap))])]
+        out = [Candidate("implicit_gemm", [Kernel(Gemm(npq, kg, cg * r * s, g, overlap))])]
     elif role == "dgrad":
         # a strided convolution's data gradient as sh x sw stride-1 ones, one per phase of
         # the input pixels (each phase's pixels take the taps congruent to it, about r / sh
@@ -308,26 +330,32 @@ def conv_candidates(geo: Geometry, samples: int, role: str, bpe: int
         tr, ts = -(-r // sh), -(-s // sw)
         phases = min(sh, r) * min(sw, s)
         pixels = samples * -(-h // sh) * -(-w // sw)
-        out = [("implicit_gemm", [Kernel(Gemm(pixels, cg, kg * tr * ts, g * phases,
-                                              max(1.0, tr * ts)))]),
+        out = [Candidate("implicit_gemm", [Kernel(Gemm(pixels, cg, kg * tr * ts, g * phases,
+                                                       max(1.0, tr * ts)))]),
                # the product of the output gradient and the filters, a column per input tap,
                # added into the input gradient where the taps fall (cuDNN's
                # CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, atomic adds): a GEMM of any stride and
                # channel count; every column is written
-               ("gemm_scatter", [Kernel(Gemm(npq, cg * r * s, kg, g))])]
+               Candidate("gemm_scatter", [Kernel(Gemm(npq, cg * r * s, kg, g))])]
     else:
-        out = [("implicit_gemm", [Kernel(Gemm(kg, cg * r * s, npq, g, reuse_b=overlap))])]
+        out = [Candidate("implicit_gemm",
+                         [Kernel(Gemm(kg, cg * r * s, npq, g, reuse_b=overlap))])]
     if g == 1 and (sh, sw) == (1, 1):
         # the forward maps C planes of H x W to K planes of P x Q; the data gradient the
         # reverse; the weight gradient correlates the input with the output gradient, the
         # same transformed planes reduced over the tiles instead of the channels
         cin, cout = (k_out, c) if role == "dgrad" else (c, k_out)
         hw_out = (h, w) if role == "dgrad" else (p, q)
-        hw_in = (p, q) if role == "dgrad" else (h + 2 * geo.padding[0], w + 2 * geo.padding[1])
         if (r, s) == (3, 3):
             out += winograd(samples, cin, cout, hw_out, bpe, role == "wgrad")
         if min(r, s) >= FFT_MIN_KERNEL:
-            out.append(("fft", fft(samples, cin, cout, hw_in, bpe, role == "wgrad")))
+            # every role's planes are transformed at the padded input's size (a full
+            # correlation of the output with an r x s filter spans it too); the three real
+            # tensors, by role: what is transformed, what it is multiplied by, the result
+            x, y, wt = h * w, p * q, r * s
+            pixels = {"fwd": (x, wt, y), "dgrad": (y, wt, x), "wgrad": (x, y, wt)}[role]
+            side = max(h + 2 * geo.padding[0], w + 2 * geo.padding[1])
+            out.append(fft(samples, cin, cout, side, pixels, bpe, role == "wgrad"))
     return out
 
 
@@ -335,16 +363,17 @@ def runs_as_gemm(geo: Geometry) -> bool:
     """Whether every algorithm a convolution is eligible for, in every role, is a GEMM one
     (``GEMM_ALGORITHMS``): a 1x1, strided, grouped or other non-square filter, which no
     Winograd or FFT algorithm takes."""
-    return all(name in GEMM_ALGORITHMS for role in ("fwd", "dgrad", "wgrad")
-               for name, _ in conv_candidates(geo, 1, role, 4))
+    return all(c.name in GEMM_ALGORITHMS for role in ("fwd", "dgrad", "wgrad")
+               for c in conv_candidates(geo, 1, role, 4))
 
 
 def winograd(n: int, cin: int, cout: int, hw: tuple[int, int], bpe: int, wgrad: bool = False
-             ) -> list[tuple[str, list[Kernel]]]:
+             ) -> list[Candidate]:
     """The Winograd algorithms: per element of the a x a transformed tile, a product of the
     tiles' transformed inputs and the transformed filters (forward, data gradient), or of the
     transformed inputs and output gradients reduced over the tiles (weight gradient, cuDNN's
-    non-fused one only)."""
+    non-fused one only). The non-fused one's workspace: its three transformed tensors, all
+    held at the product."""
     out = []
     for name, (m, r) in (("winograd_fused", WINOGRAD_SMALL),
                          ("winograd_nonfused", WINOGRAD_LARGE)):
@@ -354,8 +383,8 @@ def winograd(n: int, cin: int, cout: int, hw: tuple[int, int], bpe: int, wgrad: 
         tiles = n * -(-hw[0] // m) * -(-hw[1] // m)
         product = Kernel(Gemm(cout, cin, tiles, a * a) if wgrad else
                          Gemm(tiles, cout, cin, a * a))
-        if name == "winograd_fused":
-            out.append((name, [product]))
+        if name == "winograd_fused":  # the transforms stay in the kernel's shared memory
+            out.append(Candidate(name, [product]))
         else:
             # input transform: read the input, write a x a values per tile and channel; output
             # transform: read a x a per tile and filter, write the output; filter transform
@@ -363,30 +392,46 @@ def winograd(n: int, cin: int, cout: int, hw: tuple[int, int], bpe: int, wgrad: 
             into = (n * cin * hw[0] * hw[1] + a * a * tiles * cin) * bpe
             back = (a * a * tiles * cout + n * cout * hw[0] * hw[1]) * bpe
             filt = (9 + a * a) * cin * cout * bpe
-            out.append((name, [Kernel(bytes=into), Kernel(bytes=filt), product,
-                               Kernel(bytes=back)]))
+            held = a * a * (tiles * cin + cin * cout + tiles * cout) * bpe
+            out.append(Candidate(name, [Kernel(bytes=into), Kernel(bytes=filt), product,
+                                        Kernel(bytes=back)], held))
     return out
 
 
-def fft(n: int, cin: int, cout: int, hw_in: tuple[int, int], bpe: int, wgrad: bool = False
-        ) -> list[Kernel]:
-    """FFT convolution: transform the planes, a complex product per frequency bin (the
-    forward and data gradient reduce over the channels, the weight gradient over the
-    samples), transform the result back."""
-    side = 1 << max(1, math.ceil(math.log2(max(hw_in))))
+def fft(n: int, cin: int, cout: int, side_px: int, pixels: tuple[int, int, int], bpe: int,
+        wgrad: bool = False) -> Candidate:
+    """FFT convolution as the FFT and BLAS libraries compute it (Vasilache et al. 2015, the
+    cuFFT + cuBLAS pipeline their fbfft is measured against): each of the two operands copied
+    into zero-padded L x L planes (cuFFT transforms whole planes), transformed (real to
+    complex, L x (L/2 + 1) bins), transposed to bin-major order for a batched complex GEMM
+    per bin (the forward and data gradient reduce over the channels, the weight gradient over
+    the samples), the product transposed back, transformed back (complex to real) and
+    cropped to the result. ``pixels``: the real planes' sizes of the transformed operand,
+    the other and the result; ``L`` the power of two at least ``side_px``.
+
+    The workspace is the most the pipeline's buffers hold at once, each stage holding what
+    it reads and writes and what a later stage still needs."""
+    side = 1 << max(1, math.ceil(math.log2(side_px)))
     bins = side * (side // 2 + 1)  # a real plane's non-redundant half spectrum
-    cplx = 8  # complex64 bytes
-    plane = hw_in[0] * hw_in[1] * bpe
+    spec, padded = bins * 8, side * side * bpe  # complex64 bins; an L x L real plane
     a_planes, b_planes = n * cin, (n * cout if wgrad else cin * cout)
-    out_planes = cin * cout if wgrad else n * cout
+    c_planes = cin * cout if wgrad else n * cout
+    a_px, b_px, c_px = pixels
     # per bin a complex product, 4 real GEMMs' FLOPs
     product = Gemm(cout, cin, n, 4 * bins) if wgrad else Gemm(n, cout, cin, 4 * bins)
-    return [
-        Kernel(bytes=a_planes * (plane + bins * cplx)),  # inputs forward
-        Kernel(bytes=b_planes * (plane + bins * cplx)),  # filters (or output gradients)
-        Kernel(product),
-        Kernel(bytes=out_planes * (bins * cplx + plane)),  # back
-    ]
+    kernels = []
+    for planes, px in ((a_planes, a_px), (b_planes, b_px)):
+        kernels += [Kernel(bytes=planes * (px * bpe + padded)),  # zero-padded copy
+                    Kernel(bytes=planes * (padded + spec)),  # real to complex
+                    Kernel(bytes=planes * 2 * spec)]  # to bin-major
+    kernels += [Kernel(product),
+                Kernel(bytes=c_planes * 2 * spec),  # back to plane-major
+                Kernel(bytes=c_planes * (spec + padded)),  # complex to real
+                Kernel(bytes=c_planes * (padded + c_px * bpe))]  # cropped
+    a, b, c = a_planes * spec, b_planes * spec, c_planes * spec  # one operand's spectra
+    held = max(a_planes * padded + a, 2 * a, a + b_planes * padded + b, a + 2 * b,
+               a + b + c, 2 * c, c + c_planes * padded)
+    return Candidate("fft", kernels, held)
 
 
 def shape_class(kind: str, geo: Geometry | None) -> str:

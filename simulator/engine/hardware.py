@@ -122,8 +122,15 @@ class Device:
             return (s.launch_overhead * kernels + t) * self.slowdown
         if tiles and cls:
             # a convolution or dense layer of a shape class no published table covers on this
-            # device stays on the roofline below, and the prediction says so
+            # device stays on the roofline, and the prediction says so: on a device whose
+            # kernels tables price (it has curves), the per-kernel roofline (its kernels'
+            # math at the device's ``compute_efficiency``, the algorithm the autotuner would
+            # take); on one without any, the FLOPs roofline below
             self.on_roofline.add(f"{self.precision}:{key}#{cls}")
+            if s.kernels:
+                choice = self.gpu_choice(op, sms, s.compute_efficiency)
+                if choice is not None:
+                    return choice.seconds * self.slowdown
         elif tiles:  # memory-bound layers: their passes (simulator/engine/gpu.py)
             choice = self.gpu_choice(op, sms, s.compute_efficiency)
             if choice is not None:
@@ -150,7 +157,8 @@ class Device:
         hit = self._choices.get(key, False)
         if hit is False:
             geo = gpu.parse_shape(op.shape)
-            model = gpu.Model(self.spec, self.peak, self.bpe, sms, efficiency, algorithms)
+            model = gpu.Model(self.spec, self.peak, self.bpe, sms, efficiency, algorithms,
+                              self.spec.workspace)
             hit = self._choices[key] = (None if geo is None else
                                         model.choose(op.layer_kind, op.phase, geo, op.samples,
                                                      op.input_grad, op.bias))

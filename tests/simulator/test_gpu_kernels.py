@@ -119,7 +119,7 @@ def conv(c, h, k_out, kernel, stride=1, padding=0, groups=1) -> gpu.Geometry:
 def test_winograd_does_2_25x_and_4x_fewer_multiplications_than_direct():
     geo = conv(64, 56, 64, 3, padding=1)
     direct = 2 * 8 * 56 * 56 * 64 * 64 * 9
-    algos = dict(gpu.conv_candidates(geo, 8, "fwd", 4))
+    algos = {c.name: c.kernels for c in gpu.conv_candidates(geo, 8, "fwd", 4)}
     fused = algos["winograd_fused"][0].gemm
     nonfused = next(kn.gemm for kn in algos["winograd_nonfused"] if kn.gemm)
     assert 2 * fused.m * fused.n * fused.k * fused.batch * 2.25 == pytest.approx(direct)
@@ -136,8 +136,8 @@ def test_winograd_does_2_25x_and_4x_fewer_multiplications_than_direct():
     (conv(64, 56, 64, 3, padding=1, groups=2), {"implicit_gemm"}),
 ])
 def test_the_algorithms_a_convolution_is_eligible_for(geo, eligible):
-    assert {name for name, _ in gpu.conv_candidates(geo, 8, "fwd", 4)} == eligible
-    assert {name for name, _ in gpu.conv_candidates(geo, 8, "wgrad", 4)} == \
+    assert {c.name for c in gpu.conv_candidates(geo, 8, "fwd", 4)} == eligible
+    assert {c.name for c in gpu.conv_candidates(geo, 8, "wgrad", 4)} == \
         eligible - {"winograd_fused"}
 
 
@@ -145,9 +145,69 @@ def test_the_chosen_algorithm_is_the_fastest_candidate():
     m = model(sms=80, bandwidth=900e9, launch=5e-6, eff=0.8)
     geo = conv(128, 28, 128, 3, padding=1)
     choice = m.choose("conv", "fwd", geo, 32)
-    times = {name: m.run(ks) for name, ks in gpu.conv_candidates(geo, 32, "fwd", 4)}
+    times = {c.name: m.run(c.kernels) for c in gpu.conv_candidates(geo, 32, "fwd", 4)}
     assert choice.algorithm == min(times, key=times.get)
     assert choice.seconds == pytest.approx(min(times.values()))
+
+
+def test_an_fft_convolution_moves_every_buffer_of_the_cufft_pipeline():
+    # MXNet's AlexNet conv2 (96 -> 256, 26 x 26, 5 x 5, pad 2) at batch 512: planes of
+    # 30 x 30 transformed at L = 32, 32 x 17 = 544 complex bins of 8 bytes each
+    geo = conv(96, 26, 256, 5, padding=2)
+    n, bpe, spec, padded = 512, 4, 544 * 8, 32 * 32 * 4
+    fft = next(c for c in gpu.conv_candidates(geo, n, "fwd", bpe) if c.name == "fft")
+    planes = {"x": n * 96, "w": 96 * 256, "y": n * 256}
+    pixels = {"x": 26 * 26, "w": 25, "y": 26 * 26}
+
+    def operand(t):  # zero-padded copy, real to complex, to bin-major
+        return planes[t] * ((pixels[t] * bpe + padded) + (padded + spec) + 2 * spec)
+    result = planes["y"] * (2 * spec + (spec + padded) + (padded + pixels["y"] * bpe))
+    moved = sum(k.bytes for k in fft.kernels if k.gemm is None)
+    assert moved == pytest.approx(operand("x") + operand("w") + result)
+    (product,) = [k.gemm for k in fft.kernels if k.gemm]
+    assert (product.m, product.n, product.k, product.batch) == (n, 256, 96, 4 * 544)
+    # the most held at once: the result's spectra twice, as it is transposed back
+    assert fft.workspace == pytest.approx(2 * planes["y"] * spec)
+    assert fft.workspace == 1140850688  # over MXNet's default 1024 MB (1073741824 bytes)
+    half = next(c for c in gpu.conv_candidates(geo, n // 2, "fwd", bpe) if c.name == "fft")
+    assert half.workspace == pytest.approx(fft.workspace / 2)
+
+
+def test_an_algorithm_over_the_workspace_limit_is_not_tried():
+    base = spec(sms=80, bandwidth=900e9, launch=5e-6, eff=0.8)
+    geo = conv(96, 26, 256, 5, padding=2)
+    free = gpu.Model(base, PEAK, 4).choose("conv", "fwd", geo, 512)
+    assert free.algorithm == "fft"
+    limited = gpu.Model(base, PEAK, 4, workspace=1024 * 2**20)
+    assert limited.choose("conv", "fwd", geo, 512).algorithm == "implicit_gemm"
+    assert limited.choose("conv", "fwd", geo, 256).algorithm == "fft"  # half the buffers
+    # Winograd's non-fused algorithm holds its three transformed tensors; the fused one none
+    three = conv(64, 56, 64, 3, padding=1)
+    nonfused = next(c for c in gpu.conv_candidates(three, 8, "fwd", 4)
+                    if c.name == "winograd_nonfused")
+    tiles = 8 * 14 * 14
+    assert nonfused.workspace == 36 * (tiles * 64 + 64 * 64 + tiles * 64) * 4
+    tight = gpu.Model(base, PEAK, 4, workspace=nonfused.workspace - 1)
+    assert tight.choose("conv", "fwd", three, 8).algorithm in ("winograd_fused",
+                                                               "implicit_gemm")
+
+
+def test_a_devices_workspace_limit_is_read_in_mib():
+    from simulator.errors import ScenarioError
+    from simulator.scenario import parse_scenario
+
+    def scenario(dev):
+        return parse_scenario({
+            "name": "w", "model": {"zoo": "alexnet"},
+            "cluster": {"nodes": 1, "devices_per_node": 1, "device": dev,
+                        "intra_link": "pcie3", "inter_link": "ib_edr"},
+            "training": {"batch_size": 8},
+            "strategies": [{"name": "dp", "scheme": "data_parallel"}]}, file="w.yaml")
+    sc = scenario({"base": "V100", "workspace_MiB": 1024})
+    assert sc.cluster.device.workspace == 1024 * 2**20
+    assert scenario({"base": "V100"}).cluster.device.workspace == 0.0
+    with pytest.raises(ScenarioError, match="workspace_MiB"):
+        scenario({"base": "V100", "workspace_MiB": -1})
 
 
 def test_a_first_layer_backward_has_no_data_gradient():
@@ -171,7 +231,7 @@ def test_a_strided_data_gradient_multiplies_no_zeros(c, k, r, stride, phases):
     geo = conv(c, 56, k, r, stride=stride, padding=r // 2)
     out = geo.out_shape[1]
     fwd = 2.0 * 8 * out * out * k * c * r * r
-    algos = dict(gpu.conv_candidates(geo, 8, "dgrad", 4))
+    algos = {c.name: c.kernels for c in gpu.conv_candidates(geo, 8, "dgrad", 4)}
     g = algos["implicit_gemm"][0].gemm
     assert g.batch == phases
     taps = -(-r // stride)
@@ -253,9 +313,18 @@ def test_a_class_curve_sets_the_kernels_efficiency_in_the_model():
 
 def test_a_class_without_a_curve_stays_on_the_roofline_and_says_so():
     base = spec(sms=1, bandwidth=1e18, eff=0.8)
+    bare = device(base)  # a device no table prices: its FLOPs at compute_efficiency
+    assert bare.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.8))
+    assert bare.on_roofline == {"fp32:conv.fwd#3x3s1"}
+    # a device with curves, a class without one (the curve is fp32's): the per-kernel
+    # roofline, the algorithm the autotuner would take at the device's compute_efficiency,
+    # not the fp32 curve's 0.4
     curved = replace(base, kernels={"fp32:conv.fwd#3x3s1": ((1.0, 0.4), (1e12, 0.4))})
-    dev = device(curved, "fp16")  # the curve is fp32's
-    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.8))
+    dev = device(curved, "fp16")
+    geo = gpu.parse_shape(SHAPE)
+    want = gpu.Model(curved, dev.peak, dev.bpe, None, 0.8).choose("conv", "fwd", geo, 8)
+    assert want.algorithm.startswith("winograd")
+    assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(want.seconds)
     assert dev.on_roofline == {"fp16:conv.fwd#3x3s1"}
     # memory-bound layers take their passes, with or without curves
     act = op("64x28x28>64x28x28", kind="act_relu", flops=0.0)
@@ -282,8 +351,9 @@ def test_a_class_without_a_curve_takes_the_precisions_gemm_convolution_curve():
         "conv", "fwd", geo, 8)
     assert dev.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(fewer.seconds)
     assert fewer.seconds > gemm.seconds
-    roof = device(curved, "fp16")  # another precision: the device roofline, and said so
-    assert roof.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.8))
+    roof = device(curved, "fp16")  # another precision: the per-kernel roofline, and said so
+    want = gpu.Model(base, roof.peak, roof.bpe, None, 0.8).choose("conv", "fwd", geo, 8)
+    assert roof.kernel_time(op(SHAPE, flops=1e9)) == pytest.approx(want.seconds)
     assert roof.on_roofline == {"fp16:conv.fwd#3x3s1"}
 
 
@@ -383,7 +453,7 @@ def test_which_convolutions_run_as_gemms_only(geo, gemm_only):
 def test_a_gemm_only_class_without_a_curve_takes_the_devices_gemm_convolution_curve():
     # a 1x7 convolution (no Winograd, no FFT) of a class no table covers: the curve of the
     # device's convolutions that ran as GEMMs (its 1x1 and strided rows), in the model; a
-    # 5x5 one, which could run an FFT no table prices, stays on the roofline
+    # 5x5 one, which could run an FFT no table prices, stays on the (per-kernel) roofline
     base = spec(sms=80, bandwidth=900e9, eff=0.8)
     curved = replace(base, kernels={"fp32:conv.fwd#gemm": ((1.0, 0.3), (1e12, 0.3))})
     seven = "64x17x17>64x17x17k1x7s1x1p0x3"
@@ -392,8 +462,8 @@ def test_a_gemm_only_class_without_a_curve_takes_the_devices_gemm_convolution_cu
     assert dev.kernel_time(op(seven)) == pytest.approx(want.seconds)
     assert dev.on_kind_curve == {"fp32:conv.fwd#other_s1"} and not dev.on_roofline
     five = "64x27x27>192x27x27k5x5s1x1p2x2"
-    wave = 64 / 80  # the op's 64 blocks on 80 SMs: one partial wave
-    assert dev.kernel_time(op(five, flops=1e9)) == pytest.approx(1e9 / (PEAK * 0.8 * wave))
+    want = gpu.Model(base, PEAK, 4, None, 0.8).choose("conv", "fwd", gpu.parse_shape(five), 8)
+    assert dev.kernel_time(op(five, flops=1e9)) == pytest.approx(want.seconds)
     assert dev.on_roofline == {"fp32:conv.fwd#large_s1"}
 
 
@@ -431,3 +501,19 @@ def test_held_out_rows_tell_a_curve_over_flops_from_one_within_a_channel_count()
 
     assert mean(by_channels, "channels") < 0.5 * mean(by_channels, "flops")
     assert mean(by_flops, "flops") <= mean(by_flops, "channels")
+
+
+def test_the_fft_model_against_fbffts_published_layer_times():
+    # a prediction against a measurement: the model's FFT (the cuFFT + cuBLAS pipeline) on
+    # the catalogue Titan X against fbfft's layer times (convnet-benchmarks); fbfft is the
+    # faster implementation, so the model may run under it, not far over or under
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_curves
+    import yaml
+
+    checked = gpu_curves.fft_check(yaml.safe_load(gpu_curves.DATA.read_text())["entries"])
+    assert {(layer, phase) for layer, phase, _, _ in checked} == {
+        (f"L{i}", p) for i in (1, 2, 3, 4) for p in ("fwd", "bwd")}
+    ratios = [model / published for _, _, model, published in checked]
+    assert all(0.4 <= r <= 1.25 for r in ratios), ratios
+    assert 0.6 <= math.exp(sum(math.log(r) for r in ratios) / len(ratios)) <= 1.0
