@@ -234,8 +234,8 @@ def device(entry: dict, sources: dict[str, dict] | None = None, lib: str = "") -
     """The scenario's device: the catalogue GPU, with the curves of ``lib`` and the
     framework's workspace limit where there are."""
     extra = {"library": lib} if lib else {}
-    if workspace_limit(entry, sources):
-        extra["workspace_MiB"] = workspace_limit(entry, sources)
+    if limit := workspace_limit(entry, sources):
+        extra["workspace_MiB"] = limit
     return {"base": DEVICES[entry["gpu_class"]], **extra} if extra else None
 
 

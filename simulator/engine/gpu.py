@@ -188,14 +188,15 @@ class Model:
 
     def __init__(self, spec: DeviceSpec, peak: float, bpe: int, sms: int | None = None,
                  efficiency: float | None = None, algorithms: tuple[str, ...] | None = None,
-                 workspace: float = 0.0):
+                 workspace: float | None = None):
         self.spec = spec
         # the convolution algorithms the autotuner may pick (None: every one a layer is
         # eligible for); implicit GEMM is always among them
         self.algorithms = algorithms
         # the most workspace (bytes) the framework lets the autotuner give an algorithm (0: no
-        # limit); implicit GEMM needs none
-        self.workspace = workspace
+        # limit; None: the device's ``workspace_MiB``, so a profile's fit and the prediction
+        # choose among the same algorithms); implicit GEMM needs none
+        self.workspace = spec.workspace if workspace is None else workspace
         self.peak = peak
         self.bpe = bpe
         self.sms = sms or spec.sms  # the SMs compute may use now (communication takes some)

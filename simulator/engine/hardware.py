@@ -157,8 +157,7 @@ class Device:
         hit = self._choices.get(key, False)
         if hit is False:
             geo = gpu.parse_shape(op.shape)
-            model = gpu.Model(self.spec, self.peak, self.bpe, sms, efficiency, algorithms,
-                              self.spec.workspace)
+            model = gpu.Model(self.spec, self.peak, self.bpe, sms, efficiency, algorithms)
             hit = self._choices[key] = (None if geo is None else
                                         model.choose(op.layer_kind, op.phase, geo, op.samples,
                                                      op.input_grad, op.bias))

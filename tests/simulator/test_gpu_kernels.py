@@ -181,6 +181,11 @@ def test_an_algorithm_over_the_workspace_limit_is_not_tried():
     limited = gpu.Model(base, PEAK, 4, workspace=1024 * 2**20)
     assert limited.choose("conv", "fwd", geo, 512).algorithm == "implicit_gemm"
     assert limited.choose("conv", "fwd", geo, 256).algorithm == "fft"  # half the buffers
+    # a device's own cap is the default (a profile's fit chooses as its prediction does)
+    capped = gpu.Model(replace(base, workspace=1024 * 2**20), PEAK, 4)
+    assert capped.choose("conv", "fwd", geo, 512).algorithm == "implicit_gemm"
+    assert gpu.Model(replace(base, workspace=1024 * 2**20), PEAK, 4, workspace=0).choose(
+        "conv", "fwd", geo, 512).algorithm == "fft"
     # Winograd's non-fused algorithm holds its three transformed tensors; the fused one none
     three = conv(64, 56, 64, 3, padding=1)
     nonfused = next(c for c in gpu.conv_candidates(three, 8, "fwd", 4)
